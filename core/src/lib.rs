@@ -34,7 +34,9 @@ pub mod testing;
 mod transport;
 
 pub use address::{Address, Endpoint};
-pub use auth::{handshake, AuthChannel, Authenticator, Identity, NoAuth, SharedSecret};
+pub use auth::{
+    handshake, AuthChannel, Authenticator, Identity, NoAuth, SharedSecret, DEFAULT_HANDSHAKE_TIMEOUT,
+};
 pub use codec::{Codec, DEFAULT_MAX_FRAME_SIZE};
 pub use error::{Error, ErrorCode, RemoteError, Result};
 pub use memory::{MemoryListener, MemoryTransport};

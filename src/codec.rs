@@ -1,0 +1,120 @@
+//! Run-time codec choice, for addresses like `tcp://host:port?codec=cbor`.
+
+use busline_core::{Address, Codec, Encoding, Error, Message, Result};
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
+
+#[cfg(feature = "cbor")]
+use busline_cbor::CborCodec;
+#[cfg(feature = "jsonline")]
+use busline_jsonline::JsonLineCodec;
+
+/// One of the codecs this build has, picked at run time.
+///
+/// ```
+/// use busline::codec::AnyCodec;
+///
+/// let codec = AnyCodec::for_address(&"unix:///tmp/x.sock?codec=jsonline".parse()?)?;
+/// assert_eq!(busline::Codec::name(&codec), "jsonline");
+/// assert!(AnyCodec::named("morse").is_err());
+/// # Ok::<(), busline::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AnyCodec {
+    /// See [`JsonLineCodec`].
+    #[cfg(feature = "jsonline")]
+    JsonLine(JsonLineCodec),
+    /// See [`CborCodec`].
+    #[cfg(feature = "cbor")]
+    Cbor(CborCodec),
+}
+
+impl AnyCodec {
+    /// The codec used when an address names none.
+    pub const DEFAULT: &'static str = "cbor";
+
+    /// The codec called `name` (`jsonline` or `cbor`), with default limits.
+    pub fn named(name: &str) -> Result<Self> {
+        match name {
+            #[cfg(feature = "jsonline")]
+            "jsonline" | "json" => Ok(AnyCodec::JsonLine(JsonLineCodec::new())),
+            #[cfg(feature = "cbor")]
+            "cbor" => Ok(AnyCodec::Cbor(CborCodec::new())),
+            other => Err(Error::Address {
+                url: format!("?codec={other}"),
+                reason: format!(
+                    "unknown codec {other:?}; this build has: {}",
+                    Self::available().join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// The codec an address asks for with `?codec=`, or [`AnyCodec::DEFAULT`].
+    pub fn for_address(addr: &Address) -> Result<Self> {
+        Self::named(addr.param("codec").unwrap_or(Self::DEFAULT)).map_err(|e| match e {
+            Error::Address { reason, .. } => Error::Address {
+                url: addr.to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Names of the codecs in this build.
+    pub fn available() -> Vec<&'static str> {
+        let mut names = Vec::new();
+        #[cfg(feature = "jsonline")]
+        names.push("jsonline");
+        #[cfg(feature = "cbor")]
+        names.push("cbor");
+        names
+    }
+}
+
+macro_rules! each {
+    ($self:expr, $c:ident => $body:expr) => {
+        match $self {
+            #[cfg(feature = "jsonline")]
+            AnyCodec::JsonLine($c) => $body,
+            #[cfg(feature = "cbor")]
+            AnyCodec::Cbor($c) => $body,
+        }
+    };
+}
+
+impl Encoder<Message> for AnyCodec {
+    type Error = Error;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<()> {
+        each!(self, c => c.encode(msg, dst))
+    }
+}
+
+impl Decoder for AnyCodec {
+    type Item = Message;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>> {
+        each!(self, c => c.decode(src))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>> {
+        each!(self, c => c.decode_eof(src))
+    }
+}
+
+impl Codec for AnyCodec {
+    fn name(&self) -> &'static str {
+        each!(self, c => c.name())
+    }
+
+    fn payload_encoding(&self) -> Encoding {
+        each!(self, c => c.payload_encoding())
+    }
+
+    fn max_frame_size(&self) -> usize {
+        each!(self, c => c.max_frame_size())
+    }
+}

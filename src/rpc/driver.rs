@@ -1,0 +1,603 @@
+//! One task per connection: it reads frames, runs handlers, matches replies
+//! to calls, and writes.
+//!
+//! Reading and writing happen in one hand-written `poll`, never one waiting
+//! on the other, so two peers that both send large frames cannot deadlock.
+//! Every message that is ready when the task runs is encoded into one buffer
+//! and flushed with one write: that batching is what lets many calls in
+//! flight beat one-frame-per-syscall. Unary handlers run inside this task
+//! (no hop to another task on the reply path); stream handlers run as their
+//! own tasks, paced by the caller's credit.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use busline_core::{Codec, Error, Identity, Io, Message, Payload, RemoteError, Result};
+use futures::{
+    future::{AbortHandle, Abortable, BoxFuture},
+    stream::FuturesUnordered,
+    FutureExt, Sink, Stream, StreamExt,
+};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::{
+    codec::Framed,
+    sync::{CancellationToken, WaitForCancellationFutureOwned},
+};
+use tower::ServiceExt;
+
+use super::{
+    router::{CallKind, Reply, Request, Router},
+    stream_task,
+};
+
+/// Work sent to the driver by client handles and stream tasks.
+pub(crate) enum Command {
+    /// Send a request; deliver its answer to `reply`.
+    Call {
+        msg: Message,
+        reply: oneshot::Sender<Result<Payload>>,
+    },
+    /// Open a stream; deliver its items to `items`.
+    Stream {
+        msg: Message,
+        credit: u32,
+        items: mpsc::UnboundedSender<Result<Payload>>,
+    },
+    /// The local stream consumer grants more items.
+    Credit { id: u64, credit: u32 },
+    /// The local caller gave up on call `id`.
+    Cancel { id: u64 },
+    /// A serving stream task produced a message (item or final answer).
+    Send { msg: Message, last: bool },
+    /// Send a message that needs no bookkeeping (notifications).
+    Oneway(Message),
+}
+
+enum Pending {
+    Unary(oneshot::Sender<Result<Payload>>),
+    Stream {
+        items: mpsc::UnboundedSender<Result<Payload>>,
+        credit: u32,
+    },
+}
+
+impl Pending {
+    fn fail(self, err: Error) {
+        match self {
+            Pending::Unary(tx) => drop(tx.send(Err(err))),
+            Pending::Stream { items, .. } => drop(items.send(Err(err))),
+        }
+    }
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// Handlers (unary + notifications + streams) running at once; reading
+    /// pauses at the limit, which pushes back on the peer.
+    pub(crate) max_handlers: usize,
+}
+
+type CallFuture = BoxFuture<'static, (u64, Option<Message>)>;
+
+pub(crate) struct Driver<I, C> {
+    framed: Framed<I, C>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Handed to stream tasks; weak so the channel closes once every client
+    /// handle is gone.
+    commands_tx: mpsc::WeakUnboundedSender<Command>,
+    /// Close when the command channel closes (a client-owned connection).
+    owned_by_handles: bool,
+    router: Option<Router>,
+    identity: Arc<Identity>,
+    limits: Limits,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutting_down: bool,
+
+    outbox: VecDeque<Message>,
+    pending: HashMap<u64, Pending>,
+    calls: FuturesUnordered<CallFuture>,
+    call_aborts: HashMap<u64, AbortHandle>,
+    notifications: FuturesUnordered<BoxFuture<'static, ()>>,
+    streams: HashMap<u64, (Arc<Semaphore>, AbortHandle)>,
+
+    reading: bool,
+    closing: Option<Error>,
+    needs_flush: bool,
+}
+
+impl<I: Io, C: Codec> Driver<I, C> {
+    pub(crate) fn new(
+        framed: Framed<I, C>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        commands_tx: &mpsc::UnboundedSender<Command>,
+        owned_by_handles: bool,
+        router: Option<Router>,
+        identity: Arc<Identity>,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Driver {
+            framed,
+            commands,
+            commands_tx: commands_tx.downgrade(),
+            owned_by_handles,
+            router,
+            identity,
+            limits,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            shutting_down: false,
+            outbox: VecDeque::new(),
+            pending: HashMap::new(),
+            calls: FuturesUnordered::new(),
+            call_aborts: HashMap::new(),
+            notifications: FuturesUnordered::new(),
+            streams: HashMap::new(),
+            reading: true,
+            closing: None,
+            needs_flush: false,
+        }
+    }
+
+    fn handlers(&self) -> usize {
+        self.calls.len() + self.notifications.len() + self.streams.len()
+    }
+
+    /// Stop reading and fail everything in flight with `err`; tell the peer
+    /// why if `tell` (it broke the protocol or we are shutting down).
+    fn close(&mut self, err: Error, tell: bool) {
+        if self.closing.is_some() {
+            return;
+        }
+        tracing::debug!(error = %err, "closing connection");
+        self.reading = false;
+        for (_, pending) in self.pending.drain() {
+            pending.fail(err.clone());
+        }
+        for (_, abort) in self.call_aborts.drain() {
+            abort.abort();
+        }
+        self.calls = FuturesUnordered::new();
+        for (id, (_, abort)) in self.streams.drain() {
+            abort.abort();
+            if tell {
+                self.outbox.push_back(Message::Error {
+                    id,
+                    error: err.to_remote(),
+                });
+            }
+        }
+        if tell {
+            let error = match &err {
+                Error::Disconnected(_) => None,
+                other => Some(other.to_remote()),
+            };
+            self.outbox.push_back(Message::Close { error });
+        }
+        self.closing = Some(err);
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Call { msg, reply } => {
+                let Message::Request { id, .. } = msg else {
+                    unreachable!("Command::Call carries a request")
+                };
+                if let Some(err) = &self.closing {
+                    drop(reply.send(Err(err.clone())));
+                    return;
+                }
+                self.pending.insert(id, Pending::Unary(reply));
+                self.outbox.push_back(msg);
+            }
+            Command::Stream { msg, credit, items } => {
+                let Message::OpenStream { id, .. } = msg else {
+                    unreachable!("Command::Stream carries open_stream")
+                };
+                if let Some(err) = &self.closing {
+                    drop(items.send(Err(err.clone())));
+                    return;
+                }
+                self.pending.insert(id, Pending::Stream { items, credit });
+                self.outbox.push_back(msg);
+            }
+            Command::Credit { id, credit } => {
+                if let Some(Pending::Stream { credit: left, .. }) = self.pending.get_mut(&id) {
+                    *left = left.saturating_add(credit);
+                    self.outbox.push_back(Message::Credit { id, credit });
+                }
+            }
+            Command::Cancel { id } => {
+                if self.pending.remove(&id).is_some() && self.closing.is_none() {
+                    self.outbox.push_back(Message::Cancel { id });
+                }
+            }
+            Command::Send { msg, last } => {
+                let id = match &msg {
+                    Message::Item { id, .. } | Message::End { id } | Message::Error { id, .. } => {
+                        *id
+                    }
+                    _ => unreachable!("stream tasks send items and final answers"),
+                };
+                // A cancelled or closed stream's late messages are dropped.
+                if self.streams.contains_key(&id) {
+                    if last {
+                        self.streams.remove(&id);
+                    }
+                    self.outbox.push_back(msg);
+                }
+            }
+            Command::Oneway(msg) => {
+                if self.closing.is_none() {
+                    self.outbox.push_back(msg);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, msg: Message) {
+        match msg {
+            Message::Request {
+                id,
+                method,
+                payload,
+                timeout_ms,
+            } => self.serve_call(id, method, payload, timeout_ms),
+            Message::Notify { method, payload } => self.serve_notification(method, payload),
+            Message::OpenStream {
+                id,
+                method,
+                payload,
+                credit,
+                timeout_ms,
+            } => self.serve_stream(id, method, payload, credit, timeout_ms),
+            Message::Reply { id, payload } => match self.pending.remove(&id) {
+                Some(Pending::Unary(tx)) => drop(tx.send(Ok(payload))),
+                Some(other) => {
+                    self.pending.insert(id, other);
+                    self.violation(format!("a reply for stream {id}"));
+                }
+                None => {} // cancelled or timed out; the answer is moot
+            },
+            Message::Error { id, error } => {
+                if let Some(pending) = self.pending.remove(&id) {
+                    pending.fail(error.into_error());
+                }
+            }
+            Message::Item { id, payload } => match self.pending.get_mut(&id) {
+                Some(Pending::Stream { items, credit }) => {
+                    if *credit == 0 {
+                        return self.violation(format!("stream {id} sent items beyond its credit"));
+                    }
+                    *credit -= 1;
+                    drop(items.send(Ok(payload)));
+                }
+                Some(Pending::Unary(_)) => self.violation(format!("a stream item for call {id}")),
+                None => {}
+            },
+            Message::End { id } => {
+                if let Some(Pending::Unary(_)) = self.pending.get(&id) {
+                    return self.violation(format!("a stream end for call {id}"));
+                }
+                self.pending.remove(&id);
+            }
+            Message::Credit { id, credit } => {
+                if let Some((permits, _)) = self.streams.get(&id) {
+                    let room = Semaphore::MAX_PERMITS - permits.available_permits();
+                    permits.add_permits((credit as usize).min(room));
+                }
+            }
+            Message::Cancel { id } => {
+                if let Some(abort) = self.call_aborts.remove(&id) {
+                    abort.abort();
+                }
+                if let Some((_, abort)) = self.streams.remove(&id) {
+                    abort.abort();
+                }
+            }
+            Message::Close { error } => {
+                let err = error.map_or_else(
+                    || Error::Disconnected("the peer closed the connection".into()),
+                    RemoteError::into_error,
+                );
+                self.close(err, false);
+            }
+            other @ (Message::Hello { .. } | Message::Auth { .. } | Message::Welcome { .. }) => {
+                self.violation(format!("{} after the handshake", other.kind()))
+            }
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        tracing::warn!(%what, "protocol violation; closing the connection");
+        self.close(Error::Protocol(what), true);
+    }
+
+    fn request(&self, method: String, payload: Payload, kind: CallKind, timeout_ms: Option<u64>) -> Request {
+        Request {
+            method,
+            payload,
+            kind,
+            identity: self.identity.clone(),
+            deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+        }
+    }
+
+    fn serve_call(&mut self, id: u64, method: String, payload: Payload, timeout_ms: Option<u64>) {
+        let Some(router) = self.router.clone() else {
+            self.outbox.push_back(Message::Error {
+                id,
+                error: Error::MethodNotFound(method).to_remote(),
+            });
+            return;
+        };
+        if self.call_aborts.contains_key(&id) || self.streams.contains_key(&id) {
+            return self.violation(format!("call id {id} reused while still in flight"));
+        }
+        let req = self.request(method, payload, CallKind::Unary, timeout_ms);
+        let run = with_deadline(req.deadline, guarded(router.oneshot(req)));
+        let (abort, reg) = AbortHandle::new_pair();
+        self.call_aborts.insert(id, abort);
+        self.calls.push(Box::pin(Abortable::new(run, reg).map(move |result| {
+            let msg = result.ok().map(|answer| match answer {
+                Ok(Reply::Unary(payload)) => Message::Reply { id, payload },
+                Ok(Reply::Stream(_)) => Message::Error {
+                    id,
+                    error: Error::Protocol("this method streams; call it as a stream".into())
+                        .to_remote(),
+                },
+                Err(err) => Message::Error {
+                    id,
+                    error: err.to_remote(),
+                },
+            });
+            (id, msg)
+        })));
+    }
+
+    fn serve_notification(&mut self, method: String, payload: Payload) {
+        let Some(router) = self.router.clone() else {
+            return;
+        };
+        let req = self.request(method, payload, CallKind::Notify, None);
+        let method = req.method.clone();
+        self.notifications.push(Box::pin(guarded(router.oneshot(req)).map(
+            move |result| {
+                if let Err(err) = result {
+                    tracing::warn!(%method, error = %err, "notification handler failed");
+                }
+            },
+        )));
+    }
+
+    fn serve_stream(
+        &mut self,
+        id: u64,
+        method: String,
+        payload: Payload,
+        credit: u32,
+        timeout_ms: Option<u64>,
+    ) {
+        let (Some(router), Some(tx)) = (self.router.clone(), self.commands_tx.upgrade()) else {
+            self.outbox.push_back(Message::Error {
+                id,
+                error: Error::MethodNotFound(method).to_remote(),
+            });
+            return;
+        };
+        if self.call_aborts.contains_key(&id) || self.streams.contains_key(&id) {
+            return self.violation(format!("call id {id} reused while still in flight"));
+        }
+        let req = self.request(method, payload, CallKind::Stream, timeout_ms);
+        let permits = Arc::new(Semaphore::new(credit as usize));
+        let task = stream_task::run(id, router, req, permits.clone(), tx);
+        let (abort, reg) = AbortHandle::new_pair();
+        tokio::spawn(Abortable::new(task, reg));
+        self.streams.insert(id, (permits, abort));
+    }
+
+    /// Encode and write everything queued; `Ready(Err)` means the
+    /// connection is broken.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        while !self.outbox.is_empty() {
+            match Pin::new(&mut self.framed).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            let msg = self.outbox.pop_front().expect("outbox is not empty");
+            let (kind, id) = describe(&msg);
+            if let Err(err) = Pin::new(&mut self.framed).start_send(msg) {
+                self.unsendable(kind, id, err);
+            }
+            self.needs_flush = true;
+        }
+        if self.needs_flush {
+            match Pin::new(&mut self.framed).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A message could not be encoded (too large, unserializable): fail just
+    /// the call it belongs to, keep the connection.
+    fn unsendable(&mut self, kind: &'static str, id: Option<u64>, err: Error) {
+        tracing::warn!(kind, ?id, error = %err, "message could not be sent");
+        match (kind, id) {
+            ("request" | "open_stream", Some(id)) => {
+                if let Some(pending) = self.pending.remove(&id) {
+                    pending.fail(err);
+                }
+            }
+            ("reply" | "item", Some(id)) => {
+                if kind == "item" {
+                    if let Some((_, abort)) = self.streams.remove(&id) {
+                        abort.abort();
+                    }
+                }
+                self.outbox.push_front(Message::Error {
+                    id,
+                    error: err.to_remote(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn describe(msg: &Message) -> (&'static str, Option<u64>) {
+    let id = match msg {
+        Message::Request { id, .. }
+        | Message::OpenStream { id, .. }
+        | Message::Reply { id, .. }
+        | Message::Item { id, .. } => Some(*id),
+        _ => None,
+    };
+    (msg.kind(), id)
+}
+
+/// Run a handler future, turning a panic into an error reply.
+pub(crate) async fn guarded<F: Future<Output = Result<T>>, T>(fut: F) -> Result<T> {
+    AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "handler panicked".into());
+        Err(Error::HandlerFailed {
+            message,
+            kind: "panic".into(),
+        })
+    })
+}
+
+/// Drop the work once the caller's deadline has passed.
+pub(crate) async fn with_deadline<F: Future<Output = Result<T>>, T>(
+    deadline: Option<Instant>,
+    fut: F,
+) -> Result<T> {
+    match deadline {
+        None => fut.await,
+        Some(at) => {
+            let budget = at.saturating_duration_since(Instant::now());
+            tokio::time::timeout(budget, fut)
+                .await
+                .unwrap_or(Err(Error::Timeout(budget)))
+        }
+    }
+}
+
+/// How many frames to handle before yielding to other tasks.
+const BUDGET: usize = 128;
+
+impl<I: Io, C: Codec> Future for Driver<I, C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut budget = BUDGET;
+        loop {
+            let mut progress = false;
+
+            if !this.shutting_down && this.shutdown.as_mut().poll(cx).is_ready() {
+                this.shutting_down = true;
+                progress = true;
+            }
+            if this.shutting_down && this.closing.is_none() {
+                // Drain: no new calls, finish the ones running, then close.
+                this.reading = false;
+                if this.calls.is_empty() && this.notifications.is_empty() {
+                    this.close(Error::Disconnected("the server is shutting down".into()), true);
+                }
+            }
+
+            while let Poll::Ready(cmd) = this.commands.poll_recv(cx) {
+                match cmd {
+                    Some(cmd) => this.on_command(cmd),
+                    None if this.owned_by_handles => {
+                        this.close(Error::Disconnected("client closed".into()), true);
+                        break;
+                    }
+                    None => break,
+                }
+                progress = true;
+            }
+
+            while this.reading && this.handlers() < this.limits.max_handlers && budget > 0 {
+                match Pin::new(&mut this.framed).poll_next(cx) {
+                    Poll::Ready(Some(Ok(msg))) => this.on_frame(msg),
+                    Poll::Ready(Some(Err(err))) => {
+                        tracing::warn!(error = %err, "bad frame; closing the connection");
+                        this.close(err, true);
+                    }
+                    Poll::Ready(None) => {
+                        this.close(Error::Disconnected("the peer closed the connection".into()), false)
+                    }
+                    Poll::Pending => break,
+                }
+                budget -= 1;
+                progress = true;
+            }
+
+            while let Poll::Ready(Some((id, msg))) = this.calls.poll_next_unpin(cx) {
+                this.call_aborts.remove(&id);
+                if let Some(msg) = msg {
+                    this.outbox.push_back(msg);
+                }
+                progress = true;
+            }
+            while let Poll::Ready(Some(())) = this.notifications.poll_next_unpin(cx) {
+                progress = true;
+            }
+
+            match this.poll_write(cx) {
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(error = %err, "write failed");
+                    this.outbox.clear();
+                    this.close(Error::Disconnected(format!("write failed: {err}")), false);
+                    this.notifications = FuturesUnordered::new();
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) if this.closing.is_some() => {
+                    if this.notifications.is_empty() {
+                        return Poll::Ready(());
+                    }
+                }
+                _ => {}
+            }
+
+            if !progress {
+                return Poll::Pending;
+            }
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<I, C> Drop for Driver<I, C> {
+    fn drop(&mut self) {
+        for (_, (_, abort)) in self.streams.drain() {
+            abort.abort();
+        }
+        let err = self
+            .closing
+            .take()
+            .unwrap_or_else(|| Error::Disconnected("connection task stopped".into()));
+        for (_, pending) in self.pending.drain() {
+            pending.fail(err.clone());
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Point-to-point RPC and streaming over any transport, codec and
+//! authenticator, on tower.
+//!
+//! - [`Router`] maps method names to handler services; it is a
+//!   `tower::Service` itself, so middleware wraps one method or all.
+//! - [`Server`] accepts connections, authenticates them and serves a router.
+//! - [`Client`] multiplexes calls, notifications and streams on one
+//!   connection, and is a `tower::Service<Call>` for client middleware.
+//!
+//! The wire protocol is symmetric (either end may call the other); the
+//! server-initiated direction is exposed with the JSON-RPC work.
+
+mod call_stream;
+mod client;
+mod driver;
+mod handler;
+mod router;
+mod server;
+mod stream_task;
+
+pub use call_stream::CallStream;
+pub use client::{Call, Client, ClientBuilder, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW};
+pub use router::{CallKind, PayloadStream, Reply, Request, Router};
+pub use server::{
+    Server, ServerBuilder, ServerHandle, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDLERS,
+};

@@ -1,0 +1,187 @@
+//! Method name → handler service.
+//!
+//! A [`Router`] is itself a `tower::Service<Request>`, so one layer can wrap
+//! every method at once (`ServiceBuilder::new().timeout(..).service(router)`),
+//! and each handler is a service too, so a layer can wrap one method.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use busline_core::{Error, Identity, Payload, Result};
+use futures::{future::BoxFuture, Stream};
+use serde::{de::DeserializeOwned, Serialize};
+use tower::{util::BoxCloneSyncService, Service, ServiceExt};
+
+use super::handler::{NotifyFn, StreamFn, UnaryFn};
+
+/// What kind of answer the caller expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// Exactly one reply.
+    Unary,
+    /// No reply at all.
+    Notify,
+    /// A stream of items.
+    Stream,
+}
+
+/// A call as a handler service sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method called.
+    pub method: String,
+    /// The arguments, as the caller encoded them.
+    pub payload: Payload,
+    /// What the caller expects back.
+    pub kind: CallKind,
+    /// Who the caller authenticated as.
+    pub identity: Arc<Identity>,
+    /// When the caller stops waiting, if it said.
+    pub deadline: Option<Instant>,
+}
+
+/// A stream of payloads, the answer of a streaming handler.
+pub type PayloadStream = Pin<Box<dyn Stream<Item = Result<Payload>> + Send>>;
+
+/// What a handler service returns.
+pub enum Reply {
+    /// One payload (ignored for notifications).
+    Unary(Payload),
+    /// A stream of payloads.
+    Stream(PayloadStream),
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Unary(p) => f.debug_tuple("Unary").field(p).finish(),
+            Reply::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+type Handler = BoxCloneSyncService<Request, Reply, Error>;
+
+/// Dispatches calls to handlers by method name.
+///
+/// ```
+/// use busline::rpc::Router;
+/// use futures::stream;
+///
+/// let router = Router::new()
+///     .unary("add", |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) })
+///     .notification("log", |line: String| async move {
+///         println!("{line}");
+///         Ok::<_, String>(())
+///     })
+///     .stream("count", |n: u64| stream::iter((0..n).map(Ok::<_, String>)));
+/// assert_eq!(router.methods().len(), 3);
+/// ```
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Arc<HashMap<String, Handler>>,
+}
+
+impl Router {
+    /// A router with no methods.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serve `method` with any tower service over [`Request`] → [`Reply`].
+    ///
+    /// This is the general form the other methods build on; use it to wrap
+    /// one method in middleware or to read the caller's [`Identity`].
+    pub fn route<S>(mut self, method: impl Into<String>, service: S) -> Self
+    where
+        S: Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        Arc::make_mut(&mut self.routes).insert(method.into(), BoxCloneSyncService::new(service));
+        self
+    }
+
+    /// Serve `method` with an async function from arguments to one result.
+    ///
+    /// Arguments arrive in the caller's payload encoding and the result goes
+    /// back in the same one. The error type may be anything that converts
+    /// into a boxed error (`String`, `&str`, `std::io::Error`, `anyhow::Error`,
+    /// ...); a [`busline_core::Error`] is passed through as it is.
+    pub fn unary<F, Args, Fut, Ret, E>(self, method: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Args) -> Fut + Clone + Send + Sync + 'static,
+        Args: DeserializeOwned + Send + 'static,
+        Fut: Future<Output = std::result::Result<Ret, E>> + Send + 'static,
+        Ret: Serialize + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.route(method, UnaryFn::new(f))
+    }
+
+    /// Serve `method` as a notification: the caller gets no reply, not even
+    /// on error (errors are logged).
+    pub fn notification<F, Args, Fut, E>(self, method: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Args) -> Fut + Clone + Send + Sync + 'static,
+        Args: DeserializeOwned + Send + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.route(method, NotifyFn::new(f))
+    }
+
+    /// Serve `method` with a function returning a stream of results.
+    ///
+    /// Items go out as the caller grants credit, so a slow caller slows the
+    /// stream down instead of filling memory. An `Err` item ends the stream
+    /// with that error.
+    pub fn stream<F, Args, S, T, E>(self, method: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Args) -> S + Clone + Send + Sync + 'static,
+        Args: DeserializeOwned + Send + 'static,
+        S: Stream<Item = std::result::Result<T, E>> + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.route(method, StreamFn::new(f))
+    }
+
+    /// The method names served, sorted.
+    pub fn methods(&self) -> Vec<&str> {
+        let mut m: Vec<_> = self.routes.keys().map(String::as_str).collect();
+        m.sort_unstable();
+        m
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("methods", &self.methods())
+            .finish()
+    }
+}
+
+impl Service<Request> for Router {
+    type Response = Reply;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Reply>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match self.routes.get(&req.method) {
+            Some(handler) => Box::pin(handler.clone().oneshot(req)),
+            None => Box::pin(std::future::ready(Err(Error::MethodNotFound(req.method)))),
+        }
+    }
+}
