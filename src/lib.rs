@@ -20,7 +20,7 @@
 //! let client = Client::builder(CborCodec::new()).connect(&MemoryTransport::new(), &addr).await?;
 //!
 //! assert_eq!(client.call::<_, i64>("add", &(2, 3)).await?, 5);
-//! let items: Vec<u64> = client.stream("count", &3).await?.map(Result::unwrap).collect().await;
+//! let items: Vec<u64> = client.stream::<_, u64>("count", &3).await?.map(Result::unwrap).collect().await;
 //! assert_eq!(items, [0, 1, 2]);
 //! server.shutdown().await;
 //! # Ok::<(), busline::Error>(())

@@ -1,1 +1,109 @@
-fn main() {}
+//! `busline`: run a demo server, call any busline server, or see it all work
+//! with `busline demo`.
+
+mod cli;
+
+use std::{process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+
+/// Inter-process communication over Unix sockets, TCP and memory.
+///
+/// Addresses are URLs: unix:///run/app.sock, tcp://127.0.0.1:7400,
+/// optionally with ?codec=jsonline or ?codec=cbor (the default).
+#[derive(Debug, Parser)]
+#[command(name = "busline", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a server, call it, stream from it, print what happens, exit.
+    Demo,
+    /// Serve the demo service (echo, add, sum, count, sleep, fail, log)
+    /// until Ctrl-C or SIGTERM.
+    Serve {
+        /// Where to listen, e.g. unix:///tmp/busline.sock or tcp://127.0.0.1:7400.
+        url: String,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
+    /// Call a method and print its JSON result (or each item of a stream).
+    Call {
+        /// The server, e.g. unix:///tmp/busline.sock.
+        url: String,
+        /// The method name.
+        method: String,
+        /// Arguments as JSON.
+        #[arg(default_value = "null")]
+        args: String,
+        /// Read the answer as a stream, one JSON line per item.
+        #[arg(long, conflicts_with = "notify")]
+        stream: bool,
+        /// Send as a notification: no reply is expected.
+        #[arg(long)]
+        notify: bool,
+        /// Give up after this many milliseconds.
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+        /// Keep retrying a refused connection for this many milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        retry: u64,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("busline: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo => cli::demo::run().await,
+            Command::Serve { url, auth } => cli::serve(&url, Arc::from(auth.authenticator()?)).await,
+            Command::Call {
+                url,
+                method,
+                args,
+                stream,
+                notify,
+                timeout,
+                retry,
+                auth,
+            } => {
+                let call = cli::CallArgs {
+                    url,
+                    method,
+                    args,
+                    stream,
+                    notify,
+                    timeout,
+                    retry,
+                };
+                cli::call(call, Arc::from(auth.authenticator()?)).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("busline: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

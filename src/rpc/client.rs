@@ -186,7 +186,11 @@ impl Client {
     /// Call `method` as a notification: no reply is sent, not even on error.
     /// Returns once the notification is queued on the connection.
     pub fn notify<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
-        let payload = Payload::encode(self.shared.encoding, args)?;
+        self.notify_raw(method, Payload::encode(self.shared.encoding, args)?)
+    }
+
+    /// Send a notification with an already-encoded payload.
+    pub fn notify_raw(&self, method: &str, payload: Payload) -> Result<()> {
         self.shared
             .commands
             .send(Command::Oneway(Message::Notify {
@@ -194,6 +198,17 @@ impl Client {
                 payload,
             }))
             .map_err(|_| disconnected())
+    }
+
+    /// Wait until everything sent so far (notifications included) is
+    /// written to the connection: call it before exiting after a notify.
+    pub async fn flush(&self) -> Result<()> {
+        let (done, written) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Flush(done))
+            .map_err(|_| disconnected())?;
+        written.await.map_err(|_| disconnected())
     }
 
     /// Open a server stream; items arrive as the returned stream is read.

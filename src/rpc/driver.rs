@@ -58,6 +58,8 @@ pub(crate) enum Command {
     Send { msg: Message, last: bool },
     /// Send a message that needs no bookkeeping (notifications).
     Oneway(Message),
+    /// Answer once everything queued before it is written out.
+    Flush(oneshot::Sender<()>),
 }
 
 enum Pending {
@@ -108,6 +110,8 @@ pub(crate) struct Driver<I, C> {
     notifications: FuturesUnordered<BoxFuture<'static, ()>>,
     streams: HashMap<u64, (Arc<Semaphore>, AbortHandle)>,
 
+    flushed: Vec<oneshot::Sender<()>>,
+
     reading: bool,
     closing: Option<Error>,
     needs_flush: bool,
@@ -140,6 +144,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             call_aborts: HashMap::new(),
             notifications: FuturesUnordered::new(),
             streams: HashMap::new(),
+            flushed: Vec::new(),
             reading: true,
             closing: None,
             needs_flush: false,
@@ -158,6 +163,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
         }
         tracing::debug!(error = %err, "closing connection");
         self.reading = false;
+        self.flushed.clear();
         for (_, pending) in self.pending.drain() {
             pending.fail(err.clone());
         }
@@ -237,6 +243,11 @@ impl<I: Io, C: Codec> Driver<I, C> {
             Command::Oneway(msg) => {
                 if self.closing.is_none() {
                     self.outbox.push_back(msg);
+                }
+            }
+            Command::Flush(done) => {
+                if self.closing.is_none() {
+                    self.flushed.push(done);
                 }
             }
         }
@@ -425,6 +436,9 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+        for done in self.flushed.drain(..) {
+            let _ = done.send(());
         }
         Poll::Ready(Ok(()))
     }

@@ -1,0 +1,120 @@
+//! The `busline` program's commands, over the run-time `dyn` seam: the URL
+//! picks the transport ([`busline::any_transport`]) and the codec
+//! ([`AnyCodec`]).
+
+pub(crate) mod demo;
+mod service;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use busline::{
+    codec::AnyCodec,
+    rpc::{Client, Server},
+    Address, Authenticator, Encoding, Error, NoAuth, Payload, Result, SharedSecret,
+};
+use futures::StreamExt;
+
+/// Authentication options shared by the commands.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AuthArgs {
+    /// Require (serve) or use (call) HMAC-SHA256 authentication with the
+    /// shared secret in this file.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    pub(crate) fn authenticator(&self) -> Result<Box<dyn Authenticator>> {
+        Ok(match &self.secret_file {
+            Some(path) => Box::new(SharedSecret::from_file(path)?),
+            None => Box::new(NoAuth),
+        })
+    }
+}
+
+/// What `busline call` was asked to do.
+#[derive(Debug)]
+pub(crate) struct CallArgs {
+    pub(crate) url: String,
+    pub(crate) method: String,
+    pub(crate) args: String,
+    pub(crate) stream: bool,
+    pub(crate) notify: bool,
+    pub(crate) timeout: Option<u64>,
+    pub(crate) retry: u64,
+}
+
+/// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
+pub(crate) async fn serve(url: &str, auth: Arc<dyn Authenticator>) -> Result<()> {
+    let addr: Address = url.parse()?;
+    let codec = AnyCodec::for_address(&addr)?;
+    let server = Server::builder(service::router(), codec)
+        .auth(auth)
+        .bind(&busline::any_transport(), &addr)
+        .await?;
+    eprintln!("busline: serving on {} (Ctrl-C to stop)", server.local_addr());
+    shutdown_signal().await;
+    eprintln!("busline: shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// `busline call URL METHOD [ARGS]`.
+pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
+    let addr: Address = args.url.parse()?;
+    let codec = AnyCodec::for_address(&addr)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&args.args).map_err(|e| {
+        Error::Serialization(format!("the arguments are not valid JSON ({e}): {}", args.args))
+    })?;
+    let payload = Payload::from_bytes(Encoding::Json, args.args.into_bytes());
+    let mut builder = Client::builder(codec).auth(auth);
+    if let Some(ms) = args.timeout {
+        builder = builder.timeout(Duration::from_millis(ms));
+    }
+    if args.retry > 0 {
+        builder = builder.retry_connect(Duration::from_millis(args.retry));
+    }
+    let client = builder.connect(&busline::any_transport(), &addr).await?;
+    if args.notify {
+        client.notify_raw(&args.method, payload)?;
+        return client.flush().await;
+    }
+    if args.stream {
+        let mut items = client.stream_raw::<serde_json::Value>(&args.method, payload).await?;
+        while let Some(item) = items.next().await {
+            println!("{}", item?);
+        }
+        return Ok(());
+    }
+    println!("{}", json_text(&client.call_raw(&args.method, payload).await?)?);
+    Ok(())
+}
+
+/// A payload as JSON text, whatever its encoding.
+fn json_text(payload: &Payload) -> Result<String> {
+    match payload.encoding() {
+        Encoding::Json => Ok(String::from_utf8_lossy(payload.bytes()).into_owned()),
+        _ => Ok(payload.decode::<serde_json::Value>()?.to_string()),
+    }
+}
