@@ -64,12 +64,13 @@ impl AnyCodec {
 
     /// Names of the codecs in this build.
     pub fn available() -> Vec<&'static str> {
-        let mut names = Vec::new();
-        #[cfg(feature = "jsonline")]
-        names.push("jsonline");
-        #[cfg(feature = "cbor")]
-        names.push("cbor");
-        names
+        [
+            ("jsonline", cfg!(feature = "jsonline")),
+            ("cbor", cfg!(feature = "cbor")),
+        ]
+        .into_iter()
+        .filter_map(|(name, built)| built.then_some(name))
+        .collect()
     }
 }
 

@@ -59,8 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -75,7 +74,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo => cli::demo::run().await,
-            Command::Serve { url, auth } => cli::serve(&url, Arc::from(auth.authenticator()?)).await,
+            Command::Serve { url, auth } => {
+                cli::serve(&url, Arc::from(auth.authenticator()?)).await
+            }
             Command::Call {
                 url,
                 method,

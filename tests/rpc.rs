@@ -36,7 +36,10 @@ struct Point {
 
 fn router() -> Router {
     Router::new()
-        .unary("add", |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) })
+        .unary(
+            "add",
+            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+        )
         .unary("norm", |p: Point| async move {
             Ok::<_, String>((p.x * p.x + p.y * p.y).sqrt())
         })
@@ -68,13 +71,19 @@ async fn request_response<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let server = f.serve(router()).await;
     let client = f.connect(&server).await;
     assert_eq!(client.call::<_, i64>("add", &(2, 3)).await.unwrap(), 5);
-    let norm: f64 = client.call("norm", &Point { x: 3.0, y: 4.0 }).await.unwrap();
+    let norm: f64 = client
+        .call("norm", &Point { x: 3.0, y: 4.0 })
+        .await
+        .unwrap();
     assert_eq!(norm, 5.0);
     let unit: String = client.call("unit", &()).await.unwrap();
     assert_eq!(unit, "nothing in");
     // Wrong argument types are the caller's error, and the server goes on.
     let bad = client.call::<_, i64>("add", &"not a pair").await;
-    assert!(matches!(bad, Err(Error::Serialization(ref m)) if m.contains("add")), "{bad:?}");
+    assert!(
+        matches!(bad, Err(Error::Serialization(ref m)) if m.contains("add")),
+        "{bad:?}"
+    );
     assert_eq!(client.call::<_, i64>("add", &(1, 1)).await.unwrap(), 2);
     server.shutdown().await;
 }
@@ -158,7 +167,10 @@ async fn stream_cancellation<T: Transport, C: Codec>(f: Fixture<T, C>) {
         .unwrap();
     // Credit bounds how far the server ran ahead of the reader.
     let ahead = produced.load(Ordering::SeqCst);
-    assert!(ahead <= 100 + 2 * busline::rpc::DEFAULT_STREAM_WINDOW as usize, "{ahead}");
+    assert!(
+        ahead <= 100 + 2 * busline::rpc::DEFAULT_STREAM_WINDOW as usize,
+        "{ahead}"
+    );
     assert_eq!(client.call::<_, i64>("add", &(2, 2)).await.unwrap(), 4);
     server.shutdown().await;
 }
@@ -201,9 +213,15 @@ async fn unknown_method<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let server = f.serve(router()).await;
     let client = f.connect(&server).await;
     let err = client.call::<_, ()>("nope", &()).await.unwrap_err();
-    assert!(matches!(err, Error::MethodNotFound(ref m) if m == "nope"), "{err:?}");
+    assert!(
+        matches!(err, Error::MethodNotFound(ref m) if m == "nope"),
+        "{err:?}"
+    );
     let mut s = client.stream::<_, ()>("nope", &()).await.unwrap();
-    assert!(matches!(s.next().await, Some(Err(Error::MethodNotFound(_)))));
+    assert!(matches!(
+        s.next().await,
+        Some(Err(Error::MethodNotFound(_)))
+    ));
     assert!(s.next().await.is_none());
     server.shutdown().await;
 }
@@ -211,19 +229,39 @@ async fn unknown_method<T: Transport, C: Codec>(f: Fixture<T, C>) {
 async fn authentication<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let secret = SharedSecret::new("s3cret").unwrap();
     let server = f
-        .start(f.server(router()).auth(secret.clone()).handshake_timeout(Duration::from_millis(300)))
+        .start(
+            f.server(router())
+                .auth(secret.clone())
+                .handshake_timeout(Duration::from_millis(300)),
+        )
         .await;
     let addr = server.local_addr().clone();
 
-    let ok = f.client().auth(secret).connect(&f.transport, &addr).await.unwrap();
+    let ok = f
+        .client()
+        .auth(secret)
+        .connect(&f.transport, &addr)
+        .await
+        .unwrap();
     assert_eq!(ok.call::<_, i64>("add", &(1, 2)).await.unwrap(), 3);
 
     let wrong = SharedSecret::new("guess").unwrap();
-    let err = f.client().auth(wrong).connect(&f.transport, &addr).await.unwrap_err();
-    assert!(matches!(err, Error::Unauthorized(_)), "wrong secret: {err:?}");
+    let err = f
+        .client()
+        .auth(wrong)
+        .connect(&f.transport, &addr)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(_)),
+        "wrong secret: {err:?}"
+    );
 
     let err = f.client().connect(&f.transport, &addr).await.unwrap_err();
-    assert!(matches!(err, Error::Unauthorized(ref m) if m.contains("hmac-sha256")), "no auth: {err:?}");
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("hmac-sha256")),
+        "no auth: {err:?}"
+    );
 
     // A client that says nothing is dropped once the handshake times out.
     let mut silent = f.transport.connect(&addr).await.unwrap();
@@ -236,7 +274,11 @@ async fn authentication<T: Transport, C: Codec>(f: Fixture<T, C>) {
     // And a client whose server never answers gives up with a timeout.
     let mut raw = f.transport.bind(&f.addr_for_raw()).await.unwrap();
     let raw_addr = busline::Listener::local_addr(&raw);
-    let accept = tokio::spawn(async move { busline::Listener::accept(&mut raw).await.map(|(io, _)| (io, raw)) });
+    let accept = tokio::spawn(async move {
+        busline::Listener::accept(&mut raw)
+            .await
+            .map(|(io, _)| (io, raw))
+    });
     let err = f
         .client()
         .handshake_timeout(Duration::from_millis(200))
@@ -255,7 +297,10 @@ async fn oversize_frames<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let client = f.connect(&server).await;
     // Too large for the sender's own limit: refused locally, connection kept.
     let huge = serde_bytes::ByteBuf::from(vec![7u8; busline::DEFAULT_MAX_FRAME_SIZE + 1]);
-    let err = client.call::<_, serde_bytes::ByteBuf>("echo", &huge).await.unwrap_err();
+    let err = client
+        .call::<_, serde_bytes::ByteBuf>("echo", &huge)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::FrameTooLarge { .. }), "{err:?}");
     let fine = serde_bytes::ByteBuf::from(vec![7u8; 1 << 20]);
     let back: serde_bytes::ByteBuf = client.call("echo", &fine).await.unwrap();
@@ -268,7 +313,11 @@ async fn garbage_and_truncated_input<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let client = f.connect(&server).await;
     let addr = server.local_addr().clone();
 
-    for garbage in [&b"\xff\xfe\xfd garbage \x00\x01\n"[..], b"{\"type\":\"bogus\"}\n", b"\x00\x00\x00\x01\xff"] {
+    for garbage in [
+        &b"\xff\xfe\xfd garbage \x00\x01\n"[..],
+        b"{\"type\":\"bogus\"}\n",
+        b"\x00\x00\x00\x01\xff",
+    ] {
         let mut raw = f.transport.connect(&addr).await.unwrap();
         raw.write_all(garbage).await.unwrap();
         raw.shutdown().await.unwrap(); // end of stream: an unfinished frame is garbage too
@@ -283,12 +332,23 @@ async fn garbage_and_truncated_input<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let mut codec = f.codec.clone();
     let mut bytes = BytesMut::new();
     codec
-        .encode(Message::Hello { version: PROTOCOL_VERSION, scheme: "none".into() }, &mut bytes)
+        .encode(
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                scheme: "none".into(),
+            },
+            &mut bytes,
+        )
         .unwrap();
     let hello_len = bytes.len();
     codec
         .encode(
-            Message::Request { id: 1, method: "add".into(), payload: Payload::json(&(1, 2)).unwrap(), timeout_ms: None },
+            Message::Request {
+                id: 1,
+                method: "add".into(),
+                payload: Payload::json(&(1, 2)).unwrap(),
+                timeout_ms: None,
+            },
             &mut bytes,
         )
         .unwrap();
@@ -305,7 +365,9 @@ async fn garbage_and_truncated_input<T: Transport, C: Codec>(f: Fixture<T, C>) {
 }
 
 async fn disconnect_mid_call<T: Transport, C: Codec>(f: Fixture<T, C>) {
-    let server = f.start(f.server(router()).drain_timeout(Duration::from_millis(50))).await;
+    let server = f
+        .start(f.server(router()).drain_timeout(Duration::from_millis(50)))
+        .await;
     let client = f.connect(&server).await;
     let pending = tokio::spawn({
         let client = client.clone();
@@ -357,7 +419,10 @@ async fn graceful_shutdown<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let addr = server.local_addr().clone();
     server.shutdown().await;
     assert_eq!(slow.await.unwrap().unwrap(), 300, "in-flight call finished");
-    assert!(f.client().connect(&f.transport, &addr).await.is_err(), "address released");
+    assert!(
+        f.client().connect(&f.transport, &addr).await.is_err(),
+        "address released"
+    );
 }
 
 async fn tower_middleware<T: Transport, C: Codec>(f: Fixture<T, C>) {
@@ -371,11 +436,17 @@ async fn tower_middleware<T: Transport, C: Codec>(f: Fixture<T, C>) {
         .ready()
         .await
         .unwrap()
-        .call(Call::new("add", Payload::encode(client.encoding(), &(5, 6)).unwrap()))
+        .call(Call::new(
+            "add",
+            Payload::encode(client.encoding(), &(5, 6)).unwrap(),
+        ))
         .await
         .unwrap();
     assert_eq!(sum.decode::<i64>().unwrap(), 11);
-    let slow = Call::new("sleep_ms", Payload::encode(client.encoding(), &5_000u64).unwrap());
+    let slow = Call::new(
+        "sleep_ms",
+        Payload::encode(client.encoding(), &5_000u64).unwrap(),
+    );
     let err = svc.ready().await.unwrap().call(slow).await.unwrap_err();
     assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
     server.shutdown().await;
@@ -387,10 +458,24 @@ async fn retry_while_daemon_starts<T: Transport, C: Codec>(f: Fixture<T, C>) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         f.server(router()).bind(&f.transport, &addr).await.unwrap()
     };
-    let connect = f.client().retry_connect(Duration::from_secs(10)).connect(&f.transport, &addr);
+    let connect = f
+        .client()
+        .retry_connect(Duration::from_secs(10))
+        .connect(&f.transport, &addr);
     let (server, client) = tokio::join!(start, connect);
-    assert_eq!(client.unwrap().call::<_, i64>("add", &(1, 2)).await.unwrap(), 3);
-    let err = f.client().connect(&f.transport, &f.unused_addr()).await.unwrap_err();
+    assert_eq!(
+        client
+            .unwrap()
+            .call::<_, i64>("add", &(1, 2))
+            .await
+            .unwrap(),
+        3
+    );
+    let err = f
+        .client()
+        .connect(&f.transport, &f.unused_addr())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Transport(_)), "{err:?}");
     server.shutdown().await;
 }
@@ -408,21 +493,45 @@ async fn server_frame_limit<C: Codec>(server_codec: C, client_codec: C) {
         .await
         .unwrap();
     let client = f.connect(&server).await;
-    let err = client.call::<_, serde_bytes::ByteBuf>("big_reply", &(128 * 1024usize)).await.unwrap_err();
-    assert!(matches!(err, Error::FrameTooLarge { limit: 65536, .. }), "big reply: {err:?}");
-    assert_eq!(client.call::<_, i64>("add", &(1, 2)).await.unwrap(), 3, "connection kept");
+    let err = client
+        .call::<_, serde_bytes::ByteBuf>("big_reply", &(128 * 1024usize))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::FrameTooLarge { limit: 65536, .. }),
+        "big reply: {err:?}"
+    );
+    assert_eq!(
+        client.call::<_, i64>("add", &(1, 2)).await.unwrap(),
+        3,
+        "connection kept"
+    );
 
     let big = serde_bytes::ByteBuf::from(vec![2u8; 128 * 1024]);
-    let err = client.call::<_, serde_bytes::ByteBuf>("echo", &big).await.unwrap_err();
-    assert!(matches!(err, Error::FrameTooLarge { limit: 65536, .. }), "big call: {err:?}");
+    let err = client
+        .call::<_, serde_bytes::ByteBuf>("echo", &big)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::FrameTooLarge { limit: 65536, .. }),
+        "big call: {err:?}"
+    );
     let other = f.connect(&server).await;
-    assert_eq!(other.call::<_, i64>("add", &(2, 2)).await.unwrap(), 4, "server unharmed");
+    assert_eq!(
+        other.call::<_, i64>("add", &(2, 2)).await.unwrap(),
+        4,
+        "server unharmed"
+    );
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn server_frame_limit_cbor() {
-    server_frame_limit(busline::CborCodec::with_max_frame_size(65536), busline::CborCodec::new()).await;
+    server_frame_limit(
+        busline::CborCodec::with_max_frame_size(65536),
+        busline::CborCodec::new(),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -141,7 +141,10 @@ fn path_of(text: &str, url: &Url, example: &str) -> Result<PathBuf> {
         .decode_utf8()
         .map_err(|_| invalid(text, "path is not valid UTF-8 after percent-decoding"))?;
     if !path.starts_with('/') || path.len() < 2 {
-        return Err(invalid(text, format!("needs an absolute path, e.g. {example}")));
+        return Err(invalid(
+            text,
+            format!("needs an absolute path, e.g. {example}"),
+        ));
     }
     Ok(PathBuf::from(path.into_owned()))
 }
@@ -245,7 +248,10 @@ mod tests {
             assert_eq!(addr.to_string().parse::<Address>().unwrap(), addr);
         }
         let addr: Address = "unix:///tmp/with%20space.sock".parse().unwrap();
-        assert_eq!(addr.endpoint(), &Endpoint::Unix("/tmp/with space.sock".into()));
+        assert_eq!(
+            addr.endpoint(),
+            &Endpoint::Unix("/tmp/with space.sock".into())
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub enum Error {
     #[error("unauthorized: {0}")]
     Unauthorized(String),
     /// A frame exceeded the configured maximum size.
-    #[error("frame of {size} bytes exceeds the limit of {limit} bytes (raise it with `max_frame_size`)")]
+    #[error(
+        "frame of {size} bytes exceeds the limit of {limit} bytes (raise it with `max_frame_size`)"
+    )]
     FrameTooLarge {
         /// Size of the offending frame (at least this many bytes).
         size: usize,

@@ -35,7 +35,8 @@ mod transport;
 
 pub use address::{Address, Endpoint};
 pub use auth::{
-    handshake, AuthChannel, Authenticator, Identity, NoAuth, SharedSecret, DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake, AuthChannel, Authenticator, Identity, NoAuth, SharedSecret,
+    DEFAULT_HANDSHAKE_TIMEOUT,
 };
 pub use codec::{Codec, DEFAULT_MAX_FRAME_SIZE};
 pub use error::{Error, ErrorCode, RemoteError, Result};

@@ -104,7 +104,10 @@ pub fn expect_scheme(addr: &Address, scheme: &str) -> Result<()> {
     } else {
         Err(Error::Address {
             url: addr.to_string(),
-            reason: format!("the {scheme} transport cannot use a {} address", addr.scheme()),
+            reason: format!(
+                "the {scheme} transport cannot use a {} address",
+                addr.scheme()
+            ),
         })
     }
 }
@@ -199,14 +202,16 @@ impl AnyTransport {
     }
 
     fn pick(&self, addr: &Address) -> Result<&Arc<dyn ErasedTransport>> {
-        self.by_scheme.get(addr.scheme()).ok_or_else(|| Error::Address {
-            url: addr.to_string(),
-            reason: format!(
-                "no {} transport in this build (available: {})",
-                addr.scheme(),
-                self.schemes().join(", ")
-            ),
-        })
+        self.by_scheme
+            .get(addr.scheme())
+            .ok_or_else(|| Error::Address {
+                url: addr.to_string(),
+                reason: format!(
+                    "no {} transport in this build (available: {})",
+                    addr.scheme(),
+                    self.schemes().join(", ")
+                ),
+            })
     }
 }
 

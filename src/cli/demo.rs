@@ -24,7 +24,10 @@ pub(crate) async fn run() -> Result<()> {
     let result = calls(&transport, &addr).await;
     server.shutdown().await;
     let _ = std::fs::remove_dir(&dir);
-    println!("server   stopped; socket removed: {}", !dir.join("demo.sock").exists());
+    println!(
+        "server   stopped; socket removed: {}",
+        !dir.join("demo.sock").exists()
+    );
     result
 }
 
@@ -54,20 +57,37 @@ async fn calls(transport: &UnixTransport, addr: &Address) -> Result<()> {
         async move { client.call::<_, i64>("add", &(i, i)).await }
     });
     let answers = futures::future::try_join_all(calls).await?;
-    println!("parallel 64 calls on one connection, sum of answers = {}", answers.iter().sum::<i64>());
+    println!(
+        "parallel 64 calls on one connection, sum of answers = {}",
+        answers.iter().sum::<i64>()
+    );
 
     match client.call::<_, ()>("fail", &"on purpose").await {
-        Err(Error::HandlerFailed { message, .. }) => println!("error    fail(\"on purpose\") -> handler failed: {message}"),
-        other => return Err(Error::Protocol(format!("expected a handler error, got {other:?}"))),
+        Err(Error::HandlerFailed { message, .. }) => {
+            println!("error    fail(\"on purpose\") -> handler failed: {message}")
+        }
+        other => {
+            return Err(Error::Protocol(format!(
+                "expected a handler error, got {other:?}"
+            )))
+        }
     }
     match client.call::<_, ()>("missing", &()).await {
         Err(e @ Error::MethodNotFound(_)) => println!("error    missing() -> {e}"),
-        other => return Err(Error::Protocol(format!("expected method not found, got {other:?}"))),
+        other => {
+            return Err(Error::Protocol(format!(
+                "expected method not found, got {other:?}"
+            )))
+        }
     }
     let slow = client.with_timeout(Duration::from_millis(50));
     match slow.call::<_, u64>("sleep", &1000u64).await {
         Err(e @ Error::Timeout(_)) => println!("error    sleep(1000) with a 50 ms timeout -> {e}"),
-        other => return Err(Error::Protocol(format!("expected a timeout, got {other:?}"))),
+        other => {
+            return Err(Error::Protocol(format!(
+                "expected a timeout, got {other:?}"
+            )))
+        }
     }
     client.notify("log", &"a notification: no reply expected")?;
     // Frames on one connection are dispatched in order, so once this call

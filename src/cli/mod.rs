@@ -52,7 +52,10 @@ pub(crate) async fn serve(url: &str, auth: Arc<dyn Authenticator>) -> Result<()>
         .auth(auth)
         .bind(&busline::any_transport(), &addr)
         .await?;
-    eprintln!("busline: serving on {} (Ctrl-C to stop)", server.local_addr());
+    eprintln!(
+        "busline: serving on {} (Ctrl-C to stop)",
+        server.local_addr()
+    );
     shutdown_signal().await;
     eprintln!("busline: shutting down");
     server.shutdown().await;
@@ -85,7 +88,10 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
     let addr: Address = args.url.parse()?;
     let codec = AnyCodec::for_address(&addr)?;
     serde_json::from_str::<serde::de::IgnoredAny>(&args.args).map_err(|e| {
-        Error::Serialization(format!("the arguments are not valid JSON ({e}): {}", args.args))
+        Error::Serialization(format!(
+            "the arguments are not valid JSON ({e}): {}",
+            args.args
+        ))
     })?;
     let payload = Payload::from_bytes(Encoding::Json, args.args.into_bytes());
     let mut builder = Client::builder(codec).auth(auth);
@@ -101,13 +107,18 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
         return client.flush().await;
     }
     if args.stream {
-        let mut items = client.stream_raw::<serde_json::Value>(&args.method, payload).await?;
+        let mut items = client
+            .stream_raw::<serde_json::Value>(&args.method, payload)
+            .await?;
         while let Some(item) = items.next().await {
             println!("{}", item?);
         }
         return Ok(());
     }
-    println!("{}", json_text(&client.call_raw(&args.method, payload).await?)?);
+    println!(
+        "{}",
+        json_text(&client.call_raw(&args.method, payload).await?)?
+    );
     Ok(())
 }
 

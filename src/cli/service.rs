@@ -15,12 +15,17 @@ pub(crate) fn router() -> Router {
             a.checked_add(b)
                 .ok_or_else(|| format!("{a} + {b} overflows a 64-bit integer"))
         })
-        .unary("sum", |xs: Vec<f64>| async move { Ok::<_, String>(xs.iter().sum::<f64>()) })
+        .unary("sum", |xs: Vec<f64>| async move {
+            Ok::<_, String>(xs.iter().sum::<f64>())
+        })
         .unary("sleep", |ms: u64| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, String>(ms)
         })
-        .unary("fail", |message: String| async move { Err::<(), _>(message) })
+        .unary(
+            "fail",
+            |message: String| async move { Err::<(), _>(message) },
+        )
         .stream("count", |n: u64| {
             stream::iter(0..n).then(|i| async move {
                 tokio::task::yield_now().await;

@@ -49,9 +49,8 @@ impl<T> CallStream<T> {
             items,
             window,
             consumed: 0,
-            deadline: deadline.map(|(at, limit)| {
-                (Box::pin(tokio::time::sleep_until(at.into())), limit)
-            }),
+            deadline: deadline
+                .map(|(at, limit)| (Box::pin(tokio::time::sleep_until(at.into())), limit)),
             done: false,
             _permit: permit,
             _item: PhantomData,

@@ -22,7 +22,7 @@ use tower::Service;
 
 use super::{
     call_stream::CallStream,
-    driver::{Command, Driver, Limits},
+    driver::{Command, Driver, Setup},
 };
 
 /// Default bound on calls (and streams) in flight on one connection.
@@ -374,7 +374,8 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
                 },
             }
         };
-        self.connect_io(io, PeerInfo::described(addr.to_string())).await
+        self.connect_io(io, PeerInfo::described(addr.to_string()))
+            .await
     }
 
     /// Run the handshake over an already-open byte stream and start the
@@ -389,19 +390,14 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             subject: Some("server".into()),
             peer,
         };
-        let limits = Limits {
+        let setup = Setup {
+            owned_by_handles: true,
+            router: None,
+            identity: Arc::new(identity),
             max_handlers: self.max_in_flight,
+            shutdown: CancellationToken::new(),
         };
-        let driver = Driver::new(
-            framed,
-            rx,
-            &commands,
-            true,
-            None,
-            Arc::new(identity),
-            limits,
-            CancellationToken::new(),
-        );
+        let driver = Driver::new(framed, rx, &commands, setup);
         tokio::spawn(driver);
         Ok(Client {
             shared: Arc::new(Shared {

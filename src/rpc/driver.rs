@@ -79,12 +79,19 @@ impl Pending {
     }
 }
 
-/// Per-connection limits.
-#[derive(Debug, Clone)]
-pub(crate) struct Limits {
+/// How a connection behaves, beyond its byte stream.
+pub(crate) struct Setup {
+    /// Close when the command channel closes (a client-owned connection).
+    pub(crate) owned_by_handles: bool,
+    /// Methods served to the peer, if any.
+    pub(crate) router: Option<Router>,
+    /// Who the peer is, as handlers see it.
+    pub(crate) identity: Arc<Identity>,
     /// Handlers (unary + notifications + streams) running at once; reading
     /// pauses at the limit, which pushes back on the peer.
     pub(crate) max_handlers: usize,
+    /// Cancelled to drain and close the connection.
+    pub(crate) shutdown: CancellationToken,
 }
 
 type CallFuture = BoxFuture<'static, (u64, Option<Message>)>;
@@ -95,11 +102,10 @@ pub(crate) struct Driver<I, C> {
     /// Handed to stream tasks; weak so the channel closes once every client
     /// handle is gone.
     commands_tx: mpsc::WeakUnboundedSender<Command>,
-    /// Close when the command channel closes (a client-owned connection).
     owned_by_handles: bool,
     router: Option<Router>,
     identity: Arc<Identity>,
-    limits: Limits,
+    max_handlers: usize,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     shutting_down: bool,
 
@@ -122,21 +128,17 @@ impl<I: Io, C: Codec> Driver<I, C> {
         framed: Framed<I, C>,
         commands: mpsc::UnboundedReceiver<Command>,
         commands_tx: &mpsc::UnboundedSender<Command>,
-        owned_by_handles: bool,
-        router: Option<Router>,
-        identity: Arc<Identity>,
-        limits: Limits,
-        shutdown: CancellationToken,
+        setup: Setup,
     ) -> Self {
         Driver {
             framed,
             commands,
             commands_tx: commands_tx.downgrade(),
-            owned_by_handles,
-            router,
-            identity,
-            limits,
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            owned_by_handles: setup.owned_by_handles,
+            router: setup.router,
+            identity: setup.identity,
+            max_handlers: setup.max_handlers,
+            shutdown: Box::pin(setup.shutdown.cancelled_owned()),
             shutting_down: false,
             outbox: VecDeque::new(),
             pending: HashMap::new(),
@@ -331,7 +333,13 @@ impl<I: Io, C: Codec> Driver<I, C> {
         self.close(Error::Protocol(what), true);
     }
 
-    fn request(&self, method: String, payload: Payload, kind: CallKind, timeout_ms: Option<u64>) -> Request {
+    fn request(
+        &self,
+        method: String,
+        payload: Payload,
+        kind: CallKind,
+        timeout_ms: Option<u64>,
+    ) -> Request {
         Request {
             method,
             payload,
@@ -356,21 +364,22 @@ impl<I: Io, C: Codec> Driver<I, C> {
         let run = with_deadline(req.deadline, guarded(router.oneshot(req)));
         let (abort, reg) = AbortHandle::new_pair();
         self.call_aborts.insert(id, abort);
-        self.calls.push(Box::pin(Abortable::new(run, reg).map(move |result| {
-            let msg = result.ok().map(|answer| match answer {
-                Ok(Reply::Unary(payload)) => Message::Reply { id, payload },
-                Ok(Reply::Stream(_)) => Message::Error {
-                    id,
-                    error: Error::Protocol("this method streams; call it as a stream".into())
-                        .to_remote(),
-                },
-                Err(err) => Message::Error {
-                    id,
-                    error: err.to_remote(),
-                },
-            });
-            (id, msg)
-        })));
+        self.calls
+            .push(Box::pin(Abortable::new(run, reg).map(move |result| {
+                let msg = result.ok().map(|answer| match answer {
+                    Ok(Reply::Unary(payload)) => Message::Reply { id, payload },
+                    Ok(Reply::Stream(_)) => Message::Error {
+                        id,
+                        error: Error::Protocol("this method streams; call it as a stream".into())
+                            .to_remote(),
+                    },
+                    Err(err) => Message::Error {
+                        id,
+                        error: err.to_remote(),
+                    },
+                });
+                (id, msg)
+            })));
     }
 
     fn serve_notification(&mut self, method: String, payload: Payload) {
@@ -379,13 +388,12 @@ impl<I: Io, C: Codec> Driver<I, C> {
         };
         let req = self.request(method, payload, CallKind::Notify, None);
         let method = req.method.clone();
-        self.notifications.push(Box::pin(guarded(router.oneshot(req)).map(
-            move |result| {
+        self.notifications
+            .push(Box::pin(guarded(router.oneshot(req)).map(move |result| {
                 if let Err(err) = result {
                     tracing::warn!(%method, error = %err, "notification handler failed");
                 }
-            },
-        )));
+            })));
     }
 
     fn serve_stream(
@@ -482,17 +490,20 @@ fn describe(msg: &Message) -> (&'static str, Option<u64>) {
 
 /// Run a handler future, turning a panic into an error reply.
 pub(crate) async fn guarded<F: Future<Output = Result<T>>, T>(fut: F) -> Result<T> {
-    AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "handler panicked".into());
-        Err(Error::HandlerFailed {
-            message,
-            kind: "panic".into(),
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".into());
+            Err(Error::HandlerFailed {
+                message,
+                kind: "panic".into(),
+            })
         })
-    })
 }
 
 /// Drop the work once the caller's deadline has passed.
@@ -531,7 +542,10 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 // Drain: no new calls, finish the ones running, then close.
                 this.reading = false;
                 if this.calls.is_empty() && this.notifications.is_empty() {
-                    this.close(Error::Disconnected("the server is shutting down".into()), true);
+                    this.close(
+                        Error::Disconnected("the server is shutting down".into()),
+                        true,
+                    );
                 }
             }
 
@@ -547,16 +561,17 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 progress = true;
             }
 
-            while this.reading && this.handlers() < this.limits.max_handlers && budget > 0 {
+            while this.reading && this.handlers() < this.max_handlers && budget > 0 {
                 match Pin::new(&mut this.framed).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => this.on_frame(msg),
                     Poll::Ready(Some(Err(err))) => {
                         tracing::warn!(error = %err, "bad frame; closing the connection");
                         this.close(err, true);
                     }
-                    Poll::Ready(None) => {
-                        this.close(Error::Disconnected("the peer closed the connection".into()), false)
-                    }
+                    Poll::Ready(None) => this.close(
+                        Error::Disconnected("the peer closed the connection".into()),
+                        false,
+                    ),
                     Poll::Pending => break,
                 }
                 budget -= 1;
@@ -582,10 +597,8 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                     this.notifications = FuturesUnordered::new();
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(())) if this.closing.is_some() => {
-                    if this.notifications.is_empty() {
-                        return Poll::Ready(());
-                    }
+                Poll::Ready(Ok(())) if this.closing.is_some() && this.notifications.is_empty() => {
+                    return Poll::Ready(());
                 }
                 _ => {}
             }

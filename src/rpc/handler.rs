@@ -30,9 +30,9 @@ where
 
 /// Decode a request's arguments, naming the method on failure.
 fn arguments<Args: DeserializeOwned>(req: &Request) -> Result<Args> {
-    req.payload.decode().map_err(|e| {
-        Error::Serialization(format!("invalid arguments for {:?}: {e}", req.method))
-    })
+    req.payload
+        .decode()
+        .map_err(|e| Error::Serialization(format!("invalid arguments for {:?}: {e}", req.method)))
 }
 
 /// Answer in the caller's encoding (binary callers get CBOR).
@@ -170,6 +170,9 @@ mod tests {
             handler_error(Error::Unauthorized("no".into())),
             Error::Unauthorized(_)
         ));
-        assert!(matches!(handler_error("plain text"), Error::HandlerFailed { .. }));
+        assert!(matches!(
+            handler_error("plain text"),
+            Error::HandlerFailed { .. }
+        ));
     }
 }

@@ -11,7 +11,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::{codec::Framed, sync::CancellationToken};
 
 use super::{
-    driver::{Driver, Limits},
+    driver::{Driver, Setup},
     Router,
 };
 
@@ -176,30 +176,23 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
     async fn connection<I: Io>(&self, io: I, peer: PeerInfo, shutdown: CancellationToken) {
         let mut framed = Framed::new(io, self.codec.clone());
         let description = peer.description.clone();
-        let identity = match handshake::server(&mut framed, &*self.auth, peer, self.handshake_timeout)
-            .await
-        {
-            Ok(identity) => identity,
-            Err(err) => {
-                tracing::info!(peer = %description, error = %err, "handshake refused");
-                return;
-            }
-        };
+        let identity =
+            match handshake::server(&mut framed, &*self.auth, peer, self.handshake_timeout).await {
+                Ok(identity) => identity,
+                Err(err) => {
+                    tracing::info!(peer = %description, error = %err, "handshake refused");
+                    return;
+                }
+            };
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
-        let limits = Limits {
+        let setup = Setup {
+            owned_by_handles: false,
+            router: Some(self.router.clone()),
+            identity: Arc::new(identity),
             max_handlers: self.max_handlers,
-        };
-        Driver::new(
-            framed,
-            rx,
-            &commands,
-            false,
-            Some(self.router.clone()),
-            Arc::new(identity),
-            limits,
             shutdown,
-        )
-        .await;
+        };
+        Driver::new(framed, rx, &commands, setup).await;
         tracing::debug!(peer = %description, "connection closed");
     }
 }

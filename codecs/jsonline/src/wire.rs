@@ -255,10 +255,6 @@ pub(crate) fn parse(line: &Bytes) -> Result<Message, Error> {
         "close" => Message::Close {
             error: w.error.clone(),
         },
-        other => {
-            return Err(Error::Protocol(format!(
-                "unknown message type {other:?}"
-            )))
-        }
+        other => return Err(Error::Protocol(format!("unknown message type {other:?}"))),
     })
 }

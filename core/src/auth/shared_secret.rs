@@ -144,9 +144,7 @@ impl Authenticator for SharedSecret {
         self.mac(SERVER_LABEL, &client_nonce, &server_nonce)
             .verify_slice(&proof)
             .map_err(|_| {
-                Error::Unauthorized(
-                    "the server could not prove it knows the shared secret".into(),
-                )
+                Error::Unauthorized("the server could not prove it knows the shared secret".into())
             })?;
         let ours = self
             .mac(CLIENT_LABEL, &server_nonce, &client_nonce)

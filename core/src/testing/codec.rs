@@ -89,8 +89,8 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         proptest::collection::vec(any::<u8>(), 0..256),
     )
         .prop_map(|(e, b)| Payload::from_bytes(e, b));
-    let json_payload = any::<(i64, String, Vec<bool>)>()
-        .prop_map(|v| Payload::json(&v).expect("JSON encodes"));
+    let json_payload =
+        any::<(i64, String, Vec<bool>)>().prop_map(|v| Payload::json(&v).expect("JSON encodes"));
     let payload = prop_oneof![payload, json_payload];
     let text = ".{0,40}";
     let code = prop_oneof![
@@ -98,16 +98,17 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         Just(ErrorCode::HandlerFailed),
         Just(ErrorCode::Unauthorized)
     ];
-    let remote = (code, text, proptest::option::of(text)).prop_map(|(code, message, detail)| {
-        RemoteError {
+    let remote =
+        (code, text, proptest::option::of(text)).prop_map(|(code, message, detail)| RemoteError {
             code,
             message,
             detail,
-        }
-    });
+        });
     prop_oneof![
         (any::<u32>(), text).prop_map(|(version, scheme)| Message::Hello { version, scheme }),
-        payload.clone().prop_map(|payload| Message::Auth { payload }),
+        payload
+            .clone()
+            .prop_map(|payload| Message::Auth { payload }),
         any::<u32>().prop_map(|version| Message::Welcome { version }),
         (any::<u64>(), text, payload.clone(), any::<Option<u64>>()).prop_map(
             |(id, method, payload, timeout_ms)| Message::Request {
@@ -214,7 +215,10 @@ pub fn codec_conformance<C: Codec>(make: impl Fn(usize) -> C) {
     };
     match small.encode(huge.clone(), &mut buf) {
         Err(Error::FrameTooLarge { size, limit }) => {
-            assert!(size > limit && limit == 1024, "{name}: size {size}, limit {limit}");
+            assert!(
+                size > limit && limit == 1024,
+                "{name}: size {size}, limit {limit}"
+            );
         }
         other => panic!("{name}: oversized encode gave {other:?}"),
     }
@@ -250,7 +254,11 @@ pub fn codec_conformance<C: Codec>(make: impl Fn(usize) -> C) {
     let one = encode(&mut codec, &samples[3..4]);
     let mut cut = BytesMut::from(&one[..one.len() - 1]);
     let mut fresh = codec.clone();
-    assert_eq!(fresh.decode(&mut cut).ok(), Some(None), "{name}: partial frame");
+    assert_eq!(
+        fresh.decode(&mut cut).ok(),
+        Some(None),
+        "{name}: partial frame"
+    );
     assert!(
         fresh.decode_eof(&mut cut).is_err(),
         "{name}: a truncated frame at end of stream must be an error"
@@ -266,7 +274,10 @@ pub fn codec_conformance<C: Codec>(make: impl Fn(usize) -> C) {
         b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
     ] {
         let result = decode_in_chunks(&codec, garbage, &[usize::MAX]);
-        assert!(result.is_err(), "{name}: garbage {garbage:?} decoded as {result:?}");
+        assert!(
+            result.is_err(),
+            "{name}: garbage {garbage:?} decoded as {result:?}"
+        );
     }
 
     codec_properties(&codec);
