@@ -1,1 +1,227 @@
-fn main() {}
+//! Round trip (1 call in flight) and throughput (64 in flight) for every
+//! transport × codec, beside the raw socket doing the same byte ping-pong
+//! without busline, so busline's overhead reads as a ratio from one run.
+//!
+//! Run: `cargo bench --bench rpc`; one group: `cargo bench --bench rpc -- round_trip`.
+
+use std::{path::PathBuf, time::Duration};
+
+use busline::{
+    rpc::{Client, Router, Server, ServerHandle},
+    Address, CborCodec, Codec, JsonLineCodec, MemoryTransport, TcpTransport, Transport,
+    UnixTransport,
+};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures::future::join_all;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
+    runtime::Runtime,
+};
+
+/// Bytes per raw message: about the size of a small busline call frame.
+const RAW_MESSAGE: usize = 48;
+const IN_FLIGHT: usize = 64;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("busline-bench-{}-{name}.sock", std::process::id()))
+}
+
+/// Echo fixed-size messages, one write per message (no batching).
+async fn raw_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = [0u8; RAW_MESSAGE];
+    while s.read_exact(&mut buf).await.is_ok() {
+        if s.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A connected raw pair over Unix or TCP, with its echo server running.
+async fn raw_unix() -> UnixStream {
+    let path = socket_path("raw");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind raw unix");
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        raw_echo(s).await;
+    });
+    let client = UnixStream::connect(&path).await.expect("connect raw unix");
+    let _ = std::fs::remove_file(&path);
+    client
+}
+
+async fn raw_tcp() -> TcpStream {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw tcp");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        raw_echo(s).await;
+    });
+    let client = TcpStream::connect(addr).await.expect("connect raw tcp");
+    client.set_nodelay(true).expect("nodelay");
+    client
+}
+
+async fn raw_round_trip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    let mut buf = [7u8; RAW_MESSAGE];
+    s.write_all(&buf).await.expect("write");
+    s.read_exact(&mut buf).await.expect("read");
+}
+
+/// 64 messages pipelined, each written with its own syscall, as a program
+/// without a batching writer would.
+async fn raw_pipelined<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    let (mut r, mut w) = tokio::io::split(s);
+    let write = async {
+        let buf = [7u8; RAW_MESSAGE];
+        for _ in 0..IN_FLIGHT {
+            w.write_all(&buf).await.expect("write");
+        }
+    };
+    let read = async {
+        let mut buf = [0u8; RAW_MESSAGE];
+        for _ in 0..IN_FLIGHT {
+            r.read_exact(&mut buf).await.expect("read");
+        }
+    };
+    tokio::join!(write, read);
+}
+
+/// Run `n` iterations of an async expression inside one `block_on`, timed.
+macro_rules! timed {
+    ($rt:expr, $n:expr, $op:expr) => {
+        $rt.block_on(async {
+            let start = std::time::Instant::now();
+            for _ in 0..$n {
+                $op.await;
+            }
+            start.elapsed()
+        })
+    };
+}
+
+fn router() -> Router {
+    Router::new().unary("echo", |x: u64| async move { Ok::<_, String>(x) })
+}
+
+struct Setup {
+    name: String,
+    client: Client,
+    _server: ServerHandle,
+}
+
+async fn setup<T: Transport, C: Codec>(transport: T, codec: C, addr: Address) -> Setup {
+    let name = format!("{}+{}", addr.scheme(), codec.name());
+    if let busline::Endpoint::Unix(p) = addr.endpoint() {
+        let _ = std::fs::remove_file(p);
+    }
+    let server = Server::builder(router(), codec.clone())
+        .bind(&transport, &addr)
+        .await
+        .expect("server binds");
+    let client = Client::builder(codec)
+        .connect(&transport, server.local_addr())
+        .await
+        .expect("client connects");
+    Setup {
+        name,
+        client,
+        _server: server,
+    }
+}
+
+/// Every transport × codec, on addresses unique to `group` (a previous
+/// group's servers may still be releasing theirs).
+async fn all_setups(group: &str) -> Vec<Setup> {
+    let unix = |codec: &str| Address::unix(socket_path(&format!("{group}-{codec}")));
+    let memory = |codec: &str| Address::memory(format!("bench-{group}-{codec}"));
+    let tcp = || Address::tcp("127.0.0.1", 0);
+    vec![
+        setup(UnixTransport::new(), CborCodec::new(), unix("cbor")).await,
+        setup(UnixTransport::new(), JsonLineCodec::new(), unix("jsonline")).await,
+        setup(TcpTransport::new(), CborCodec::new(), tcp()).await,
+        setup(TcpTransport::new(), JsonLineCodec::new(), tcp()).await,
+        setup(MemoryTransport::new(), CborCodec::new(), memory("cbor")).await,
+        setup(
+            MemoryTransport::new(),
+            JsonLineCodec::new(),
+            memory("jsonline"),
+        )
+        .await,
+    ]
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("round_trip");
+    group.throughput(Throughput::Elements(1));
+
+    let mut unix = rt.block_on(raw_unix());
+    group.bench_function(BenchmarkId::new("raw", "unix"), |b| {
+        b.iter_custom(|n| timed!(rt, n, raw_round_trip(&mut unix)))
+    });
+    let mut tcp = rt.block_on(raw_tcp());
+    group.bench_function(BenchmarkId::new("raw", "tcp"), |b| {
+        b.iter_custom(|n| timed!(rt, n, raw_round_trip(&mut tcp)))
+    });
+
+    for s in rt.block_on(all_setups("rt")) {
+        group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let x: u64 = s.client.call("echo", &42u64).await.expect("call");
+                assert_eq!(x, 42);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("in_flight_64");
+    group.throughput(Throughput::Elements(IN_FLIGHT as u64));
+
+    let mut unix = rt.block_on(raw_unix());
+    group.bench_function(BenchmarkId::new("raw_unbatched", "unix"), |b| {
+        b.iter_custom(|n| timed!(rt, n, raw_pipelined(&mut unix)))
+    });
+    let mut tcp = rt.block_on(raw_tcp());
+    group.bench_function(BenchmarkId::new("raw_unbatched", "tcp"), |b| {
+        b.iter_custom(|n| timed!(rt, n, raw_pipelined(&mut tcp)))
+    });
+
+    for s in rt.block_on(all_setups("tp")) {
+        group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let calls = (0..IN_FLIGHT as u64).map(|i| {
+                    let client = s.client.clone();
+                    async move { client.call::<_, u64>("echo", &i).await.expect("call") }
+                });
+                join_all(calls).await
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = round_trip, throughput
+}
+criterion_main!(benches);

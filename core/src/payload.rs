@@ -104,8 +104,13 @@ impl Payload {
         match self.encoding {
             Encoding::Json => serde_json::from_slice(&self.bytes)
                 .map_err(|e| Error::Serialization(format!("JSON payload: {e}"))),
-            Encoding::Cbor => ciborium::from_reader(&self.bytes[..])
-                .map_err(|e| Error::Serialization(format!("CBOR payload: {e}"))),
+            Encoding::Cbor => {
+                // ciborium's default zeroes a 4 KiB scratch buffer per call;
+                // longer strings than this still decode, through the heap.
+                let mut scratch = [0u8; 256];
+                ciborium::de::from_reader_with_buffer(&self.bytes[..], &mut scratch)
+                    .map_err(|e| Error::Serialization(format!("CBOR payload: {e}")))
+            }
             Encoding::Binary => Err(Error::Serialization(
                 "binary payload: read it with Payload::bytes".into(),
             )),
@@ -185,6 +190,17 @@ mod tests {
             assert_eq!(p.encoding(), enc);
             assert_eq!(p.decode::<Vec<u8>>().unwrap(), vec![1, 2, 3]);
         }
+    }
+
+    #[test]
+    fn cbor_strings_longer_than_the_scratch_buffer_decode() {
+        let long = "x".repeat(10_000);
+        let bytes = serde_bytes::ByteBuf::from(vec![5u8; 10_000]);
+        let p = Payload::cbor(&(&long, &bytes)).unwrap();
+        assert_eq!(
+            p.decode::<(String, serde_bytes::ByteBuf)>().unwrap(),
+            (long, bytes)
+        );
     }
 
     #[test]

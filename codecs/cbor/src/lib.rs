@@ -27,11 +27,16 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 const HEADER: usize = 4;
+/// Strings and byte strings up to this size decode without an allocation.
+const SCRATCH: usize = 4096;
 
 /// The CBOR codec. See the [crate docs](crate).
 #[derive(Debug, Clone)]
 pub struct CborCodec {
     max_frame_size: usize,
+    /// Reused across frames: ciborium would otherwise zero a fresh 4 KiB
+    /// buffer for every message decoded.
+    scratch: Vec<u8>,
 }
 
 impl CborCodec {
@@ -44,6 +49,7 @@ impl CborCodec {
     pub fn with_max_frame_size(bytes: usize) -> Self {
         CborCodec {
             max_frame_size: bytes.min(u32::MAX as usize),
+            scratch: vec![0; SCRATCH],
         }
     }
 }
@@ -103,7 +109,7 @@ impl Decoder for CborCodec {
         src.advance(HEADER);
         let frame = src.split_to(size);
         let mut rest = &frame[..];
-        let msg: Message = ciborium::from_reader(&mut rest)
+        let msg: Message = ciborium::de::from_reader_with_buffer(&mut rest, &mut self.scratch)
             .map_err(|e| Error::Serialization(format!("malformed CBOR frame: {e}")))?;
         if !rest.is_empty() {
             return Err(Error::Protocol(format!(
