@@ -12,7 +12,7 @@ use busline::{
     UnixTransport,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
@@ -99,21 +99,44 @@ async fn raw_pipelined<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
     tokio::join!(write, read);
 }
 
-/// Run `n` iterations of an async expression inside one `block_on`, timed.
-macro_rules! timed {
-    ($rt:expr, $n:expr, $op:expr) => {
-        $rt.block_on(async {
+/// One benchmark operation on some per-benchmark state.
+type Op<S> = for<'a> fn(&'a mut S) -> BoxFuture<'a, ()>;
+
+/// Run `n` iterations of `op` in a task on the runtime's workers (where a
+/// server's connection tasks run too), and time them there. Running the
+/// loop on the `block_on` thread instead would charge every message a
+/// cross-thread wake-up.
+fn timed<S: Send + 'static>(rt: &Runtime, n: u64, state: &mut Option<S>, op: Op<S>) -> Duration {
+    let mut s = state.take().expect("state is put back after each run");
+    let (s, elapsed) = rt
+        .block_on(rt.spawn(async move {
             let start = std::time::Instant::now();
-            for _ in 0..$n {
-                $op.await;
+            for _ in 0..n {
+                op(&mut s).await;
             }
-            start.elapsed()
-        })
-    };
+            (s, start.elapsed())
+        }))
+        .expect("benchmark task");
+    *state = Some(s);
+    elapsed
 }
 
 fn router() -> Router {
     Router::new().unary("echo", |x: u64| async move { Ok::<_, String>(x) })
+}
+
+async fn one_call(client: &mut Client) {
+    let x: u64 = client.call("echo", &42u64).await.expect("call");
+    assert_eq!(x, 42);
+}
+
+async fn many_calls(client: &mut Client) {
+    let client = &*client;
+    let calls =
+        (0..IN_FLIGHT as u64).map(|i| async move { client.call::<_, u64>("echo", &i).await });
+    for answer in join_all(calls).await {
+        answer.expect("call");
+    }
 }
 
 struct Setup {
@@ -168,21 +191,19 @@ fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("round_trip");
     group.throughput(Throughput::Elements(1));
 
-    let mut unix = rt.block_on(raw_unix());
+    let mut unix = Some(rt.block_on(raw_unix()));
     group.bench_function(BenchmarkId::new("raw", "unix"), |b| {
-        b.iter_custom(|n| timed!(rt, n, raw_round_trip(&mut unix)))
+        b.iter_custom(|n| timed(&rt, n, &mut unix, |s| Box::pin(raw_round_trip(s))))
     });
-    let mut tcp = rt.block_on(raw_tcp());
+    let mut tcp = Some(rt.block_on(raw_tcp()));
     group.bench_function(BenchmarkId::new("raw", "tcp"), |b| {
-        b.iter_custom(|n| timed!(rt, n, raw_round_trip(&mut tcp)))
+        b.iter_custom(|n| timed(&rt, n, &mut tcp, |s| Box::pin(raw_round_trip(s))))
     });
 
     for s in rt.block_on(all_setups("rt")) {
+        let mut client = Some(s.client.clone());
         group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
-            b.to_async(&rt).iter(|| async {
-                let x: u64 = s.client.call("echo", &42u64).await.expect("call");
-                assert_eq!(x, 42);
-            })
+            b.iter_custom(|n| timed(&rt, n, &mut client, |c| Box::pin(one_call(c))))
         });
     }
     group.finish();
@@ -193,24 +214,19 @@ fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("in_flight_64");
     group.throughput(Throughput::Elements(IN_FLIGHT as u64));
 
-    let mut unix = rt.block_on(raw_unix());
+    let mut unix = Some(rt.block_on(raw_unix()));
     group.bench_function(BenchmarkId::new("raw_unbatched", "unix"), |b| {
-        b.iter_custom(|n| timed!(rt, n, raw_pipelined(&mut unix)))
+        b.iter_custom(|n| timed(&rt, n, &mut unix, |s| Box::pin(raw_pipelined(s))))
     });
-    let mut tcp = rt.block_on(raw_tcp());
+    let mut tcp = Some(rt.block_on(raw_tcp()));
     group.bench_function(BenchmarkId::new("raw_unbatched", "tcp"), |b| {
-        b.iter_custom(|n| timed!(rt, n, raw_pipelined(&mut tcp)))
+        b.iter_custom(|n| timed(&rt, n, &mut tcp, |s| Box::pin(raw_pipelined(s))))
     });
 
     for s in rt.block_on(all_setups("tp")) {
+        let mut client = Some(s.client.clone());
         group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
-            b.to_async(&rt).iter(|| async {
-                let calls = (0..IN_FLIGHT as u64).map(|i| {
-                    let client = s.client.clone();
-                    async move { client.call::<_, u64>("echo", &i).await.expect("call") }
-                });
-                join_all(calls).await
-            })
+            b.iter_custom(|n| timed(&rt, n, &mut client, |c| Box::pin(many_calls(c))))
         });
     }
     group.finish();

@@ -1,8 +1,11 @@
 //! Method name → handler service.
 //!
-//! A [`Router`] is itself a `tower::Service<Request>`, so one layer can wrap
-//! every method at once (`ServiceBuilder::new().timeout(..).service(router)`),
-//! and each handler is a service too, so a layer can wrap one method.
+//! Each handler is a `tower::Service<Request>`, so a layer can wrap one
+//! method ([`Router::route`] takes any such service). The router is a
+//! service too, for dispatch inside other services.
+//!
+//! Handlers are cancelled (their future dropped) when the caller cancels,
+//! times out, or disconnects.
 
 use std::{
     collections::HashMap,

@@ -144,7 +144,10 @@ impl Authenticator for SharedSecret {
         self.mac(SERVER_LABEL, &client_nonce, &server_nonce)
             .verify_slice(&proof)
             .map_err(|_| {
-                Error::Unauthorized("the server could not prove it knows the shared secret".into())
+                Error::Unauthorized(
+                    "shared secret mismatch: the server's proof does not match this client's secret (check both secret files)"
+                        .into(),
+                )
             })?;
         let ours = self
             .mac(CLIENT_LABEL, &server_nonce, &client_nonce)
@@ -168,7 +171,11 @@ impl Authenticator for SharedSecret {
         let proof = field(step.proof, "proof", 32)?;
         self.mac(CLIENT_LABEL, &server_nonce, &client_nonce)
             .verify_slice(&proof)
-            .map_err(|_| Error::Unauthorized("wrong shared secret".into()))?;
+            .map_err(|_| {
+                Error::Unauthorized(
+                    "shared secret mismatch: the client's proof does not match".into(),
+                )
+            })?;
         Ok(Identity {
             scheme: self.scheme().into(),
             subject: None,
