@@ -32,25 +32,8 @@ enum Command {
     },
     /// Call a method and print its JSON result (or each item of a stream).
     Call {
-        /// The server, e.g. unix:///tmp/busline.sock.
-        url: String,
-        /// The method name.
-        method: String,
-        /// Arguments as JSON.
-        #[arg(default_value = "null")]
-        args: String,
-        /// Read the answer as a stream, one JSON line per item.
-        #[arg(long, conflicts_with = "notify")]
-        stream: bool,
-        /// Send as a notification: no reply is expected.
-        #[arg(long)]
-        notify: bool,
-        /// Give up after this many milliseconds.
-        #[arg(long, value_name = "MS")]
-        timeout: Option<u64>,
-        /// Keep retrying a refused connection for this many milliseconds.
-        #[arg(long, value_name = "MS", default_value_t = 0)]
-        retry: u64,
+        #[command(flatten)]
+        call: cli::CallArgs,
         #[command(flatten)]
         auth: cli::AuthArgs,
     },
@@ -77,27 +60,7 @@ fn main() -> ExitCode {
             Command::Serve { url, auth } => {
                 cli::serve(&url, Arc::from(auth.authenticator()?)).await
             }
-            Command::Call {
-                url,
-                method,
-                args,
-                stream,
-                notify,
-                timeout,
-                retry,
-                auth,
-            } => {
-                let call = cli::CallArgs {
-                    url,
-                    method,
-                    args,
-                    stream,
-                    notify,
-                    timeout,
-                    retry,
-                };
-                cli::call(call, Arc::from(auth.authenticator()?)).await
-            }
+            Command::Call { call, auth } => cli::call(call, Arc::from(auth.authenticator()?)).await,
         }
     });
     match result {

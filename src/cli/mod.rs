@@ -33,15 +33,27 @@ impl AuthArgs {
 }
 
 /// What `busline call` was asked to do.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub(crate) struct CallArgs {
-    pub(crate) url: String,
-    pub(crate) method: String,
-    pub(crate) args: String,
-    pub(crate) stream: bool,
-    pub(crate) notify: bool,
-    pub(crate) timeout: Option<u64>,
-    pub(crate) retry: u64,
+    /// The server, e.g. unix:///tmp/busline.sock.
+    url: String,
+    /// The method name.
+    method: String,
+    /// Arguments as JSON.
+    #[arg(default_value = "null")]
+    args: String,
+    /// Read the answer as a stream, one JSON line per item.
+    #[arg(long, conflicts_with = "notify")]
+    stream: bool,
+    /// Send as a notification: no reply is expected.
+    #[arg(long)]
+    notify: bool,
+    /// Give up after this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    timeout: Option<u64>,
+    /// Keep retrying a refused connection for this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    retry: u64,
 }
 
 /// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.

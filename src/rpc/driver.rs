@@ -349,17 +349,27 @@ impl<I: Io, C: Codec> Driver<I, C> {
         }
     }
 
-    fn serve_call(&mut self, id: u64, method: String, payload: Payload, timeout_ms: Option<u64>) {
-        let Some(router) = self.router.clone() else {
+    /// The router to serve a new call `id` with; `None` once the call has
+    /// been answered (nothing is served here) or the connection closed (the
+    /// peer reused an id still in flight).
+    fn admit(&mut self, id: u64, method: &str) -> Option<Router> {
+        if self.call_aborts.contains_key(&id) || self.streams.contains_key(&id) {
+            self.violation(format!("call id {id} reused while still in flight"));
+            return None;
+        }
+        if self.router.is_none() {
             self.outbox.push_back(Message::Error {
                 id,
-                error: Error::MethodNotFound(method).to_remote(),
+                error: Error::MethodNotFound(method.to_string()).to_remote(),
             });
+        }
+        self.router.clone()
+    }
+
+    fn serve_call(&mut self, id: u64, method: String, payload: Payload, timeout_ms: Option<u64>) {
+        let Some(router) = self.admit(id, &method) else {
             return;
         };
-        if self.call_aborts.contains_key(&id) || self.streams.contains_key(&id) {
-            return self.violation(format!("call id {id} reused while still in flight"));
-        }
         let req = self.request(method, payload, CallKind::Unary, timeout_ms);
         let run = with_deadline(req.deadline, guarded(router.oneshot(req)));
         let (abort, reg) = AbortHandle::new_pair();
@@ -404,16 +414,13 @@ impl<I: Io, C: Codec> Driver<I, C> {
         credit: u32,
         timeout_ms: Option<u64>,
     ) {
-        let (Some(router), Some(tx)) = (self.router.clone(), self.commands_tx.upgrade()) else {
-            self.outbox.push_back(Message::Error {
-                id,
-                error: Error::MethodNotFound(method).to_remote(),
-            });
+        let Some(router) = self.admit(id, &method) else {
             return;
         };
-        if self.call_aborts.contains_key(&id) || self.streams.contains_key(&id) {
-            return self.violation(format!("call id {id} reused while still in flight"));
-        }
+        let Some(tx) = self.commands_tx.upgrade() else {
+            // Every handle of this client-owned connection is gone: it is closing.
+            return;
+        };
         let req = self.request(method, payload, CallKind::Stream, timeout_ms);
         let permits = Arc::new(Semaphore::new(credit as usize));
         let task = stream_task::run(id, router, req, permits.clone(), tx);
