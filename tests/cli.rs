@@ -14,7 +14,10 @@ fn fails_with(args: &[&str], needle: &str) {
     let out = busline(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
-    assert!(stderr.contains(needle), "{args:?}: stderr {stderr:?} lacks {needle:?}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: stderr {stderr:?} lacks {needle:?}"
+    );
 }
 
 #[test]
@@ -22,18 +25,41 @@ fn bad_input_is_a_clear_error() {
     fails_with(&["call", "nonsense", "add"], "invalid address");
     fails_with(&["call", "http://x:1", "add"], "unknown scheme");
     fails_with(&["call", "tcp://127.0.0.1", "add"], "needs a port");
-    fails_with(&["call", "unix:///tmp/x.sock?codec=morse", "add"], "unknown codec");
-    fails_with(&["call", "unix:///tmp/x.sock", "add", "[1,"], "not valid JSON");
-    fails_with(&["call", "unix:///nonexistent/busline.sock", "add", "[1,2]"], "transport error");
-    fails_with(&["serve", "unix:///tmp/x.sock", "--secret-file", "/nonexistent/key"], "secret file");
-    fails_with(&["call", "u", "m", "--stream", "--notify"], "cannot be used with");
+    fails_with(
+        &["call", "unix:///tmp/x.sock?codec=morse", "add"],
+        "unknown codec",
+    );
+    fails_with(
+        &["call", "unix:///tmp/x.sock", "add", "[1,"],
+        "not valid JSON",
+    );
+    fails_with(
+        &["call", "unix:///nonexistent/busline.sock", "add", "[1,2]"],
+        "transport error",
+    );
+    fails_with(
+        &[
+            "serve",
+            "unix:///tmp/x.sock",
+            "--secret-file",
+            "/nonexistent/key",
+        ],
+        "secret file",
+    );
+    fails_with(
+        &["call", "u", "m", "--stream", "--notify"],
+        "cannot be used with",
+    );
     fails_with(&["frobnicate"], "unrecognized subcommand");
 }
 
 #[test]
 fn serve_and_call() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("unix://{}?codec=jsonline", dir.path().join("s.sock").display());
+    let url = format!(
+        "unix://{}?codec=jsonline",
+        dir.path().join("s.sock").display()
+    );
     let mut server = Command::new(env!("CARGO_BIN_EXE_busline"))
         .args(["serve", &url])
         .stderr(Stdio::null())
