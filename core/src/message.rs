@@ -122,6 +122,25 @@ pub enum Message {
 }
 
 impl Message {
+    /// The call id this message belongs to, if it belongs to a call.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Message::Request { id, .. }
+            | Message::OpenStream { id, .. }
+            | Message::Reply { id, .. }
+            | Message::Error { id, .. }
+            | Message::Item { id, .. }
+            | Message::End { id }
+            | Message::Credit { id, .. }
+            | Message::Cancel { id } => Some(*id),
+            Message::Hello { .. }
+            | Message::Auth { .. }
+            | Message::Welcome { .. }
+            | Message::Notify { .. }
+            | Message::Close { .. } => None,
+        }
+    }
+
     /// A short name for logs and errors.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -166,7 +166,7 @@ impl Client {
         };
         self.shared
             .commands
-            .send(Command::Call { msg, reply })
+            .send(Command::Call { id, msg, reply })
             .map_err(|_| disconnected())?;
         let mut guard = CancelGuard {
             id,
@@ -242,6 +242,7 @@ impl Client {
         self.shared
             .commands
             .send(Command::Stream {
+                id,
                 msg,
                 credit: window,
                 items,

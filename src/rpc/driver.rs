@@ -39,13 +39,15 @@ use super::{
 
 /// Work sent to the driver by client handles and stream tasks.
 pub(crate) enum Command {
-    /// Send a request; deliver its answer to `reply`.
+    /// Send request `id`; deliver its answer to `reply`.
     Call {
+        id: u64,
         msg: Message,
         reply: oneshot::Sender<Result<Payload>>,
     },
-    /// Open a stream; deliver its items to `items`.
+    /// Open stream `id`; deliver its items to `items`.
     Stream {
+        id: u64,
         msg: Message,
         credit: u32,
         items: mpsc::UnboundedSender<Result<Payload>>,
@@ -54,8 +56,8 @@ pub(crate) enum Command {
     Credit { id: u64, credit: u32 },
     /// The local caller gave up on call `id`.
     Cancel { id: u64 },
-    /// A serving stream task produced a message (item or final answer).
-    Send { msg: Message, last: bool },
+    /// Serving stream `id` produced a message (item or final answer).
+    Send { id: u64, msg: Message, last: bool },
     /// Send a message that needs no bookkeeping (notifications).
     Oneway(Message),
     /// Answer once everything queued before it is written out.
@@ -169,9 +171,8 @@ impl<I: Io, C: Codec> Driver<I, C> {
         for (_, pending) in self.pending.drain() {
             pending.fail(err.clone());
         }
-        for (_, abort) in self.call_aborts.drain() {
-            abort.abort();
-        }
+        // Dropping the handler futures cancels them.
+        self.call_aborts.clear();
         self.calls = FuturesUnordered::new();
         for (id, (_, abort)) in self.streams.drain() {
             abort.abort();
@@ -194,10 +195,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Call { msg, reply } => {
-                let Message::Request { id, .. } = msg else {
-                    unreachable!("Command::Call carries a request")
-                };
+            Command::Call { id, msg, reply } => {
                 if let Some(err) = &self.closing {
                     drop(reply.send(Err(err.clone())));
                     return;
@@ -205,10 +203,12 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 self.pending.insert(id, Pending::Unary(reply));
                 self.outbox.push_back(msg);
             }
-            Command::Stream { msg, credit, items } => {
-                let Message::OpenStream { id, .. } = msg else {
-                    unreachable!("Command::Stream carries open_stream")
-                };
+            Command::Stream {
+                id,
+                msg,
+                credit,
+                items,
+            } => {
                 if let Some(err) = &self.closing {
                     drop(items.send(Err(err.clone())));
                     return;
@@ -227,13 +227,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     self.outbox.push_back(Message::Cancel { id });
                 }
             }
-            Command::Send { msg, last } => {
-                let id = match &msg {
-                    Message::Item { id, .. } | Message::End { id } | Message::Error { id, .. } => {
-                        *id
-                    }
-                    _ => unreachable!("stream tasks send items and final answers"),
-                };
+            Command::Send { id, msg, last } => {
                 // A cancelled or closed stream's late messages are dropped.
                 if self.streams.contains_key(&id) {
                     if last {
@@ -439,7 +433,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 Poll::Pending => return Poll::Pending,
             }
             let msg = self.outbox.pop_front().expect("outbox is not empty");
-            let (kind, id) = describe(&msg);
+            let (kind, id) = (msg.kind(), msg.id());
             if let Err(err) = Pin::new(&mut self.framed).start_send(msg) {
                 self.unsendable(kind, id, err);
             }
@@ -482,17 +476,6 @@ impl<I: Io, C: Codec> Driver<I, C> {
             _ => {}
         }
     }
-}
-
-fn describe(msg: &Message) -> (&'static str, Option<u64>) {
-    let id = match msg {
-        Message::Request { id, .. }
-        | Message::OpenStream { id, .. }
-        | Message::Reply { id, .. }
-        | Message::Item { id, .. } => Some(*id),
-        _ => None,
-    };
-    (msg.kind(), id)
 }
 
 /// Run a handler future, turning a panic into an error reply.

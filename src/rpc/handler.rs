@@ -68,7 +68,6 @@ macro_rules! fn_service {
 }
 
 fn_service!(UnaryFn);
-fn_service!(NotifyFn);
 fn_service!(StreamFn);
 
 impl<F, Args, Fut, Ret, E> Service<Request> for UnaryFn<F, Args>
@@ -93,30 +92,6 @@ where
         Box::pin(async move {
             let out = fut?.await.map_err(handler_error)?;
             Ok(Reply::Unary(Payload::encode(encoding, &out)?))
-        })
-    }
-}
-
-impl<F, Args, Fut, E> Service<Request> for NotifyFn<F, Args>
-where
-    F: Fn(Args) -> Fut,
-    Args: DeserializeOwned,
-    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
-    type Response = Reply;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<Reply>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let fut = arguments(&req).map(&self.f);
-        Box::pin(async move {
-            fut?.await.map_err(handler_error)?;
-            Ok(Reply::Unary(Payload::unit()))
         })
     }
 }

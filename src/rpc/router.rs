@@ -22,7 +22,7 @@ use futures::{future::BoxFuture, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 use tower::{util::BoxCloneSyncService, Service, ServiceExt};
 
-use super::handler::{NotifyFn, StreamFn, UnaryFn};
+use super::handler::{StreamFn, UnaryFn};
 
 /// What kind of answer the caller expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +137,8 @@ impl Router {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        self.route(method, NotifyFn::new(f))
+        // A unary handler whose reply the connection never sends.
+        self.route(method, UnaryFn::new(f))
     }
 
     /// Serve `method` with a function returning a stream of results.

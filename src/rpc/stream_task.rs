@@ -23,7 +23,7 @@ pub(crate) async fn run(
     tx: mpsc::UnboundedSender<Command>,
 ) {
     let deadline = req.deadline;
-    let send = |msg, last| tx.send(Command::Send { msg, last }).is_ok();
+    let send = |msg, last| tx.send(Command::Send { id, msg, last }).is_ok();
     let work = async {
         let mut items = match guarded(router.oneshot(req)).await? {
             Reply::Stream(items) => items,
