@@ -189,6 +189,50 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    const ALL: [ErrorCode; 12] = [
+        ErrorCode::Timeout,
+        ErrorCode::MethodNotFound,
+        ErrorCode::HandlerFailed,
+        ErrorCode::Transport,
+        ErrorCode::Serialization,
+        ErrorCode::Unauthorized,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::Disconnected,
+        ErrorCode::Protocol,
+        ErrorCode::Cancelled,
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+    ];
+
+    /// The stable snake_case name used on the wire (the same as serde's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::MethodNotFound => "method_not_found",
+            ErrorCode::HandlerFailed => "handler_failed",
+            ErrorCode::Transport => "transport",
+            ErrorCode::Serialization => "serialization",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::Disconnected => "disconnected",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The code named `name`; names this build does not know give
+    /// [`ErrorCode::Internal`], so newer peers stay understood.
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .unwrap_or(ErrorCode::Internal)
+    }
+}
+
 /// An error as it crosses the wire: a category, a message, and an optional
 /// machine-readable detail (the handler's error type, a size, a duration).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +295,16 @@ impl fmt::Display for RemoteError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_names_match_serde() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(ErrorCode::from_name(code.as_str()), code);
+        }
+        assert_eq!(ErrorCode::from_name("from_the_future"), ErrorCode::Internal);
+    }
 
     #[test]
     fn every_category_survives_the_wire() {

@@ -12,6 +12,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Payloads at least this long are taken out of a received frame without
+/// copying; see [`Payload::from_frame`].
+const SHARE_FRAME_THRESHOLD: usize = 1024;
+
 /// The format a payload's bytes are in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -60,6 +64,24 @@ impl Payload {
             encoding,
             bytes: bytes.into(),
         }
+    }
+
+    /// The payload found at `part` of a received `frame`, for codecs.
+    ///
+    /// Large payloads share the frame's buffer (no copy); small ones are
+    /// copied, so that a small payload an application keeps does not pin a
+    /// whole read buffer in memory.
+    ///
+    /// # Panics
+    ///
+    /// If `part` is not a subslice of `frame` (as [`Bytes::slice_ref`]).
+    pub fn from_frame(encoding: Encoding, frame: &Bytes, part: &[u8]) -> Self {
+        let bytes = if part.len() >= SHARE_FRAME_THRESHOLD {
+            frame.slice_ref(part)
+        } else {
+            Bytes::copy_from_slice(part)
+        };
+        Payload::from_bytes(encoding, bytes)
     }
 
     /// The JSON `null` payload, used for calls without arguments.
@@ -212,6 +234,16 @@ mod tests {
             garbage.decode::<u32>(),
             Err(Error::Serialization(_))
         ));
+    }
+
+    #[test]
+    fn large_frame_parts_are_shared_and_small_ones_copied() {
+        let frame = Bytes::from(vec![1u8; 4096]);
+        let big = Payload::from_frame(Encoding::Binary, &frame, &frame[10..2000]);
+        assert_eq!(big.bytes().as_ptr(), frame[10..].as_ptr());
+        let small = Payload::from_frame(Encoding::Binary, &frame, &frame[10..20]);
+        assert_ne!(small.bytes().as_ptr(), frame[10..].as_ptr());
+        assert_eq!(small.bytes().as_ref(), &frame[10..20]);
     }
 
     #[test]

@@ -30,7 +30,6 @@ use tokio_util::{
     codec::Framed,
     sync::{CancellationToken, WaitForCancellationFutureOwned},
 };
-use tower::ServiceExt;
 
 use super::{
     router::{CallKind, Reply, Request, Router},
@@ -365,7 +364,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             return;
         };
         let req = self.request(method, payload, CallKind::Unary, timeout_ms);
-        let run = with_deadline(req.deadline, guarded(router.oneshot(req)));
+        let run = with_deadline(req.deadline, guarded(router.dispatch(req)));
         let (abort, reg) = AbortHandle::new_pair();
         self.call_aborts.insert(id, abort);
         self.calls
@@ -393,7 +392,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
         let req = self.request(method, payload, CallKind::Notify, None);
         let method = req.method.clone();
         self.notifications
-            .push(Box::pin(guarded(router.oneshot(req)).map(move |result| {
+            .push(Box::pin(guarded(router.dispatch(req)).map(move |result| {
                 if let Err(err) = result {
                     tracing::warn!(%method, error = %err, "notification handler failed");
                 }

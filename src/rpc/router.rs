@@ -20,7 +20,7 @@ use std::{
 use busline_core::{Error, Identity, Payload, Result};
 use futures::{future::BoxFuture, Stream};
 use serde::{de::DeserializeOwned, Serialize};
-use tower::{util::BoxCloneSyncService, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 use super::handler::{StreamFn, UnaryFn};
 
@@ -70,7 +70,9 @@ impl fmt::Debug for Reply {
     }
 }
 
-type Handler = BoxCloneSyncService<Request, Reply, Error>;
+/// A handler service behind one dynamic call: clone the service (cheap for
+/// closures), drive it through `poll_ready` and `call`, box the future once.
+type Handler = Arc<dyn Fn(Request) -> BoxFuture<'static, Result<Reply>> + Send + Sync>;
 
 /// Dispatches calls to handlers by method name.
 ///
@@ -107,7 +109,8 @@ impl Router {
         S: Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
-        Arc::make_mut(&mut self.routes).insert(method.into(), BoxCloneSyncService::new(service));
+        let handler: Handler = Arc::new(move |req| Box::pin(service.clone().oneshot(req)));
+        Arc::make_mut(&mut self.routes).insert(method.into(), handler);
         self
     }
 
@@ -157,6 +160,14 @@ impl Router {
         self.route(method, StreamFn::new(f))
     }
 
+    /// Start serving `req`; the future owns everything it needs.
+    pub(crate) fn dispatch(&self, req: Request) -> BoxFuture<'static, Result<Reply>> {
+        match self.routes.get(&req.method) {
+            Some(handler) => handler(req),
+            None => Box::pin(std::future::ready(Err(Error::MethodNotFound(req.method)))),
+        }
+    }
+
     /// The method names served, sorted.
     pub fn methods(&self) -> Vec<&str> {
         let mut m: Vec<_> = self.routes.keys().map(String::as_str).collect();
@@ -183,9 +194,6 @@ impl Service<Request> for Router {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match self.routes.get(&req.method) {
-            Some(handler) => Box::pin(handler.clone().oneshot(req)),
-            None => Box::pin(std::future::ready(Err(Error::MethodNotFound(req.method)))),
-        }
+        self.dispatch(req)
     }
 }

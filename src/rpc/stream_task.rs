@@ -5,7 +5,6 @@ use std::sync::Arc;
 use busline_core::{Error, Message};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
-use tower::ServiceExt;
 
 use super::{
     driver::{guarded, with_deadline, Command},
@@ -25,7 +24,7 @@ pub(crate) async fn run(
     let deadline = req.deadline;
     let send = |msg, last| tx.send(Command::Send { id, msg, last }).is_ok();
     let work = async {
-        let mut items = match guarded(router.oneshot(req)).await? {
+        let mut items = match guarded(router.dispatch(req)).await? {
             Reply::Stream(items) => items,
             Reply::Unary(payload) => Box::pin(futures::stream::once(async { Ok(payload) })),
         };

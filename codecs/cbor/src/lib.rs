@@ -1,5 +1,5 @@
 //! CBOR framing for busline: a 4-byte big-endian length, then one CBOR
-//! (RFC 8949) encoding of the [`Message`].
+//! (RFC 8949) item holding the [`Message`] (its layout is in [`envelope`]).
 //!
 //! Binary and compact: payload bytes travel as CBOR byte strings, with no
 //! escaping and no base64, so this is the codec for speed. The length comes
@@ -26,17 +26,14 @@ use busline_core::{Codec, Encoding, Error, Message, DEFAULT_MAX_FRAME_SIZE};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+pub mod envelope;
+
 const HEADER: usize = 4;
-/// Strings and byte strings up to this size decode without an allocation.
-const SCRATCH: usize = 4096;
 
 /// The CBOR codec. See the [crate docs](crate).
 #[derive(Debug, Clone)]
 pub struct CborCodec {
     max_frame_size: usize,
-    /// Reused across frames: ciborium would otherwise zero a fresh 4 KiB
-    /// buffer for every message decoded.
-    scratch: Vec<u8>,
 }
 
 impl CborCodec {
@@ -49,7 +46,6 @@ impl CborCodec {
     pub fn with_max_frame_size(bytes: usize) -> Self {
         CborCodec {
             max_frame_size: bytes.min(u32::MAX as usize),
-            scratch: vec![0; SCRATCH],
         }
     }
 }
@@ -68,21 +64,17 @@ impl Encoder<Message> for CborCodec {
         // then patch the length in: one copy, and nothing left behind on error.
         let start = dst.len();
         dst.put_u32(0);
-        let written = ciborium::into_writer(&msg, dst.writer());
+        envelope::encode(&msg, dst);
         let len = dst.len() - start - HEADER;
-        let result = match written {
-            Err(e) => Err(Error::Serialization(format!("CBOR encode: {e}"))),
-            Ok(()) if len > self.max_frame_size => Err(Error::FrameTooLarge {
+        if len > self.max_frame_size {
+            dst.truncate(start);
+            return Err(Error::FrameTooLarge {
                 size: len,
                 limit: self.max_frame_size,
-            }),
-            Ok(()) => {
-                dst[start..start + HEADER].copy_from_slice(&(len as u32).to_be_bytes());
-                return Ok(());
-            }
-        };
-        dst.truncate(start);
-        result
+            });
+        }
+        dst[start..start + HEADER].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
     }
 }
 
@@ -107,17 +99,7 @@ impl Decoder for CborCodec {
             return Ok(None);
         }
         src.advance(HEADER);
-        let frame = src.split_to(size);
-        let mut rest = &frame[..];
-        let msg: Message = ciborium::de::from_reader_with_buffer(&mut rest, &mut self.scratch)
-            .map_err(|e| Error::Serialization(format!("malformed CBOR frame: {e}")))?;
-        if !rest.is_empty() {
-            return Err(Error::Protocol(format!(
-                "{} unexpected bytes after the CBOR message in one frame",
-                rest.len()
-            )));
-        }
-        Ok(Some(msg))
+        envelope::decode(src.split_to(size).freeze()).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {

@@ -178,9 +178,10 @@ pub(crate) fn parse(line: &Bytes) -> Result<Message, Error> {
     let payload = || -> Result<Payload, Error> {
         match (w.payload, &w.payload_base64) {
             (Some(raw), None) => match w.encoding.unwrap_or(Encoding::Json) {
-                Encoding::Json => Ok(Payload::from_bytes(
+                Encoding::Json => Ok(Payload::from_frame(
                     Encoding::Json,
-                    line.slice_ref(raw.get().as_bytes()),
+                    line,
+                    raw.get().as_bytes(),
                 )),
                 other => Err(Error::Protocol(format!(
                     "an inline \"payload\" is JSON; {} payloads go in \"payload_base64\"",
