@@ -9,8 +9,9 @@
 //!   - `concurrency_limit`, bounding calls in flight across all clones.
 //!
 //! Server side: each method is a `tower::Service<Request>`, so
-//! `Router::route` accepts any service, wrapped in any layers. Here one
-//! method gets a server-side timeout and a logging layer.
+//! `Router::route` accepts any service, wrapped in any layers, and
+//! `Router::layer` wraps every method at once. Here one method gets a
+//! server-side timeout, and every method a logging layer.
 //!
 //! Run it with `cargo run --example middleware`.
 
@@ -23,10 +24,11 @@ use std::{
 };
 
 use busline::rpc::{Call, Client, Reply, Request, Router, Server};
-use busline::{Address, CborCodec, Encoding, Error, MemoryTransport, Payload};
+use busline::{Address, CborCodec, Error, MemoryTransport, Payload};
 use futures::future::join_all;
-use serde::Serialize;
-use tower::{retry::Policy, service_fn, BoxError, ServiceBuilder, ServiceExt};
+use tower::{
+    retry::Policy, service_fn, util::MapRequestLayer, BoxError, ServiceBuilder, ServiceExt,
+};
 
 /// Retry only what `busline::Error::is_retryable` allows, a few times.
 #[derive(Clone)]
@@ -60,11 +62,6 @@ impl Policy<Call, Payload, BoxError> for RetryRetryable {
     fn clone_request(&mut self, req: &Call) -> Option<Call> {
         Some(req.clone())
     }
-}
-
-/// A `Call` for the service interface: the method and its encoded arguments.
-fn call<A: Serialize + ?Sized>(enc: Encoding, method: &str, args: &A) -> busline::Result<Call> {
-    Ok(Call::new(method, Payload::encode(enc, args)?))
 }
 
 /// The server-side timeout for `report`.
@@ -101,13 +98,6 @@ fn router(in_flight: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> Router {
 
     // `report` is a plain service over `Request` → `Reply`, wrapped in layers.
     let report = ServiceBuilder::new()
-        .map_request(|req: Request| {
-            println!(
-                "  server: {} called by {:?}",
-                req.method, req.identity.scheme
-            );
-            req
-        })
         .map_err(to_busline)
         .timeout(REPORT_LIMIT)
         .service(service_fn(|req: Request| async move {
@@ -149,6 +139,14 @@ fn router(in_flight: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> Router {
             }
         })
         .route("report", report)
+        // Every method above: log who calls what.
+        .layer(MapRequestLayer::new(|req: Request| {
+            println!(
+                "  server: {} called by {:?}",
+                req.method, req.identity.scheme
+            );
+            req
+        }))
 }
 
 #[tokio::main]
@@ -175,17 +173,23 @@ async fn main() -> Result<(), BoxError> {
     let enc = client.encoding();
 
     println!("a call through the stack:");
-    let sum = svc.clone().oneshot(call(enc, "add", &(2, 3))?).await?;
+    let sum = svc
+        .clone()
+        .oneshot(Call::encode(enc, "add", &(2, 3))?)
+        .await?;
     println!("  add(2, 3) = {}", sum.decode::<i64>()?);
 
     println!("a retryable error (Overloaded), retried until it succeeds:");
-    let done = svc.clone().oneshot(call(enc, "flaky", &())?).await?;
+    let done = svc
+        .clone()
+        .oneshot(Call::encode(enc, "flaky", &())?)
+        .await?;
     println!("  flaky() = {:?}", done.decode::<String>()?);
 
     println!("a handler error, not retried:");
     let err = svc
         .clone()
-        .oneshot(call(enc, "fail", &())?)
+        .oneshot(Call::encode(enc, "fail", &())?)
         .await
         .unwrap_err();
     println!("  fail() -> {err}");
@@ -194,13 +198,16 @@ async fn main() -> Result<(), BoxError> {
     println!("a call slower than the 200 ms timeout, not retried:");
     let err = svc
         .clone()
-        .oneshot(call(enc, "sleep_ms", &5_000u64)?)
+        .oneshot(Call::encode(enc, "sleep_ms", &5_000u64)?)
         .await
         .unwrap_err();
     println!("  sleep_ms(5000) -> {err}");
 
     println!("6 calls at once through concurrency_limit(2):");
-    let calls = (0..6).map(|_| svc.clone().oneshot(call(enc, "sleep_ms", &50u64).unwrap()));
+    let calls = (0..6).map(|_| {
+        svc.clone()
+            .oneshot(Call::encode(enc, "sleep_ms", &50u64).unwrap())
+    });
     let results = join_all(calls).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     println!(

@@ -47,6 +47,16 @@ impl Call {
             payload,
         }
     }
+
+    /// A call with `args` serialized in `encoding` (a connection's is
+    /// [`Client::encoding`]).
+    pub fn encode<A: Serialize + ?Sized>(
+        encoding: Encoding,
+        method: impl Into<String>,
+        args: &A,
+    ) -> Result<Self> {
+        Ok(Call::new(method, Payload::encode(encoding, args)?))
+    }
 }
 
 struct Shared {

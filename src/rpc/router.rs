@@ -20,7 +20,7 @@ use std::{
 use busline_core::{Error, Identity, Payload, Result};
 use futures::{future::BoxFuture, Stream};
 use serde::{de::DeserializeOwned, Serialize};
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 use super::handler::{StreamFn, UnaryFn};
 
@@ -74,6 +74,38 @@ impl fmt::Debug for Reply {
 /// closures), drive it through `poll_ready` and `call`, box the future once.
 type Handler = Arc<dyn Fn(Request) -> BoxFuture<'static, Result<Reply>> + Send + Sync>;
 
+fn erase<S>(service: S) -> Handler
+where
+    S: Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    Arc::new(move |req| Box::pin(service.clone().oneshot(req)))
+}
+
+/// One method's handler as a service, the input of [`Router::layer`].
+#[derive(Clone)]
+pub struct Route(Handler);
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Route")
+    }
+}
+
+impl Service<Request> for Route {
+    type Response = Reply;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Reply>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        (self.0)(req)
+    }
+}
+
 /// Dispatches calls to handlers by method name.
 ///
 /// ```
@@ -109,8 +141,35 @@ impl Router {
         S: Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
-        let handler: Handler = Arc::new(move |req| Box::pin(service.clone().oneshot(req)));
-        Arc::make_mut(&mut self.routes).insert(method.into(), handler);
+        Arc::make_mut(&mut self.routes).insert(method.into(), erase(service));
+        self
+    }
+
+    /// Wrap every method registered so far in `layer`, as one would wrap a
+    /// single method with [`Router::route`]. Methods added afterwards are
+    /// not wrapped.
+    ///
+    /// ```
+    /// use busline::rpc::Router;
+    /// use tower::limit::ConcurrencyLimitLayer;
+    ///
+    /// // At most 16 calls of each method at once.
+    /// let router = Router::new()
+    ///     .unary("a", |x: u8| async move { Ok::<_, String>(x) })
+    ///     .unary("b", |x: u8| async move { Ok::<_, String>(x) })
+    ///     .layer(ConcurrencyLimitLayer::new(16));
+    /// # assert_eq!(router.methods(), ["a", "b"]);
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<Route>,
+        L::Service:
+            Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request>>::Future: Send + 'static,
+    {
+        for handler in Arc::make_mut(&mut self.routes).values_mut() {
+            *handler = erase(layer.layer(Route(handler.clone())));
+        }
         self
     }
 
@@ -195,5 +254,50 @@ impl Service<Request> for Router {
 
     fn call(&mut self, req: Request) -> Self::Future {
         self.dispatch(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower::util::MapRequestLayer;
+
+    use super::*;
+
+    fn request(method: &str) -> Request {
+        Request {
+            method: method.into(),
+            payload: Payload::json(&1u8).unwrap(),
+            kind: CallKind::Unary,
+            identity: Arc::default(),
+            deadline: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_wraps_the_methods_registered_before_it() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        let echo = |x: u8| async move { Ok::<_, String>(x) };
+        let router = Router::new()
+            .unary("a", echo)
+            .unary("b", echo)
+            .layer(MapRequestLayer::new(move |req: Request| {
+                count.fetch_add(1, Ordering::SeqCst);
+                req
+            }))
+            .unary("c", echo);
+        for method in ["a", "b", "c"] {
+            assert!(matches!(
+                router.dispatch(request(method)).await,
+                Ok(Reply::Unary(_))
+            ));
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            router.dispatch(request("d")).await,
+            Err(Error::MethodNotFound(m)) if m == "d"
+        ));
     }
 }
