@@ -248,14 +248,14 @@ impl<I: Io, C: Codec> Driver<I, C> {
         }
     }
 
-    fn on_frame(&mut self, msg: Message) {
+    fn on_frame(&mut self, msg: Message, cx: &mut Context<'_>) {
         match msg {
             Message::Request {
                 id,
                 method,
                 payload,
                 timeout_ms,
-            } => self.serve_call(id, method, payload, timeout_ms),
+            } => self.serve_call(id, method, payload, timeout_ms, cx),
             Message::Notify { method, payload } => self.serve_notification(method, payload),
             Message::OpenStream {
                 id,
@@ -359,29 +359,30 @@ impl<I: Io, C: Codec> Driver<I, C> {
         self.router.clone()
     }
 
-    fn serve_call(&mut self, id: u64, method: String, payload: Payload, timeout_ms: Option<u64>) {
+    fn serve_call(
+        &mut self,
+        id: u64,
+        method: String,
+        payload: Payload,
+        timeout_ms: Option<u64>,
+        cx: &mut Context<'_>,
+    ) {
         let Some(router) = self.admit(id, &method) else {
             return;
         };
         let req = self.request(method, payload, CallKind::Unary, timeout_ms);
-        let run = with_deadline(req.deadline, guarded(router.dispatch(req)));
+        let mut run = Box::pin(with_deadline(req.deadline, guarded(router.dispatch(req))));
+        // Most handlers finish on their first poll: answer those at once,
+        // without the bookkeeping that makes a running handler cancellable.
+        if let Poll::Ready(answer) = run.as_mut().poll(cx) {
+            self.outbox.push_back(answer_message(id, answer));
+            return;
+        }
         let (abort, reg) = AbortHandle::new_pair();
         self.call_aborts.insert(id, abort);
         self.calls
             .push(Box::pin(Abortable::new(run, reg).map(move |result| {
-                let msg = result.ok().map(|answer| match answer {
-                    Ok(Reply::Unary(payload)) => Message::Reply { id, payload },
-                    Ok(Reply::Stream(_)) => Message::Error {
-                        id,
-                        error: Error::Protocol("this method streams; call it as a stream".into())
-                            .to_remote(),
-                    },
-                    Err(err) => Message::Error {
-                        id,
-                        error: err.to_remote(),
-                    },
-                });
-                (id, msg)
+                (id, result.ok().map(|a| answer_message(id, a)))
             })));
     }
 
@@ -477,6 +478,21 @@ impl<I: Io, C: Codec> Driver<I, C> {
     }
 }
 
+/// The message answering call `id`.
+fn answer_message(id: u64, answer: Result<Reply>) -> Message {
+    match answer {
+        Ok(Reply::Unary(payload)) => Message::Reply { id, payload },
+        Ok(Reply::Stream(_)) => Message::Error {
+            id,
+            error: Error::Protocol("this method streams; call it as a stream".into()).to_remote(),
+        },
+        Err(err) => Message::Error {
+            id,
+            error: err.to_remote(),
+        },
+    }
+}
+
 /// Run a handler future, turning a panic into an error reply.
 pub(crate) async fn guarded<F: Future<Output = Result<T>>, T>(fut: F) -> Result<T> {
     AssertUnwindSafe(fut)
@@ -552,7 +568,7 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
 
             while this.reading && this.handlers() < this.max_handlers && budget > 0 {
                 match Pin::new(&mut this.framed).poll_next(cx) {
-                    Poll::Ready(Some(Ok(msg))) => this.on_frame(msg),
+                    Poll::Ready(Some(Ok(msg))) => this.on_frame(msg, cx),
                     Poll::Ready(Some(Err(err))) => {
                         tracing::warn!(error = %err, "bad frame; closing the connection");
                         this.close(err, true);

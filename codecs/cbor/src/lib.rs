@@ -64,7 +64,10 @@ impl Encoder<Message> for CborCodec {
         // then patch the length in: one copy, and nothing left behind on error.
         let start = dst.len();
         dst.put_u32(0);
-        envelope::encode(&msg, dst);
+        if let Err(e) = envelope::encode(&msg, dst) {
+            dst.truncate(start);
+            return Err(e);
+        }
         let len = dst.len() - start - HEADER;
         if len > self.max_frame_size {
             dst.truncate(start);
