@@ -14,8 +14,9 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 ///
 /// Contract (checked for every implementation by
 /// `busline_core::testing::codec_conformance`):
-/// - Every `Message` encodes and decodes back to an equal `Message`
-///   (payload bytes identical), whatever the payload encoding.
+/// - Every `Message` but [`Message::Rejected`] (which is never sent)
+///   encodes and decodes back to an equal `Message` (payload bytes
+///   identical), whatever the payload encoding.
 /// - Decoding works whatever way the byte stream is split: `decode` returns
 ///   `Ok(None)` until a whole frame is buffered, and never consumes part of
 ///   the next frame.
@@ -23,9 +24,10 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 ///   [`Error::FrameTooLarge`]: by `encode` before writing anything to the
 ///   buffer, by `decode` as soon as the size is known (it never buffers more
 ///   than the limit plus one read).
-/// - Malformed bytes yield [`Error::Serialization`] or [`Error::Protocol`];
-///   a stream that ends inside a frame yields an error from `decode_eof`.
-///   Nothing panics, whatever the input.
+/// - Malformed bytes yield [`Error::Serialization`] or [`Error::Protocol`]
+///   (or, for a protocol that answers them and reads on, as JSON-RPC does,
+///   only [`Message::Rejected`]); a stream that ends inside a frame yields
+///   an error from `decode_eof`. Nothing panics, whatever the input.
 /// - `Clone` gives an independent codec for a new connection.
 pub trait Codec:
     Encoder<Message, Error = Error>
@@ -45,4 +47,13 @@ pub trait Codec:
 
     /// The largest frame this codec encodes or accepts, in bytes.
     fn max_frame_size(&self) -> usize;
+
+    /// Whether peers may skip busline's hello, because the codec speaks a
+    /// foreign protocol whose clients and servers know nothing of it
+    /// (JSON-RPC). Then, without authentication, a client starts calling at
+    /// once and a server takes a first frame that is not a hello as the
+    /// first call. With an authenticator the handshake always runs.
+    fn hello_optional(&self) -> bool {
+        false
+    }
 }

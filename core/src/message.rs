@@ -11,7 +11,8 @@
 //!
 //! [`Message::Hello`], [`Message::Auth`] and [`Message::Welcome`] only occur
 //! during the connection handshake; [`Message::Close`] may end a connection
-//! at any time and says why.
+//! at any time and says why. [`Message::Rejected`] never crosses the wire: a
+//! decoder produces it for a call it could not read.
 
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +120,16 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<RemoteError>,
     },
+    /// Not a wire message: a decoder's report that the peer sent a call it
+    /// could not read (JSON-RPC's "invalid request"). The connection answers
+    /// with `Error { id, error }` and carries on; the codec chose `id` and
+    /// knows how to address that answer.
+    Rejected {
+        /// The id the answer goes to.
+        id: u64,
+        /// What was wrong with the call.
+        error: RemoteError,
+    },
 }
 
 impl Message {
@@ -132,7 +143,8 @@ impl Message {
             | Message::Item { id, .. }
             | Message::End { id }
             | Message::Credit { id, .. }
-            | Message::Cancel { id } => Some(*id),
+            | Message::Cancel { id }
+            | Message::Rejected { id, .. } => Some(*id),
             Message::Hello { .. }
             | Message::Auth { .. }
             | Message::Welcome { .. }
@@ -157,6 +169,7 @@ impl Message {
             Message::Credit { .. } => "credit",
             Message::Cancel { .. } => "cancel",
             Message::Close { .. } => "close",
+            Message::Rejected { .. } => "rejected",
         }
     }
 }

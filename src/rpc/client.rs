@@ -407,6 +407,7 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             identity: Arc::new(identity),
             max_handlers: self.max_in_flight,
             shutdown: CancellationToken::new(),
+            first: None,
         };
         let driver = Driver::new(framed, rx, &commands, setup);
         tokio::spawn(driver);

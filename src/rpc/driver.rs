@@ -93,6 +93,8 @@ pub(crate) struct Setup {
     pub(crate) max_handlers: usize,
     /// Cancelled to drain and close the connection.
     pub(crate) shutdown: CancellationToken,
+    /// A frame the handshake already read, served before reading on.
+    pub(crate) first: Option<Message>,
 }
 
 type CallFuture = BoxFuture<'static, (u64, Option<Message>)>;
@@ -119,6 +121,7 @@ pub(crate) struct Driver<I, C> {
 
     flushed: Vec<oneshot::Sender<()>>,
 
+    first: Option<Message>,
     reading: bool,
     closing: Option<Error>,
     needs_flush: bool,
@@ -148,6 +151,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             notifications: FuturesUnordered::new(),
             streams: HashMap::new(),
             flushed: Vec::new(),
+            first: setup.first,
             reading: true,
             closing: None,
             needs_flush: false,
@@ -314,6 +318,10 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     RemoteError::into_error,
                 );
                 self.close(err, false);
+            }
+            Message::Rejected { id, error } => {
+                tracing::debug!(id, error = %error.message, "rejected an unreadable call");
+                self.outbox.push_back(Message::Error { id, error });
             }
             other @ (Message::Hello { .. } | Message::Auth { .. } | Message::Welcome { .. }) => {
                 self.violation(format!("{} after the handshake", other.kind()))
@@ -566,6 +574,9 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 progress = true;
             }
 
+            if let Some(msg) = this.first.take() {
+                this.on_frame(msg, cx);
+            }
             while this.reading && this.handlers() < this.max_handlers && budget > 0 {
                 match Pin::new(&mut this.framed).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => this.on_frame(msg, cx),

@@ -48,6 +48,11 @@ pub(crate) fn encode(msg: &Message, dst: &mut BytesMut) -> Result<(), Error> {
 
 fn write(msg: &Message, e: &mut Encoder<Sink<'_>>) -> Encoded {
     match msg {
+        Message::Rejected { .. } => {
+            return Err(cbor_encode::Error::message(
+                "a rejected call is answered with an error, never sent itself",
+            ))
+        }
         Message::Hello { version, scheme } => {
             e.array(3)?.u8(0)?.u32(*version)?.str(scheme)?;
         }

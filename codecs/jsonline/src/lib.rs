@@ -76,6 +76,11 @@ impl Encoder<Message> for JsonLineCodec {
     type Error = Error;
 
     fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
+        if let Message::Rejected { .. } = msg {
+            return Err(Error::Protocol(
+                "a rejected call is answered with an error, never sent itself".into(),
+            ));
+        }
         let start = dst.len();
         let written = serde_json::to_writer(dst.writer(), &wire::Out::from(&msg));
         let len = dst.len() - start;

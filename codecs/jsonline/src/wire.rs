@@ -138,6 +138,11 @@ impl<'a> From<&'a Message> for Out<'a> {
                 error: error.as_ref(),
                 ..out
             },
+            // Refused by the encoder before it gets here.
+            Message::Rejected { error, .. } => Out {
+                error: Some(error),
+                ..out
+            },
         }
     }
 }

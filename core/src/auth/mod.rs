@@ -153,6 +153,9 @@ pub mod handshake {
         auth: &A,
         timeout: Duration,
     ) -> Result<()> {
+        if framed.codec().hello_optional() && auth.scheme() == NoAuth.scheme() {
+            return Ok(());
+        }
         let run = async {
             framed
                 .send(Message::Hello {
@@ -174,6 +177,17 @@ pub mod handshake {
             .unwrap_or(Err(Error::Timeout(timeout)))
     }
 
+    /// What a completed server handshake yields.
+    #[derive(Debug)]
+    pub struct Accepted {
+        /// Who the client is.
+        pub identity: Identity,
+        /// The client's first call, when the codec lets clients skip the
+        /// hello ([`Codec::hello_optional`]) and this one did: serve it
+        /// before reading on.
+        pub first: Option<Message>,
+    }
+
     /// Run the server side: expect hello, authenticate, send welcome.
     ///
     /// On failure the server tells the client why with [`Message::Close`]
@@ -184,9 +198,32 @@ pub mod handshake {
         auth: &A,
         peer: PeerInfo,
         timeout: Duration,
-    ) -> Result<Identity> {
+    ) -> Result<Accepted> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let late = || Error::Unauthorized(format!("handshake not completed within {timeout:?}"));
+        let skip = framed.codec().hello_optional() && auth.scheme() == NoAuth.scheme();
+        let first = tokio::time::timeout_at(deadline, next_frame(framed))
+            .await
+            .unwrap_or_else(|_| Err(late()));
+        // Without a hello, the first frame is already a call (a busline
+        // client may still say hello, and then the handshake runs).
+        if skip
+            && first
+                .as_ref()
+                .is_ok_and(|m| !matches!(m, Message::Hello { .. }))
+        {
+            let identity = Identity {
+                scheme: NoAuth.scheme().into(),
+                subject: None,
+                peer,
+            };
+            return Ok(Accepted {
+                identity,
+                first: first.ok(),
+            });
+        }
         let run = async {
-            match next_frame(framed).await? {
+            match first? {
                 Message::Hello { version, .. } if version != PROTOCOL_VERSION => {
                     Err(Error::Protocol(format!(
                         "client speaks protocol version {version}, this server speaks {PROTOCOL_VERSION}"
@@ -205,12 +242,9 @@ pub mod handshake {
                 ))),
             }
         };
-        let result = match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Unauthorized(format!(
-                "handshake not completed within {timeout:?}"
-            ))),
-        };
+        let result = tokio::time::timeout_at(deadline, run)
+            .await
+            .unwrap_or_else(|_| Err(late()));
         let reply = match &result {
             Ok(_) => Message::Welcome {
                 version: PROTOCOL_VERSION,
@@ -222,7 +256,10 @@ pub mod handshake {
         // The client may already be gone; the result is what matters.
         let send = tokio::time::timeout(timeout, framed.send(reply)).await;
         match (result, send) {
-            (Ok(identity), Ok(Ok(()))) => Ok(identity),
+            (Ok(identity), Ok(Ok(()))) => Ok(Accepted {
+                identity,
+                first: None,
+            }),
             (Ok(_), Ok(Err(e))) => Err(e),
             (Ok(_), Err(_)) => Err(Error::Timeout(timeout)),
             (Err(e), _) => Err(e),

@@ -7,5 +7,5 @@
 mod codec;
 mod transport;
 
-pub use codec::{arb_message, codec_conformance, sample_messages};
+pub use codec::{arb_message, codec_conformance, codec_conformance_normalized, sample_messages};
 pub use transport::transport_conformance;
