@@ -8,6 +8,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use busline_cbor::CborCodec;
 #[cfg(feature = "jsonline")]
 use busline_jsonline::JsonLineCodec;
+#[cfg(feature = "jsonrpc")]
+use busline_jsonrpc::{Framing, JsonRpcCodec};
 
 /// One of the codecs this build has, picked at run time.
 ///
@@ -25,6 +27,9 @@ pub enum AnyCodec {
     /// See [`JsonLineCodec`].
     #[cfg(feature = "jsonline")]
     JsonLine(JsonLineCodec),
+    /// See [`JsonRpcCodec`].
+    #[cfg(feature = "jsonrpc")]
+    JsonRpc(JsonRpcCodec),
     /// See [`CborCodec`].
     #[cfg(feature = "cbor")]
     Cbor(CborCodec),
@@ -34,11 +39,14 @@ impl AnyCodec {
     /// The codec used when an address names none.
     pub const DEFAULT: &'static str = "cbor";
 
-    /// The codec called `name` (`jsonline` or `cbor`), with default limits.
+    /// The codec called `name` (`jsonline`, `jsonrpc` or `cbor`), with
+    /// default limits (and, for `jsonrpc`, framing detected per connection).
     pub fn named(name: &str) -> Result<Self> {
         match name {
             #[cfg(feature = "jsonline")]
             "jsonline" | "json" => Ok(AnyCodec::JsonLine(JsonLineCodec::new())),
+            #[cfg(feature = "jsonrpc")]
+            "jsonrpc" => Ok(AnyCodec::JsonRpc(JsonRpcCodec::new())),
             #[cfg(feature = "cbor")]
             "cbor" => Ok(AnyCodec::Cbor(CborCodec::new())),
             other => Err(Error::Address {
@@ -51,21 +59,47 @@ impl AnyCodec {
         }
     }
 
-    /// The codec an address asks for with `?codec=`, or [`AnyCodec::DEFAULT`].
+    /// The codec an address asks for with `?codec=`, or [`AnyCodec::DEFAULT`];
+    /// for `jsonrpc`, `&framing=lines` or `&framing=content-length` fixes
+    /// the framing.
     pub fn for_address(addr: &Address) -> Result<Self> {
-        Self::named(addr.param("codec").unwrap_or(Self::DEFAULT)).map_err(|e| match e {
-            Error::Address { reason, .. } => Error::Address {
-                url: addr.to_string(),
-                reason,
-            },
-            other => other,
-        })
+        let bad = |reason: String| Error::Address {
+            url: addr.to_string(),
+            reason,
+        };
+        let codec =
+            Self::named(addr.param("codec").unwrap_or(Self::DEFAULT)).map_err(|e| match e {
+                Error::Address { reason, .. } => bad(reason),
+                other => other,
+            })?;
+        match (codec, addr.param("framing")) {
+            (codec, None) => Ok(codec),
+            #[cfg(feature = "jsonrpc")]
+            (AnyCodec::JsonRpc(c), Some(framing)) => {
+                let framing = match framing {
+                    "auto" => Framing::Auto,
+                    "lines" => Framing::Lines,
+                    "content-length" => Framing::ContentLength,
+                    other => {
+                        return Err(bad(format!(
+                            "unknown framing {other:?}; use auto, lines or content-length"
+                        )))
+                    }
+                };
+                Ok(AnyCodec::JsonRpc(c.framing(framing)))
+            }
+            (codec, Some(_)) => Err(bad(format!(
+                "?framing= applies to the jsonrpc codec, not {}",
+                codec.name()
+            ))),
+        }
     }
 
     /// Names of the codecs in this build.
     pub fn available() -> Vec<&'static str> {
         [
             ("jsonline", cfg!(feature = "jsonline")),
+            ("jsonrpc", cfg!(feature = "jsonrpc")),
             ("cbor", cfg!(feature = "cbor")),
         ]
         .into_iter()
@@ -79,6 +113,8 @@ macro_rules! each {
         match $self {
             #[cfg(feature = "jsonline")]
             AnyCodec::JsonLine($c) => $body,
+            #[cfg(feature = "jsonrpc")]
+            AnyCodec::JsonRpc($c) => $body,
             #[cfg(feature = "cbor")]
             AnyCodec::Cbor($c) => $body,
         }
@@ -117,5 +153,9 @@ impl Codec for AnyCodec {
 
     fn max_frame_size(&self) -> usize {
         each!(self, c => c.max_frame_size())
+    }
+
+    fn hello_optional(&self) -> bool {
+        each!(self, c => c.hello_optional())
     }
 }

@@ -28,7 +28,7 @@
 //! ```
 //!
 //! Cargo features (all on by default): `unix`, `tcp` (transports),
-//! `jsonline`, `cbor` (codecs), `cli` (the `busline` program).
+//! `jsonline`, `jsonrpc`, `cbor` (codecs), `cli` (the `busline` program).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
@@ -46,6 +46,8 @@ pub use busline_core::{
 pub use busline_cbor::CborCodec;
 #[cfg(feature = "jsonline")]
 pub use busline_jsonline::JsonLineCodec;
+#[cfg(feature = "jsonrpc")]
+pub use busline_jsonrpc::{Framing as JsonRpcFraming, JsonRpcCodec};
 #[cfg(feature = "tcp")]
 pub use busline_tcp::TcpTransport;
 #[cfg(feature = "unix")]

@@ -4,7 +4,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Weak,
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -23,6 +23,7 @@ use tower::Service;
 use super::{
     call_stream::CallStream,
     driver::{Command, Driver, Setup},
+    Router,
 };
 
 /// Default bound on calls (and streams) in flight on one connection.
@@ -132,6 +133,7 @@ impl Client {
             retry_connect: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             stream_window: DEFAULT_STREAM_WINDOW,
+            router: None,
         }
     }
 
@@ -315,6 +317,7 @@ pub struct ClientBuilder<C, A> {
     retry_connect: Option<Duration>,
     max_in_flight: usize,
     stream_window: u32,
+    router: Option<Router>,
 }
 
 impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
@@ -328,7 +331,18 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             retry_connect: self.retry_connect,
             max_in_flight: self.max_in_flight,
             stream_window: self.stream_window,
+            router: self.router,
         }
+    }
+
+    /// Serve `router`'s methods to the server over this connection: the
+    /// server's handlers call them through [`Request::peer`], for pushing
+    /// work or events to the client (JSON-RPC peers can do this too).
+    ///
+    /// [`Request::peer`]: super::Request::peer
+    pub fn serve(mut self, router: Router) -> Self {
+        self.router = Some(router);
+        self
     }
 
     /// Default per-call timeout; it also travels to the server as the
@@ -403,23 +417,65 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
         };
         let setup = Setup {
             owned_by_handles: true,
-            router: None,
+            router: self.router,
             identity: Arc::new(identity),
             max_handlers: self.max_in_flight,
             shutdown: CancellationToken::new(),
             first: None,
+            peer: WeakClient::default(),
         };
-        let driver = Driver::new(framed, rx, &commands, setup);
-        tokio::spawn(driver);
-        Ok(Client {
+        let client = Client::new(
+            commands.clone(),
+            encoding,
+            self.max_in_flight,
+            self.stream_window,
+            self.timeout,
+        );
+        let setup = Setup {
+            peer: client.downgrade(),
+            ..setup
+        };
+        tokio::spawn(Driver::new(framed, rx, &commands, setup));
+        Ok(client)
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        commands: mpsc::UnboundedSender<Command>,
+        encoding: Encoding,
+        max_in_flight: usize,
+        stream_window: u32,
+        timeout: Option<Duration>,
+    ) -> Client {
+        Client {
             shared: Arc::new(Shared {
                 commands,
                 next_id: AtomicU64::new(1),
-                in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+                in_flight: Arc::new(Semaphore::new(max_in_flight)),
                 encoding,
-                stream_window: self.stream_window,
+                stream_window,
             }),
-            timeout: self.timeout,
+            timeout,
+        }
+    }
+
+    /// A handle that does not keep the connection open.
+    pub(crate) fn downgrade(&self) -> WeakClient {
+        WeakClient(Arc::downgrade(&self.shared))
+    }
+}
+
+/// A [`Client`] that does not keep its connection open; handlers get a
+/// real one from it while they run.
+#[derive(Clone, Default)]
+pub(crate) struct WeakClient(Weak<Shared>);
+
+impl WeakClient {
+    pub(crate) fn upgrade(&self) -> Option<Client> {
+        self.0.upgrade().map(|shared| Client {
+            shared,
+            timeout: None,
         })
     }
 }

@@ -32,6 +32,7 @@ use tokio_util::{
 };
 
 use super::{
+    client::WeakClient,
     router::{CallKind, Reply, Request, Router},
     stream_task,
 };
@@ -95,6 +96,8 @@ pub(crate) struct Setup {
     pub(crate) shutdown: CancellationToken,
     /// A frame the handshake already read, served before reading on.
     pub(crate) first: Option<Message>,
+    /// The calling side of this connection, for handlers to call back.
+    pub(crate) peer: WeakClient,
 }
 
 type CallFuture = BoxFuture<'static, (u64, Option<Message>)>;
@@ -122,6 +125,7 @@ pub(crate) struct Driver<I, C> {
     flushed: Vec<oneshot::Sender<()>>,
 
     first: Option<Message>,
+    peer: WeakClient,
     reading: bool,
     closing: Option<Error>,
     needs_flush: bool,
@@ -152,6 +156,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             streams: HashMap::new(),
             flushed: Vec::new(),
             first: setup.first,
+            peer: setup.peer,
             reading: true,
             closing: None,
             needs_flush: false,
@@ -347,6 +352,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             kind,
             identity: self.identity.clone(),
             deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            peer: self.peer.upgrade(),
         }
     }
 

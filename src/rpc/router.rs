@@ -22,7 +22,10 @@ use futures::{future::BoxFuture, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 use tower::{Layer, Service, ServiceExt};
 
-use super::handler::{StreamFn, UnaryFn};
+use super::{
+    handler::{StreamFn, UnaryFn},
+    Client,
+};
 
 /// What kind of answer the caller expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,12 @@ pub struct Request {
     pub identity: Arc<Identity>,
     /// When the caller stops waiting, if it said.
     pub deadline: Option<Instant>,
+    /// The caller's side of the connection, to call or notify it back
+    /// (it answers if it serves methods, see [`ClientBuilder::serve`]);
+    /// `None` once the connection is gone.
+    ///
+    /// [`ClientBuilder::serve`]: super::ClientBuilder::serve
+    pub peer: Option<Client>,
 }
 
 /// A stream of payloads, the answer of a streaming handler.
@@ -272,6 +281,7 @@ mod tests {
             kind: CallKind::Unary,
             identity: Arc::default(),
             deadline: None,
+            peer: None,
         }
     }
 

@@ -12,7 +12,7 @@ use tokio_util::{codec::Framed, sync::CancellationToken};
 
 use super::{
     driver::{Driver, Setup},
-    Router,
+    Client, Router, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW,
 };
 
 /// Default bound on simultaneous connections per server.
@@ -185,6 +185,15 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
                 }
             };
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
+        // Handlers call the client back through this; it lives as long as
+        // the connection.
+        let peer = Client::new(
+            commands.clone(),
+            self.codec.payload_encoding(),
+            DEFAULT_MAX_IN_FLIGHT,
+            DEFAULT_STREAM_WINDOW,
+            None,
+        );
         let setup = Setup {
             owned_by_handles: false,
             router: Some(self.router.clone()),
@@ -192,6 +201,7 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             max_handlers: self.max_handlers,
             shutdown,
             first: accepted.first,
+            peer: peer.downgrade(),
         };
         Driver::new(framed, rx, &commands, setup).await;
         tracing::debug!(peer = %description, "connection closed");

@@ -143,6 +143,9 @@ macro_rules! matrix {
         $crate::matrix!(@one unix_cbor, Fixture::unix(busline::CborCodec::new()), $($test),*);
         $crate::matrix!(@one tcp_jsonline, Fixture::tcp(busline::JsonLineCodec::new()), $($test),*);
         $crate::matrix!(@one tcp_cbor, Fixture::tcp(busline::CborCodec::new()), $($test),*);
+        $crate::matrix!(@one memory_jsonrpc, Fixture::memory(busline::JsonRpcCodec::new()), $($test),*);
+        $crate::matrix!(@one unix_jsonrpc, Fixture::unix(busline::JsonRpcCodec::new()), $($test),*);
+        $crate::matrix!(@one tcp_jsonrpc, Fixture::tcp(busline::JsonRpcCodec::new()), $($test),*);
     };
     (@one $module:ident, $fixture:expr, $($test:ident),*) => {
         mod $module {

@@ -237,7 +237,9 @@ pub mod handshake {
                 }
                 Message::Hello { .. } => auth.server(&mut FramedChannel { framed }, peer).await,
                 other => Err(Error::Unauthorized(format!(
-                    "a connection must start with hello (and authentication), got {}",
+                    "this server requires {:?} authentication: a connection must start with \
+                     hello, got {}",
+                    auth.scheme(),
                     other.kind()
                 ))),
             }
