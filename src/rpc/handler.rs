@@ -28,26 +28,6 @@ where
     }
 }
 
-/// Decode a request's arguments, naming the method on failure.
-///
-/// A single argument also comes as a one-element JSON array: JSON-RPC
-/// requires params to be an array or an object, so that is how its clients
-/// send one value.
-fn arguments<Args: DeserializeOwned>(req: &Request) -> Result<Args> {
-    req.payload
-        .decode()
-        .or_else(|first| {
-            let Encoding::Json = req.payload.encoding() else {
-                return Err(first);
-            };
-            serde_json::from_slice::<(&serde_json::value::RawValue,)>(req.payload.bytes())
-                .ok()
-                .and_then(|(only,)| serde_json::from_str(only.get()).ok())
-                .ok_or(first)
-        })
-        .map_err(|e| Error::Serialization(format!("invalid arguments for {:?}: {e}", req.method)))
-}
-
 /// Answer in the caller's encoding (binary callers get CBOR).
 fn answer_encoding(req: &Request) -> Encoding {
     match req.payload.encoding() {
@@ -101,7 +81,7 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let encoding = answer_encoding(&req);
-        let fut = arguments(&req).map(&self.f);
+        let fut = req.arguments().map(&self.f);
         Box::pin(async move {
             let out = fut?.await.map_err(handler_error)?;
             Ok(Reply::Unary(Payload::encode(encoding, &out)?))
@@ -127,7 +107,7 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let encoding = answer_encoding(&req);
-        std::future::ready(arguments(&req).map(|args| {
+        std::future::ready(req.arguments().map(|args| {
             let items = (self.f)(args).map(move |item| {
                 item.map_err(handler_error)
                     .and_then(|t| Payload::encode(encoding, &t))
@@ -144,26 +124,6 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("custom failure")]
     struct Custom;
-
-    #[test]
-    fn one_argument_may_come_wrapped_in_an_array() {
-        let req = |json: &str| Request {
-            method: "m".into(),
-            payload: Payload::from_bytes(Encoding::Json, json.to_owned()),
-            kind: super::super::CallKind::Unary,
-            identity: Default::default(),
-            deadline: None,
-            peer: None,
-        };
-        assert_eq!(arguments::<u64>(&req("[7]")).unwrap(), 7);
-        assert_eq!(arguments::<u64>(&req("7")).unwrap(), 7);
-        assert_eq!(arguments::<Vec<u64>>(&req("[7]")).unwrap(), vec![7]);
-        assert_eq!(arguments::<(u64, u64)>(&req("[7,8]")).unwrap(), (7, 8));
-        assert!(matches!(
-            arguments::<u64>(&req("[7,8]")),
-            Err(Error::Serialization(m)) if m.contains("invalid arguments")
-        ));
-    }
 
     #[test]
     fn handler_errors_keep_their_type_or_pass_through() {

@@ -17,7 +17,7 @@ use std::{
     time::Instant,
 };
 
-use busline_core::{Error, Identity, Payload, Result};
+use busline_core::{Encoding, Error, Identity, Payload, Result};
 use futures::{future::BoxFuture, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 use tower::{Layer, Service, ServiceExt};
@@ -57,6 +57,30 @@ pub struct Request {
     ///
     /// [`ClientBuilder::serve`]: super::ClientBuilder::serve
     pub peer: Option<Client>,
+}
+
+impl Request {
+    /// The arguments, decoded; errors name the method.
+    ///
+    /// A single argument may also come as a one-element JSON array: JSON-RPC
+    /// requires params to be an array or an object, so that is how its
+    /// clients send one value.
+    pub fn arguments<Args: DeserializeOwned>(&self) -> Result<Args> {
+        self.payload
+            .decode()
+            .or_else(|first| {
+                let Encoding::Json = self.payload.encoding() else {
+                    return Err(first);
+                };
+                serde_json::from_slice::<(&serde_json::value::RawValue,)>(self.payload.bytes())
+                    .ok()
+                    .and_then(|(only,)| serde_json::from_str(only.get()).ok())
+                    .ok_or(first)
+            })
+            .map_err(|e| {
+                Error::Serialization(format!("invalid arguments for {:?}: {e}", self.method))
+            })
+    }
 }
 
 /// A stream of payloads, the answer of a streaming handler.
@@ -275,14 +299,31 @@ mod tests {
     use super::*;
 
     fn request(method: &str) -> Request {
+        with_payload(method, "1")
+    }
+
+    fn with_payload(method: &str, json: &str) -> Request {
         Request {
             method: method.into(),
-            payload: Payload::json(&1u8).unwrap(),
+            payload: Payload::from_bytes(Encoding::Json, json.to_owned()),
             kind: CallKind::Unary,
             identity: Arc::default(),
             deadline: None,
             peer: None,
         }
+    }
+
+    #[test]
+    fn one_argument_may_come_wrapped_in_an_array() {
+        let req = |json| with_payload("m", json);
+        assert_eq!(req("[7]").arguments::<u64>().unwrap(), 7);
+        assert_eq!(req("7").arguments::<u64>().unwrap(), 7);
+        assert_eq!(req("[7]").arguments::<Vec<u64>>().unwrap(), vec![7]);
+        assert_eq!(req("[7,8]").arguments::<(u64, u64)>().unwrap(), (7, 8));
+        assert!(matches!(
+            req("[7,8]").arguments::<u64>(),
+            Err(Error::Serialization(m)) if m.contains("invalid arguments for \"m\"")
+        ));
     }
 
     #[tokio::test]
