@@ -8,8 +8,8 @@ use std::{path::PathBuf, time::Duration};
 
 use busline::{
     rpc::{Client, Router, Server, ServerHandle},
-    Address, CborCodec, Codec, JsonLineCodec, MemoryTransport, TcpTransport, Transport,
-    UnixTransport,
+    Address, CborCodec, Codec, JsonLineCodec, JsonRpcCodec, MemoryTransport, TcpTransport,
+    Transport, UnixTransport,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::{join_all, BoxFuture};
@@ -174,13 +174,21 @@ async fn all_setups(group: &str) -> Vec<Setup> {
     vec![
         setup(UnixTransport::new(), CborCodec::new(), unix("cbor")).await,
         setup(UnixTransport::new(), JsonLineCodec::new(), unix("jsonline")).await,
+        setup(UnixTransport::new(), JsonRpcCodec::new(), unix("jsonrpc")).await,
         setup(TcpTransport::new(), CborCodec::new(), tcp()).await,
         setup(TcpTransport::new(), JsonLineCodec::new(), tcp()).await,
+        setup(TcpTransport::new(), JsonRpcCodec::new(), tcp()).await,
         setup(MemoryTransport::new(), CborCodec::new(), memory("cbor")).await,
         setup(
             MemoryTransport::new(),
             JsonLineCodec::new(),
             memory("jsonline"),
+        )
+        .await,
+        setup(
+            MemoryTransport::new(),
+            JsonRpcCodec::new(),
+            memory("jsonrpc"),
         )
         .await,
     ]

@@ -29,7 +29,7 @@ pub enum AnyCodec {
     JsonLine(JsonLineCodec),
     /// See [`JsonRpcCodec`].
     #[cfg(feature = "jsonrpc")]
-    JsonRpc(JsonRpcCodec),
+    JsonRpc(Box<JsonRpcCodec>),
     /// See [`CborCodec`].
     #[cfg(feature = "cbor")]
     Cbor(CborCodec),
@@ -46,7 +46,7 @@ impl AnyCodec {
             #[cfg(feature = "jsonline")]
             "jsonline" | "json" => Ok(AnyCodec::JsonLine(JsonLineCodec::new())),
             #[cfg(feature = "jsonrpc")]
-            "jsonrpc" => Ok(AnyCodec::JsonRpc(JsonRpcCodec::new())),
+            "jsonrpc" => Ok(AnyCodec::JsonRpc(Box::default())),
             #[cfg(feature = "cbor")]
             "cbor" => Ok(AnyCodec::Cbor(CborCodec::new())),
             other => Err(Error::Address {
@@ -86,7 +86,7 @@ impl AnyCodec {
                         )))
                     }
                 };
-                Ok(AnyCodec::JsonRpc(c.framing(framing)))
+                Ok(AnyCodec::JsonRpc(Box::new(c.framing(framing))))
             }
             (codec, Some(_)) => Err(bad(format!(
                 "?framing= applies to the jsonrpc codec, not {}",

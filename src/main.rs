@@ -28,6 +28,8 @@ enum Command {
         /// Where to listen, e.g. unix:///tmp/busline.sock or tcp://127.0.0.1:7400.
         url: String,
         #[command(flatten)]
+        codec: cli::CodecArgs,
+        #[command(flatten)]
         auth: cli::AuthArgs,
     },
     /// Call a method and print its JSON result (or each item of a stream).
@@ -57,8 +59,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo => cli::demo::run().await,
-            Command::Serve { url, auth } => {
-                cli::serve(&url, Arc::from(auth.authenticator()?)).await
+            Command::Serve { url, codec, auth } => {
+                cli::serve(&url, &codec, Arc::from(auth.authenticator()?)).await
             }
             Command::Call { call, auth } => cli::call(call, Arc::from(auth.authenticator()?)).await,
         }

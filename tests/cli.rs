@@ -75,3 +75,80 @@ fn serve_and_call() {
     assert_eq!(String::from_utf8_lossy(&streamed.stdout), "0\n1\n2\n");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("method not found"));
 }
+
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
+    probe.local_addr().expect("probe address").port()
+}
+
+#[test]
+fn serve_and_call_with_codec_flag() {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["serve", &url, "--codec", "jsonrpc"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let out = busline(&[
+        "call",
+        &url,
+        "--codec",
+        "jsonrpc",
+        "add",
+        "[2, 40]",
+        "--retry",
+        "10000",
+        "--timeout",
+        "10000",
+    ]);
+    // --codec wins over the URL's ?codec=.
+    let cbor_url = format!("{url}?codec=cbor");
+    let overridden = busline(&[
+        "call",
+        &cbor_url,
+        "--codec",
+        "jsonrpc",
+        "add",
+        "[1, 1]",
+        "--timeout",
+        "10000",
+    ]);
+    // The server really speaks JSON-RPC: a plain client gets a plain answer.
+    let plain = plain_jsonrpc_call(
+        port,
+        r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#,
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    assert!(overridden.status.success(), "{overridden:?}");
+    assert_eq!(String::from_utf8_lossy(&overridden.stdout).trim(), "2");
+    assert_eq!(
+        plain.expect("plain JSON-RPC call").trim_end(),
+        r#"{"jsonrpc":"2.0","result":5,"id":1}"#
+    );
+}
+
+/// One request line to a JSON-RPC server on `port`, and its response line.
+fn plain_jsonrpc_call(port: u16, request: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
+}
+
+#[test]
+fn unknown_codec_flag_names_the_codecs() {
+    for args in [
+        &["call", "tcp://127.0.0.1:1", "add", "--codec", "morse"][..],
+        &["serve", "tcp://127.0.0.1:0", "--codec", "morse"],
+    ] {
+        fails_with(args, "unknown codec \"morse\"");
+        fails_with(args, "jsonline, jsonrpc, cbor");
+    }
+}

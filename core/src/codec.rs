@@ -48,11 +48,10 @@ pub trait Codec:
     /// The largest frame this codec encodes or accepts, in bytes.
     fn max_frame_size(&self) -> usize;
 
-    /// Whether peers may skip busline's hello, because the codec speaks a
-    /// foreign protocol whose clients and servers know nothing of it
-    /// (JSON-RPC). Then, without authentication, a client starts calling at
-    /// once and a server takes a first frame that is not a hello as the
-    /// first call. With an authenticator the handshake always runs.
+    /// Whether connections without authentication skip busline's hello,
+    /// because the codec speaks a foreign protocol whose clients and servers
+    /// know nothing of it (JSON-RPC): calls then flow at once. With an
+    /// authenticator the handshake always runs.
     fn hello_optional(&self) -> bool {
         false
     }

@@ -32,6 +32,38 @@ impl AuthArgs {
     }
 }
 
+/// The `--codec` option shared by the commands.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CodecArgs {
+    /// The codec: jsonline, jsonrpc or cbor. Overrides the URL's ?codec=
+    /// (a jsonrpc URL's &framing= still applies).
+    #[arg(long, value_name = "NAME", value_parser = codec_name)]
+    codec: Option<String>,
+}
+
+impl CodecArgs {
+    /// The address to use and the codec for it: `--codec` if given, else
+    /// what the URL asks for.
+    pub(crate) fn resolve(&self, addr: Address) -> Result<(Address, AnyCodec)> {
+        let addr = match &self.codec {
+            Some(name) => addr.with_param("codec", name.as_str()),
+            None => addr,
+        };
+        let codec = AnyCodec::for_address(&addr)?;
+        Ok((addr, codec))
+    }
+}
+
+/// Checks a `--codec` value when the command line is read, so a wrong name
+/// is a usage error listing the codecs this build has.
+fn codec_name(name: &str) -> std::result::Result<String, String> {
+    match AnyCodec::named(name) {
+        Ok(_) => Ok(name.to_owned()),
+        Err(Error::Address { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
 /// What `busline call` was asked to do.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CallArgs {
@@ -54,12 +86,17 @@ pub(crate) struct CallArgs {
     /// Keep retrying a refused connection for this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     retry: u64,
+    #[command(flatten)]
+    codec: CodecArgs,
 }
 
 /// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
-pub(crate) async fn serve(url: &str, auth: Arc<dyn Authenticator>) -> Result<()> {
-    let addr: Address = url.parse()?;
-    let codec = AnyCodec::for_address(&addr)?;
+pub(crate) async fn serve(
+    url: &str,
+    codec: &CodecArgs,
+    auth: Arc<dyn Authenticator>,
+) -> Result<()> {
+    let (addr, codec) = codec.resolve(url.parse()?)?;
     let server = Server::builder(service::router(), codec)
         .auth(auth)
         .bind(&busline::any_transport(), &addr)
@@ -97,8 +134,7 @@ async fn shutdown_signal() {
 
 /// `busline call URL METHOD [ARGS]`.
 pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
-    let addr: Address = args.url.parse()?;
-    let codec = AnyCodec::for_address(&addr)?;
+    let (addr, codec) = args.codec.resolve(args.url.parse()?)?;
     serde_json::from_str::<serde::de::IgnoredAny>(&args.args).map_err(|e| {
         Error::Serialization(format!(
             "the arguments are not valid JSON ({e}): {}",

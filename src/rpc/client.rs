@@ -421,7 +421,6 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             identity: Arc::new(identity),
             max_handlers: self.max_in_flight,
             shutdown: CancellationToken::new(),
-            first: None,
             peer: WeakClient::default(),
         };
         let client = Client::new(

@@ -94,8 +94,6 @@ pub(crate) struct Setup {
     pub(crate) max_handlers: usize,
     /// Cancelled to drain and close the connection.
     pub(crate) shutdown: CancellationToken,
-    /// A frame the handshake already read, served before reading on.
-    pub(crate) first: Option<Message>,
     /// The calling side of this connection, for handlers to call back.
     pub(crate) peer: WeakClient,
 }
@@ -124,7 +122,6 @@ pub(crate) struct Driver<I, C> {
 
     flushed: Vec<oneshot::Sender<()>>,
 
-    first: Option<Message>,
     peer: WeakClient,
     reading: bool,
     closing: Option<Error>,
@@ -155,7 +152,6 @@ impl<I: Io, C: Codec> Driver<I, C> {
             notifications: FuturesUnordered::new(),
             streams: HashMap::new(),
             flushed: Vec::new(),
-            first: setup.first,
             peer: setup.peer,
             reading: true,
             closing: None,
@@ -580,9 +576,6 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 progress = true;
             }
 
-            if let Some(msg) = this.first.take() {
-                this.on_frame(msg, cx);
-            }
             while this.reading && this.handlers() < this.max_handlers && budget > 0 {
                 match Pin::new(&mut this.framed).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => this.on_frame(msg, cx),

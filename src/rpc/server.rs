@@ -176,9 +176,9 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
     async fn connection<I: Io>(&self, io: I, peer: PeerInfo, shutdown: CancellationToken) {
         let mut framed = Framed::new(io, self.codec.clone());
         let description = peer.description.clone();
-        let accepted =
+        let identity =
             match handshake::server(&mut framed, &*self.auth, peer, self.handshake_timeout).await {
-                Ok(accepted) => accepted,
+                Ok(identity) => identity,
                 Err(err) => {
                     tracing::info!(peer = %description, error = %err, "handshake refused");
                     return;
@@ -197,10 +197,9 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
         let setup = Setup {
             owned_by_handles: false,
             router: Some(self.router.clone()),
-            identity: Arc::new(accepted.identity),
+            identity: Arc::new(identity),
             max_handlers: self.max_handlers,
             shutdown,
-            first: accepted.first,
             peer: peer.downgrade(),
         };
         Driver::new(framed, rx, &commands, setup).await;

@@ -177,17 +177,6 @@ pub mod handshake {
             .unwrap_or(Err(Error::Timeout(timeout)))
     }
 
-    /// What a completed server handshake yields.
-    #[derive(Debug)]
-    pub struct Accepted {
-        /// Who the client is.
-        pub identity: Identity,
-        /// The client's first call, when the codec lets clients skip the
-        /// hello ([`Codec::hello_optional`]) and this one did: serve it
-        /// before reading on.
-        pub first: Option<Message>,
-    }
-
     /// Run the server side: expect hello, authenticate, send welcome.
     ///
     /// On failure the server tells the client why with [`Message::Close`]
@@ -198,30 +187,20 @@ pub mod handshake {
         auth: &A,
         peer: PeerInfo,
         timeout: Duration,
-    ) -> Result<Accepted> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let late = || Error::Unauthorized(format!("handshake not completed within {timeout:?}"));
-        let skip = framed.codec().hello_optional() && auth.scheme() == NoAuth.scheme();
-        let first = tokio::time::timeout_at(deadline, next_frame(framed))
-            .await
-            .unwrap_or_else(|_| Err(late()));
-        // Without a hello, the first frame is already a call (a busline
-        // client may still say hello, and then the handshake runs).
-        if skip
-            && first
-                .as_ref()
-                .is_ok_and(|m| !matches!(m, Message::Hello { .. }))
-        {
-            let identity = Identity {
+    ) -> Result<Identity> {
+        // Without a hello (JSON-RPC, no authentication) calls flow at once.
+        if framed.codec().hello_optional() && auth.scheme() == NoAuth.scheme() {
+            return Ok(Identity {
                 scheme: NoAuth.scheme().into(),
                 subject: None,
                 peer,
-            };
-            return Ok(Accepted {
-                identity,
-                first: first.ok(),
             });
         }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let late = || Error::Unauthorized(format!("handshake not completed within {timeout:?}"));
+        let first = tokio::time::timeout_at(deadline, next_frame(framed))
+            .await
+            .unwrap_or_else(|_| Err(late()));
         let run = async {
             match first? {
                 Message::Hello { version, .. } if version != PROTOCOL_VERSION => {
@@ -258,10 +237,7 @@ pub mod handshake {
         // The client may already be gone; the result is what matters.
         let send = tokio::time::timeout(timeout, framed.send(reply)).await;
         match (result, send) {
-            (Ok(identity), Ok(Ok(()))) => Ok(Accepted {
-                identity,
-                first: None,
-            }),
+            (Ok(identity), Ok(Ok(()))) => Ok(identity),
             (Ok(_), Ok(Err(e))) => Err(e),
             (Ok(_), Err(_)) => Err(Error::Timeout(timeout)),
             (Err(e), _) => Err(e),
