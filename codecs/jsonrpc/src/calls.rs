@@ -8,11 +8,24 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// An id as it goes back out.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(untagged)]
+pub(crate) enum JsonId<'a> {
+    /// The peer's own number, used as busline's.
+    Number(u64),
+    /// Anything else, exactly as received.
+    Raw(&'a RawValue),
+}
+
 /// One call the peer made that awaits its answer.
 #[derive(Debug)]
 struct PeerCall {
-    /// The id's JSON text, as received.
-    json_id: String,
+    /// The id as received, unless it is busline's number for the call.
+    json_id: Option<Box<RawValue>>,
     batch: Option<u64>,
     /// The JSON-RPC code to answer with instead of the error's own (the
     /// codec's parse and request errors).
@@ -29,11 +42,22 @@ struct Batch {
 /// The answer to one call, once it is known where it goes.
 #[derive(Debug)]
 pub(crate) struct Route {
-    /// JSON text of the id to answer under.
-    pub(crate) json_id: String,
+    id: u64,
+    /// The id to answer under, unless it is `id` itself.
+    json_id: Option<Box<RawValue>>,
     /// The code a rejected call's error must carry.
     pub(crate) code: Option<i64>,
     batch: Option<u64>,
+}
+
+impl Route {
+    /// The id to answer under.
+    pub(crate) fn json_id(&self) -> JsonId<'_> {
+        match &self.json_id {
+            Some(raw) => JsonId::Raw(raw),
+            None => JsonId::Number(self.id),
+        }
+    }
 }
 
 /// Bookkeeping for one connection.
@@ -51,20 +75,32 @@ const MAPPED_START: u64 = 1 << 63;
 impl Calls {
     /// Register a call the peer made under `json_id`; the number busline
     /// will know it by.
-    pub(crate) fn register(&mut self, json_id: &str, batch: Option<u64>, code: Option<i64>) -> u64 {
-        let id = json_id
+    pub(crate) fn register(
+        &mut self,
+        json_id: &RawValue,
+        batch: Option<u64>,
+        code: Option<i64>,
+    ) -> u64 {
+        let direct = json_id
+            .get()
             .parse::<u64>()
             .ok()
-            .filter(|n| !self.calls.contains_key(n))
-            .unwrap_or_else(|| self.fresh());
+            .filter(|n| !self.calls.contains_key(n));
+        let (id, json_id) = match direct {
+            Some(n) => (n, None),
+            None => {
+                let id = self.fresh();
+                self.by_json.insert(json_id.get().to_owned(), id);
+                (id, Some(json_id.to_owned()))
+            }
+        };
         if let Some(b) = batch.and_then(|b| self.batches.get_mut(&b)) {
             b.waiting += 1;
         }
-        self.by_json.insert(json_id.to_owned(), id);
         self.calls.insert(
             id,
             PeerCall {
-                json_id: json_id.to_owned(),
+                json_id,
                 batch,
                 code,
             },
@@ -92,10 +128,11 @@ impl Calls {
     }
 
     /// The JSON id of call `id`, which stays open (stream items).
-    pub(crate) fn json_id(&self, id: u64) -> String {
-        self.calls
-            .get(&id)
-            .map_or_else(|| id.to_string(), |c| c.json_id.clone())
+    pub(crate) fn json_id(&self, id: u64) -> JsonId<'_> {
+        match self.calls.get(&id).and_then(|c| c.json_id.as_deref()) {
+            Some(raw) => JsonId::Raw(raw),
+            None => JsonId::Number(id),
+        }
     }
 
     /// Where the final answer to `id` goes; the call is done with. Calls
@@ -104,17 +141,21 @@ impl Calls {
     pub(crate) fn finish(&mut self, id: u64) -> Route {
         match self.calls.remove(&id) {
             Some(call) => {
-                if self.by_json.get(&call.json_id) == Some(&id) {
-                    self.by_json.remove(&call.json_id);
+                if let Some(json_id) = &call.json_id {
+                    if self.by_json.get(json_id.get()) == Some(&id) {
+                        self.by_json.remove(json_id.get());
+                    }
                 }
                 Route {
+                    id,
                     json_id: call.json_id,
                     code: call.code,
                     batch: call.batch,
                 }
             }
             None => Route {
-                json_id: id.to_string(),
+                id,
+                json_id: None,
                 code: None,
                 batch: None,
             },
@@ -167,27 +208,36 @@ impl Calls {
 mod tests {
     use super::*;
 
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.into()).unwrap()
+    }
+
+    fn answered_as(route: Route) -> String {
+        serde_json::to_string(&route.json_id()).unwrap()
+    }
+
     #[test]
     fn ids_are_kept_and_numbers_reused_only_when_free() {
         let mut calls = Calls::default();
-        assert_eq!(calls.register("7", None, None), 7);
-        let second_seven = calls.register("7", None, None);
+        assert_eq!(calls.register(&raw("7"), None, None), 7);
+        let second_seven = calls.register(&raw("7"), None, None);
         assert!(second_seven >= MAPPED_START);
-        let text = calls.register("\"abc\"", None, None);
+        let text = calls.register(&raw("\"abc\""), None, None);
         assert!(text >= MAPPED_START && text != second_seven);
         assert_eq!(calls.lookup("\"abc\""), Some(text));
-        assert_eq!(calls.finish(text).json_id, "\"abc\"");
-        assert_eq!(calls.finish(7).json_id, "7");
-        assert_eq!(calls.finish(12).json_id, "12");
+        assert_eq!(answered_as(calls.finish(text)), "\"abc\"");
+        assert_eq!(answered_as(calls.finish(second_seven)), "7");
+        assert_eq!(answered_as(calls.finish(7)), "7");
+        assert_eq!(answered_as(calls.finish(12)), "12");
     }
 
     #[test]
     fn a_batch_answers_once_all_its_calls_are_answered_or_cancelled() {
         let mut calls = Calls::default();
         let b = calls.open_batch();
-        let one = calls.register("1", Some(b), None);
-        let two = calls.register("2", Some(b), None);
-        let three = calls.register("3", Some(b), None);
+        let one = calls.register(&raw("1"), Some(b), None);
+        let two = calls.register(&raw("2"), Some(b), None);
+        let three = calls.register(&raw("3"), Some(b), None);
         calls.close_batch(b);
         let r = calls.finish(two);
         assert_eq!(calls.deliver(&r, "B".into()), None);

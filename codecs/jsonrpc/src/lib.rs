@@ -75,9 +75,9 @@ use tokio_util::codec::{Decoder, Encoder};
 
 pub use framing::Framing;
 
-use calls::Calls;
+use calls::{Calls, JsonId};
 use framing::Framer;
-use wire::{error_object, payload_json, raw, Out, Reader};
+use wire::{error_object, payload_json, Out, Reader};
 
 /// The JSON-RPC 2.0 codec. See the [crate docs](crate).
 #[derive(Debug)]
@@ -146,7 +146,7 @@ impl JsonRpcCodec {
                 notify("rpc.welcome", serde_json::json!({"version": version}))?
             }
             Message::Item { id, payload } => {
-                let id = raw(self.calls.json_id(id))?;
+                let id = self.calls.json_id(id);
                 notify(
                     "rpc.item",
                     serde_json::json!({"id": id, "item": value(&payload)?}),
@@ -166,7 +166,7 @@ impl JsonRpcCodec {
             Message::Close { error: Some(error) } => Out {
                 jsonrpc: "2.0",
                 error: Some(error_object(&error, None)),
-                id: Some(&raw("null".into())?),
+                id: Some(JsonId::Raw(RawValue::NULL)),
                 ..Out::default()
             }
             .to_text()?,
@@ -197,14 +197,13 @@ impl JsonRpcCodec {
                 let result = payload_json(&payload)?;
                 return self.answer(id, &result, false);
             }
-            Message::End { id } => return self.answer(id, &raw("null".into())?, true),
+            Message::End { id } => return self.answer(id, RawValue::NULL, true),
             Message::Error { id, error } => {
                 let route = self.calls.finish(id);
-                let json_id = raw(route.json_id.clone())?;
                 let text = Out {
                     jsonrpc: "2.0",
                     error: Some(error_object(&error, route.code)),
-                    id: Some(&json_id),
+                    id: Some(route.json_id()),
                     ..Out::default()
                 }
                 .to_text()?;
@@ -227,14 +226,13 @@ impl JsonRpcCodec {
         credit: Option<u32>,
     ) -> Result<String, Error> {
         let params = params(method, payload)?;
-        let id = raw(id.to_string())?;
         Out {
             jsonrpc: "2.0",
             method: Some(method),
             params: params.as_deref(),
             stream: credit.map(Into::into),
             timeout_ms,
-            id: Some(&id),
+            id: Some(JsonId::Number(id)),
             ..Out::default()
         }
         .to_text()
@@ -244,12 +242,11 @@ impl JsonRpcCodec {
     /// if `end`).
     fn answer(&mut self, id: u64, result: &RawValue, end: bool) -> Result<Option<String>, Error> {
         let route = self.calls.finish(id);
-        let json_id = raw(route.json_id.clone())?;
         let text = Out {
             jsonrpc: "2.0",
             result: Some(result),
             stream: end.then(|| "end".into()),
-            id: Some(&json_id),
+            id: Some(route.json_id()),
             ..Out::default()
         }
         .to_text()?;
@@ -273,7 +270,9 @@ fn params(method: &str, payload: &Payload) -> Result<Option<Box<RawValue>>, Erro
     if matches!(value.get().as_bytes()[0], b'[' | b'{') {
         return Ok(Some(value));
     }
-    raw(format!("[{}]", value.get())).map(Some)
+    serde_json::value::to_raw_value(&(&*value,))
+        .map(Some)
+        .map_err(|e| Error::Serialization(e.to_string()))
 }
 
 impl Default for JsonRpcCodec {

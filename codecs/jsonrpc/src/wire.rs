@@ -9,12 +9,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
-    calls::Calls,
+    calls::{Calls, JsonId},
     errors::{code_for, ErrorObject, INVALID_REQUEST, PARSE_ERROR},
 };
 
 /// The member that wraps a payload JSON cannot carry as it is.
 const ESCAPE: &str = "busline.payload";
+/// How an escape object starts, as written; a JSON payload that starts so
+/// is escaped itself.
+const ESCAPE_PREFIX: &str = "{\"busline.payload\"";
 
 /// The `rpc.` notifications busline uses (the specification reserves the
 /// prefix for such protocol extensions).
@@ -66,13 +69,12 @@ impl Reader<'_> {
     /// Read one frame: an object or a batch of them.
     pub(crate) fn frame(&mut self) {
         let frame = self.frame;
-        let value: &RawValue = match serde_json::from_slice(frame) {
-            Ok(v) => v,
-            Err(e) => return self.reject(None, None, (PARSE_ERROR, e.to_string())),
+        let Ok(text) = std::str::from_utf8(frame) else {
+            return self.reject(None, None, (PARSE_ERROR, "the text is not UTF-8".into()));
         };
-        match value.get().as_bytes().first() {
+        match text.trim_start().as_bytes().first() {
             Some(b'[') => {
-                let items: Vec<&RawValue> = match serde_json::from_str(value.get()) {
+                let items: Vec<&RawValue> = match serde_json::from_str(text) {
                     Ok(items) => items,
                     Err(e) => return self.reject(None, None, (PARSE_ERROR, e.to_string())),
                 };
@@ -81,19 +83,25 @@ impl Reader<'_> {
                 }
                 let batch = self.calls.open_batch();
                 for item in items {
-                    self.object(item, Some(batch));
+                    self.object(item.get(), Some(batch));
                 }
                 self.calls.close_batch(batch);
             }
-            Some(b'{') => self.object(value, None),
-            _ => self.reject(None, None, invalid("not an object or a batch")),
+            Some(b'{') => self.object(text, None),
+            _ => {
+                let why = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    Ok(_) => invalid("not an object or a batch"),
+                    Err(e) => (PARSE_ERROR, e.to_string()),
+                };
+                self.reject(None, None, why)
+            }
         }
     }
 
     /// Answer an unreadable call with an error, under its id if it has a
     /// usable one, else under null.
     fn reject(&mut self, id: Option<&RawValue>, batch: Option<u64>, (code, message): Invalid) {
-        let json_id = id.filter(|id| usable_id(id)).map_or("null", |id| id.get());
+        let json_id = id.filter(|id| usable_id(id)).unwrap_or(RawValue::NULL);
         let id = self.calls.register(json_id, batch, Some(code));
         let category = if code == PARSE_ERROR {
             ErrorCode::Serialization
@@ -110,10 +118,17 @@ impl Reader<'_> {
         });
     }
 
-    fn object(&mut self, raw: &RawValue, batch: Option<u64>) {
-        let obj: Object<'_> = match serde_json::from_str(raw.get()) {
+    fn object(&mut self, text: &str, batch: Option<u64>) {
+        let obj: Object<'_> = match serde_json::from_str(text) {
             Ok(obj) => obj,
-            Err(e) => return self.reject(None, batch, invalid(format!("not a request: {e}"))),
+            // Not JSON at all, or JSON that is not a request object.
+            Err(e) => {
+                let why = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    Ok(_) => invalid(format!("not a request: {e}")),
+                    Err(e) => (PARSE_ERROR, e.to_string()),
+                };
+                return self.reject(None, batch, why);
+            }
         };
         let read = match obj.method {
             Some(method) => self.request(&obj, method, batch),
@@ -155,14 +170,14 @@ impl Reader<'_> {
         let msg = match (obj.id, obj.stream) {
             (None, _) => Message::Notify { method, payload },
             (Some(id), None) => Message::Request {
-                id: self.calls.register(id.get(), batch, None),
+                id: self.calls.register(id, batch, None),
                 method,
                 payload,
                 timeout_ms,
             },
             (Some(id), Some(credit)) => Message::OpenStream {
                 credit: number(credit)?,
-                id: self.calls.register(id.get(), batch, None),
+                id: self.calls.register(id, batch, None),
                 method,
                 payload,
                 timeout_ms,
@@ -300,7 +315,7 @@ impl Reader<'_> {
             base64: String,
         }
         let text = raw.get();
-        if text.starts_with('{') && text.contains(ESCAPE) {
+        if text.starts_with(ESCAPE_PREFIX) {
             if let Ok(Escape { inner }) = serde_json::from_str(text) {
                 if let Ok(bytes) = BASE64.decode(inner.base64) {
                     return Payload::from_bytes(inner.encoding, bytes);
@@ -329,7 +344,7 @@ pub(crate) fn payload_json(payload: &Payload) -> Result<Box<RawValue>, Error> {
     if payload.encoding() == Encoding::Json && !bytes.contains(&b'\n') {
         if let Ok(raw) = serde_json::from_slice::<&RawValue>(bytes) {
             let text = raw.get();
-            if text.len() == bytes.len() && !text.contains(ESCAPE) {
+            if text.len() == bytes.len() && !text.starts_with(ESCAPE_PREFIX) {
                 return Ok(raw.to_owned());
             }
         }
@@ -357,7 +372,7 @@ pub(crate) struct Out<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) id: Option<&'a RawValue>,
+    pub(crate) id: Option<JsonId<'a>>,
 }
 
 impl Out<'_> {
@@ -369,9 +384,4 @@ impl Out<'_> {
 /// The error object for `error`, under `code` if the codec chose one.
 pub(crate) fn error_object(error: &RemoteError, code: Option<i64>) -> ErrorObject {
     ErrorObject::new(code.unwrap_or_else(|| code_for(error.code)), error)
-}
-
-/// JSON text as a raw value (ids and params built by the encoder).
-pub(crate) fn raw(text: String) -> Result<Box<RawValue>, Error> {
-    RawValue::from_string(text).map_err(|e| Error::Serialization(e.to_string()))
 }
