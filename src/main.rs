@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 /// Inter-process communication over Unix sockets, TCP and memory.
 ///
 /// Addresses are URLs: unix:///run/app.sock, tcp://127.0.0.1:7400,
-/// optionally with ?codec=jsonline or ?codec=cbor (the default).
+/// optionally with ?codec=jsonline, ?codec=jsonrpc or ?codec=cbor (the
+/// default), or --codec.
 #[derive(Debug, Parser)]
 #[command(name = "busline", version)]
 struct Cli {
