@@ -32,6 +32,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod codec;
 pub mod rpc;
 

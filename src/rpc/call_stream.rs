@@ -72,11 +72,15 @@ impl<T> fmt::Debug for CallStream<T> {
     }
 }
 
-impl<T: DeserializeOwned> Stream for CallStream<T> {
-    type Item = Result<T>;
+impl<T> CallStream<T> {
+    /// The same stream with items left encoded.
+    pub fn into_payloads(self) -> impl Stream<Item = Result<Payload>> + Send + Unpin {
+        let mut this = self;
+        futures::stream::poll_fn(move |cx| this.poll_payload(cx))
+    }
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
-        let this = self.get_mut();
+    fn poll_payload(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload>>> {
+        let this = self;
         if this.done {
             return Poll::Ready(None);
         }
@@ -92,7 +96,7 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
                         credit,
                     });
                 }
-                Poll::Ready(Some(payload.decode()))
+                Poll::Ready(Some(Ok(payload)))
             }
             Poll::Ready(Some(Err(err))) => {
                 this.finish();
@@ -114,5 +118,15 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
                 Poll::Ready(Some(Err(Error::Timeout(limit))))
             }
         }
+    }
+}
+
+impl<T: DeserializeOwned> Stream for CallStream<T> {
+    type Item = Result<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        self.get_mut()
+            .poll_payload(cx)
+            .map(|item| item.map(|payload| payload.and_then(|p| p.decode())))
     }
 }

@@ -23,7 +23,7 @@ use tower::Service;
 use super::{
     call_stream::CallStream,
     driver::{Command, Driver, Setup},
-    Router,
+    PayloadStream, Router,
 };
 
 /// Default bound on calls (and streams) in flight on one connection.
@@ -61,6 +61,7 @@ impl Call {
 }
 
 struct Shared {
+    connection_id: u64,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
     in_flight: Arc<Semaphore>,
@@ -153,6 +154,15 @@ impl Client {
     /// The payload encoding calls use.
     pub fn encoding(&self) -> Encoding {
         self.shared.encoding
+    }
+
+    /// A number for this connection, unique in the process: the same for
+    /// every clone of this handle and for [`Request::peer`] on the serving
+    /// side, so services can key per-connection state on it.
+    ///
+    /// [`Request::peer`]: super::Request::peer
+    pub fn connection_id(&self) -> u64 {
+        self.shared.connection_id
     }
 
     /// Call `method` with `args`, wait for its typed result.
@@ -267,6 +277,13 @@ impl Client {
         };
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         Ok(CallStream::new(guard, rx, window, deadline, permit))
+    }
+
+    /// Open a server stream whose items stay encoded, for code that
+    /// forwards them (a broker) rather than reads them.
+    pub async fn stream_payloads(&self, method: &str, payload: Payload) -> Result<PayloadStream> {
+        let items = self.stream_raw::<()>(method, payload).await?;
+        Ok(Box::pin(items.into_payloads()))
     }
 
     async fn permit(&self) -> Result<OwnedSemaphorePermit> {
@@ -447,8 +464,10 @@ impl Client {
         stream_window: u32,
         timeout: Option<Duration>,
     ) -> Client {
+        static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
         Client {
             shared: Arc::new(Shared {
+                connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
                 commands,
                 next_id: AtomicU64::new(1),
                 in_flight: Arc::new(Semaphore::new(max_in_flight)),

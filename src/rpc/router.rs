@@ -157,6 +157,7 @@ impl Service<Request> for Route {
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Arc<HashMap<String, Handler>>,
+    fallback: Option<Handler>,
 }
 
 impl Router {
@@ -178,9 +179,21 @@ impl Router {
         self
     }
 
-    /// Wrap every method registered so far in `layer`, as one would wrap a
-    /// single method with [`Router::route`]. Methods added afterwards are
-    /// not wrapped.
+    /// Serve every method not registered by name with `service` (instead of
+    /// answering [`Error::MethodNotFound`]): for routing by name pattern,
+    /// as a broker does, or a table that changes at run time.
+    pub fn fallback<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        self.fallback = Some(erase(service));
+        self
+    }
+
+    /// Wrap every method registered so far in `layer` (and the fallback, if
+    /// set), as one would wrap a single method with [`Router::route`].
+    /// Methods added afterwards are not wrapped.
     ///
     /// ```
     /// use busline::rpc::Router;
@@ -202,6 +215,9 @@ impl Router {
     {
         for handler in Arc::make_mut(&mut self.routes).values_mut() {
             *handler = erase(layer.layer(Route(handler.clone())));
+        }
+        if let Some(fallback) = self.fallback.take() {
+            self.fallback = Some(erase(layer.layer(Route(fallback))));
         }
         self
     }
@@ -254,7 +270,7 @@ impl Router {
 
     /// Start serving `req`; the future owns everything it needs.
     pub(crate) fn dispatch(&self, req: Request) -> BoxFuture<'static, Result<Reply>> {
-        match self.routes.get(&req.method) {
+        match self.routes.get(&req.method).or(self.fallback.as_ref()) {
             Some(handler) => handler(req),
             None => Box::pin(std::future::ready(Err(Error::MethodNotFound(req.method)))),
         }

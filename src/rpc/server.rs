@@ -39,9 +39,13 @@ impl Server {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handlers: DEFAULT_MAX_HANDLERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            on_disconnect: None,
         }
     }
 }
+
+/// Called with [`Client::connection_id`] when a connection ends.
+type DisconnectHook = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Configures and starts a server.
 pub struct ServerBuilder<C, A> {
@@ -52,6 +56,7 @@ pub struct ServerBuilder<C, A> {
     max_connections: usize,
     max_handlers: usize,
     drain_timeout: Duration,
+    on_disconnect: Option<DisconnectHook>,
 }
 
 impl<C: fmt::Debug, A> fmt::Debug for ServerBuilder<C, A> {
@@ -75,7 +80,16 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             max_connections: self.max_connections,
             max_handlers: self.max_handlers,
             drain_timeout: self.drain_timeout,
+            on_disconnect: self.on_disconnect,
         }
+    }
+
+    /// Run `hook` with the connection's id ([`Client::connection_id`] of
+    /// [`Request::peer`](super::Request::peer)) when a connection ends, so
+    /// per-connection state can be dropped.
+    pub fn on_disconnect(mut self, hook: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.on_disconnect = Some(Arc::new(hook));
+        self
     }
 
     /// Drop a connection that has not completed its handshake in time.
@@ -203,6 +217,9 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             peer: peer.downgrade(),
         };
         Driver::new(framed, rx, &commands, setup).await;
+        if let Some(hook) = &self.on_disconnect {
+            hook(peer.connection_id());
+        }
         tracing::debug!(peer = %description, "connection closed");
     }
 }

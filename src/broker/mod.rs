@@ -1,0 +1,159 @@
+//! A broker: a hub that clients connect to, open named channels on, serve
+//! methods and streams on, and call through.
+//!
+//! The broker is an RPC server like any other, so it runs over every
+//! transport, codec and authenticator, several at once: a client on a Unix
+//! socket speaking CBOR calls a provider on TCP speaking JSON-RPC. Calls
+//! reach providers as calls the broker makes on the provider's own
+//! connection ([`Request::peer`](crate::rpc::Request::peer)), so
+//! cancellation, deadlines and stream credit pass through end to end, and
+//! payloads are forwarded byte for byte, never decoded.
+//!
+//! ```
+//! use busline::broker::{Broker, BrokerClient};
+//! use busline::{rpc::Client, Address, CborCodec, JsonLineCodec, MemoryTransport};
+//!
+//! # tokio_test::block_on(async {
+//! let addr = Address::memory("broker-doc");
+//! let broker = Broker::builder()
+//!     .listen(MemoryTransport::new(), addr.clone(), CborCodec::new())
+//!     .start()
+//!     .await?;
+//!
+//! let provider = BrokerClient::connect(Client::builder(CborCodec::new()), &MemoryTransport::new(), &addr).await?;
+//! let math = provider.open("math").await?;
+//! math.provide("add", |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) }).await?;
+//!
+//! let caller = BrokerClient::connect(Client::builder(CborCodec::new()), &MemoryTransport::new(), &addr).await?;
+//! let math = caller.open("math").await?;
+//! assert_eq!(math.call::<_, i64>("add", &(2, 3)).await?, 5);
+//! broker.shutdown().await;
+//! # Ok::<(), busline::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod client;
+mod protocol;
+mod service;
+mod state;
+
+use std::{fmt, sync::Arc};
+
+use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Transport};
+use futures::future::BoxFuture;
+
+pub use client::{BrokerClient, Channel};
+pub use protocol::{check_channel_name, ChannelInfo, MAX_CHANNEL_NAME};
+
+use crate::rpc::{Router, Server, ServerHandle};
+use state::State;
+
+/// Starts one listener with the broker's router and disconnect hook.
+type StartListener =
+    Box<dyn FnOnce(Router, Arc<State>) -> BoxFuture<'static, Result<ServerHandle>> + Send>;
+
+/// Entry point: [`Broker::builder`].
+#[derive(Debug)]
+pub struct Broker;
+
+impl Broker {
+    /// Configure a broker: add listeners, then [`BrokerBuilder::start`].
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder {
+            listeners: Vec::new(),
+        }
+    }
+}
+
+/// Listeners of a broker about to start.
+pub struct BrokerBuilder {
+    listeners: Vec<StartListener>,
+}
+
+impl fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("listeners", &self.listeners.len())
+            .finish()
+    }
+}
+
+impl BrokerBuilder {
+    /// Listen on `addr` with `transport`, speaking `codec`, without
+    /// authentication.
+    pub fn listen<T: Transport, C: Codec>(self, transport: T, addr: Address, codec: C) -> Self {
+        self.listen_with(transport, addr, codec, NoAuth)
+    }
+
+    /// Listen on `addr` with `transport`, speaking `codec`, requiring `auth`.
+    pub fn listen_with<T: Transport, C: Codec, A: Authenticator>(
+        mut self,
+        transport: T,
+        addr: Address,
+        codec: C,
+        auth: A,
+    ) -> Self {
+        self.listeners.push(Box::new(move |router, state| {
+            Box::pin(async move {
+                Server::builder(router, codec)
+                    .auth(auth)
+                    .on_disconnect(move |id| state.disconnected(id))
+                    .bind(&transport, &addr)
+                    .await
+            })
+        }));
+        self
+    }
+
+    /// Bind every listener and start serving. If one fails to bind, the
+    /// ones already bound are shut down and the error is returned.
+    pub async fn start(self) -> Result<BrokerHandle> {
+        let state = Arc::new(State::default());
+        let router = service::router(state.clone());
+        let mut servers = Vec::new();
+        for start in self.listeners {
+            match start(router.clone(), state.clone()).await {
+                Ok(server) => servers.push(server),
+                Err(err) => {
+                    for server in servers {
+                        server.shutdown().await;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(BrokerHandle { servers })
+    }
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    servers: Vec<ServerHandle>,
+}
+
+impl BrokerHandle {
+    /// The address of each listener, in the order they were added.
+    pub fn local_addrs(&self) -> Vec<&Address> {
+        self.servers.iter().map(ServerHandle::local_addr).collect()
+    }
+
+    /// Stop every listener, letting calls in flight finish.
+    pub async fn shutdown(self) {
+        futures::future::join_all(self.servers.into_iter().map(ServerHandle::shutdown)).await;
+    }
+
+    /// Wait until every listener has stopped (after a shutdown token of one
+    /// of them is cancelled, see [`BrokerHandle::shutdown_tokens`]).
+    pub async fn wait(&mut self) {
+        futures::future::join_all(self.servers.iter_mut().map(ServerHandle::wait)).await;
+    }
+
+    /// Tokens that stop the listeners when cancelled (for signal handlers).
+    pub fn shutdown_tokens(&self) -> Vec<tokio_util::sync::CancellationToken> {
+        self.servers
+            .iter()
+            .map(ServerHandle::shutdown_token)
+            .collect()
+    }
+}

@@ -1,0 +1,147 @@
+//! The broker as a [`Router`]: control methods by name, routed calls by
+//! the fallback.
+
+use std::{sync::Arc, time::Instant};
+
+use busline_core::{Error, Payload, Result};
+use futures::future::BoxFuture;
+use serde::{de::DeserializeOwned, Serialize};
+use tower::service_fn;
+
+use super::{
+    protocol::{self, ChannelArgs, MethodArgs, Opened},
+    state::State,
+};
+use crate::rpc::{CallKind, Client, Reply, Request, Router};
+
+/// The router every broker listener serves.
+pub(crate) fn router(state: Arc<State>) -> Router {
+    let routed = state.clone();
+    Router::new()
+        .route(
+            protocol::OPEN,
+            control(&state, |state, peer, args: ChannelArgs| {
+                protocol::check_channel_name(&args.channel)?;
+                Ok(Opened {
+                    owner: state.open(&args.channel, peer),
+                })
+            }),
+        )
+        .route(
+            protocol::LEAVE,
+            control(&state, |state, peer, args: ChannelArgs| {
+                state.leave(&args.channel, peer.connection_id());
+                Ok(())
+            }),
+        )
+        .route(
+            protocol::PROVIDE,
+            control(&state, |state, peer, args: MethodArgs| {
+                state.provide(&args.channel, &args.method, peer.connection_id())
+            }),
+        )
+        .route(
+            protocol::UNPROVIDE,
+            control(&state, |state, peer, args: MethodArgs| {
+                state.unprovide(&args.channel, &args.method, peer.connection_id());
+                Ok(())
+            }),
+        )
+        .route(
+            protocol::DESCRIBE,
+            control(&state, |state, peer, args: ChannelArgs| {
+                state.check_member(&args.channel, peer.connection_id())?;
+                state
+                    .describe(&args.channel)
+                    .ok_or_else(|| Error::MethodNotFound(format!("channel {:?}", args.channel)))
+            }),
+        )
+        .fallback(service_fn(move |req: Request| {
+            let state = routed.clone();
+            async move { route(&state, req).await }
+        }))
+}
+
+/// A control method: decode the broker's own arguments, act on the tables,
+/// answer in the caller's encoding.
+fn control<Args, Ret, F>(
+    state: &Arc<State>,
+    f: F,
+) -> impl tower::Service<
+    Request,
+    Response = Reply,
+    Error = Error,
+    Future = BoxFuture<'static, Result<Reply>>,
+> + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    Args: DeserializeOwned + Send + 'static,
+    Ret: Serialize,
+    F: Fn(&State, &Client, Args) -> Result<Ret> + Clone + Send + Sync + 'static,
+{
+    let state = state.clone();
+    service_fn(move |req: Request| {
+        let state = state.clone();
+        let f = f.clone();
+        let answer = (|| {
+            let peer = caller(&req)?;
+            let out = f(&state, &peer, req.arguments()?)?;
+            Ok(Reply::Unary(Payload::encode(req.payload.encoding(), &out)?))
+        })();
+        Box::pin(std::future::ready(answer)) as BoxFuture<'static, Result<Reply>>
+    })
+}
+
+fn caller(req: &Request) -> Result<Client> {
+    req.peer
+        .clone()
+        .ok_or_else(|| Error::Disconnected("the caller is gone".into()))
+}
+
+/// Forward a routed call to a provider, its payload untouched; if the
+/// provider's connection drops before it answers, try the next one.
+async fn route(state: &State, req: Request) -> Result<Reply> {
+    let (channel, method) = protocol::split_routed(&req.method)
+        .ok_or_else(|| Error::MethodNotFound(req.method.clone()))?;
+    state.check_member(channel, caller(&req)?.connection_id())?;
+    let mut tried = Vec::new();
+    loop {
+        let Some(provider) = state.pick(channel, method, &tried) else {
+            return Err(match tried.is_empty() {
+                true => Error::MethodNotFound(format!(
+                    "no provider of {method:?} on channel {channel:?}"
+                )),
+                false => Error::Disconnected(format!(
+                    "every provider of {method:?} on channel {channel:?} left before answering"
+                )),
+            });
+        };
+        let provider = match req.deadline {
+            Some(at) => provider.with_timeout(at.saturating_duration_since(Instant::now())),
+            None => provider,
+        };
+        let sent = match req.kind {
+            CallKind::Unary => provider
+                .call_raw(&req.method, req.payload.clone())
+                .await
+                .map(Reply::Unary),
+            CallKind::Stream => provider
+                .stream_payloads(&req.method, req.payload.clone())
+                .await
+                .map(Reply::Stream),
+            CallKind::Notify => provider
+                .notify_raw(&req.method, req.payload.clone())
+                .map(|()| Reply::Unary(Payload::unit())),
+        };
+        match sent {
+            // The provider's tables entry goes when its disconnect is seen.
+            Err(Error::Disconnected(why)) => {
+                tracing::debug!(channel, method, %why, "provider gone; failing over");
+                tried.push(provider.connection_id());
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The broker's tables: channels, their members and owners, and who
+//! provides which method.
+//!
+//! One mutex guards them; every operation is a short, non-blocking edit, and
+//! no lock is held across an await.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use busline_core::{Error, Result};
+
+use super::protocol::ChannelInfo;
+use crate::rpc::Client;
+
+/// Everything the broker knows.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The calling side of every connection that joined a channel.
+    peers: HashMap<u64, Client>,
+    channels: HashMap<String, Channel>,
+}
+
+#[derive(Debug)]
+struct Channel {
+    owner: u64,
+    /// Oldest first: the next owner when the owner leaves.
+    members: Vec<u64>,
+    methods: HashMap<String, Providers>,
+}
+
+#[derive(Debug, Default)]
+struct Providers {
+    conns: Vec<u64>,
+    /// Round-robin position.
+    next: usize,
+}
+
+impl State {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent tables (every
+        // edit is a single insert or remove), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `peer` joins `channel`, creating it if new; whether it owns it.
+    pub(crate) fn open(&self, channel: &str, peer: &Client) -> bool {
+        let mut inner = self.lock();
+        let id = peer.connection_id();
+        inner.peers.insert(id, peer.clone());
+        let ch = inner
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Channel {
+                owner: id,
+                members: Vec::new(),
+                methods: HashMap::new(),
+            });
+        if !ch.members.contains(&id) {
+            ch.members.push(id);
+        }
+        ch.owner == id
+    }
+
+    /// Fail unless connection `id` is a member of `channel`.
+    pub(crate) fn check_member(&self, channel: &str, id: u64) -> Result<()> {
+        let inner = self.lock();
+        match inner.channels.get(channel) {
+            Some(ch) if ch.members.contains(&id) => Ok(()),
+            _ => Err(not_member(channel)),
+        }
+    }
+
+    /// Connection `id` serves `method` on `channel`.
+    pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
+        let mut inner = self.lock();
+        let ch = inner
+            .channels
+            .get_mut(channel)
+            .filter(|ch| ch.members.contains(&id))
+            .ok_or_else(|| not_member(channel))?;
+        let providers = ch.methods.entry(method.to_owned()).or_default();
+        if !providers.conns.contains(&id) {
+            providers.conns.push(id);
+        }
+        Ok(())
+    }
+
+    /// Connection `id` stops serving `method` on `channel`.
+    pub(crate) fn unprovide(&self, channel: &str, method: &str, id: u64) {
+        let mut inner = self.lock();
+        if let Some(ch) = inner.channels.get_mut(channel) {
+            remove_provider(ch, method, id);
+        }
+    }
+
+    /// The next provider of `method` on `channel`, round-robin, skipping
+    /// `tried`; `None` when there is none (left).
+    pub(crate) fn pick(&self, channel: &str, method: &str, tried: &[u64]) -> Option<Client> {
+        let mut inner = self.lock();
+        let Inner { peers, channels } = &mut *inner;
+        let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
+        let n = providers.conns.len();
+        for _ in 0..n {
+            let id = providers.conns[providers.next % n];
+            providers.next = providers.next.wrapping_add(1);
+            if !tried.contains(&id) {
+                return peers.get(&id).cloned();
+            }
+        }
+        None
+    }
+
+    /// Connection `id` leaves `channel`: its methods go, and if it owned
+    /// the channel the oldest remaining member takes over. A channel with
+    /// no members left is closed.
+    pub(crate) fn leave(&self, channel: &str, id: u64) {
+        let mut inner = self.lock();
+        leave(&mut inner, channel, id);
+    }
+
+    /// Connection `id` is gone: it leaves every channel.
+    pub(crate) fn disconnected(&self, id: u64) {
+        let mut inner = self.lock();
+        if inner.peers.remove(&id).is_none() {
+            return;
+        }
+        let joined: Vec<String> = inner
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.members.contains(&id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for channel in joined {
+            leave(&mut inner, &channel, id);
+        }
+    }
+
+    /// What `channel` looks like now.
+    pub(crate) fn describe(&self, channel: &str) -> Option<ChannelInfo> {
+        let inner = self.lock();
+        let ch = inner.channels.get(channel)?;
+        let mut methods: Vec<(String, Vec<u64>)> = ch
+            .methods
+            .iter()
+            .map(|(m, p)| (m.clone(), p.conns.clone()))
+            .collect();
+        methods.sort();
+        Some(ChannelInfo {
+            name: channel.to_owned(),
+            owner: ch.owner,
+            members: ch.members.clone(),
+            methods,
+        })
+    }
+}
+
+fn leave(inner: &mut Inner, channel: &str, id: u64) {
+    let Some(ch) = inner.channels.get_mut(channel) else {
+        return;
+    };
+    ch.members.retain(|&m| m != id);
+    let methods: Vec<String> = ch.methods.keys().cloned().collect();
+    for method in methods {
+        remove_provider(ch, &method, id);
+    }
+    match ch.members.first() {
+        None => {
+            inner.channels.remove(channel);
+        }
+        Some(&oldest) if ch.owner == id => {
+            tracing::info!(
+                channel,
+                owner = oldest,
+                "owner left; oldest member promoted"
+            );
+            ch.owner = oldest;
+        }
+        Some(_) => {}
+    }
+}
+
+fn remove_provider(ch: &mut Channel, method: &str, id: u64) {
+    if let Some(providers) = ch.methods.get_mut(method) {
+        providers.conns.retain(|&p| p != id);
+        if providers.conns.is_empty() {
+            ch.methods.remove(method);
+        }
+    }
+}
+
+fn not_member(channel: &str) -> Error {
+    Error::Unauthorized(format!(
+        "not a member of channel {channel:?}: open it first"
+    ))
+}

@@ -1,0 +1,409 @@
+//! The broker with three listeners at once (memory + CBOR, Unix +
+//! JSON-line, TCP + JSON-RPC): clients on any of them reach each other.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use busline::{
+    broker::{Broker, BrokerClient, BrokerHandle, Channel},
+    rpc::{Client, Reply, Request},
+    Address, AnyTransport, CborCodec, Encoding, Error, JsonLineCodec, JsonRpcCodec,
+    MemoryTransport, Payload, TcpTransport, UnixTransport,
+};
+use futures::{stream, StreamExt};
+use tokio::sync::oneshot;
+
+struct Setup {
+    broker: BrokerHandle,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Address::memory(format!(
+            "broker-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let broker = Broker::builder()
+            .listen(MemoryTransport::new(), memory, CborCodec::new())
+            .listen(
+                UnixTransport::new(),
+                Address::unix(dir.path().join("broker.sock")),
+                JsonLineCodec::new(),
+            )
+            .listen(
+                TcpTransport::new(),
+                Address::tcp("127.0.0.1", 0),
+                JsonRpcCodec::new(),
+            )
+            .start()
+            .await
+            .unwrap();
+        Setup { broker, _dir: dir }
+    }
+
+    /// A client on listener `n` (0 memory/CBOR, 1 Unix/JSON-line, 2
+    /// TCP/JSON-RPC), with that listener's codec.
+    async fn client(&self, n: usize) -> BrokerClient {
+        let addr = self.broker.local_addrs()[n].clone();
+        let transport = busline::any_transport();
+        match n {
+            0 => connect(Client::builder(CborCodec::new()), &transport, &addr).await,
+            1 => connect(Client::builder(JsonLineCodec::new()), &transport, &addr).await,
+            _ => connect(Client::builder(JsonRpcCodec::new()), &transport, &addr).await,
+        }
+    }
+}
+
+async fn connect<C: busline::Codec>(
+    builder: busline::rpc::ClientBuilder<C, busline::NoAuth>,
+    transport: &AnyTransport,
+    addr: &Address,
+) -> BrokerClient {
+    BrokerClient::connect(builder, transport, addr)
+        .await
+        .unwrap()
+}
+
+async fn provide_add(ch: &Channel) {
+    ch.provide(
+        "add",
+        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_cross_every_transport_and_codec() {
+    let s = Setup::start().await;
+    for provider_on in 0..3 {
+        let provider = s.client(provider_on).await;
+        let channel = format!("math{provider_on}");
+        provide_add(&provider.open(&channel).await.unwrap()).await;
+        for caller_on in 0..3 {
+            let caller = s.client(caller_on).await;
+            let ch = caller.open(&channel).await.unwrap();
+            let sum: i64 = ch.call("add", &(provider_on as i64, 40)).await.unwrap();
+            assert_eq!(sum, provider_on as i64 + 40, "{provider_on} -> {caller_on}");
+        }
+    }
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_bytes_arrive_untouched() {
+    let s = Setup::start().await;
+    // Bytes no codec would produce itself: odd CBOR, and JSON with spacing.
+    let cases = [
+        (
+            0,
+            Payload::from_bytes(Encoding::Binary, vec![0u8, 0xff, 0x0a, 0x0d, 0x7b]),
+        ),
+        (
+            0,
+            Payload::from_bytes(Encoding::Cbor, vec![0x82, 0x01, 0x61, b'x']),
+        ),
+        (
+            1,
+            Payload::from_bytes(Encoding::Json, r#"{ "a" :  [1, 2.50, "\u00e9"] }"#),
+        ),
+    ];
+    for (on, payload) in cases {
+        let provider = s.client(on).await;
+        let ch = provider.open("raw").await.unwrap();
+        let expected = payload.clone();
+        ch.provide_service(
+            "echo",
+            tower::service_fn(move |req: Request| {
+                let expected = expected.clone();
+                async move {
+                    assert_eq!(req.payload, expected, "the provider got other bytes");
+                    Ok::<_, Error>(Reply::Unary(req.payload))
+                }
+            }),
+        )
+        .await
+        .unwrap();
+        let caller = s.client(on).await;
+        let back = caller
+            .open("raw")
+            .await
+            .unwrap()
+            .call_raw("echo", payload.clone())
+            .await
+            .unwrap();
+        assert_eq!(back, payload, "the caller got other bytes");
+        ch.leave().await.unwrap();
+    }
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_share_calls_round_robin() {
+    let s = Setup::start().await;
+    let counts: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::default()).collect();
+    let mut providers = Vec::new();
+    for (on, count) in counts.iter().enumerate() {
+        let p = s.client(on).await;
+        let count = count.clone();
+        p.open("work")
+            .await
+            .unwrap()
+            .provide("job", move |n: u64| {
+                count.fetch_add(1, Ordering::SeqCst);
+                async move { Ok::<_, String>(n) }
+            })
+            .await
+            .unwrap();
+        providers.push(p);
+    }
+    let ch = s.client(2).await.open("work").await.unwrap();
+    for n in 0..10u64 {
+        assert_eq!(ch.call::<_, u64>("job", &n).await.unwrap(), n);
+    }
+    let counts: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    assert_eq!(counts, [5, 5]);
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_fails_over_when_its_provider_disconnects() {
+    let s = Setup::start().await;
+    let (started_tx, started) = oneshot::channel();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    let doomed = s.client(1).await;
+    doomed
+        .open("jobs")
+        .await
+        .unwrap()
+        .provide("slow", move |(): ()| {
+            if let Some(tx) = started_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, String>("doomed")
+            }
+        })
+        .await
+        .unwrap();
+    let caller = s.client(0).await.open("jobs").await.unwrap();
+    let call = tokio::spawn(async move { caller.call::<_, String>("slow", &()).await });
+    started.await.unwrap();
+
+    let backup = s.client(2).await;
+    backup
+        .open("jobs")
+        .await
+        .unwrap()
+        .provide("slow", |(): ()| async { Ok::<_, String>("backup") })
+        .await
+        .unwrap();
+    drop(doomed);
+    let answer = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.unwrap(), "backup");
+
+    // With nobody left to fail over to, the error says so.
+    drop(backup);
+    let lonely = s.client(0).await;
+    let ch = lonely.open("jobs").await.unwrap();
+    let err = loop {
+        match ch.call::<_, String>("slow", &()).await {
+            // The broker may not have seen the backup leave yet.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(err, Error::MethodNotFound(_) | Error::Disconnected(_)),
+        "{err:?}"
+    );
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_typed() {
+    let s = Setup::start().await;
+    let c = s.client(0).await;
+    let ch = c.open("empty").await.unwrap();
+    let err = ch.call::<_, i64>("add", &(1, 2)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::MethodNotFound(ref m) if m.contains("no provider")),
+        "{err:?}"
+    );
+
+    // Calling into a channel one has not opened.
+    let other = s.client(1).await;
+    provide_add(&other.open("private").await.unwrap()).await;
+    let err = c
+        .client()
+        .call::<_, i64>("private/add", &(1, 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("open it first")),
+        "{err:?}"
+    );
+    // Providing on a channel one has not opened.
+    let err = c
+        .client()
+        .call::<_, ()>(
+            "busline.provide",
+            &serde_json::json!({"channel": "private", "method": "x"}),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    // Bad names, refused by the client and by the broker.
+    assert!(matches!(c.open("a/b").await, Err(Error::Protocol(_))));
+    let err = c
+        .client()
+        .call::<_, serde_json::Value>("busline.open", &serde_json::json!({"channel": "a/b"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+    // Malformed control arguments.
+    let err = c
+        .client()
+        .call::<_, serde_json::Value>("busline.open", &42)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Serialization(_)), "{err:?}");
+    // Not a routed name at all.
+    let err = c.client().call::<_, ()>("nothing", &()).await.unwrap_err();
+    assert!(matches!(err, Error::MethodNotFound(_)), "{err:?}");
+    s.broker.shutdown().await;
+}
+
+/// Counts what a stream handed out and sees it dropped.
+struct Watch(Arc<AtomicUsize>, Option<oneshot::Sender<()>>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(tx) = self.1.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_pass_through_with_backpressure_and_cancellation() {
+    let s = Setup::start().await;
+    let provider = s.client(1).await;
+    let produced = Arc::new(AtomicUsize::new(0));
+    let (dropped_tx, dropped) = oneshot::channel();
+    let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let counter = produced.clone();
+    provider
+        .open("feed")
+        .await
+        .unwrap()
+        .provide_stream("count", move |n: u64| {
+            // Only the endless stream reports its end.
+            let signal = (n == u64::MAX)
+                .then(|| dropped_tx.lock().unwrap().take())
+                .flatten();
+            let watch = Watch(counter.clone(), signal);
+            stream::iter(0..n).map(move |i| {
+                watch.0.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(i)
+            })
+        })
+        .await
+        .unwrap();
+
+    for on in [0, 2] {
+        let ch = s.client(on).await.open("feed").await.unwrap();
+        let all: Vec<u64> = ch
+            .stream::<_, u64>("count", &1000u64)
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+    }
+
+    // An endless stream, read a little, then dropped: the provider stops,
+    // having run at most a few windows ahead of the reader.
+    produced.store(0, Ordering::SeqCst);
+    let ch = s.client(0).await.open("feed").await.unwrap();
+    let mut items = ch.stream::<_, u64>("count", &u64::MAX).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(items.next().await.unwrap().unwrap(), i);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ahead = produced.load(Ordering::SeqCst);
+    assert!(
+        ahead < 1000,
+        "the provider ran {ahead} items ahead of a reader"
+    );
+    drop(items);
+    tokio::time::timeout(Duration::from_secs(10), dropped)
+        .await
+        .expect("the provider's stream was dropped")
+        .unwrap();
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_members_and_sends() {
+    let s = Setup::start().await;
+    let first = s.client(0).await;
+    let second = s.client(1).await;
+    let a = first.open("room").await.unwrap();
+    let b = second.open("room").await.unwrap();
+    assert!(a.is_owner() && !b.is_owner());
+    let before = b.describe().await.unwrap();
+    assert_eq!(before.members.len(), 2);
+    assert_eq!(before.owner, before.members[0]);
+
+    // `send` reaches one provider and nobody answers.
+    let (got_tx, got) = oneshot::channel();
+    let got_tx = Arc::new(std::sync::Mutex::new(Some(got_tx)));
+    b.provide("note", move |text: String| {
+        if let Some(tx) = got_tx.lock().unwrap().take() {
+            let _ = tx.send(text);
+        }
+        async { Ok::<_, String>(()) }
+    })
+    .await
+    .unwrap();
+    a.send("note", &"hello").unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), got)
+            .await
+            .unwrap()
+            .unwrap(),
+        "hello"
+    );
+
+    // The owner leaves: the oldest remaining member owns the channel.
+    drop(a);
+    drop(first);
+    let after = loop {
+        let info = b.describe().await.unwrap();
+        if info.members.len() == 1 {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(after.owner, before.members[1]);
+    assert_eq!(
+        after.methods,
+        vec![("note".to_string(), vec![before.members[1]])]
+    );
+    s.broker.shutdown().await;
+}
