@@ -33,6 +33,14 @@ enum Command {
         #[command(flatten)]
         auth: cli::AuthArgs,
     },
+    /// Run a broker: clients open channels on it, provide methods and call
+    /// each other through it, across all its listeners.
+    Broker {
+        #[command(flatten)]
+        broker: cli::BrokerArgs,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
     /// Call a method and print its JSON result (or each item of a stream).
     Call {
         #[command(flatten)]
@@ -62,6 +70,9 @@ fn main() -> ExitCode {
             Command::Demo => cli::demo::run().await,
             Command::Serve { url, codec, auth } => {
                 cli::serve(&url, &codec, Arc::from(auth.authenticator()?)).await
+            }
+            Command::Broker { broker, auth } => {
+                cli::broker(broker, Arc::from(auth.authenticator()?)).await
             }
             Command::Call { call, auth } => cli::call(call, Arc::from(auth.authenticator()?)).await,
         }

@@ -152,3 +152,75 @@ fn unknown_codec_flag_names_the_codecs() {
         fails_with(args, "jsonline, jsonrpc, cbor");
     }
 }
+
+#[test]
+fn broker_and_call_through_a_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = format!("unix://{}", dir.path().join("b.sock").display());
+    let tcp = format!("tcp://127.0.0.1:{}?codec=jsonrpc", free_port());
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["broker", "--listen", &unix, "--listen", &tcp])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("broker starts");
+    let guard = KillOnDrop(&mut broker);
+
+    // A provider in this process, on the Unix listener.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _provider = runtime.block_on(async {
+        let bus = busline::broker::BrokerClient::connect(
+            busline::rpc::Client::builder(busline::CborCodec::new())
+                .retry_connect(std::time::Duration::from_secs(10)),
+            &busline::any_transport(),
+            &unix.parse().unwrap(),
+        )
+        .await
+        .expect("provider connects");
+        bus.open("math")
+            .await
+            .unwrap()
+            .provide(
+                "add",
+                |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+            )
+            .await
+            .unwrap();
+        bus
+    });
+
+    // A caller on the TCP listener, speaking JSON-RPC.
+    let out = busline(&[
+        "call",
+        &tcp,
+        "add",
+        "[2, 40]",
+        "--channel",
+        "math",
+        "--retry",
+        "10000",
+    ]);
+    let unknown = busline(&["call", &tcp, "mul", "[2, 40]", "--channel", "math"]);
+    let bad = busline(&["call", &tcp, "add", "[1, 1]", "--channel", "a/b"]);
+    drop(guard);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no provider"),
+        "{unknown:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("channel name"),
+        "{bad:?}"
+    );
+    fails_with(&["broker"], "--listen");
+}
+
+/// Kills the child process when the test ends, passed or not.
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -92,6 +92,12 @@ impl Channel {
         &self.name
     }
 
+    /// The method name a call to `method` on this channel travels under
+    /// (for code that calls through [`BrokerClient::client`] directly).
+    pub fn routed(&self, method: &str) -> String {
+        protocol::routed(&self.name, method)
+    }
+
     /// Whether this client owned the channel when it opened it.
     pub fn is_owner(&self) -> bool {
         self.owner

@@ -8,6 +8,7 @@ mod service;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use busline::{
+    broker::{Broker, BrokerClient},
     codec::AnyCodec,
     rpc::{Client, Server},
     Address, Authenticator, Encoding, Error, NoAuth, Payload, Result, SharedSecret,
@@ -86,8 +87,21 @@ pub(crate) struct CallArgs {
     /// Keep retrying a refused connection for this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     retry: u64,
+    /// Call through a broker: open this channel, then call METHOD on it.
+    #[arg(long, value_name = "NAME")]
+    channel: Option<String>,
     #[command(flatten)]
     codec: CodecArgs,
+}
+
+/// What `busline broker` was asked to do.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BrokerArgs {
+    /// Where to listen, once per listener, e.g. --listen unix:///run/busline.sock
+    /// --listen 'tcp://127.0.0.1:7400?codec=jsonrpc'. Each URL's ?codec= picks
+    /// that listener's codec.
+    #[arg(long = "listen", value_name = "URL", required = true)]
+    listen: Vec<String>,
 }
 
 /// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
@@ -108,6 +122,26 @@ pub(crate) async fn serve(
     shutdown_signal().await;
     eprintln!("busline: shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+/// `busline broker --listen URL ...`: a broker on every listener until
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
+    let mut builder = Broker::builder();
+    for url in &args.listen {
+        let addr: Address = url.parse()?;
+        let codec = AnyCodec::for_address(&addr)?;
+        builder = builder.listen_with(busline::any_transport(), addr, codec, auth.clone());
+    }
+    let broker = builder.start().await?;
+    for addr in broker.local_addrs() {
+        eprintln!("busline: broker listening on {addr}");
+    }
+    eprintln!("busline: Ctrl-C to stop");
+    shutdown_signal().await;
+    eprintln!("busline: shutting down");
+    broker.shutdown().await;
     Ok(())
 }
 
@@ -149,24 +183,29 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
     if args.retry > 0 {
         builder = builder.retry_connect(Duration::from_millis(args.retry));
     }
-    let client = builder.connect(&busline::any_transport(), &addr).await?;
+    let transport = busline::any_transport();
+    let (client, method) = match &args.channel {
+        None => (builder.connect(&transport, &addr).await?, args.method),
+        Some(channel) => {
+            let bus = BrokerClient::connect(builder, &transport, &addr).await?;
+            let channel = bus.open(channel).await?;
+            (bus.client().clone(), channel.routed(&args.method))
+        }
+    };
     if args.notify {
-        client.notify_raw(&args.method, payload)?;
+        client.notify_raw(&method, payload)?;
         return client.flush().await;
     }
     if args.stream {
         let mut items = client
-            .stream_raw::<serde_json::Value>(&args.method, payload)
+            .stream_raw::<serde_json::Value>(&method, payload)
             .await?;
         while let Some(item) = items.next().await {
             println!("{}", item?);
         }
         return Ok(());
     }
-    println!(
-        "{}",
-        json_text(&client.call_raw(&args.method, payload).await?)?
-    );
+    println!("{}", json_text(&client.call_raw(&method, payload).await?)?);
     Ok(())
 }
 
