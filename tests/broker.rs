@@ -407,3 +407,148 @@ async fn owners_members_and_sends() {
     );
     s.broker.shutdown().await;
 }
+
+async fn next_message(sub: &mut busline::broker::Subscription) -> busline::broker::Publication {
+    match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+        Ok(Some(busline::broker::Event::Message(p))) => p,
+        other => panic!("expected a publication, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_reach_matching_subscribers_once() {
+    let s = Setup::start().await;
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for (on, pattern) in [(0, "sensors.*.temp"), (1, "sensors.>"), (2, "alerts")] {
+        let c = s.client(on).await;
+        subs.push(
+            c.open("home")
+                .await
+                .unwrap()
+                .subscribe(pattern)
+                .await
+                .unwrap(),
+        );
+        clients.push(c);
+    }
+    // Two patterns of one client that both match: each gets it.
+    let both = clients[0].open("home").await.unwrap();
+    let mut twice = both.subscribe("sensors.kitchen.*").await.unwrap();
+
+    let publisher = s.client(2).await.open("home").await.unwrap();
+    publisher.publish("sensors.kitchen.temp", &21.5).unwrap();
+    publisher.publish("sensors.kitchen.humidity", &40).unwrap();
+    publisher.publish("alerts", &"smoke").unwrap();
+
+    let p = next_message(&mut subs[0]).await;
+    assert_eq!(
+        (p.topic.as_str(), p.decode::<f64>().unwrap()),
+        ("sensors.kitchen.temp", 21.5)
+    );
+    let topics: Vec<String> = [
+        next_message(&mut subs[1]).await,
+        next_message(&mut subs[1]).await,
+    ]
+    .into_iter()
+    .map(|p| p.topic)
+    .collect();
+    assert_eq!(topics, ["sensors.kitchen.temp", "sensors.kitchen.humidity"]);
+    assert_eq!(
+        next_message(&mut subs[2]).await.decode::<String>().unwrap(),
+        "smoke"
+    );
+    assert_eq!(next_message(&mut twice).await.topic, "sensors.kitchen.temp");
+    assert_eq!(
+        next_message(&mut twice).await.topic,
+        "sensors.kitchen.humidity"
+    );
+
+    // Nothing else arrived for the first subscriber.
+    publisher.publish("sensors.hall.temp", &19).unwrap();
+    assert_eq!(next_message(&mut subs[0]).await.topic, "sensors.hall.temp");
+
+    // Bad topics and patterns, and subscribing without joining.
+    assert!(matches!(
+        publisher.publish("a..b", &1),
+        Err(Error::Protocol(_))
+    ));
+    assert!(matches!(
+        publisher.subscribe("a.>.b").await,
+        Err(Error::Protocol(_))
+    ));
+    let stranger = s.client(1).await;
+    let err = stranger
+        .client()
+        .call::<_, ()>(
+            "busline.subscribe",
+            &serde_json::json!({"channel": "home", "pattern": ">"}),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+
+    // Dropping a subscription unsubscribes at the broker.
+    drop(subs.remove(2));
+    let info = loop {
+        let info = publisher.describe().await.unwrap();
+        if !info.subscriptions.iter().any(|(_, p)| p == "alerts") {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(info.subscriptions.len(), 3, "{info:?}");
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_told_what_it_missed() {
+    const SENT: u64 = 20_000;
+    let broker = Broker::builder()
+        .subscriber_queue(16)
+        .listen(
+            MemoryTransport::new(),
+            Address::memory("slow-sub"),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addrs()[0].clone();
+    let transport = MemoryTransport::new();
+    let connect = || BrokerClient::connect(Client::builder(CborCodec::new()), &transport, &addr);
+    let subscriber = connect().await.unwrap();
+    let mut sub = subscriber
+        .open("firehose")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let publisher = connect().await.unwrap().open("firehose").await.unwrap();
+    for i in 0..SENT {
+        publisher.publish("tick", &i).unwrap();
+    }
+    // Once this answers, the broker has handled every publication.
+    publisher.describe().await.unwrap();
+
+    let (mut received, mut missed, mut last) = (0u64, 0u64, None);
+    while received + missed < SENT {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+            Ok(Some(busline::broker::Event::Message(p))) => {
+                let i: u64 = p.decode().unwrap();
+                assert!(last < Some(i), "out of order: {i} after {last:?}");
+                last = Some(i);
+                received += 1;
+            }
+            Ok(Some(busline::broker::Event::Lagged(n))) => missed += n,
+            other => panic!("after {received} received and {missed} missed: {other:?}"),
+        }
+    }
+    assert_eq!(received + missed, SENT);
+    assert!(
+        missed > 0,
+        "a subscriber that did not read kept up with {SENT}?"
+    );
+    broker.shutdown().await;
+}

@@ -139,6 +139,22 @@ impl Payload {
         }
     }
 
+    /// Deserialize call arguments (or a publication): like
+    /// [`Payload::decode`], but a single value may also come as a
+    /// one-element JSON array, which is how JSON-RPC carries one (its
+    /// params must be an array or an object).
+    pub fn decode_params<T: DeserializeOwned>(&self) -> Result<T> {
+        self.decode().or_else(|first| {
+            if self.encoding != Encoding::Json {
+                return Err(first);
+            }
+            serde_json::from_slice::<(&serde_json::value::RawValue,)>(&self.bytes)
+                .ok()
+                .and_then(|(only,)| serde_json::from_str(only.get()).ok())
+                .ok_or(first)
+        })
+    }
+
     /// The payload's format.
     pub fn encoding(&self) -> Encoding {
         self.encoding
@@ -244,6 +260,17 @@ mod tests {
         let small = Payload::from_frame(Encoding::Binary, &frame, &frame[10..20]);
         assert_ne!(small.bytes().as_ptr(), frame[10..].as_ptr());
         assert_eq!(small.bytes().as_ref(), &frame[10..20]);
+    }
+
+    #[test]
+    fn params_may_wrap_a_single_value() {
+        let json = |t: &str| Payload::from_bytes(Encoding::Json, t.to_owned());
+        assert_eq!(json("[7]").decode_params::<u64>().unwrap(), 7);
+        assert_eq!(json("7").decode_params::<u64>().unwrap(), 7);
+        assert_eq!(json("[7]").decode_params::<Vec<u64>>().unwrap(), vec![7]);
+        assert!(json("[7,8]").decode_params::<u64>().is_err());
+        let cbor = Payload::cbor(&[7u8]).unwrap();
+        assert!(cbor.decode_params::<u64>().is_err());
     }
 
     #[test]

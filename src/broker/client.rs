@@ -12,8 +12,12 @@ use futures::Stream;
 use serde::{de::DeserializeOwned, Serialize};
 use tower::service_fn;
 
-use super::protocol::{self, ChannelArgs, ChannelInfo, MethodArgs, Opened};
-use crate::rpc::{CallStream, Client, ClientBuilder, Request, Router};
+use super::{
+    protocol::{self, ChannelArgs, ChannelInfo, Lagged, MethodArgs, Opened, PatternArgs, Routed},
+    subscription::{Subscribers, Subscription},
+    topic,
+};
+use crate::rpc::{CallStream, Client, ClientBuilder, Reply, Request, Router};
 
 /// A connection to a broker. Clones share it.
 #[derive(Clone)]
@@ -22,6 +26,7 @@ pub struct BrokerClient {
     /// What this client provides, consulted for every call the broker
     /// forwards; changed as `provide` is called.
     provided: Arc<RwLock<Router>>,
+    subscribers: Arc<Subscribers>,
 }
 
 impl fmt::Debug for BrokerClient {
@@ -41,15 +46,30 @@ impl BrokerClient {
         addr: &Address,
     ) -> Result<Self> {
         let provided = Arc::new(RwLock::new(Router::new()));
-        let table = provided.clone();
+        let subscribers = Arc::new(Subscribers::default());
+        let (table, subs) = (provided.clone(), subscribers.clone());
         let serve = Router::new().fallback(service_fn(move |req: Request| {
+            if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(&req.method) {
+                subs.deliver(channel, topic, &req.payload);
+                return done();
+            }
+            if req.method == protocol::LAGGED {
+                if let Ok(notice) = req.arguments::<Lagged>() {
+                    subs.lagged(&notice.channel, notice.missed);
+                }
+                return done();
+            }
             // A cheap clone (one Arc) of the current table, so no lock is
             // held while the handler runs.
             let router = table.read().unwrap_or_else(|p| p.into_inner()).clone();
             router.dispatch(req)
         }));
         let client = builder.serve(serve).connect(transport, addr).await?;
-        Ok(BrokerClient { client, provided })
+        Ok(BrokerClient {
+            client,
+            provided,
+            subscribers,
+        })
     }
 
     /// Join `channel`, creating it if it does not exist (the first client
@@ -76,6 +96,10 @@ impl BrokerClient {
         let mut table = self.provided.write().unwrap_or_else(|p| p.into_inner());
         *table = edit(std::mem::take(&mut *table));
     }
+}
+
+fn done() -> futures::future::BoxFuture<'static, Result<Reply>> {
+    Box::pin(std::future::ready(Ok(Reply::Unary(Payload::unit()))))
 }
 
 /// One channel joined through a [`BrokerClient`].
@@ -212,6 +236,49 @@ impl Channel {
             .client
             .stream(&protocol::routed(&self.name, method), args)
             .await
+    }
+
+    /// Publish `value` on `topic` (dot-separated tokens): every member
+    /// subscribed to a matching pattern gets it. Fire and forget.
+    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
+        topic::check_topic(topic)?;
+        self.bus
+            .client
+            .notify(&protocol::published(&self.name, topic), value)
+    }
+
+    /// Publish an already-encoded payload on `topic`.
+    pub fn publish_raw(&self, topic: &str, payload: Payload) -> Result<()> {
+        topic::check_topic(topic)?;
+        self.bus
+            .client
+            .notify_raw(&protocol::published(&self.name, topic), payload)
+    }
+
+    /// Receive what is published on this channel under topics matching
+    /// `pattern` (`*` one token, a final `>` the rest). Returns once the
+    /// broker confirms; dropping the subscription unsubscribes.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription> {
+        topic::check_pattern(pattern)?;
+        let client = self.bus.client.clone();
+        // Registered here first, so nothing published after the broker
+        // confirms can arrive before it.
+        let subscription = self
+            .bus
+            .subscribers
+            .add(&self.name, pattern)
+            .on_drop(Box::new(move |channel, pattern| {
+                let _ = client.notify(protocol::UNSUBSCRIBE, &PatternArgs { channel, pattern });
+            }));
+        let args = PatternArgs {
+            channel: self.name.clone(),
+            pattern: pattern.to_owned(),
+        };
+        self.bus
+            .client
+            .call::<_, ()>(protocol::SUBSCRIBE, &args)
+            .await?;
+        Ok(subscription)
     }
 
     /// The channel's owner, members and providers, as the broker sees them.

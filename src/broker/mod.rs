@@ -33,9 +33,12 @@
 //! ```
 
 mod client;
+mod outlet;
 mod protocol;
 mod service;
 mod state;
+mod subscription;
+mod topic;
 
 use std::{fmt, sync::Arc};
 
@@ -44,6 +47,9 @@ use futures::future::BoxFuture;
 
 pub use client::{BrokerClient, Channel};
 pub use protocol::{check_channel_name, ChannelInfo, MAX_CHANNEL_NAME};
+pub use state::DEFAULT_SUBSCRIBER_QUEUE;
+pub use subscription::{Event, Publication, Subscription};
+pub use topic::{check_pattern, check_topic, matches as topic_matches, MAX_TOPIC};
 
 use crate::rpc::{Router, Server, ServerHandle};
 use state::State;
@@ -61,6 +67,7 @@ impl Broker {
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
             listeners: Vec::new(),
+            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
         }
     }
 }
@@ -68,6 +75,7 @@ impl Broker {
 /// Listeners of a broker about to start.
 pub struct BrokerBuilder {
     listeners: Vec<StartListener>,
+    subscriber_queue: usize,
 }
 
 impl fmt::Debug for BrokerBuilder {
@@ -79,6 +87,14 @@ impl fmt::Debug for BrokerBuilder {
 }
 
 impl BrokerBuilder {
+    /// Publications queued for one subscriber connection before further
+    /// ones are dropped for it (and counted in a lagged notice). Default:
+    /// [`DEFAULT_SUBSCRIBER_QUEUE`].
+    pub fn subscriber_queue(mut self, publications: usize) -> Self {
+        self.subscriber_queue = publications.max(1);
+        self
+    }
+
     /// Listen on `addr` with `transport`, speaking `codec`, without
     /// authentication.
     pub fn listen<T: Transport, C: Codec>(self, transport: T, addr: Address, codec: C) -> Self {
@@ -108,7 +124,7 @@ impl BrokerBuilder {
     /// Bind every listener and start serving. If one fails to bind, the
     /// ones already bound are shut down and the error is returned.
     pub async fn start(self) -> Result<BrokerHandle> {
-        let state = Arc::new(State::default());
+        let state = Arc::new(State::new(self.subscriber_queue));
         let router = service::router(state.clone());
         let mut servers = Vec::new();
         for start in self.listeners {

@@ -2,11 +2,15 @@
 //! layer.
 //!
 //! Control calls are ordinary calls to `busline.`-prefixed methods whose
-//! arguments are the broker's own (it decodes them). Everything else is a
-//! routed call: the method `<channel>/<method>` goes to a provider of that
-//! method on that channel, with its payload forwarded byte for byte, and
-//! the provider's answer comes back the same way. The broker never decodes
-//! a routed payload.
+//! arguments are the broker's own (it decodes them). Everything else is
+//! routed by its name, and its payload is forwarded byte for byte, never
+//! decoded:
+//!
+//! - `<channel>/<method>` is a call, a notification (`send`) or a stream,
+//!   which goes to one provider of that method on that channel; the
+//!   provider's answer comes back the same way.
+//! - `<channel>#<topic>` is a publication, which goes to every connection
+//!   with a matching subscription, as a notification of the same name.
 
 use busline_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -21,6 +25,12 @@ pub(crate) const PROVIDE: &str = "busline.provide";
 pub(crate) const UNPROVIDE: &str = "busline.unprovide";
 /// Describe a channel: owner, members, providers.
 pub(crate) const DESCRIBE: &str = "busline.describe";
+/// Receive publications matching a pattern.
+pub(crate) const SUBSCRIBE: &str = "busline.subscribe";
+/// Stop receiving them.
+pub(crate) const UNSUBSCRIBE: &str = "busline.unsubscribe";
+/// From the broker: publications were dropped for a slow subscriber.
+pub(crate) const LAGGED: &str = "busline.lagged";
 
 /// Longest channel name accepted.
 pub const MAX_CHANNEL_NAME: usize = 256;
@@ -45,6 +55,20 @@ pub(crate) struct MethodArgs {
     pub(crate) method: String,
 }
 
+/// Arguments of [`SUBSCRIBE`] and [`UNSUBSCRIBE`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PatternArgs {
+    pub(crate) channel: String,
+    pub(crate) pattern: String,
+}
+
+/// The broker's [`LAGGED`] notice.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Lagged {
+    pub(crate) channel: String,
+    pub(crate) missed: u64,
+}
+
 /// A channel as [`DESCRIBE`] reports it. Clients appear as the broker's
 /// numbers for their connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,18 +81,20 @@ pub struct ChannelInfo {
     pub members: Vec<u64>,
     /// Each method served, with the connection ids of its providers.
     pub methods: Vec<(String, Vec<u64>)>,
+    /// Each subscription: connection id and pattern.
+    pub subscriptions: Vec<(u64, String)>,
 }
 
 /// Check a channel name: not empty, at most [`MAX_CHANNEL_NAME`] bytes, no
-/// `/` (it separates channel from method in routed calls), and not in the
+/// `/` or `#` (they end the channel part of routed names), and not in the
 /// `busline.` namespace the broker keeps for itself.
 pub fn check_channel_name(name: &str) -> Result<()> {
     let problem = if name.is_empty() {
         "is empty"
     } else if name.len() > MAX_CHANNEL_NAME {
         "is longer than 256 bytes"
-    } else if name.contains('/') {
-        "contains '/', which separates a channel from a method"
+    } else if name.contains(['/', '#']) {
+        "contains '/' or '#', which end the channel part of routed names"
     } else if name.starts_with("busline.") {
         "starts with \"busline.\", which is reserved for the broker"
     } else {
@@ -82,10 +108,37 @@ pub(crate) fn routed(channel: &str, method: &str) -> String {
     format!("{channel}/{method}")
 }
 
-/// Split a routed method name into channel and method.
-pub(crate) fn split_routed(name: &str) -> Option<(&str, &str)> {
-    name.split_once('/')
-        .filter(|(channel, method)| !channel.is_empty() && !method.is_empty())
+/// The routed name of a publication on `topic` in `channel`.
+pub(crate) fn published(channel: &str, topic: &str) -> String {
+    format!("{channel}#{topic}")
+}
+
+/// What a routed name addresses.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Routed<'a> {
+    /// A method of a channel's providers.
+    Method { channel: &'a str, method: &'a str },
+    /// A topic of a channel's subscribers.
+    Topic { channel: &'a str, topic: &'a str },
+}
+
+/// Read a routed name: the first `/` or `#` ends the channel.
+pub(crate) fn parse_routed(name: &str) -> Option<Routed<'_>> {
+    let at = name.find(['/', '#'])?;
+    let (channel, rest) = (&name[..at], &name[at + 1..]);
+    if channel.is_empty() || rest.is_empty() {
+        return None;
+    }
+    Some(match name.as_bytes()[at] {
+        b'/' => Routed::Method {
+            channel,
+            method: rest,
+        },
+        _ => Routed::Topic {
+            channel,
+            topic: rest,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -95,17 +148,28 @@ mod tests {
     #[test]
     fn channel_names_are_checked_and_routed_names_split() {
         assert!(check_channel_name("math").is_ok());
-        for bad in ["", "a/b", "busline.system", &"x".repeat(257)] {
+        for bad in ["", "a/b", "a#b", "busline.system", &"x".repeat(257)] {
             assert!(
                 matches!(check_channel_name(bad), Err(Error::Protocol(_))),
                 "{bad}"
             );
         }
         assert_eq!(
-            split_routed(&routed("math", "add/x")),
-            Some(("math", "add/x"))
+            parse_routed(&routed("math", "add/x#y")),
+            Some(Routed::Method {
+                channel: "math",
+                method: "add/x#y"
+            })
         );
-        assert_eq!(split_routed("nochannel"), None);
-        assert_eq!(split_routed("/m"), None);
+        assert_eq!(
+            parse_routed(&published("news", "a.b")),
+            Some(Routed::Topic {
+                channel: "news",
+                topic: "a.b"
+            })
+        );
+        for bad in ["nochannel", "/m", "#t", "c/", "c#"] {
+            assert_eq!(parse_routed(bad), None, "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tower::service_fn;
 
 use super::{
-    protocol::{self, ChannelArgs, MethodArgs, Opened},
+    protocol::{self, ChannelArgs, MethodArgs, Opened, PatternArgs, Routed},
     state::State,
 };
 use crate::rpc::{CallKind, Client, Reply, Request, Router};
@@ -44,6 +44,19 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             protocol::UNPROVIDE,
             control(&state, |state, peer, args: MethodArgs| {
                 state.unprovide(&args.channel, &args.method, peer.connection_id());
+                Ok(())
+            }),
+        )
+        .route(
+            protocol::SUBSCRIBE,
+            control(&state, |state, peer, args: PatternArgs| {
+                state.subscribe(&args.channel, &args.pattern, peer)
+            }),
+        )
+        .route(
+            protocol::UNSUBSCRIBE,
+            control(&state, |state, peer, args: PatternArgs| {
+                state.unsubscribe(&args.channel, &args.pattern, peer.connection_id());
                 Ok(())
             }),
         )
@@ -100,12 +113,27 @@ fn caller(req: &Request) -> Result<Client> {
         .ok_or_else(|| Error::Disconnected("the caller is gone".into()))
 }
 
-/// Forward a routed call to a provider, its payload untouched; if the
-/// provider's connection drops before it answers, try the next one.
+/// Deliver a routed call or publication.
 async fn route(state: &State, req: Request) -> Result<Reply> {
-    let (channel, method) = protocol::split_routed(&req.method)
-        .ok_or_else(|| Error::MethodNotFound(req.method.clone()))?;
-    state.check_member(channel, caller(&req)?.connection_id())?;
+    match protocol::parse_routed(&req.method) {
+        Some(Routed::Method { channel, method }) => forward(state, channel, method, &req).await,
+        Some(Routed::Topic { channel, topic }) => {
+            let publisher = caller(&req)?.connection_id();
+            let outlets = state.audience(channel, topic, publisher)?;
+            let name: Arc<str> = Arc::from(req.method.as_str());
+            for outlet in outlets {
+                outlet.offer(channel, name.clone(), req.payload.clone());
+            }
+            Ok(Reply::Unary(Payload::unit()))
+        }
+        None => Err(Error::MethodNotFound(req.method.clone())),
+    }
+}
+
+/// Forward a call to a provider, its payload untouched; if the provider's
+/// connection drops before it answers, try the next one.
+async fn forward(state: &State, channel: &str, method: &str, req: &Request) -> Result<Reply> {
+    state.check_member(channel, caller(req)?.connection_id())?;
     let mut tried = Vec::new();
     loop {
         let Some(provider) = state.pick(channel, method, &tried) else {

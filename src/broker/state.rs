@@ -11,13 +11,17 @@ use std::{
 
 use busline_core::{Error, Result};
 
-use super::protocol::ChannelInfo;
+use super::{outlet::Outlet, protocol::ChannelInfo, topic};
 use crate::rpc::Client;
 
+/// Default bound on publications queued for one subscriber connection.
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
+
 /// Everything the broker knows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     inner: Mutex<Inner>,
+    subscriber_queue: usize,
 }
 
 #[derive(Debug, Default)]
@@ -25,6 +29,8 @@ struct Inner {
     /// The calling side of every connection that joined a channel.
     peers: HashMap<u64, Client>,
     channels: HashMap<String, Channel>,
+    /// Where each subscribing connection's publications queue up.
+    outlets: HashMap<u64, Outlet>,
 }
 
 #[derive(Debug)]
@@ -33,6 +39,8 @@ struct Channel {
     /// Oldest first: the next owner when the owner leaves.
     members: Vec<u64>,
     methods: HashMap<String, Providers>,
+    /// Connection and pattern of each subscription.
+    subscriptions: Vec<(u64, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +51,13 @@ struct Providers {
 }
 
 impl State {
+    pub(crate) fn new(subscriber_queue: usize) -> State {
+        State {
+            inner: Mutex::default(),
+            subscriber_queue,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent tables (every
         // edit is a single insert or remove), so a poisoned lock is usable.
@@ -61,6 +76,7 @@ impl State {
                 owner: id,
                 members: Vec::new(),
                 methods: HashMap::new(),
+                subscriptions: Vec::new(),
             });
         if !ch.members.contains(&id) {
             ch.members.push(id);
@@ -77,14 +93,66 @@ impl State {
         }
     }
 
+    /// Connection `peer` receives publications on `channel` whose topic
+    /// matches `pattern`.
+    pub(crate) fn subscribe(&self, channel: &str, pattern: &str, peer: &Client) -> Result<()> {
+        topic::check_pattern(pattern)?;
+        let mut inner = self.lock();
+        let id = peer.connection_id();
+        let ch = member_of(&mut inner, channel, id)?;
+        if !ch
+            .subscriptions
+            .iter()
+            .any(|(c, p)| *c == id && p == pattern)
+        {
+            ch.subscriptions.push((id, pattern.to_owned()));
+        }
+        let capacity = self.subscriber_queue;
+        inner
+            .outlets
+            .entry(id)
+            .or_insert_with(|| Outlet::start(peer.clone(), capacity));
+        Ok(())
+    }
+
+    /// Connection `id` no longer receives what `pattern` matches.
+    pub(crate) fn unsubscribe(&self, channel: &str, pattern: &str, id: u64) {
+        let mut inner = self.lock();
+        if let Some(ch) = inner.channels.get_mut(channel) {
+            ch.subscriptions
+                .retain(|(c, p)| !(*c == id && p == pattern));
+        }
+    }
+
+    /// The outlets of every connection subscribed to `topic` on `channel`,
+    /// each once; `publisher` must be a member.
+    pub(crate) fn audience(
+        &self,
+        channel: &str,
+        topic: &str,
+        publisher: u64,
+    ) -> Result<Vec<Outlet>> {
+        topic::check_topic(topic)?;
+        let mut inner = self.lock();
+        let ch = member_of(&mut inner, channel, publisher)?;
+        let mut conns: Vec<u64> = ch
+            .subscriptions
+            .iter()
+            .filter(|(_, pattern)| topic::matches(pattern, topic))
+            .map(|(c, _)| *c)
+            .collect();
+        conns.sort_unstable();
+        conns.dedup();
+        Ok(conns
+            .iter()
+            .filter_map(|c| inner.outlets.get(c).cloned())
+            .collect())
+    }
+
     /// Connection `id` serves `method` on `channel`.
     pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
         let mut inner = self.lock();
-        let ch = inner
-            .channels
-            .get_mut(channel)
-            .filter(|ch| ch.members.contains(&id))
-            .ok_or_else(|| not_member(channel))?;
+        let ch = member_of(&mut inner, channel, id)?;
         let providers = ch.methods.entry(method.to_owned()).or_default();
         if !providers.conns.contains(&id) {
             providers.conns.push(id);
@@ -104,7 +172,9 @@ impl State {
     /// `tried`; `None` when there is none (left).
     pub(crate) fn pick(&self, channel: &str, method: &str, tried: &[u64]) -> Option<Client> {
         let mut inner = self.lock();
-        let Inner { peers, channels } = &mut *inner;
+        let Inner {
+            peers, channels, ..
+        } = &mut *inner;
         let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
         let n = providers.conns.len();
         for _ in 0..n {
@@ -128,6 +198,7 @@ impl State {
     /// Connection `id` is gone: it leaves every channel.
     pub(crate) fn disconnected(&self, id: u64) {
         let mut inner = self.lock();
+        inner.outlets.remove(&id);
         if inner.peers.remove(&id).is_none() {
             return;
         }
@@ -157,8 +228,17 @@ impl State {
             owner: ch.owner,
             members: ch.members.clone(),
             methods,
+            subscriptions: ch.subscriptions.clone(),
         })
     }
+}
+
+fn member_of<'a>(inner: &'a mut Inner, channel: &str, id: u64) -> Result<&'a mut Channel> {
+    inner
+        .channels
+        .get_mut(channel)
+        .filter(|ch| ch.members.contains(&id))
+        .ok_or_else(|| not_member(channel))
 }
 
 fn leave(inner: &mut Inner, channel: &str, id: u64) {
@@ -166,6 +246,7 @@ fn leave(inner: &mut Inner, channel: &str, id: u64) {
         return;
     };
     ch.members.retain(|&m| m != id);
+    ch.subscriptions.retain(|(c, _)| *c != id);
     let methods: Vec<String> = ch.methods.keys().cloned().collect();
     for method in methods {
         remove_provider(ch, &method, id);

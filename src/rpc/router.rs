@@ -17,7 +17,7 @@ use std::{
     time::Instant,
 };
 
-use busline_core::{Encoding, Error, Identity, Payload, Result};
+use busline_core::{Error, Identity, Payload, Result};
 use futures::{future::BoxFuture, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 use tower::{Layer, Service, ServiceExt};
@@ -66,20 +66,9 @@ impl Request {
     /// requires params to be an array or an object, so that is how its
     /// clients send one value.
     pub fn arguments<Args: DeserializeOwned>(&self) -> Result<Args> {
-        self.payload
-            .decode()
-            .or_else(|first| {
-                let Encoding::Json = self.payload.encoding() else {
-                    return Err(first);
-                };
-                serde_json::from_slice::<(&serde_json::value::RawValue,)>(self.payload.bytes())
-                    .ok()
-                    .and_then(|(only,)| serde_json::from_str(only.get()).ok())
-                    .ok_or(first)
-            })
-            .map_err(|e| {
-                Error::Serialization(format!("invalid arguments for {:?}: {e}", self.method))
-            })
+        self.payload.decode_params().map_err(|e| {
+            Error::Serialization(format!("invalid arguments for {:?}: {e}", self.method))
+        })
     }
 }
 
@@ -313,6 +302,7 @@ mod tests {
     use tower::util::MapRequestLayer;
 
     use super::*;
+    use busline_core::Encoding;
 
     fn request(method: &str) -> Request {
         with_payload(method, "1")

@@ -1,0 +1,183 @@
+//! The receiving end of pub/sub on a broker client.
+
+use std::{
+    fmt,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+};
+
+use busline_core::{Payload, Result};
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::topic;
+
+/// Publications buffered for one subscription before further ones are
+/// dropped (and counted, see [`Event::Lagged`]).
+pub(crate) const LOCAL_QUEUE: usize = 1024;
+
+/// One message published on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// The topic it was published on.
+    pub topic: String,
+    /// Its payload, exactly as the publisher encoded it.
+    pub payload: Payload,
+}
+
+impl Publication {
+    /// The payload decoded as `T` (a single value published over JSON-RPC
+    /// comes wrapped in an array, which this takes off).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        self.payload.decode_params()
+    }
+}
+
+/// What a [`Subscription`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A matching publication.
+    Message(Publication),
+    /// This many matching publications were dropped because the
+    /// subscriber fell behind (at the broker or here); nothing is lost
+    /// silently.
+    Lagged(u64),
+}
+
+/// The subscriptions of one client, matched against every publication the
+/// broker delivers to it.
+#[derive(Debug, Default)]
+pub(crate) struct Subscribers {
+    subs: Mutex<Vec<Local>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Local {
+    id: u64,
+    channel: String,
+    pattern: String,
+    tx: mpsc::Sender<Publication>,
+    missed: Arc<AtomicU64>,
+}
+
+impl Subscribers {
+    /// A new local subscription; the broker must be told separately.
+    pub(crate) fn add(self: &Arc<Self>, channel: &str, pattern: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
+        let missed = Arc::new(AtomicU64::new(0));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().push(Local {
+            id,
+            channel: channel.to_owned(),
+            pattern: pattern.to_owned(),
+            tx,
+            missed: missed.clone(),
+        });
+        Subscription {
+            rx,
+            missed,
+            owner: Arc::downgrade(self),
+            id,
+            on_drop: None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Local>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hand a publication to every matching subscription.
+    pub(crate) fn deliver(&self, channel: &str, topic_name: &str, payload: &Payload) {
+        for sub in self.lock().iter() {
+            if sub.channel == channel && topic::matches(&sub.pattern, topic_name) {
+                let publication = Publication {
+                    topic: topic_name.to_owned(),
+                    payload: payload.clone(),
+                };
+                if let Err(TrySendError::Full(_)) = sub.tx.try_send(publication) {
+                    sub.missed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The broker dropped `missed` publications on `channel` for us.
+    pub(crate) fn lagged(&self, channel: &str, missed: u64) {
+        for sub in self.lock().iter().filter(|s| s.channel == channel) {
+            sub.missed.fetch_add(missed, Ordering::Relaxed);
+        }
+    }
+
+    /// Remove subscription `id`; whether another one still wants
+    /// `(channel, pattern)` from the broker.
+    fn remove(&self, id: u64) -> Option<(String, String, bool)> {
+        let mut subs = self.lock();
+        let at = subs.iter().position(|s| s.id == id)?;
+        let gone = subs.remove(at);
+        let shared = subs
+            .iter()
+            .any(|s| s.channel == gone.channel && s.pattern == gone.pattern);
+        Some((gone.channel, gone.pattern, shared))
+    }
+}
+
+/// Tells the broker a `(channel, pattern)` is no longer wanted.
+pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
+
+/// Publications matching one pattern on one channel, as a stream of
+/// [`Event`]s. Dropping it unsubscribes.
+pub struct Subscription {
+    rx: mpsc::Receiver<Publication>,
+    missed: Arc<AtomicU64>,
+    owner: std::sync::Weak<Subscribers>,
+    id: u64,
+    on_drop: Option<Unsubscribe>,
+}
+
+impl Subscription {
+    pub(crate) fn on_drop(mut self, unsubscribe: Unsubscribe) -> Self {
+        self.on_drop = Some(unsubscribe);
+        self
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        // A gap is reported as soon as it is known, ahead of messages
+        // still queued.
+        let missed = self.missed.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            return Poll::Ready(Some(Event::Lagged(missed)));
+        }
+        self.rx.poll_recv(cx).map(|p| p.map(Event::Message))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(subscribers) = self.owner.upgrade() else {
+            return;
+        };
+        if let Some((channel, pattern, shared)) = subscribers.remove(self.id) {
+            if let (false, Some(unsubscribe)) = (shared, self.on_drop.take()) {
+                unsubscribe(channel, pattern);
+            }
+        }
+    }
+}
