@@ -410,7 +410,7 @@ async fn owners_members_and_sends() {
 
 async fn next_message(sub: &mut busline::broker::Subscription) -> busline::broker::Publication {
     match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
-        Ok(Some(busline::broker::Event::Message(p))) => p,
+        Ok(Some(Ok(busline::broker::Event::Message(p)))) => p,
         other => panic!("expected a publication, got {other:?}"),
     }
 }
@@ -535,13 +535,13 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
     let (mut received, mut missed, mut last) = (0u64, 0u64, None);
     while received + missed < SENT {
         match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
-            Ok(Some(busline::broker::Event::Message(p))) => {
+            Ok(Some(Ok(busline::broker::Event::Message(p)))) => {
                 let i: u64 = p.decode().unwrap();
                 assert!(last < Some(i), "out of order: {i} after {last:?}");
                 last = Some(i);
                 received += 1;
             }
-            Ok(Some(busline::broker::Event::Lagged(n))) => missed += n,
+            Ok(Some(Ok(busline::broker::Event::Lagged(n)))) => missed += n,
             other => panic!("after {received} received and {missed} missed: {other:?}"),
         }
     }
@@ -550,5 +550,237 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
         missed > 0,
         "a subscriber that did not read kept up with {SENT}?"
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_guard_channels_and_only_owners_change_them() {
+    let s = Setup::start().await;
+    let owner = s.client(0).await;
+    let mut vault = owner.open("vault").await.unwrap();
+    let member = s.client(1).await.open("vault").await.unwrap();
+    vault.set_password(Some("s3cret")).await.unwrap();
+    assert!(vault.describe().await.unwrap().protected);
+
+    let unauthorized = |r: busline::Result<Channel>, what: &str| match r {
+        Err(Error::Unauthorized(_)) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    let joiner = s.client(2).await;
+    unauthorized(joiner.open("vault").await, "no password");
+    unauthorized(
+        joiner.open_with_password("vault", "guess").await,
+        "wrong password",
+    );
+    let joined = joiner.open_with_password("vault", "s3cret").await.unwrap();
+    assert!(!joined.is_owner());
+
+    // Members already in stay; only the owner changes the password.
+    let mut member = member;
+    let err = member.set_password(Some("mine")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("owner")),
+        "{err:?}"
+    );
+
+    // A proof is bound to its connection's nonce: replaying it elsewhere fails.
+    let keys = busline::broker::ChannelKeys::derive("vault", "s3cret");
+    let a = s.client(0).await;
+    let nonce: serde_json::Value = a
+        .client()
+        .call(
+            "busline.challenge",
+            &serde_json::json!({"channel": "vault"}),
+        )
+        .await
+        .unwrap();
+    let nonce = hex::decode(nonce["nonce"].as_str().unwrap()).unwrap();
+    let proof = hex::encode(keys.join_proof("vault", &nonce));
+    let open = serde_json::json!({"channel": "vault", "proof": proof});
+    a.client()
+        .call::<_, serde_json::Value>("busline.open", &open)
+        .await
+        .unwrap();
+    let b = s.client(0).await;
+    for ask_first in [false, true] {
+        if ask_first {
+            b.client()
+                .call::<_, serde_json::Value>(
+                    "busline.challenge",
+                    &serde_json::json!({"channel": "vault"}),
+                )
+                .await
+                .unwrap();
+        }
+        let err = b
+            .client()
+            .call::<_, serde_json::Value>("busline.open", &open)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Unauthorized(_)),
+            "replayed proof: {err:?}"
+        );
+    }
+
+    // Created protected in one step, and lifted by its owner.
+    let mut fort = owner.open_with_password("fort", "pw").await.unwrap();
+    assert!(fort.is_owner());
+    unauthorized(joiner.open("fort").await, "protected at creation");
+    fort.set_password(None).await.unwrap();
+    joiner.open("fort").await.unwrap();
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_channels_sign_end_to_end() {
+    let s = Setup::start().await;
+    let owner = s.client(1).await;
+    let mut ch = owner.open("signed").await.unwrap();
+    let early_bus = s.client(0).await;
+    let early = early_bus.open("signed").await.unwrap(); // joins before the password
+    ch.set_password(Some("pw")).await.unwrap();
+    ch.provide(
+        "add",
+        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+    )
+    .await
+    .unwrap();
+    ch.provide_stream("count", |n: u64| stream::iter((0..n).map(Ok::<_, String>)))
+        .await
+        .unwrap();
+
+    // Members with the password: calls, streams and publications work.
+    let caller = s
+        .client(2)
+        .await
+        .open_with_password("signed", "pw")
+        .await
+        .unwrap();
+    assert_eq!(caller.call::<_, i64>("add", &(2, 3)).await.unwrap(), 5);
+    let items: Vec<u64> = caller
+        .stream::<_, u64>("count", &5u64)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(items, [0, 1, 2, 3, 4]);
+    let mut keyed = ch.subscribe("news").await.unwrap();
+    let mut raw = early.subscribe("news").await.unwrap();
+    caller.publish("news", &"signed hello").unwrap();
+    assert_eq!(
+        next_message(&mut keyed).await.decode::<String>().unwrap(),
+        "signed hello"
+    );
+
+    // A member without the keys sees only signed bytes, and cannot get a
+    // call through: the provider refuses it.
+    let captured = next_message(&mut raw).await;
+    assert_eq!(captured.payload.encoding(), Encoding::Binary);
+    let err = early.call::<_, i64>("add", &(1, 1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("signature")),
+        "{err:?}"
+    );
+
+    // Replaying a captured publication is detected.
+    early_bus
+        .client()
+        .notify_raw("signed#news", captured.payload.clone())
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), keyed.next()).await {
+        Ok(Some(Err(Error::Unauthorized(m)))) => assert!(m.contains("replayed"), "{m}"),
+        other => panic!("a replay got through: {other:?}"),
+    }
+    s.broker.shutdown().await;
+}
+
+/// Forwards bytes between a client and the broker, flipping the first
+/// payload byte of every signed payload on the way in: a broker (or a
+/// network) that tampers.
+async fn tampering_proxy(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let chunk = &mut buf[..n];
+                    if let Some(at) = chunk.windows(4).position(|w| w == b"BLSG") {
+                        if let Some(byte) = chunk.get_mut(at + 63) {
+                            *byte ^= 0x01;
+                        }
+                    }
+                    if sw.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_detected() {
+    let broker = Broker::builder()
+        .listen(
+            TcpTransport::new(),
+            Address::tcp("127.0.0.1", 0),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addrs()[0].clone();
+    let connect = |addr: Address| async move {
+        BrokerClient::connect(
+            Client::builder(CborCodec::new()),
+            &TcpTransport::new(),
+            &addr,
+        )
+        .await
+        .unwrap()
+    };
+    let provider = connect(addr.clone()).await;
+    let ch = provider.open_with_password("t", "pw").await.unwrap();
+    ch.provide("echo", |s: String| async move { Ok::<_, String>(s) })
+        .await
+        .unwrap();
+
+    let busline::Endpoint::Tcp { port, .. } = addr.endpoint() else {
+        panic!("a TCP broker")
+    };
+    let proxy = tampering_proxy(([127, 0, 0, 1], *port).into()).await;
+    let victim = connect(Address::tcp("127.0.0.1", proxy.port())).await;
+    let ch = victim.open_with_password("t", "pw").await.unwrap();
+    let err = ch
+        .call::<_, String>("echo", &"pay alice 10")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("altered")),
+        "{err:?}"
+    );
+
+    // Without the proxy, the same call goes through.
+    let honest = connect(addr)
+        .await
+        .open_with_password("t", "pw")
+        .await
+        .unwrap();
+    assert_eq!(honest.call::<_, String>("echo", &"ok").await.unwrap(), "ok");
     broker.shutdown().await;
 }

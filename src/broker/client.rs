@@ -8,16 +8,21 @@ use std::{
 };
 
 use busline_core::{Address, Authenticator, Codec, Error, Payload, Result, Transport};
-use futures::Stream;
+use futures::{stream::BoxStream, Stream, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tower::service_fn;
 
 use super::{
-    protocol::{self, ChannelArgs, ChannelInfo, Lagged, MethodArgs, Opened, PatternArgs, Routed},
+    keys::ChannelKeys,
+    protocol::{
+        self, Challenge, ChannelArgs, ChannelInfo, Lagged, MethodArgs, OpenArgs, Opened,
+        PasswordArgs, PatternArgs, Routed,
+    },
+    signing::{Kind, Signer, Verified},
     subscription::{Subscribers, Subscription},
     topic,
 };
-use crate::rpc::{CallStream, Client, ClientBuilder, Reply, Request, Router};
+use crate::rpc::{Client, ClientBuilder, Reply, Request, Router, StreamFn, UnaryFn};
 
 /// A connection to a broker. Clones share it.
 #[derive(Clone)]
@@ -73,17 +78,44 @@ impl BrokerClient {
     }
 
     /// Join `channel`, creating it if it does not exist (the first client
-    /// to open a channel owns it). Returns once the broker confirms.
+    /// to open a channel owns it). Returns once the broker confirms; a
+    /// channel that takes a password refuses with [`Error::Unauthorized`].
     pub async fn open(&self, channel: &str) -> Result<Channel> {
+        self.join(channel, None).await
+    }
+
+    /// Join `channel` with its password, or create it protected by
+    /// `password`. The password itself never leaves this process: the
+    /// client proves it knows it by answering a fresh challenge.
+    pub async fn open_with_password(&self, channel: &str, password: &str) -> Result<Channel> {
         protocol::check_channel_name(channel)?;
-        let args = ChannelArgs {
+        let keys = derive(channel, password).await?;
+        self.join(channel, Some(keys)).await
+    }
+
+    async fn join(&self, channel: &str, keys: Option<ChannelKeys>) -> Result<Channel> {
+        protocol::check_channel_name(channel)?;
+        let mut args = OpenArgs {
             channel: channel.to_owned(),
+            proof: None,
+            key: None,
         };
+        if let Some(keys) = &keys {
+            let ask = ChannelArgs {
+                channel: channel.to_owned(),
+            };
+            let challenge: Challenge = self.client.call(protocol::CHALLENGE, &ask).await?;
+            let nonce = hex::decode(&challenge.nonce)
+                .map_err(|e| Error::Protocol(format!("the broker's nonce is not hex: {e}")))?;
+            args.proof = Some(hex::encode(keys.join_proof(channel, &nonce)));
+            args.key = Some(hex::encode(keys.join_key()));
+        }
         let opened: Opened = self.client.call(protocol::OPEN, &args).await?;
         Ok(Channel {
             bus: self.clone(),
             name: channel.to_owned(),
             owner: opened.owner,
+            signer: keys.map(|k| Arc::new(Signer::new(&k, channel))),
         })
     }
 
@@ -98,16 +130,32 @@ impl BrokerClient {
     }
 }
 
+/// Derive a channel's keys on a blocking thread: it takes milliseconds of
+/// CPU on purpose.
+async fn derive(channel: &str, password: &str) -> Result<ChannelKeys> {
+    let (channel, password) = (channel.to_owned(), password.to_owned());
+    tokio::task::spawn_blocking(move || ChannelKeys::derive(&channel, &password))
+        .await
+        .map_err(|e| Error::Protocol(format!("key derivation failed: {e}")))
+}
+
 fn done() -> futures::future::BoxFuture<'static, Result<Reply>> {
     Box::pin(std::future::ready(Ok(Reply::Unary(Payload::unit()))))
 }
 
 /// One channel joined through a [`BrokerClient`].
+///
+/// On a channel opened with its password ([`BrokerClient::open_with_password`]
+/// or after [`Channel::set_password`]), everything this handle sends to
+/// other members is signed end to end, and everything it receives from them
+/// is checked: calls, replies, stream items and publications. A forged,
+/// altered or replayed one fails with [`Error::Unauthorized`].
 #[derive(Debug, Clone)]
 pub struct Channel {
     bus: BrokerClient,
     name: String,
     owner: bool,
+    signer: Option<Arc<Signer>>,
 }
 
 impl Channel {
@@ -138,9 +186,7 @@ impl Channel {
         Ret: Serialize + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        let name = protocol::routed(&self.name, method);
-        self.bus.add(|r| r.unary(name, f));
-        self.register(method).await
+        self.serve(method, UnaryFn::new(f)).await
     }
 
     /// Serve `method` on this channel with a function returning a stream
@@ -153,9 +199,7 @@ impl Channel {
         T: Serialize + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        let name = protocol::routed(&self.name, method);
-        self.bus.add(|r| r.stream(name, f));
-        self.register(method).await
+        self.serve(method, StreamFn::new(f)).await
     }
 
     /// Serve `method` with any handler service (as [`Router::route`]), for
@@ -169,12 +213,24 @@ impl Channel {
             + 'static,
         S::Future: Send + 'static,
     {
-        let name = protocol::routed(&self.name, method);
-        self.bus.add(|r| r.route(name, service));
-        self.register(method).await
+        self.serve(method, service).await
     }
 
-    async fn register(&self, method: &str) -> Result<()> {
+    /// Install `service` for `method` (checking signatures on a protected
+    /// channel), then tell the broker.
+    async fn serve<S>(&self, method: &str, service: S) -> Result<()>
+    where
+        S: tower::Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        let name = protocol::routed(&self.name, method);
+        match &self.signer {
+            None => self.bus.add(|r| r.route(name, service)),
+            Some(signer) => {
+                let verified = Verified::new(service, signer.clone());
+                self.bus.add(|r| r.route(name, verified))
+            }
+        }
         let args = MethodArgs {
             channel: self.name.clone(),
             method: method.to_owned(),
@@ -197,62 +253,88 @@ impl Channel {
             .await
     }
 
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Payload> {
+        Payload::encode(self.bus.client.encoding(), value)
+    }
+
+    /// Sign a call on a protected channel; the nonce its answers carry.
+    fn sign_call(&self, name: &str, payload: Payload) -> Result<(Payload, [u8; 16])> {
+        match &self.signer {
+            Some(signer) => signer.sign_fresh(Kind::Call, name, &payload),
+            None => Ok((payload, [0; 16])),
+        }
+    }
+
     /// Call `method` on this channel: one of its providers answers.
     pub async fn call<Args: Serialize + ?Sized, Ret: DeserializeOwned>(
         &self,
         method: &str,
         args: &Args,
     ) -> Result<Ret> {
-        self.bus
-            .client
-            .call(&protocol::routed(&self.name, method), args)
-            .await
+        self.call_raw(method, self.encode(args)?).await?.decode()
     }
 
     /// Call `method` with an already-encoded payload; the answer's bytes
     /// are exactly the provider's.
     pub async fn call_raw(&self, method: &str, payload: Payload) -> Result<Payload> {
-        self.bus
-            .client
-            .call_raw(&protocol::routed(&self.name, method), payload)
-            .await
+        let name = self.routed(method);
+        let (payload, call) = self.sign_call(&name, payload)?;
+        let reply = self.bus.client.call_raw(&name, payload).await?;
+        match &self.signer {
+            Some(signer) => Ok(signer
+                .verify(Kind::Reply, &name, Some((call, 0)), &reply)?
+                .0),
+            None => Ok(reply),
+        }
     }
 
     /// Fire and forget: one provider of `method` gets it, nobody answers.
     pub fn send<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
-        self.bus
-            .client
-            .notify(&protocol::routed(&self.name, method), args)
+        let name = self.routed(method);
+        let (payload, _) = self.sign_call(&name, self.encode(args)?)?;
+        self.bus.client.notify_raw(&name, payload)
     }
 
     /// Open a stream from a provider of `method`; dropping it cancels the
-    /// provider's stream.
-    pub async fn stream<Args: Serialize + ?Sized, Item: DeserializeOwned>(
+    /// provider's stream. Items come with the provider's backpressure: it
+    /// runs at most a window ahead of this reader.
+    pub async fn stream<Args: Serialize + ?Sized, Item: DeserializeOwned + 'static>(
         &self,
         method: &str,
         args: &Args,
-    ) -> Result<CallStream<Item>> {
-        self.bus
-            .client
-            .stream(&protocol::routed(&self.name, method), args)
-            .await
+    ) -> Result<BoxStream<'static, Result<Item>>> {
+        let name = self.routed(method);
+        let (payload, call) = self.sign_call(&name, self.encode(args)?)?;
+        let items = self.bus.client.stream_payloads(&name, payload).await?;
+        let signer = self.signer.clone();
+        Ok(Box::pin(items.enumerate().map(move |(i, item)| {
+            let item = item?;
+            let item = match &signer {
+                Some(s) => {
+                    s.verify(Kind::Item, &name, Some((call, i as u64)), &item)?
+                        .0
+                }
+                None => item,
+            };
+            item.decode()
+        })))
     }
 
     /// Publish `value` on `topic` (dot-separated tokens): every member
     /// subscribed to a matching pattern gets it. Fire and forget.
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
-        topic::check_topic(topic)?;
-        self.bus
-            .client
-            .notify(&protocol::published(&self.name, topic), value)
+        self.publish_raw(topic, self.encode(value)?)
     }
 
     /// Publish an already-encoded payload on `topic`.
     pub fn publish_raw(&self, topic: &str, payload: Payload) -> Result<()> {
         topic::check_topic(topic)?;
-        self.bus
-            .client
-            .notify_raw(&protocol::published(&self.name, topic), payload)
+        let name = protocol::published(&self.name, topic);
+        let payload = match &self.signer {
+            Some(signer) => signer.sign_fresh(Kind::Publication, &name, &payload)?.0,
+            None => payload,
+        };
+        self.bus.client.notify_raw(&name, payload)
     }
 
     /// Receive what is published on this channel under topics matching
@@ -266,7 +348,7 @@ impl Channel {
         let subscription = self
             .bus
             .subscribers
-            .add(&self.name, pattern)
+            .add(&self.name, pattern, self.signer.clone())
             .on_drop(Box::new(move |channel, pattern| {
                 let _ = client.notify(protocol::UNSUBSCRIBE, &PatternArgs { channel, pattern });
             }));
@@ -279,6 +361,26 @@ impl Channel {
             .call::<_, ()>(protocol::SUBSCRIBE, &args)
             .await?;
         Ok(subscription)
+    }
+
+    /// Protect the channel with `password` (or lift the protection with
+    /// `None`); only its owner may. Members already in stay; whoever joins
+    /// later needs the password. Returns once the broker confirms.
+    pub async fn set_password(&mut self, password: Option<&str>) -> Result<()> {
+        let keys = match password {
+            Some(password) => Some(derive(&self.name, password).await?),
+            None => None,
+        };
+        let args = PasswordArgs {
+            channel: self.name.clone(),
+            key: keys.as_ref().map(|k| hex::encode(k.join_key())),
+        };
+        self.bus
+            .client
+            .call::<_, ()>(protocol::SET_PASSWORD, &args)
+            .await?;
+        self.signer = keys.map(|k| Arc::new(Signer::new(&k, &self.name)));
+        Ok(())
     }
 
     /// The channel's owner, members and providers, as the broker sees them.

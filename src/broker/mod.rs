@@ -33,9 +33,11 @@
 //! ```
 
 mod client;
+mod keys;
 mod outlet;
 mod protocol;
 mod service;
+mod signing;
 mod state;
 mod subscription;
 mod topic;
@@ -46,6 +48,7 @@ use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Transport};
 use futures::future::BoxFuture;
 
 pub use client::{BrokerClient, Channel};
+pub use keys::ChannelKeys;
 pub use protocol::{check_channel_name, ChannelInfo, MAX_CHANNEL_NAME};
 pub use state::DEFAULT_SUBSCRIBER_QUEUE;
 pub use subscription::{Event, Publication, Subscription};

@@ -25,6 +25,10 @@ pub(crate) const PROVIDE: &str = "busline.provide";
 pub(crate) const UNPROVIDE: &str = "busline.unprovide";
 /// Describe a channel: owner, members, providers.
 pub(crate) const DESCRIBE: &str = "busline.describe";
+/// A nonce for proving knowledge of a channel's password.
+pub(crate) const CHALLENGE: &str = "busline.challenge";
+/// Protect a channel with a password, or lift the protection (owner only).
+pub(crate) const SET_PASSWORD: &str = "busline.set_password";
 /// Receive publications matching a pattern.
 pub(crate) const SUBSCRIBE: &str = "busline.subscribe";
 /// Stop receiving them.
@@ -39,6 +43,41 @@ pub const MAX_CHANNEL_NAME: usize = 256;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ChannelArgs {
     pub(crate) channel: String,
+}
+
+/// Arguments of [`OPEN`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OpenArgs {
+    pub(crate) channel: String,
+    /// Hex proof of the password, for the nonce of the last [`CHALLENGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) proof: Option<String>,
+    /// Hex join key to protect the channel with, if this opens it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<String>,
+}
+
+/// The answer to [`CHALLENGE`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Challenge {
+    /// Hex nonce, good for one [`OPEN`] of that channel on this connection.
+    pub(crate) nonce: String,
+}
+
+/// Arguments of [`SET_PASSWORD`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PasswordArgs {
+    pub(crate) channel: String,
+    /// Hex join key; none lifts the protection.
+    pub(crate) key: Option<String>,
+}
+
+/// A 32-byte value sent as hex.
+pub(crate) fn key_from_hex(what: &str, text: &str) -> Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text, &mut key)
+        .map_err(|e| Error::Serialization(format!("{what} must be 64 hex digits: {e}")))?;
+    Ok(key)
 }
 
 /// The answer to [`OPEN`].
@@ -83,6 +122,8 @@ pub struct ChannelInfo {
     pub methods: Vec<(String, Vec<u64>)>,
     /// Each subscription: connection id and pattern.
     pub subscriptions: Vec<(u64, String)>,
+    /// Whether joining takes the password.
+    pub protected: bool,
 }
 
 /// Check a channel name: not empty, at most [`MAX_CHANNEL_NAME`] bytes, no

@@ -9,7 +9,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use tower::service_fn;
 
 use super::{
-    protocol::{self, ChannelArgs, MethodArgs, Opened, PatternArgs, Routed},
+    protocol::{
+        self, key_from_hex, Challenge, ChannelArgs, MethodArgs, OpenArgs, Opened, PasswordArgs,
+        PatternArgs, Routed,
+    },
     state::State,
 };
 use crate::rpc::{CallKind, Client, Reply, Request, Router};
@@ -20,11 +23,34 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route(
             protocol::OPEN,
+            control(&state, |state, peer, args: OpenArgs| {
+                protocol::check_channel_name(&args.channel)?;
+                let proof = args
+                    .proof
+                    .map(|p| {
+                        hex::decode(p).map_err(|e| Error::Serialization(format!("proof: {e}")))
+                    })
+                    .transpose()?;
+                let key = args.key.map(|k| key_from_hex("key", &k)).transpose()?;
+                let owner = state.open(&args.channel, peer, proof.as_deref(), key)?;
+                Ok(Opened { owner })
+            }),
+        )
+        .route(
+            protocol::CHALLENGE,
             control(&state, |state, peer, args: ChannelArgs| {
                 protocol::check_channel_name(&args.channel)?;
-                Ok(Opened {
-                    owner: state.open(&args.channel, peer),
+                let nonce = state.challenge(&args.channel, peer.connection_id())?;
+                Ok(Challenge {
+                    nonce: hex::encode(nonce),
                 })
+            }),
+        )
+        .route(
+            protocol::SET_PASSWORD,
+            control(&state, |state, peer, args: PasswordArgs| {
+                let key = args.key.map(|k| key_from_hex("key", &k)).transpose()?;
+                state.set_password(&args.channel, peer.connection_id(), key)
             }),
         )
         .route(

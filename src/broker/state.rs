@@ -11,7 +11,7 @@ use std::{
 
 use busline_core::{Error, Result};
 
-use super::{outlet::Outlet, protocol::ChannelInfo, topic};
+use super::{keys, outlet::Outlet, protocol::ChannelInfo, topic};
 use crate::rpc::Client;
 
 /// Default bound on publications queued for one subscriber connection.
@@ -31,6 +31,8 @@ struct Inner {
     channels: HashMap<String, Channel>,
     /// Where each subscribing connection's publications queue up.
     outlets: HashMap<u64, Outlet>,
+    /// The open password challenge of each connection and channel.
+    nonces: HashMap<(u64, String), [u8; 32]>,
 }
 
 #[derive(Debug)]
@@ -41,6 +43,8 @@ struct Channel {
     methods: HashMap<String, Providers>,
     /// Connection and pattern of each subscription.
     subscriptions: Vec<(u64, String)>,
+    /// The join key, if the channel takes a password.
+    key: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Default)]
@@ -64,11 +68,29 @@ impl State {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `peer` joins `channel`, creating it if new; whether it owns it.
-    pub(crate) fn open(&self, channel: &str, peer: &Client) -> bool {
+    /// A fresh nonce for `peer` to prove it knows `channel`'s password
+    /// with; it replaces any earlier one and is good for one try.
+    pub(crate) fn challenge(&self, channel: &str, id: u64) -> Result<[u8; 32]> {
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::transport(std::io::Error::other(format!("no randomness: {e}"))))?;
+        self.lock().nonces.insert((id, channel.to_owned()), nonce);
+        Ok(nonce)
+    }
+
+    /// `peer` joins `channel`, creating it if new (protected by `key` if
+    /// given); whether it owns it. Joining a protected channel takes a
+    /// `proof` for the nonce of the last challenge.
+    pub(crate) fn open(
+        &self,
+        channel: &str,
+        peer: &Client,
+        proof: Option<&[u8]>,
+        key: Option<[u8; 32]>,
+    ) -> Result<bool> {
         let mut inner = self.lock();
         let id = peer.connection_id();
-        inner.peers.insert(id, peer.clone());
+        let nonce = inner.nonces.remove(&(id, channel.to_owned()));
         let ch = inner
             .channels
             .entry(channel.to_owned())
@@ -77,11 +99,41 @@ impl State {
                 members: Vec::new(),
                 methods: HashMap::new(),
                 subscriptions: Vec::new(),
+                key,
             });
         if !ch.members.contains(&id) {
+            if let Some(join_key) = &ch.key {
+                let proven = matches!((nonce, proof), (Some(nonce), Some(proof))
+                    if keys::verify_join(join_key, channel, &nonce, proof));
+                if !proven {
+                    return Err(Error::Unauthorized(format!(
+                        "channel {channel:?} takes a password, and none or a wrong one was given"
+                    )));
+                }
+            }
             ch.members.push(id);
         }
-        ch.owner == id
+        let owner = ch.owner == id;
+        inner.peers.insert(id, peer.clone());
+        Ok(owner)
+    }
+
+    /// Protect `channel` with `key`, or lift its protection; owner only.
+    pub(crate) fn set_password(&self, channel: &str, id: u64, key: Option<[u8; 32]>) -> Result<()> {
+        let mut inner = self.lock();
+        let ch = member_of(&mut inner, channel, id)?;
+        if ch.owner != id {
+            return Err(Error::Unauthorized(format!(
+                "only the owner of channel {channel:?} may change its password"
+            )));
+        }
+        ch.key = key;
+        tracing::info!(
+            channel,
+            protected = key.is_some(),
+            "channel password changed"
+        );
+        Ok(())
     }
 
     /// Fail unless connection `id` is a member of `channel`.
@@ -199,6 +251,7 @@ impl State {
     pub(crate) fn disconnected(&self, id: u64) {
         let mut inner = self.lock();
         inner.outlets.remove(&id);
+        inner.nonces.retain(|(conn, _), _| *conn != id);
         if inner.peers.remove(&id).is_none() {
             return;
         }
@@ -229,6 +282,7 @@ impl State {
             members: ch.members.clone(),
             methods,
             subscriptions: ch.subscriptions.clone(),
+            protected: ch.key.is_some(),
         })
     }
 }

@@ -11,6 +11,11 @@ use std::{
 };
 
 use busline_core::{Payload, Result};
+
+use super::{
+    protocol,
+    signing::{Kind, Signer},
+};
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -62,13 +67,20 @@ struct Local {
     id: u64,
     channel: String,
     pattern: String,
-    tx: mpsc::Sender<Publication>,
+    tx: mpsc::Sender<Result<Publication>>,
     missed: Arc<AtomicU64>,
+    /// Checks publications on a protected channel.
+    signer: Option<Arc<Signer>>,
 }
 
 impl Subscribers {
     /// A new local subscription; the broker must be told separately.
-    pub(crate) fn add(self: &Arc<Self>, channel: &str, pattern: &str) -> Subscription {
+    pub(crate) fn add(
+        self: &Arc<Self>,
+        channel: &str,
+        pattern: &str,
+        signer: Option<Arc<Signer>>,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
         let missed = Arc::new(AtomicU64::new(0));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -78,6 +90,7 @@ impl Subscribers {
             pattern: pattern.to_owned(),
             tx,
             missed: missed.clone(),
+            signer,
         });
         Subscription {
             rx,
@@ -92,17 +105,37 @@ impl Subscribers {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hand a publication to every matching subscription.
+    /// Hand a publication to every matching subscription; on a protected
+    /// channel, checked once per key (a second check would see a replay).
     pub(crate) fn deliver(&self, channel: &str, topic_name: &str, payload: &Payload) {
+        let mut checked: Vec<(*const Signer, Result<Payload>)> = Vec::new();
         for sub in self.lock().iter() {
-            if sub.channel == channel && topic::matches(&sub.pattern, topic_name) {
-                let publication = Publication {
-                    topic: topic_name.to_owned(),
-                    payload: payload.clone(),
-                };
-                if let Err(TrySendError::Full(_)) = sub.tx.try_send(publication) {
-                    sub.missed.fetch_add(1, Ordering::Relaxed);
+            if sub.channel != channel || !topic::matches(&sub.pattern, topic_name) {
+                continue;
+            }
+            let payload = match &sub.signer {
+                None => Ok(payload.clone()),
+                Some(signer) => {
+                    let key = Arc::as_ptr(signer);
+                    match checked.iter().find(|(k, _)| *k == key) {
+                        Some((_, result)) => result.clone(),
+                        None => {
+                            let name = protocol::published(channel, topic_name);
+                            let result = signer
+                                .verify(Kind::Publication, &name, None, payload)
+                                .map(|(inner, _)| inner);
+                            checked.push((key, result.clone()));
+                            result
+                        }
+                    }
                 }
+            };
+            let publication = payload.map(|payload| Publication {
+                topic: topic_name.to_owned(),
+                payload,
+            });
+            if let Err(TrySendError::Full(_)) = sub.tx.try_send(publication) {
+                sub.missed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -131,9 +164,12 @@ impl Subscribers {
 pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 
 /// Publications matching one pattern on one channel, as a stream of
-/// [`Event`]s. Dropping it unsubscribes.
+/// [`Event`]s. On a protected channel, a publication whose signature does
+/// not check (forged, altered or replayed) comes as an
+/// [`Error::Unauthorized`](busline_core::Error::Unauthorized) item instead.
+/// Dropping the subscription unsubscribes.
 pub struct Subscription {
-    rx: mpsc::Receiver<Publication>,
+    rx: mpsc::Receiver<Result<Publication>>,
     missed: Arc<AtomicU64>,
     owner: std::sync::Weak<Subscribers>,
     id: u64,
@@ -156,16 +192,18 @@ impl fmt::Debug for Subscription {
 }
 
 impl Stream for Subscription {
-    type Item = Event;
+    type Item = Result<Event>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
         // A gap is reported as soon as it is known, ahead of messages
         // still queued.
         let missed = self.missed.swap(0, Ordering::Relaxed);
         if missed > 0 {
-            return Poll::Ready(Some(Event::Lagged(missed)));
+            return Poll::Ready(Some(Ok(Event::Lagged(missed))));
         }
-        self.rx.poll_recv(cx).map(|p| p.map(Event::Message))
+        self.rx
+            .poll_recv(cx)
+            .map(|p| p.map(|p| p.map(Event::Message)))
     }
 }
 

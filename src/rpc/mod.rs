@@ -7,8 +7,9 @@
 //! - [`Client`] multiplexes calls, notifications and streams on one
 //!   connection, and is a `tower::Service<Call>` for client middleware.
 //!
-//! The wire protocol is symmetric (either end may call the other); the
-//! server-initiated direction is exposed with the JSON-RPC work.
+//! The wire protocol is symmetric: a handler calls back the client that
+//! called it through [`Request::peer`], and a client serves methods with
+//! [`ClientBuilder::serve`].
 
 mod call_stream;
 mod client;
@@ -20,6 +21,7 @@ mod stream_task;
 
 pub use call_stream::CallStream;
 pub use client::{Call, Client, ClientBuilder, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW};
+pub(crate) use handler::{StreamFn, UnaryFn};
 pub use router::{CallKind, PayloadStream, Reply, Request, Router};
 pub use server::{
     Server, ServerBuilder, ServerHandle, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
