@@ -3,7 +3,7 @@
 
 mod cli;
 
-use std::{process::ExitCode, sync::Arc};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -69,12 +69,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo => cli::demo::run().await,
             Command::Serve { url, codec, auth } => {
-                cli::serve(&url, &codec, Arc::from(auth.authenticator()?)).await
+                cli::serve(&url, &codec, auth.authenticator()?).await
             }
-            Command::Broker { broker, auth } => {
-                cli::broker(broker, Arc::from(auth.authenticator()?)).await
-            }
-            Command::Call { call, auth } => cli::call(call, Arc::from(auth.authenticator()?)).await,
+            Command::Broker { broker, auth } => cli::broker(broker, auth.authenticator()?).await,
+            Command::Call { call, auth } => cli::call(call, auth.authenticator()?).await,
         }
     });
     match result {

@@ -784,3 +784,75 @@ async fn tampering_is_detected() {
     assert_eq!(honest.call::<_, String>("echo", &"ok").await.unwrap(), "ok");
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_peer_credentials_admit_or_refuse() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Our own uid, as the owner of a file we just made.
+    let me = std::fs::metadata(dir.path()).unwrap().uid();
+    let nobody = u32::MAX - 7;
+    let mine = Address::unix(dir.path().join("mine.sock"));
+    let theirs = Address::unix(dir.path().join("theirs.sock"));
+    let broker = Broker::builder()
+        .listen_with(
+            UnixTransport::new(),
+            mine.clone(),
+            CborCodec::new(),
+            busline::PeerAllowList::new().allow_uid(me),
+        )
+        .listen_with(
+            UnixTransport::new(),
+            theirs.clone(),
+            JsonRpcCodec::new(),
+            busline::PeerAllowList::new().allow_uid(nobody),
+        )
+        .listen_with(
+            TcpTransport::new(),
+            Address::tcp("127.0.0.1", 0),
+            CborCodec::new(),
+            busline::PeerAllowList::new().allow_uid(me),
+        )
+        .start()
+        .await
+        .unwrap();
+    let ok = BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &UnixTransport::new(),
+        &mine,
+    )
+    .await
+    .unwrap();
+    ok.open("local").await.unwrap();
+
+    // JSON-RPC has no handshake: the refusal answers the first call.
+    let refused = match BrokerClient::connect(
+        Client::builder(JsonRpcCodec::new()),
+        &UnixTransport::new(),
+        &theirs,
+    )
+    .await
+    {
+        Ok(c) => c.open("local").await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(refused, Error::Unauthorized(ref m) if m.contains("not allowed")),
+        "{refused:?}"
+    );
+
+    // TCP carries no credentials, so the list refuses it outright.
+    let tcp = broker.local_addrs()[2].clone();
+    let err = BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &TcpTransport::new(),
+        &tcp,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("credentials")),
+        "{err:?}"
+    );
+    broker.shutdown().await;
+}

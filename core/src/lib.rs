@@ -35,7 +35,7 @@ mod transport;
 
 pub use address::{Address, Endpoint};
 pub use auth::{
-    handshake, AuthChannel, Authenticator, Identity, NoAuth, SharedSecret,
+    handshake, AuthChannel, Authenticator, Identity, NoAuth, PeerAllowList, SharedSecret,
     DEFAULT_HANDSHAKE_TIMEOUT,
 };
 pub use codec::{Codec, DEFAULT_MAX_FRAME_SIZE};

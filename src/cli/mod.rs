@@ -11,7 +11,7 @@ use busline::{
     broker::{Broker, BrokerClient},
     codec::AnyCodec,
     rpc::{Client, Server},
-    Address, Authenticator, Encoding, Error, NoAuth, Payload, Result, SharedSecret,
+    Address, Authenticator, Encoding, Error, NoAuth, Payload, PeerAllowList, Result, SharedSecret,
 };
 use futures::StreamExt;
 
@@ -22,14 +22,31 @@ pub(crate) struct AuthArgs {
     /// shared secret in this file.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// Serving on a Unix socket: admit only peers running as this user id
+    /// (repeatable; with --allow-gid, either one admits).
+    #[arg(long, value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// Serving on a Unix socket: admit only peers in this primary group.
+    #[arg(long, value_name = "GID")]
+    allow_gid: Vec<u32>,
 }
 
 impl AuthArgs {
-    pub(crate) fn authenticator(&self) -> Result<Box<dyn Authenticator>> {
-        Ok(match &self.secret_file {
-            Some(path) => Box::new(SharedSecret::from_file(path)?),
-            None => Box::new(NoAuth),
-        })
+    pub(crate) fn authenticator(&self) -> Result<Arc<dyn Authenticator>> {
+        let inner: Arc<dyn Authenticator> = match &self.secret_file {
+            Some(path) => Arc::new(SharedSecret::from_file(path)?),
+            None => Arc::new(NoAuth),
+        };
+        if self.allow_uid.is_empty() && self.allow_gid.is_empty() {
+            return Ok(inner);
+        }
+        let list = self
+            .allow_uid
+            .iter()
+            .fold(PeerAllowList::wrapping(inner), |l, &u| l.allow_uid(u));
+        Ok(Arc::new(
+            self.allow_gid.iter().fold(list, |l, &g| l.allow_gid(g)),
+        ))
     }
 }
 

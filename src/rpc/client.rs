@@ -62,6 +62,7 @@ impl Call {
 
 struct Shared {
     connection_id: u64,
+    closed: CloseReason,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
     in_flight: Arc<Semaphore>,
@@ -119,9 +120,9 @@ impl Drop for CancelGuard {
     }
 }
 
-fn disconnected() -> Error {
-    Error::Disconnected("the connection is closed".into())
-}
+/// Why a connection closed, once it has: set by its connection task, read
+/// by handles whose calls find it gone.
+pub(crate) type CloseReason = Arc<std::sync::OnceLock<Error>>;
 
 impl Client {
     /// Start configuring a client that speaks `codec`.
@@ -144,6 +145,16 @@ impl Client {
             shared: self.shared.clone(),
             timeout: timeout.into(),
         }
+    }
+
+    /// The error for a call that finds the connection gone: why it closed,
+    /// if known.
+    fn gone(&self) -> Error {
+        self.shared
+            .closed
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Error::Disconnected("the connection is closed".into()))
     }
 
     /// Whether the connection is gone.
@@ -189,7 +200,7 @@ impl Client {
         self.shared
             .commands
             .send(Command::Call { id, msg, reply })
-            .map_err(|_| disconnected())?;
+            .map_err(|_| self.gone())?;
         let mut guard = CancelGuard {
             id,
             commands: self.shared.commands.clone(),
@@ -202,7 +213,7 @@ impl Client {
                 .map_err(|_| Error::Timeout(limit))?,
         };
         guard.armed = false;
-        answer.unwrap_or_else(|_| Err(disconnected()))
+        answer.unwrap_or_else(|_| Err(self.gone()))
     }
 
     /// Call `method` as a notification: no reply is sent, not even on error.
@@ -219,7 +230,7 @@ impl Client {
                 method: method.to_string(),
                 payload,
             }))
-            .map_err(|_| disconnected())
+            .map_err(|_| self.gone())
     }
 
     /// Wait until everything sent so far (notifications included) is
@@ -229,8 +240,8 @@ impl Client {
         self.shared
             .commands
             .send(Command::Flush(done))
-            .map_err(|_| disconnected())?;
-        written.await.map_err(|_| disconnected())
+            .map_err(|_| self.gone())?;
+        written.await.map_err(|_| self.gone())
     }
 
     /// Open a server stream; items arrive as the returned stream is read.
@@ -269,7 +280,7 @@ impl Client {
                 credit: window,
                 items,
             })
-            .map_err(|_| disconnected())?;
+            .map_err(|_| self.gone())?;
         let guard = CancelGuard {
             id,
             commands: self.shared.commands.clone(),
@@ -288,14 +299,14 @@ impl Client {
 
     async fn permit(&self) -> Result<OwnedSemaphorePermit> {
         if self.is_closed() {
-            return Err(disconnected());
+            return Err(self.gone());
         }
         self.shared
             .in_flight
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| disconnected())
+            .map_err(|_| self.gone())
     }
 }
 
@@ -312,7 +323,7 @@ impl Service<Call> for Client {
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
         if self.is_closed() {
-            Poll::Ready(Err(disconnected()))
+            Poll::Ready(Err(self.gone()))
         } else {
             Poll::Ready(Ok(()))
         }
@@ -439,9 +450,11 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             max_handlers: self.max_in_flight,
             shutdown: CancellationToken::new(),
             peer: WeakClient::default(),
+            closed: CloseReason::default(),
         };
         let client = Client::new(
             commands.clone(),
+            setup.closed.clone(),
             encoding,
             self.max_in_flight,
             self.stream_window,
@@ -459,6 +472,7 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
 impl Client {
     pub(crate) fn new(
         commands: mpsc::UnboundedSender<Command>,
+        closed: CloseReason,
         encoding: Encoding,
         max_in_flight: usize,
         stream_window: u32,
@@ -468,6 +482,7 @@ impl Client {
         Client {
             shared: Arc::new(Shared {
                 connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+                closed,
                 commands,
                 next_id: AtomicU64::new(1),
                 in_flight: Arc::new(Semaphore::new(max_in_flight)),

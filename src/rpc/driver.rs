@@ -32,7 +32,7 @@ use tokio_util::{
 };
 
 use super::{
-    client::WeakClient,
+    client::{CloseReason, WeakClient},
     router::{CallKind, Reply, Request, Router},
     stream_task,
 };
@@ -96,6 +96,8 @@ pub(crate) struct Setup {
     pub(crate) shutdown: CancellationToken,
     /// The calling side of this connection, for handlers to call back.
     pub(crate) peer: WeakClient,
+    /// Where the reason the connection closed is left for its handles.
+    pub(crate) closed: CloseReason,
 }
 
 type CallFuture = BoxFuture<'static, (u64, Option<Message>)>;
@@ -123,6 +125,7 @@ pub(crate) struct Driver<I, C> {
     flushed: Vec<oneshot::Sender<()>>,
 
     peer: WeakClient,
+    closed: CloseReason,
     reading: bool,
     closing: Option<Error>,
     needs_flush: bool,
@@ -153,6 +156,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             streams: HashMap::new(),
             flushed: Vec::new(),
             peer: setup.peer,
+            closed: setup.closed,
             reading: true,
             closing: None,
             needs_flush: false,
@@ -194,6 +198,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             };
             self.outbox.push_back(Message::Close { error });
         }
+        let _ = self.closed.set(err.clone());
         self.closing = Some(err);
     }
 
@@ -638,6 +643,7 @@ impl<I, C> Drop for Driver<I, C> {
             .closing
             .take()
             .unwrap_or_else(|| Error::Disconnected("connection task stopped".into()));
+        let _ = self.closed.set(err.clone());
         for (_, pending) in self.pending.drain() {
             pending.fail(err.clone());
         }

@@ -11,6 +11,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::{codec::Framed, sync::CancellationToken};
 
 use super::{
+    client::CloseReason,
     driver::{Driver, Setup},
     Client, Router, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW,
 };
@@ -199,10 +200,12 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
                 }
             };
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
+        let closed = CloseReason::default();
         // Handlers call the client back through this; it lives as long as
         // the connection.
         let peer = Client::new(
             commands.clone(),
+            closed.clone(),
             self.codec.payload_encoding(),
             DEFAULT_MAX_IN_FLIGHT,
             DEFAULT_STREAM_WINDOW,
@@ -215,6 +218,7 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             max_handlers: self.max_handlers,
             shutdown,
             peer: peer.downgrade(),
+            closed,
         };
         Driver::new(framed, rx, &commands, setup).await;
         if let Some(hook) = &self.on_disconnect {

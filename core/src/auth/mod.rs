@@ -8,8 +8,10 @@
 //! refused. A scheme mismatch is therefore a clear `Unauthorized` error on
 //! both sides, never a hang, and the whole exchange is bounded by a timeout.
 
+mod peer_allow_list;
 mod shared_secret;
 
+pub use peer_allow_list::PeerAllowList;
 pub use shared_secret::SharedSecret;
 
 use std::time::Duration;
@@ -188,13 +190,20 @@ pub mod handshake {
         peer: PeerInfo,
         timeout: Duration,
     ) -> Result<Identity> {
-        // Without a hello (JSON-RPC, no authentication) calls flow at once.
+        // Without a hello (JSON-RPC, no secret to exchange) calls flow at
+        // once, after the checks that need no messages (peer credentials).
         if framed.codec().hello_optional() && auth.scheme() == NoAuth.scheme() {
-            return Ok(Identity {
-                scheme: NoAuth.scheme().into(),
-                subject: None,
-                peer,
-            });
+            let checked =
+                tokio::time::timeout(timeout, auth.server(&mut FramedChannel { framed }, peer))
+                    .await
+                    .unwrap_or(Err(Error::Timeout(timeout)));
+            if let Err(e) = &checked {
+                let close = Message::Close {
+                    error: Some(e.to_remote()),
+                };
+                let _ = tokio::time::timeout(timeout, framed.send(close)).await;
+            }
+            return checked;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let late = || Error::Unauthorized(format!("handshake not completed within {timeout:?}"));
