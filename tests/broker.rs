@@ -390,9 +390,22 @@ async fn owners_members_and_sends() {
         "hello"
     );
 
-    // The owner leaves: the oldest remaining member owns the channel.
+    // The owner leaves: the oldest remaining member owns the channel, and
+    // is told.
+    let mut events = second.events();
     drop(a);
     drop(first);
+    let told = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        told,
+        busline::broker::ChannelEvent::OwnerChanged {
+            channel: "room".into(),
+            you_own_it: true
+        }
+    );
     let after = loop {
         let info = b.describe().await.unwrap();
         if info.members.len() == 1 {
@@ -855,4 +868,66 @@ async fn unix_peer_credentials_admit_or_refuse() {
         "{err:?}"
     );
     broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_policy_closes_the_channel_when_its_owner_leaves() {
+    let s = Setup::start().await;
+    let owner = s.client(0).await;
+    let ch = owner.open("temp").await.unwrap();
+    ch.set_policy(busline::broker::OwnerPolicy::Terminate)
+        .await
+        .unwrap();
+    let provider = s.client(1).await;
+    let (started_tx, started) = oneshot::channel();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    provider
+        .open("temp")
+        .await
+        .unwrap()
+        .provide("wait", move |(): ()| {
+            if let Some(tx) = started_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, String>(())
+            }
+        })
+        .await
+        .unwrap();
+    let caller = s.client(2).await;
+    let member = caller.open("temp").await.unwrap();
+    // Only the owner sets the policy.
+    let err = member
+        .set_policy(busline::broker::OwnerPolicy::Promote)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("owner")),
+        "{err:?}"
+    );
+
+    let mut events = caller.events();
+    let waiting = tokio::spawn(async move { member.call::<_, ()>("wait", &()).await });
+    started.await.unwrap();
+    drop(ch);
+    drop(owner);
+
+    let err = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Disconnected(ref m) if m.contains("closed")),
+        "{err:?}"
+    );
+    match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+        Ok(Some(busline::broker::ChannelEvent::Closed { channel, .. })) => {
+            assert_eq!(channel, "temp")
+        }
+        other => panic!("members are told: {other:?}"),
+    }
+    s.broker.shutdown().await;
 }

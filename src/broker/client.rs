@@ -15,8 +15,8 @@ use tower::service_fn;
 use super::{
     keys::ChannelKeys,
     protocol::{
-        self, Challenge, ChannelArgs, ChannelInfo, Lagged, MethodArgs, OpenArgs, Opened,
-        PasswordArgs, PatternArgs, Routed,
+        self, Challenge, ChannelArgs, ChannelEvent, ChannelInfo, Lagged, MethodArgs, OpenArgs,
+        Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed,
     },
     signing::{Kind, Signer, Verified},
     subscription::{Subscribers, Subscription},
@@ -32,7 +32,11 @@ pub struct BrokerClient {
     /// forwards; changed as `provide` is called.
     provided: Arc<RwLock<Router>>,
     subscribers: Arc<Subscribers>,
+    events: tokio::sync::broadcast::Sender<ChannelEvent>,
 }
+
+/// Channel events kept for a slow [`BrokerClient::events`] reader.
+const EVENT_BACKLOG: usize = 1024;
 
 impl fmt::Debug for BrokerClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,10 +56,18 @@ impl BrokerClient {
     ) -> Result<Self> {
         let provided = Arc::new(RwLock::new(Router::new()));
         let subscribers = Arc::new(Subscribers::default());
-        let (table, subs) = (provided.clone(), subscribers.clone());
+        let (events, _) = tokio::sync::broadcast::channel(EVENT_BACKLOG);
+        let (table, subs, told) = (provided.clone(), subscribers.clone(), events.clone());
         let serve = Router::new().fallback(service_fn(move |req: Request| {
             if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(&req.method) {
                 subs.deliver(channel, topic, &req.payload);
+                return done();
+            }
+            if req.method == protocol::EVENT {
+                match req.arguments::<ChannelEvent>() {
+                    Ok(event) => drop(told.send(event)),
+                    Err(e) => tracing::warn!(error = %e, "unreadable channel event"),
+                }
                 return done();
             }
             if req.method == protocol::LAGGED {
@@ -74,6 +86,7 @@ impl BrokerClient {
             client,
             provided,
             subscribers,
+            events,
         })
     }
 
@@ -117,6 +130,23 @@ impl BrokerClient {
             owner: opened.owner,
             signer: keys.map(|k| Arc::new(Signer::new(&k, channel))),
         })
+    }
+
+    /// What the broker says about this client's channels from now on:
+    /// ownership changes and closures.
+    pub fn events(&self) -> futures::stream::BoxStream<'static, ChannelEvent> {
+        let rx = self.events.subscribe();
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "channel events were not read in time");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }))
     }
 
     /// The underlying RPC client.
@@ -381,6 +411,18 @@ impl Channel {
             .await?;
         self.signer = keys.map(|k| Arc::new(Signer::new(&k, &self.name)));
         Ok(())
+    }
+
+    /// Choose what happens when the owner leaves; only the owner may.
+    pub async fn set_policy(&self, policy: OwnerPolicy) -> Result<()> {
+        let args = PolicyArgs {
+            channel: self.name.clone(),
+            policy,
+        };
+        self.bus
+            .client
+            .call::<_, ()>(protocol::SET_POLICY, &args)
+            .await
     }
 
     /// The channel's owner, members and providers, as the broker sees them.

@@ -29,6 +29,10 @@ pub(crate) const DESCRIBE: &str = "busline.describe";
 pub(crate) const CHALLENGE: &str = "busline.challenge";
 /// Protect a channel with a password, or lift the protection (owner only).
 pub(crate) const SET_PASSWORD: &str = "busline.set_password";
+/// Choose what happens when the owner leaves (owner only).
+pub(crate) const SET_POLICY: &str = "busline.set_policy";
+/// From the broker: something happened to a channel (a [`ChannelEvent`]).
+pub(crate) const EVENT: &str = "busline.event";
 /// Receive publications matching a pattern.
 pub(crate) const SUBSCRIBE: &str = "busline.subscribe";
 /// Stop receiving them.
@@ -108,6 +112,45 @@ pub(crate) struct Lagged {
     pub(crate) missed: u64,
 }
 
+/// What happens to a channel when its owner leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerPolicy {
+    /// The oldest remaining member becomes the owner (the default).
+    #[default]
+    Promote,
+    /// The channel closes: members are told, calls in flight through it
+    /// fail with [`Error::Disconnected`].
+    Terminate,
+}
+
+/// Arguments of [`SET_POLICY`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PolicyArgs {
+    pub(crate) channel: String,
+    pub(crate) policy: OwnerPolicy,
+}
+
+/// What the broker tells members about their channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ChannelEvent {
+    /// The owner left and another member owns the channel now.
+    OwnerChanged {
+        /// The channel.
+        channel: String,
+        /// Whether the member told is the new owner.
+        you_own_it: bool,
+    },
+    /// The channel was closed; the member is no longer in it.
+    Closed {
+        /// The channel.
+        channel: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// A channel as [`DESCRIBE`] reports it. Clients appear as the broker's
 /// numbers for their connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +167,8 @@ pub struct ChannelInfo {
     pub subscriptions: Vec<(u64, String)>,
     /// Whether joining takes the password.
     pub protected: bool,
+    /// What happens when the owner leaves.
+    pub policy: OwnerPolicy,
 }
 
 /// Check a channel name: not empty, at most [`MAX_CHANNEL_NAME`] bytes, no

@@ -11,7 +11,7 @@ use tower::service_fn;
 use super::{
     protocol::{
         self, key_from_hex, Challenge, ChannelArgs, MethodArgs, OpenArgs, Opened, PasswordArgs,
-        PatternArgs, Routed,
+        PatternArgs, PolicyArgs, Routed,
     },
     state::State,
 };
@@ -71,6 +71,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             control(&state, |state, peer, args: MethodArgs| {
                 state.unprovide(&args.channel, &args.method, peer.connection_id());
                 Ok(())
+            }),
+        )
+        .route(
+            protocol::SET_POLICY,
+            control(&state, |state, peer, args: PolicyArgs| {
+                state.set_policy(&args.channel, peer.connection_id(), args.policy)
             }),
         )
         .route(
@@ -142,7 +148,17 @@ fn caller(req: &Request) -> Result<Client> {
 /// Deliver a routed call or publication.
 async fn route(state: &State, req: Request) -> Result<Reply> {
     match protocol::parse_routed(&req.method) {
-        Some(Routed::Method { channel, method }) => forward(state, channel, method, &req).await,
+        Some(Routed::Method { channel, method }) => {
+            let closing = state.closing(channel).ok_or_else(|| {
+                Error::Unauthorized(format!("no channel {channel:?}: open it first"))
+            })?;
+            tokio::select! {
+                answer = forward(state, channel, method, &req) => answer,
+                () = closing.cancelled() => Err(Error::Disconnected(format!(
+                    "channel {channel:?} was closed while the call was in flight"
+                ))),
+            }
+        }
         Some(Routed::Topic { channel, topic }) => {
             let publisher = caller(&req)?.connection_id();
             let outlets = state.audience(channel, topic, publisher)?;

@@ -11,7 +11,15 @@ use std::{
 
 use busline_core::{Error, Result};
 
-use super::{keys, outlet::Outlet, protocol::ChannelInfo, topic};
+use busline_core::Payload;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    keys,
+    outlet::Outlet,
+    protocol::{self, ChannelEvent, ChannelInfo, OwnerPolicy},
+    topic,
+};
 use crate::rpc::Client;
 
 /// Default bound on publications queued for one subscriber connection.
@@ -45,6 +53,9 @@ struct Channel {
     subscriptions: Vec<(u64, String)>,
     /// The join key, if the channel takes a password.
     key: Option<[u8; 32]>,
+    policy: OwnerPolicy,
+    /// Cancelled when the channel closes, failing calls in flight.
+    closed: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +111,8 @@ impl State {
                 methods: HashMap::new(),
                 subscriptions: Vec::new(),
                 key,
+                policy: OwnerPolicy::default(),
+                closed: CancellationToken::new(),
             });
         if !ch.members.contains(&id) {
             if let Some(join_key) = &ch.key {
@@ -121,12 +134,7 @@ impl State {
     /// Protect `channel` with `key`, or lift its protection; owner only.
     pub(crate) fn set_password(&self, channel: &str, id: u64, key: Option<[u8; 32]>) -> Result<()> {
         let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, id)?;
-        if ch.owner != id {
-            return Err(Error::Unauthorized(format!(
-                "only the owner of channel {channel:?} may change its password"
-            )));
-        }
+        let ch = owned_by(&mut inner, channel, id, "password")?;
         ch.key = key;
         tracing::info!(
             channel,
@@ -143,6 +151,21 @@ impl State {
             Some(ch) if ch.members.contains(&id) => Ok(()),
             _ => Err(not_member(channel)),
         }
+    }
+
+    /// Set what happens when `channel`'s owner leaves; owner only.
+    pub(crate) fn set_policy(&self, channel: &str, id: u64, policy: OwnerPolicy) -> Result<()> {
+        let mut inner = self.lock();
+        owned_by(&mut inner, channel, id, "policy")?.policy = policy;
+        Ok(())
+    }
+
+    /// A token cancelled when `channel` closes.
+    pub(crate) fn closing(&self, channel: &str) -> Option<CancellationToken> {
+        self.lock()
+            .channels
+            .get(channel)
+            .map(|ch| ch.closed.clone())
     }
 
     /// Connection `peer` receives publications on `channel` whose topic
@@ -283,7 +306,32 @@ impl State {
             methods,
             subscriptions: ch.subscriptions.clone(),
             protected: ch.key.is_some(),
+            policy: ch.policy,
         })
+    }
+}
+
+fn owned_by<'a>(
+    inner: &'a mut Inner,
+    channel: &str,
+    id: u64,
+    what: &str,
+) -> Result<&'a mut Channel> {
+    let ch = member_of(inner, channel, id)?;
+    if ch.owner != id {
+        return Err(Error::Unauthorized(format!(
+            "only the owner of channel {channel:?} may change its {what}"
+        )));
+    }
+    Ok(ch)
+}
+
+/// Tell connection `id` about `event` (best effort: it may be leaving).
+fn tell(inner: &Inner, id: u64, event: &ChannelEvent) {
+    if let Some(peer) = inner.peers.get(&id) {
+        if let Ok(payload) = Payload::encode(peer.encoding(), event) {
+            let _ = peer.notify_raw(protocol::EVENT, payload);
+        }
     }
 }
 
@@ -305,19 +353,44 @@ fn leave(inner: &mut Inner, channel: &str, id: u64) {
     for method in methods {
         remove_provider(ch, &method, id);
     }
-    match ch.members.first() {
-        None => {
-            inner.channels.remove(channel);
+    let owner_left = ch.owner == id;
+    match (ch.members.first().copied(), ch.policy) {
+        (None, _) => {
+            if let Some(ch) = inner.channels.remove(channel) {
+                ch.closed.cancel();
+            }
         }
-        Some(&oldest) if ch.owner == id => {
+        (Some(_), OwnerPolicy::Terminate) if owner_left => {
+            tracing::info!(channel, "owner left; channel terminated");
+            let Some(ch) = inner.channels.remove(channel) else {
+                return;
+            };
+            ch.closed.cancel();
+            let event = ChannelEvent::Closed {
+                channel: channel.to_owned(),
+                reason: "its owner left, and its policy is terminate".into(),
+            };
+            for member in &ch.members {
+                tell(inner, *member, &event);
+            }
+        }
+        (Some(oldest), OwnerPolicy::Promote) if owner_left => {
             tracing::info!(
                 channel,
                 owner = oldest,
                 "owner left; oldest member promoted"
             );
             ch.owner = oldest;
+            let members = ch.members.clone();
+            for member in members {
+                let event = ChannelEvent::OwnerChanged {
+                    channel: channel.to_owned(),
+                    you_own_it: member == oldest,
+                };
+                tell(inner, member, &event);
+            }
         }
-        Some(_) => {}
+        (Some(_), _) => {}
     }
 }
 
