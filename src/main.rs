@@ -41,6 +41,28 @@ enum Command {
         #[command(flatten)]
         auth: cli::AuthArgs,
     },
+    /// Publish a JSON message on a broker channel's topic.
+    Pub {
+        #[command(flatten)]
+        args: cli::bus::PubArgs,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
+    /// Print what is published on a broker channel, one JSON line each.
+    Sub {
+        #[command(flatten)]
+        args: cli::bus::SubArgs,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
+    /// Print a broker's clients and channels (owners, providers,
+    /// subscriptions) as JSON.
+    Status {
+        #[command(flatten)]
+        args: cli::bus::BusArgs,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
     /// Call a method and print its JSON result (or each item of a stream).
     Call {
         #[command(flatten)]
@@ -72,6 +94,9 @@ fn main() -> ExitCode {
                 cli::serve(&url, &codec, auth.authenticator()?).await
             }
             Command::Broker { broker, auth } => cli::broker(broker, auth.authenticator()?).await,
+            Command::Pub { args, auth } => cli::bus::publish(args, auth.authenticator()?).await,
+            Command::Sub { args, auth } => cli::bus::subscribe(args, auth.authenticator()?).await,
+            Command::Status { args, auth } => cli::bus::status(args, auth.authenticator()?).await,
             Command::Call { call, auth } => cli::call(call, auth.authenticator()?).await,
         }
     });

@@ -201,6 +201,57 @@ fn broker_and_call_through_a_channel() {
     ]);
     let unknown = busline(&["call", &tcp, "mul", "[2, 40]", "--channel", "math"]);
     let bad = busline(&["call", &tcp, "add", "[1, 1]", "--channel", "a/b"]);
+
+    // pub, sub and status.
+    let mut sub = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["sub", &unix, "news", "sensors.>", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sub starts");
+    let subscribed = (0..200).any(|_| {
+        let status = busline(&["status", &unix]);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        text.contains("sensors.>") || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(
+        subscribed,
+        "the subscription never showed in busline status"
+    );
+    let status = String::from_utf8_lossy(&busline(&["status", &unix]).stdout).into_owned();
+    assert!(
+        status.contains("\"math\"") && status.contains("\"add\""),
+        "{status}"
+    );
+    for n in [1, 2] {
+        let out = busline(&[
+            "pub",
+            &tcp,
+            "news",
+            "sensors.temp",
+            &format!("{{\"n\":{n}}}"),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // Read what `sub` prints, but never wait for it forever.
+    let mut stdout = sub.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        let _ = tx.send(text);
+    });
+    let printed = rx.recv_timeout(std::time::Duration::from_secs(30));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    assert_eq!(
+        printed.expect("sub exits after two messages"),
+        "{\"topic\":\"sensors.temp\",\"message\":{\"n\":1}}\n{\"topic\":\"sensors.temp\",\"message\":{\"n\":2}}\n"
+    );
+    fails_with(&["pub", &unix, "news", "bad..topic", "1"], "empty token");
     drop(guard);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");

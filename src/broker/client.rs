@@ -149,6 +149,11 @@ impl BrokerClient {
         }))
     }
 
+    /// Every client and unprotected channel of the broker.
+    pub async fn status(&self) -> Result<super::BrokerStatus> {
+        self.client.call(protocol::STATUS, &()).await
+    }
+
     /// The underlying RPC client.
     pub fn client(&self) -> &Client {
         &self.client

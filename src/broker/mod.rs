@@ -49,7 +49,9 @@ use futures::future::BoxFuture;
 
 pub use client::{BrokerClient, Channel};
 pub use keys::ChannelKeys;
-pub use protocol::{check_channel_name, ChannelEvent, ChannelInfo, OwnerPolicy, MAX_CHANNEL_NAME};
+pub use protocol::{
+    check_channel_name, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy, MAX_CHANNEL_NAME,
+};
 pub use state::DEFAULT_SUBSCRIBER_QUEUE;
 pub use subscription::{Event, Publication, Subscription};
 pub use topic::{check_pattern, check_topic, matches as topic_matches, MAX_TOPIC};

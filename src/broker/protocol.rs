@@ -25,6 +25,8 @@ pub(crate) const PROVIDE: &str = "busline.provide";
 pub(crate) const UNPROVIDE: &str = "busline.unprovide";
 /// Describe a channel: owner, members, providers.
 pub(crate) const DESCRIBE: &str = "busline.describe";
+/// The whole broker: clients and every unprotected channel.
+pub(crate) const STATUS: &str = "busline.status";
 /// A nonce for proving knowledge of a channel's password.
 pub(crate) const CHALLENGE: &str = "busline.challenge";
 /// Protect a channel with a password, or lift the protection (owner only).
@@ -110,6 +112,18 @@ pub(crate) struct PatternArgs {
 pub(crate) struct Lagged {
     pub(crate) channel: String,
     pub(crate) missed: u64,
+}
+
+/// The broker as [`STATUS`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    /// Connections that have joined a channel.
+    pub clients: usize,
+    /// Every channel without a password, by name; protected ones are only
+    /// counted, as their members may not want to be seen.
+    pub channels: Vec<ChannelInfo>,
+    /// Channels with a password.
+    pub protected_channels: usize,
 }
 
 /// What happens to a channel when its owner leaves.

@@ -101,6 +101,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                     .ok_or_else(|| Error::MethodNotFound(format!("channel {:?}", args.channel)))
             }),
         )
+        .route(
+            protocol::STATUS,
+            control(&state, |state, _, (): ()| Ok(state.status())),
+        )
         .fallback(service_fn(move |req: Request| {
             let state = routed.clone();
             async move { route(&state, req).await }

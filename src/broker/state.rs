@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     keys,
     outlet::Outlet,
-    protocol::{self, ChannelEvent, ChannelInfo, OwnerPolicy},
+    protocol::{self, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy},
     topic,
 };
 use crate::rpc::Client;
@@ -289,25 +289,45 @@ impl State {
         }
     }
 
+    /// Every client and unprotected channel.
+    pub(crate) fn status(&self) -> BrokerStatus {
+        let inner = self.lock();
+        let mut channels: Vec<ChannelInfo> = inner
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.key.is_none())
+            .map(|(name, ch)| info(name, ch))
+            .collect();
+        channels.sort_by(|a, b| a.name.cmp(&b.name));
+        BrokerStatus {
+            clients: inner.peers.len(),
+            protected_channels: inner.channels.len() - channels.len(),
+            channels,
+        }
+    }
+
     /// What `channel` looks like now.
     pub(crate) fn describe(&self, channel: &str) -> Option<ChannelInfo> {
         let inner = self.lock();
-        let ch = inner.channels.get(channel)?;
-        let mut methods: Vec<(String, Vec<u64>)> = ch
-            .methods
-            .iter()
-            .map(|(m, p)| (m.clone(), p.conns.clone()))
-            .collect();
-        methods.sort();
-        Some(ChannelInfo {
-            name: channel.to_owned(),
-            owner: ch.owner,
-            members: ch.members.clone(),
-            methods,
-            subscriptions: ch.subscriptions.clone(),
-            protected: ch.key.is_some(),
-            policy: ch.policy,
-        })
+        inner.channels.get(channel).map(|ch| info(channel, ch))
+    }
+}
+
+fn info(channel: &str, ch: &Channel) -> ChannelInfo {
+    let mut methods: Vec<(String, Vec<u64>)> = ch
+        .methods
+        .iter()
+        .map(|(m, p)| (m.clone(), p.conns.clone()))
+        .collect();
+    methods.sort();
+    ChannelInfo {
+        name: channel.to_owned(),
+        owner: ch.owner,
+        members: ch.members.clone(),
+        methods,
+        subscriptions: ch.subscriptions.clone(),
+        protected: ch.key.is_some(),
+        policy: ch.policy,
     }
 }
 

@@ -2,6 +2,7 @@
 //! picks the transport ([`busline::any_transport`]) and the codec
 //! ([`AnyCodec`]).
 
+pub(crate) mod bus;
 pub(crate) mod demo;
 mod service;
 
@@ -107,6 +108,9 @@ pub(crate) struct CallArgs {
     /// Call through a broker: open this channel, then call METHOD on it.
     #[arg(long, value_name = "NAME")]
     channel: Option<String>,
+    /// With --channel: the channel's password, read from this file.
+    #[arg(long, value_name = "FILE", requires = "channel")]
+    password_file: Option<PathBuf>,
     #[command(flatten)]
     codec: CodecArgs,
 }
@@ -201,33 +205,63 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
         builder = builder.retry_connect(Duration::from_millis(args.retry));
     }
     let transport = busline::any_transport();
-    let (client, method) = match &args.channel {
-        None => (builder.connect(&transport, &addr).await?, args.method),
-        Some(channel) => {
-            let bus = BrokerClient::connect(builder, &transport, &addr).await?;
-            let channel = bus.open(channel).await?;
-            (bus.client().clone(), channel.routed(&args.method))
+    let Some(channel) = args.channel else {
+        let client = builder.connect(&transport, &addr).await?;
+        if args.notify {
+            client.notify_raw(&args.method, payload)?;
+            return client.flush().await;
         }
+        if args.stream {
+            let mut items = client
+                .stream_raw::<serde_json::Value>(&args.method, payload)
+                .await?;
+            while let Some(item) = items.next().await {
+                println!("{}", item?);
+            }
+            return Ok(());
+        }
+        println!(
+            "{}",
+            json_text(&client.call_raw(&args.method, payload).await?)?
+        );
+        return Ok(());
     };
+    // Through a broker, by way of the channel, which signs and checks on
+    // a protected channel.
+    let bus = BrokerClient::connect(builder, &transport, &addr).await?;
+    let channel = bus::join(
+        &bus,
+        &bus::ChannelArgs {
+            channel,
+            password_file: args.password_file,
+        },
+    )
+    .await?;
+    let value: serde_json::Value = payload.decode()?;
     if args.notify {
-        client.notify_raw(&method, payload)?;
-        return client.flush().await;
+        channel.send(&args.method, &value)?;
+        return bus.client().flush().await;
     }
     if args.stream {
-        let mut items = client
-            .stream_raw::<serde_json::Value>(&method, payload)
+        let mut items = channel
+            .stream::<_, serde_json::Value>(&args.method, &value)
             .await?;
         while let Some(item) = items.next().await {
             println!("{}", item?);
         }
         return Ok(());
     }
-    println!("{}", json_text(&client.call_raw(&method, payload).await?)?);
+    println!(
+        "{}",
+        channel
+            .call::<_, serde_json::Value>(&args.method, &value)
+            .await?
+    );
     Ok(())
 }
 
 /// A payload as JSON text, whatever its encoding.
-fn json_text(payload: &Payload) -> Result<String> {
+pub(crate) fn json_text(payload: &Payload) -> Result<String> {
     match payload.encoding() {
         Encoding::Json => Ok(String::from_utf8_lossy(payload.bytes()).into_owned()),
         _ => Ok(payload.decode::<serde_json::Value>()?.to_string()),
