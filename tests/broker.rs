@@ -931,3 +931,143 @@ async fn terminate_policy_closes_the_channel_when_its_owner_leaves() {
     }
     s.broker.shutdown().await;
 }
+
+async fn topics_until(sub: &mut busline::broker::Subscription, last: &str) -> Vec<String> {
+    let mut topics = Vec::new();
+    while topics.last().map(String::as_str) != Some(last) {
+        topics.push(next_message(sub).await.topic);
+    }
+    topics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_channels_report_what_happens() {
+    let s = Setup::start().await;
+    let watcher = s.client(0).await;
+    let mut system = watcher
+        .open(busline::broker::SYSTEM)
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let mut logs = watcher
+        .open(busline::broker::LOGS)
+        .await
+        .unwrap()
+        .subscribe("info")
+        .await
+        .unwrap();
+    let mut errors = watcher
+        .open(busline::broker::ERRORS)
+        .await
+        .unwrap()
+        .subscribe("refused")
+        .await
+        .unwrap();
+
+    let actor = s.client(2).await;
+    let ch = actor.open("work").await.unwrap();
+    provide_add(&ch).await;
+    let other = s.client(1).await;
+    let mut not_owner = other.open("work").await.unwrap();
+    let _ = not_owner.set_password(Some("x")).await.unwrap_err();
+    drop(not_owner);
+    drop(other);
+    drop(ch);
+    drop(actor);
+
+    let seen = topics_until(&mut system, "channel.closed").await;
+    for expected in [
+        "channel.opened",
+        "provider.added",
+        "provider.removed",
+        "client.disconnected",
+    ] {
+        assert!(
+            seen.iter().any(|t| t == expected),
+            "{expected} missing from {seen:?}"
+        );
+    }
+    // The log has a readable line for each of them.
+    loop {
+        let line = next_message(&mut logs)
+            .await
+            .decode::<serde_json::Value>()
+            .unwrap();
+        if line["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("channel.opened: ")
+        {
+            break;
+        }
+    }
+    let refusal = next_message(&mut errors)
+        .await
+        .decode::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(refusal["operation"], "busline.set_password", "{refusal}");
+
+    // Only the broker speaks there.
+    let err = watcher
+        .open(busline::broker::SYSTEM)
+        .await
+        .unwrap()
+        .provide("x", |(): ()| async { Ok::<_, String>(()) })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("only the broker")),
+        "{err:?}"
+    );
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_channels_can_take_a_password() {
+    let broker = Broker::builder()
+        .system_password(busline::broker::SYSTEM, "ops")
+        .listen(
+            MemoryTransport::new(),
+            Address::memory("sys-pw"),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addrs()[0].clone();
+    let c = BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &MemoryTransport::new(),
+        &addr,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        c.open(busline::broker::SYSTEM).await,
+        Err(Error::Unauthorized(_))
+    ));
+    let mut events = c
+        .open_with_password(busline::broker::SYSTEM, "ops")
+        .await
+        .unwrap()
+        .subscribe("channel.*")
+        .await
+        .unwrap();
+    c.open("seen").await.unwrap();
+    let opened = next_message(&mut events).await;
+    assert_eq!(opened.topic, "channel.opened");
+    assert_eq!(
+        opened.decode::<serde_json::Value>().unwrap()["channel"],
+        "seen"
+    );
+    // The other system channels stay open, and only they exist.
+    c.open(busline::broker::LOGS).await.unwrap();
+    let bad = Broker::builder()
+        .system_password("busline.nope", "x")
+        .start()
+        .await;
+    assert!(matches!(bad, Err(Error::Protocol(_))));
+    broker.shutdown().await;
+}

@@ -128,7 +128,10 @@ impl BrokerClient {
             bus: self.clone(),
             name: channel.to_owned(),
             owner: opened.owner,
-            signer: keys.map(|k| Arc::new(Signer::new(&k, channel))),
+            // The broker itself speaks on system channels, unsigned.
+            signer: keys
+                .filter(|_| !super::is_system(channel))
+                .map(|k| Arc::new(Signer::new(&k, channel))),
         })
     }
 

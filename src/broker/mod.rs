@@ -40,6 +40,7 @@ mod service;
 mod signing;
 mod state;
 mod subscription;
+mod system;
 mod topic;
 
 use std::{fmt, sync::Arc};
@@ -54,6 +55,7 @@ pub use protocol::{
 };
 pub use state::DEFAULT_SUBSCRIBER_QUEUE;
 pub use subscription::{Event, Publication, Subscription};
+pub use system::{is_system, ERRORS, LOGS, SYSTEM, SYSTEM_CHANNELS};
 pub use topic::{check_pattern, check_topic, matches as topic_matches, MAX_TOPIC};
 
 use crate::rpc::{Router, Server, ServerHandle};
@@ -73,6 +75,7 @@ impl Broker {
         BrokerBuilder {
             listeners: Vec::new(),
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            system_passwords: Vec::new(),
         }
     }
 }
@@ -81,13 +84,15 @@ impl Broker {
 pub struct BrokerBuilder {
     listeners: Vec<StartListener>,
     subscriber_queue: usize,
+    system_passwords: Vec<(String, String)>,
 }
 
 impl fmt::Debug for BrokerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerBuilder")
             .field("listeners", &self.listeners.len())
-            .finish()
+            .field("subscriber_queue", &self.subscriber_queue)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,6 +102,15 @@ impl BrokerBuilder {
     /// [`DEFAULT_SUBSCRIBER_QUEUE`].
     pub fn subscriber_queue(mut self, publications: usize) -> Self {
         self.subscriber_queue = publications.max(1);
+        self
+    }
+
+    /// Protect system channel `channel` ([`SYSTEM`], [`LOGS`] or
+    /// [`ERRORS`]) with `password`: clients then join it with
+    /// [`BrokerClient::open_with_password`].
+    pub fn system_password(mut self, channel: &str, password: &str) -> Self {
+        self.system_passwords
+            .push((channel.to_owned(), password.to_owned()));
         self
     }
 
@@ -116,8 +130,10 @@ impl BrokerBuilder {
     ) -> Self {
         self.listeners.push(Box::new(move |router, state| {
             Box::pin(async move {
+                let connected = state.clone();
                 Server::builder(router, codec)
                     .auth(auth)
+                    .on_connect(move |id, who| connected.connected(id, who))
                     .on_disconnect(move |id| state.disconnected(id))
                     .bind(&transport, &addr)
                     .await
@@ -129,7 +145,22 @@ impl BrokerBuilder {
     /// Bind every listener and start serving. If one fails to bind, the
     /// ones already bound are shut down and the error is returned.
     pub async fn start(self) -> Result<BrokerHandle> {
-        let state = Arc::new(State::new(self.subscriber_queue));
+        let mut system_keys = Vec::new();
+        for (channel, password) in self.system_passwords {
+            if !is_system(&channel) {
+                return Err(busline_core::Error::Protocol(format!(
+                    "{channel:?} is not a system channel (those are {SYSTEM_CHANNELS:?})"
+                )));
+            }
+            let name = channel.clone();
+            let keys = tokio::task::spawn_blocking(move || ChannelKeys::derive(&name, &password))
+                .await
+                .map_err(|e| {
+                    busline_core::Error::Protocol(format!("key derivation failed: {e}"))
+                })?;
+            system_keys.push((channel, keys.join_key()));
+        }
+        let state = Arc::new(State::new(self.subscriber_queue, &system_keys));
         let router = service::router(state.clone());
         let mut servers = Vec::new();
         for start in self.listeners {

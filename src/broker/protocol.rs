@@ -187,8 +187,12 @@ pub struct ChannelInfo {
 
 /// Check a channel name: not empty, at most [`MAX_CHANNEL_NAME`] bytes, no
 /// `/` or `#` (they end the channel part of routed names), and not in the
-/// `busline.` namespace the broker keeps for itself.
+/// `busline.` namespace the broker keeps for itself (but for its system
+/// channels, which clients may open).
 pub fn check_channel_name(name: &str) -> Result<()> {
+    if super::system::is_system(name) {
+        return Ok(());
+    }
     let problem = if name.is_empty() {
         "is empty"
     } else if name.len() > MAX_CHANNEL_NAME {
@@ -248,7 +252,8 @@ mod tests {
     #[test]
     fn channel_names_are_checked_and_routed_names_split() {
         assert!(check_channel_name("math").is_ok());
-        for bad in ["", "a/b", "a#b", "busline.system", &"x".repeat(257)] {
+        assert!(check_channel_name("busline.system").is_ok());
+        for bad in ["", "a/b", "a#b", "busline.other", &"x".repeat(257)] {
             assert!(
                 matches!(check_channel_name(bad), Err(Error::Protocol(_))),
                 "{bad}"

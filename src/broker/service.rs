@@ -134,11 +134,13 @@ where
     service_fn(move |req: Request| {
         let state = state.clone();
         let f = f.clone();
-        let answer = (|| {
-            let peer = caller(&req)?;
-            let out = f(&state, &peer, req.arguments()?)?;
+        let answer = caller(&req).and_then(|peer| {
+            let out = req
+                .arguments()
+                .and_then(|args| f(&state, &peer, args))
+                .inspect_err(|e| state.refused(peer.connection_id(), &req.method, e))?;
             Ok(Reply::Unary(Payload::encode(req.payload.encoding(), &out)?))
-        })();
+        });
         Box::pin(std::future::ready(answer)) as BoxFuture<'static, Result<Reply>>
     })
 }

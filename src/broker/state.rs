@@ -14,12 +14,18 @@ use busline_core::{Error, Result};
 use busline_core::Payload;
 use tokio_util::sync::CancellationToken;
 
+use serde_json::{json, Value};
+
 use super::{
     keys,
     outlet::Outlet,
     protocol::{self, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy},
+    system::{self, Happening},
     topic,
 };
+
+/// The owner of the system channels: no connection has id 0.
+const BROKER: u64 = 0;
 use crate::rpc::Client;
 
 /// Default bound on publications queued for one subscriber connection.
@@ -43,6 +49,21 @@ struct Inner {
     nonces: HashMap<(u64, String), [u8; 32]>,
 }
 
+impl Channel {
+    fn new(owner: u64, key: Option<[u8; 32]>) -> Self {
+        Channel {
+            owner,
+            members: Vec::new(),
+            methods: HashMap::new(),
+            subscriptions: Vec::new(),
+            key,
+            policy: OwnerPolicy::default(),
+            system: false,
+            closed: CancellationToken::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Channel {
     owner: u64,
@@ -54,6 +75,8 @@ struct Channel {
     /// The join key, if the channel takes a password.
     key: Option<[u8; 32]>,
     policy: OwnerPolicy,
+    /// One of the broker's own channels: never closed, only it speaks.
+    system: bool,
     /// Cancelled when the channel closes, failing calls in flight.
     closed: CancellationToken,
 }
@@ -66,11 +89,33 @@ struct Providers {
 }
 
 impl State {
-    pub(crate) fn new(subscriber_queue: usize) -> State {
+    /// Tables with the system channels, protected by the given join keys.
+    pub(crate) fn new(subscriber_queue: usize, system_keys: &[(String, [u8; 32])]) -> State {
+        let mut inner = Inner::default();
+        for name in system::SYSTEM_CHANNELS {
+            let key = system_keys.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
+            let mut ch = Channel::new(BROKER, key);
+            ch.system = true;
+            inner.channels.insert(name.to_owned(), ch);
+        }
         State {
-            inner: Mutex::default(),
+            inner: Mutex::new(inner),
             subscriber_queue,
         }
+    }
+
+    /// A connection was authenticated.
+    pub(crate) fn connected(&self, id: u64, who: &busline_core::Identity) {
+        let inner = self.lock();
+        let body = json!({"client": id, "peer": who.peer.description, "scheme": who.scheme});
+        announce(&inner, Happening::new("client.connected", body));
+    }
+
+    /// Report a refused operation on `busline.errors`.
+    pub(crate) fn refused(&self, id: u64, operation: &str, error: &Error) {
+        let inner = self.lock();
+        let body = json!({"client": id, "operation": operation, "error": error.to_string()});
+        emit(&inner, system::ERRORS, "refused", &body);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -102,18 +147,17 @@ impl State {
         let mut inner = self.lock();
         let id = peer.connection_id();
         let nonce = inner.nonces.remove(&(id, channel.to_owned()));
+        if !inner.channels.contains_key(channel) {
+            inner
+                .channels
+                .insert(channel.to_owned(), Channel::new(id, key));
+            let body = json!({"channel": channel, "owner": id, "protected": key.is_some()});
+            announce(&inner, Happening::new("channel.opened", body));
+        }
         let ch = inner
             .channels
-            .entry(channel.to_owned())
-            .or_insert_with(|| Channel {
-                owner: id,
-                members: Vec::new(),
-                methods: HashMap::new(),
-                subscriptions: Vec::new(),
-                key,
-                policy: OwnerPolicy::default(),
-                closed: CancellationToken::new(),
-            });
+            .get_mut(channel)
+            .expect("the channel was just made if missing");
         if !ch.members.contains(&id) {
             if let Some(join_key) = &ch.key {
                 let proven = matches!((nonce, proof), (Some(nonce), Some(proof))
@@ -136,6 +180,8 @@ impl State {
         let mut inner = self.lock();
         let ch = owned_by(&mut inner, channel, id, "password")?;
         ch.key = key;
+        let body = json!({"channel": channel, "protected": key.is_some()});
+        announce(&inner, Happening::new("password.changed", body));
         tracing::info!(
             channel,
             protected = key.is_some(),
@@ -157,6 +203,8 @@ impl State {
     pub(crate) fn set_policy(&self, channel: &str, id: u64, policy: OwnerPolicy) -> Result<()> {
         let mut inner = self.lock();
         owned_by(&mut inner, channel, id, "policy")?.policy = policy;
+        let body = json!({"channel": channel, "policy": policy});
+        announce(&inner, Happening::new("policy.changed", body));
         Ok(())
     }
 
@@ -210,6 +258,9 @@ impl State {
         topic::check_topic(topic)?;
         let mut inner = self.lock();
         let ch = member_of(&mut inner, channel, publisher)?;
+        if ch.system {
+            return Err(only_the_broker(channel));
+        }
         let mut conns: Vec<u64> = ch
             .subscriptions
             .iter()
@@ -228,9 +279,14 @@ impl State {
     pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
         let mut inner = self.lock();
         let ch = member_of(&mut inner, channel, id)?;
+        if ch.system {
+            return Err(only_the_broker(channel));
+        }
         let providers = ch.methods.entry(method.to_owned()).or_default();
         if !providers.conns.contains(&id) {
             providers.conns.push(id);
+            let body = json!({"channel": channel, "method": method, "client": id});
+            announce(&inner, Happening::new("provider.added", body));
         }
         Ok(())
     }
@@ -239,7 +295,10 @@ impl State {
     pub(crate) fn unprovide(&self, channel: &str, method: &str, id: u64) {
         let mut inner = self.lock();
         if let Some(ch) = inner.channels.get_mut(channel) {
-            remove_provider(ch, method, id);
+            if remove_provider(ch, method, id) {
+                let body = json!({"channel": channel, "method": method, "client": id});
+                announce(&inner, Happening::new("provider.removed", body));
+            }
         }
     }
 
@@ -275,6 +334,10 @@ impl State {
         let mut inner = self.lock();
         inner.outlets.remove(&id);
         inner.nonces.retain(|(conn, _), _| *conn != id);
+        announce(
+            &inner,
+            Happening::new("client.disconnected", json!({"client": id})),
+        );
         if inner.peers.remove(&id).is_none() {
             return;
         }
@@ -295,7 +358,7 @@ impl State {
         let mut channels: Vec<ChannelInfo> = inner
             .channels
             .iter()
-            .filter(|(_, ch)| ch.key.is_none())
+            .filter(|(_, ch)| ch.key.is_none() && !ch.system)
             .map(|(name, ch)| info(name, ch))
             .collect();
         channels.sort_by(|a, b| a.name.cmp(&b.name));
@@ -370,36 +433,34 @@ fn leave(inner: &mut Inner, channel: &str, id: u64) {
     ch.members.retain(|&m| m != id);
     ch.subscriptions.retain(|(c, _)| *c != id);
     let methods: Vec<String> = ch.methods.keys().cloned().collect();
-    for method in methods {
-        remove_provider(ch, &method, id);
+    let removed: Vec<String> = methods
+        .into_iter()
+        .filter(|m| remove_provider(ch, m, id))
+        .collect();
+    let (owner_left, system, oldest, policy) = (
+        ch.owner == id,
+        ch.system,
+        ch.members.first().copied(),
+        ch.policy,
+    );
+    for method in removed {
+        let body = json!({"channel": channel, "method": method, "client": id});
+        announce(inner, Happening::new("provider.removed", body));
     }
-    let owner_left = ch.owner == id;
-    match (ch.members.first().copied(), ch.policy) {
-        (None, _) => {
-            if let Some(ch) = inner.channels.remove(channel) {
-                ch.closed.cancel();
-            }
-        }
-        (Some(_), OwnerPolicy::Terminate) if owner_left => {
-            tracing::info!(channel, "owner left; channel terminated");
-            let Some(ch) = inner.channels.remove(channel) else {
+    if system {
+        return;
+    }
+    match (oldest, policy) {
+        (None, _) => close(inner, channel, "its last member left"),
+        (Some(_), OwnerPolicy::Terminate) if owner_left => close(
+            inner,
+            channel,
+            "its owner left, and its policy is terminate",
+        ),
+        (Some(oldest), OwnerPolicy::Promote) if owner_left => {
+            let Some(ch) = inner.channels.get_mut(channel) else {
                 return;
             };
-            ch.closed.cancel();
-            let event = ChannelEvent::Closed {
-                channel: channel.to_owned(),
-                reason: "its owner left, and its policy is terminate".into(),
-            };
-            for member in &ch.members {
-                tell(inner, *member, &event);
-            }
-        }
-        (Some(oldest), OwnerPolicy::Promote) if owner_left => {
-            tracing::info!(
-                channel,
-                owner = oldest,
-                "owner left; oldest member promoted"
-            );
             ch.owner = oldest;
             let members = ch.members.clone();
             for member in members {
@@ -409,18 +470,82 @@ fn leave(inner: &mut Inner, channel: &str, id: u64) {
                 };
                 tell(inner, member, &event);
             }
+            let body = json!({"channel": channel, "owner": oldest});
+            announce(inner, Happening::new("owner.changed", body));
         }
         (Some(_), _) => {}
     }
 }
 
-fn remove_provider(ch: &mut Channel, method: &str, id: u64) {
-    if let Some(providers) = ch.methods.get_mut(method) {
-        providers.conns.retain(|&p| p != id);
-        if providers.conns.is_empty() {
-            ch.methods.remove(method);
+/// Close `channel`: calls in flight through it fail, members are told.
+fn close(inner: &mut Inner, channel: &str, reason: &str) {
+    let Some(ch) = inner.channels.remove(channel) else {
+        return;
+    };
+    ch.closed.cancel();
+    let event = ChannelEvent::Closed {
+        channel: channel.to_owned(),
+        reason: reason.to_owned(),
+    };
+    for member in &ch.members {
+        tell(inner, *member, &event);
+    }
+    let body = json!({"channel": channel, "reason": reason});
+    announce(inner, Happening::new("channel.closed", body));
+}
+
+/// Publish on a system channel to whoever subscribed to `topic` there.
+fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value) {
+    let Some(ch) = inner.channels.get(channel) else {
+        return;
+    };
+    let mut conns: Vec<u64> = ch
+        .subscriptions
+        .iter()
+        .filter(|(_, pattern)| topic::matches(pattern, topic_name))
+        .map(|(c, _)| *c)
+        .collect();
+    if conns.is_empty() {
+        return;
+    }
+    conns.sort_unstable();
+    conns.dedup();
+    let Ok(payload) = Payload::json(body) else {
+        return;
+    };
+    let name: std::sync::Arc<str> = protocol::published(channel, topic_name).into();
+    for conn in conns {
+        if let Some(outlet) = inner.outlets.get(&conn) {
+            outlet.offer(channel, name.clone(), payload.clone());
         }
     }
+}
+
+/// Tell `busline.system` and `busline.logs`.
+fn announce(inner: &Inner, happening: Happening) {
+    tracing::info!(topic = happening.topic, body = %happening.body, "broker");
+    emit(inner, system::SYSTEM, happening.topic, &happening.body);
+    emit(inner, system::LOGS, "info", &happening.line());
+}
+
+fn only_the_broker(channel: &str) -> Error {
+    Error::Unauthorized(format!(
+        "only the broker speaks on system channel {channel:?}"
+    ))
+}
+
+/// Whether `id` provided `method` (and no longer does).
+fn remove_provider(ch: &mut Channel, method: &str, id: u64) -> bool {
+    let Some(providers) = ch.methods.get_mut(method) else {
+        return false;
+    };
+    let before = providers.conns.len();
+    providers.conns.retain(|&p| p != id);
+    let removed = providers.conns.len() < before;
+    if providers.conns.is_empty() {
+        ch.methods.remove(method);
+    }
+    removed
 }
 
 fn not_member(channel: &str) -> Error {

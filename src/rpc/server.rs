@@ -4,8 +4,8 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use busline_core::{
-    handshake, Address, Authenticator, Codec, Io, Listener, NoAuth, PeerInfo, Result, Transport,
-    DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake, Address, Authenticator, Codec, Identity, Io, Listener, NoAuth, PeerInfo, Result,
+    Transport, DEFAULT_HANDSHAKE_TIMEOUT,
 };
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::{codec::Framed, sync::CancellationToken};
@@ -40,11 +40,15 @@ impl Server {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handlers: DEFAULT_MAX_HANDLERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            on_connect: None,
             on_disconnect: None,
         }
     }
 }
 
+/// Called with [`Client::connection_id`] and who it is when a connection
+/// has been authenticated.
+type ConnectHook = Arc<dyn Fn(u64, &Identity) + Send + Sync>;
 /// Called with [`Client::connection_id`] when a connection ends.
 type DisconnectHook = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -57,6 +61,7 @@ pub struct ServerBuilder<C, A> {
     max_connections: usize,
     max_handlers: usize,
     drain_timeout: Duration,
+    on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
 }
 
@@ -81,8 +86,16 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             max_connections: self.max_connections,
             max_handlers: self.max_handlers,
             drain_timeout: self.drain_timeout,
+            on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
         }
+    }
+
+    /// Run `hook` with the connection's id and identity once a connection
+    /// is authenticated.
+    pub fn on_connect(mut self, hook: impl Fn(u64, &Identity) + Send + Sync + 'static) -> Self {
+        self.on_connect = Some(Arc::new(hook));
+        self
     }
 
     /// Run `hook` with the connection's id ([`Client::connection_id`] of
@@ -211,6 +224,9 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             DEFAULT_STREAM_WINDOW,
             None,
         );
+        if let Some(hook) = &self.on_connect {
+            hook(peer.connection_id(), &identity);
+        }
         let setup = Setup {
             owned_by_handles: false,
             router: Some(self.router.clone()),
