@@ -1071,3 +1071,52 @@ async fn system_channels_can_take_a_password() {
     assert!(matches!(bad, Err(Error::Protocol(_))));
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_to_the_least_busy_provider() {
+    let s = Setup::start().await;
+    let stuck = Arc::new(tokio::sync::Notify::new());
+    let slow = s.client(0).await;
+    let release = stuck.clone();
+    slow.open("pool")
+        .await
+        .unwrap()
+        .provide("job", move |(): ()| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok::<_, String>("slow")
+            }
+        })
+        .await
+        .unwrap();
+    let fast = s.client(1).await;
+    fast.open("pool")
+        .await
+        .unwrap()
+        .provide("job", |(): ()| async { Ok::<_, String>("fast") })
+        .await
+        .unwrap();
+    let ch = s.client(2).await.open("pool").await.unwrap();
+
+    // Park one call on the slow provider.
+    let parked = loop {
+        let c = ch.clone();
+        let call = tokio::spawn(async move { c.call::<_, String>("job", &()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !call.is_finished() {
+            break call;
+        }
+    };
+    // While it is busy, every call goes to the idle one.
+    for _ in 0..10 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), ch.call::<_, String>("job", &()))
+            .await
+            .expect("not queued behind the busy provider")
+            .unwrap();
+        assert_eq!(answer, "fast");
+    }
+    stuck.notify_waiters();
+    assert_eq!(parked.await.unwrap().unwrap(), "slow");
+    s.broker.shutdown().await;
+}

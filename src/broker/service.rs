@@ -184,7 +184,7 @@ async fn forward(state: &State, channel: &str, method: &str, req: &Request) -> R
     state.check_member(channel, caller(req)?.connection_id())?;
     let mut tried = Vec::new();
     loop {
-        let Some(provider) = state.pick(channel, method, &tried) else {
+        let Some((provider, _busy)) = state.pick(channel, method, &tried) else {
             return Err(match tried.is_empty() {
                 true => Error::MethodNotFound(format!(
                     "no provider of {method:?} on channel {channel:?}"

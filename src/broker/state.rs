@@ -47,6 +47,27 @@ struct Inner {
     outlets: HashMap<u64, Outlet>,
     /// The open password challenge of each connection and channel.
     nonces: HashMap<(u64, String), [u8; 32]>,
+    /// Calls each provider connection is answering right now.
+    active: HashMap<u64, usize>,
+}
+
+/// Marks a provider busy with one call until dropped.
+#[derive(Debug)]
+pub(crate) struct Busy<'a> {
+    state: &'a State,
+    id: u64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.state.lock();
+        if let Some(n) = inner.active.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                inner.active.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl Channel {
@@ -302,23 +323,33 @@ impl State {
         }
     }
 
-    /// The next provider of `method` on `channel`, round-robin, skipping
-    /// `tried`; `None` when there is none (left).
-    pub(crate) fn pick(&self, channel: &str, method: &str, tried: &[u64]) -> Option<Client> {
+    /// The provider of `method` on `channel` with the fewest calls in
+    /// progress (round-robin among equals), skipping `tried`, marked busy
+    /// until the guard drops; `None` when there is none (left).
+    pub(crate) fn pick(
+        &self,
+        channel: &str,
+        method: &str,
+        tried: &[u64],
+    ) -> Option<(Client, Busy<'_>)> {
         let mut inner = self.lock();
         let Inner {
-            peers, channels, ..
+            peers,
+            channels,
+            active,
+            ..
         } = &mut *inner;
         let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
         let n = providers.conns.len();
-        for _ in 0..n {
-            let id = providers.conns[providers.next % n];
-            providers.next = providers.next.wrapping_add(1);
-            if !tried.contains(&id) {
-                return peers.get(&id).cloned();
-            }
-        }
-        None
+        let (turn, id) = (0..n)
+            .map(|k| (providers.next + k) % n)
+            .map(|i| (i, providers.conns[i]))
+            .filter(|(_, id)| !tried.contains(id))
+            .min_by_key(|(_, id)| active.get(id).copied().unwrap_or(0))?;
+        providers.next = turn + 1;
+        let peer = peers.get(&id).cloned()?;
+        *active.entry(id).or_default() += 1;
+        Some((peer, Busy { state: self, id }))
     }
 
     /// Connection `id` leaves `channel`: its methods go, and if it owned
