@@ -1120,3 +1120,48 @@ async fn calls_go_to_the_least_busy_provider() {
     assert_eq!(parked.await.unwrap().unwrap(), "slow");
     s.broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_are_unique_among_live_clients() {
+    let s = Setup::start().await;
+    let addr = s.broker.local_addrs()[0].clone();
+    let transport = MemoryTransport::new();
+    let as_id = |id: &'static str| {
+        let addr = addr.clone();
+        let transport = transport.clone();
+        async move {
+            BrokerClient::connect_as(Client::builder(CborCodec::new()), &transport, &addr, id).await
+        }
+    };
+    let first = as_id("math-service").await.unwrap();
+    first.open("m").await.unwrap();
+    let err = as_id("math-service").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("in use")),
+        "{err:?}"
+    );
+    let status = first.status().await.unwrap();
+    assert_eq!(status.client_ids.len(), 1);
+    assert_eq!(status.client_ids[0].1, "math-service");
+
+    // Once the holder is gone, the id is free again.
+    drop(first);
+    let again = loop {
+        match as_id("math-service").await {
+            Ok(c) => break c,
+            Err(Error::Unauthorized(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert!(matches!(
+        again
+            .client()
+            .call::<_, ()>(
+                "busline.identify",
+                &serde_json::json!({"client_id": "other"})
+            )
+            .await,
+        Err(Error::Protocol(_))
+    ));
+    s.broker.shutdown().await;
+}

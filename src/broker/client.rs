@@ -15,8 +15,8 @@ use tower::service_fn;
 use super::{
     keys::ChannelKeys,
     protocol::{
-        self, Challenge, ChannelArgs, ChannelEvent, ChannelInfo, Lagged, MethodArgs, OpenArgs,
-        Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed,
+        self, Challenge, ChannelArgs, ChannelEvent, ChannelInfo, IdentifyArgs, Lagged, MethodArgs,
+        OpenArgs, Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed,
     },
     signing::{Kind, Signer, Verified},
     subscription::{Subscribers, Subscription},
@@ -88,6 +88,24 @@ impl BrokerClient {
             subscribers,
             events,
         })
+    }
+
+    /// Connect as [`BrokerClient::connect`] does, and claim `client_id`,
+    /// which no other live client may hold: a second client with the same
+    /// id is refused with [`Error::Unauthorized`] (a restarted service finds
+    /// its old connection gone, or waits until the broker sees it go).
+    pub async fn connect_as<T: Transport, C: Codec, A: Authenticator>(
+        builder: ClientBuilder<C, A>,
+        transport: &T,
+        addr: &Address,
+        client_id: &str,
+    ) -> Result<Self> {
+        let bus = Self::connect(builder, transport, addr).await?;
+        let args = IdentifyArgs {
+            client_id: client_id.to_owned(),
+        };
+        bus.client.call::<_, ()>(protocol::IDENTIFY, &args).await?;
+        Ok(bus)
     }
 
     /// Join `channel`, creating it if it does not exist (the first client

@@ -52,6 +52,7 @@ pub use client::{BrokerClient, Channel};
 pub use keys::ChannelKeys;
 pub use protocol::{
     check_channel_name, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy, MAX_CHANNEL_NAME,
+    MAX_CLIENT_ID,
 };
 pub use state::DEFAULT_SUBSCRIBER_QUEUE;
 pub use subscription::{Event, Publication, Subscription};

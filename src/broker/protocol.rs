@@ -25,6 +25,8 @@ pub(crate) const PROVIDE: &str = "busline.provide";
 pub(crate) const UNPROVIDE: &str = "busline.unprovide";
 /// Describe a channel: owner, members, providers.
 pub(crate) const DESCRIBE: &str = "busline.describe";
+/// Claim a client id, unique among live connections.
+pub(crate) const IDENTIFY: &str = "busline.identify";
 /// The whole broker: clients and every unprotected channel.
 pub(crate) const STATUS: &str = "busline.status";
 /// A nonce for proving knowledge of a channel's password.
@@ -114,6 +116,15 @@ pub(crate) struct Lagged {
     pub(crate) missed: u64,
 }
 
+/// Arguments of [`IDENTIFY`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct IdentifyArgs {
+    pub(crate) client_id: String,
+}
+
+/// Longest client id accepted.
+pub const MAX_CLIENT_ID: usize = 256;
+
 /// The broker as [`STATUS`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerStatus {
@@ -124,6 +135,8 @@ pub struct BrokerStatus {
     pub channels: Vec<ChannelInfo>,
     /// Channels with a password.
     pub protected_channels: usize,
+    /// Connection number and client id of each client that claimed one.
+    pub client_ids: Vec<(u64, String)>,
 }
 
 /// What happens to a channel when its owner leaves.

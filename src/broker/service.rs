@@ -10,8 +10,8 @@ use tower::service_fn;
 
 use super::{
     protocol::{
-        self, key_from_hex, Challenge, ChannelArgs, MethodArgs, OpenArgs, Opened, PasswordArgs,
-        PatternArgs, PolicyArgs, Routed,
+        self, key_from_hex, Challenge, ChannelArgs, IdentifyArgs, MethodArgs, OpenArgs, Opened,
+        PasswordArgs, PatternArgs, PolicyArgs, Routed,
     },
     state::State,
 };
@@ -99,6 +99,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                 state
                     .describe(&args.channel)
                     .ok_or_else(|| Error::MethodNotFound(format!("channel {:?}", args.channel)))
+            }),
+        )
+        .route(
+            protocol::IDENTIFY,
+            control(&state, |state, peer, args: IdentifyArgs| {
+                state.identify(peer.connection_id(), &args.client_id)
             }),
         )
         .route(

@@ -49,6 +49,9 @@ struct Inner {
     nonces: HashMap<(u64, String), [u8; 32]>,
     /// Calls each provider connection is answering right now.
     active: HashMap<u64, usize>,
+    /// Client ids claimed by live connections, both ways.
+    client_ids: HashMap<String, u64>,
+    ids_of: HashMap<u64, String>,
 }
 
 /// Marks a provider busy with one call until dropped.
@@ -130,6 +133,37 @@ impl State {
         let inner = self.lock();
         let body = json!({"client": id, "peer": who.peer.description, "scheme": who.scheme});
         announce(&inner, Happening::new("client.connected", body));
+    }
+
+    /// Connection `id` claims `client_id`; refused while another live
+    /// connection holds it, or if this one already has another.
+    pub(crate) fn identify(&self, id: u64, client_id: &str) -> Result<()> {
+        if client_id.is_empty() || client_id.len() > protocol::MAX_CLIENT_ID {
+            return Err(Error::Protocol(format!(
+                "a client id has 1 to {} bytes",
+                protocol::MAX_CLIENT_ID
+            )));
+        }
+        let mut inner = self.lock();
+        match (inner.client_ids.get(client_id), inner.ids_of.get(&id)) {
+            (Some(&holder), _) if holder == id => return Ok(()),
+            (Some(_), _) => {
+                return Err(Error::Unauthorized(format!(
+                    "client id {client_id:?} is in use by a live connection"
+                )))
+            }
+            (None, Some(mine)) => {
+                return Err(Error::Protocol(format!(
+                    "this connection is already client {mine:?}"
+                )))
+            }
+            (None, None) => {}
+        }
+        inner.client_ids.insert(client_id.to_owned(), id);
+        inner.ids_of.insert(id, client_id.to_owned());
+        let body = json!({"client": id, "client_id": client_id});
+        announce(&inner, Happening::new("client.identified", body));
+        Ok(())
     }
 
     /// Report a refused operation on `busline.errors`.
@@ -365,6 +399,9 @@ impl State {
         let mut inner = self.lock();
         inner.outlets.remove(&id);
         inner.nonces.retain(|(conn, _), _| *conn != id);
+        if let Some(name) = inner.ids_of.remove(&id) {
+            inner.client_ids.remove(&name);
+        }
         announce(
             &inner,
             Happening::new("client.disconnected", json!({"client": id})),
@@ -393,10 +430,15 @@ impl State {
             .map(|(name, ch)| info(name, ch))
             .collect();
         channels.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut client_ids: Vec<(u64, String)> =
+            inner.ids_of.iter().map(|(c, n)| (*c, n.clone())).collect();
+        client_ids.sort();
+        let system = system::SYSTEM_CHANNELS.len();
         BrokerStatus {
             clients: inner.peers.len(),
-            protected_channels: inner.channels.len() - channels.len(),
+            protected_channels: inner.channels.len() - channels.len() - system,
             channels,
+            client_ids,
         }
     }
 
