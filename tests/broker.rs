@@ -1128,7 +1128,6 @@ async fn client_ids_are_unique_among_live_clients() {
     let transport = MemoryTransport::new();
     let as_id = |id: &'static str| {
         let addr = addr.clone();
-        let transport = transport.clone();
         async move {
             BrokerClient::connect_as(Client::builder(CborCodec::new()), &transport, &addr, id).await
         }
