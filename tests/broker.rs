@@ -1164,3 +1164,48 @@ async fn client_ids_are_unique_among_live_clients() {
     ));
     s.broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_can_be_disconnected_instead() {
+    let broker = Broker::builder()
+        .subscriber_queue(4)
+        .slow_subscriber(busline::broker::SlowSubscriber::Disconnect)
+        .listen(
+            MemoryTransport::new(),
+            Address::memory("slow-dc"),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addrs()[0].clone();
+    let transport = MemoryTransport::new();
+    let connect = || BrokerClient::connect(Client::builder(CborCodec::new()), &transport, &addr);
+    let subscriber = connect().await.unwrap();
+    let _sub = subscriber
+        .open("firehose")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let publisher = connect().await.unwrap().open("firehose").await.unwrap();
+    let err = loop {
+        for i in 0..1000u64 {
+            publisher.publish("tick", &i).unwrap();
+        }
+        publisher.describe().await.unwrap();
+        match subscriber.open("elsewhere").await {
+            Ok(_) => continue,
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(err, Error::Overloaded(ref m) if m.contains("slow a subscriber")),
+        "{err:?}"
+    );
+    // The publisher is unaffected.
+    publisher.publish("tick", &0).unwrap();
+    publisher.describe().await.unwrap();
+    broker.shutdown().await;
+}

@@ -50,6 +50,7 @@ use futures::future::BoxFuture;
 
 pub use client::{BrokerClient, Channel};
 pub use keys::ChannelKeys;
+pub use outlet::SlowSubscriber;
 pub use protocol::{
     check_channel_name, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy, MAX_CHANNEL_NAME,
     MAX_CLIENT_ID,
@@ -62,9 +63,16 @@ pub use topic::{check_pattern, check_topic, matches as topic_matches, MAX_TOPIC}
 use crate::rpc::{Router, Server, ServerHandle};
 use state::State;
 
-/// Starts one listener with the broker's router and disconnect hook.
+/// Limits every listener applies.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    max_calls_per_client: usize,
+}
+
+/// Starts one listener with the broker's router, tables and limits.
 type StartListener =
-    Box<dyn FnOnce(Router, Arc<State>) -> BoxFuture<'static, Result<ServerHandle>> + Send>;
+    Box<dyn FnOnce(Router, Arc<State>, Limits) -> BoxFuture<'static, Result<ServerHandle>> + Send>;
 
 /// Entry point: [`Broker::builder`].
 #[derive(Debug)]
@@ -76,7 +84,12 @@ impl Broker {
         BrokerBuilder {
             listeners: Vec::new(),
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            slow_subscriber: SlowSubscriber::default(),
             system_passwords: Vec::new(),
+            limits: Limits {
+                max_connections: crate::rpc::DEFAULT_MAX_CONNECTIONS,
+                max_calls_per_client: crate::rpc::DEFAULT_MAX_HANDLERS,
+            },
         }
     }
 }
@@ -85,7 +98,9 @@ impl Broker {
 pub struct BrokerBuilder {
     listeners: Vec<StartListener>,
     subscriber_queue: usize,
+    slow_subscriber: SlowSubscriber,
     system_passwords: Vec<(String, String)>,
+    limits: Limits,
 }
 
 impl fmt::Debug for BrokerBuilder {
@@ -103,6 +118,29 @@ impl BrokerBuilder {
     /// [`DEFAULT_SUBSCRIBER_QUEUE`].
     pub fn subscriber_queue(mut self, publications: usize) -> Self {
         self.subscriber_queue = publications.max(1);
+        self
+    }
+
+    /// What to do with a subscriber whose queue is full: drop and count
+    /// (the default) or disconnect it.
+    pub fn slow_subscriber(mut self, policy: SlowSubscriber) -> Self {
+        self.slow_subscriber = policy;
+        self
+    }
+
+    /// Bound on connections per listener; further clients wait in the
+    /// OS backlog. Default: [`crate::rpc::DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.limits.max_connections = connections.max(1);
+        self
+    }
+
+    /// Bound on calls one client has in progress through the broker; past
+    /// it, the broker stops reading from that client until one finishes.
+    /// Default:
+    /// [`crate::rpc::DEFAULT_MAX_HANDLERS`].
+    pub fn max_calls_per_client(mut self, calls: usize) -> Self {
+        self.limits.max_calls_per_client = calls.max(1);
         self
     }
 
@@ -129,11 +167,13 @@ impl BrokerBuilder {
         codec: C,
         auth: A,
     ) -> Self {
-        self.listeners.push(Box::new(move |router, state| {
+        self.listeners.push(Box::new(move |router, state, limits| {
             Box::pin(async move {
                 let connected = state.clone();
                 Server::builder(router, codec)
                     .auth(auth)
+                    .max_connections(limits.max_connections)
+                    .max_handlers(limits.max_calls_per_client)
                     .on_connect(move |id, who| connected.connected(id, who))
                     .on_disconnect(move |id| state.disconnected(id))
                     .bind(&transport, &addr)
@@ -161,11 +201,15 @@ impl BrokerBuilder {
                 })?;
             system_keys.push((channel, keys.join_key()));
         }
-        let state = Arc::new(State::new(self.subscriber_queue, &system_keys));
+        let state = Arc::new(State::new(
+            self.subscriber_queue,
+            self.slow_subscriber,
+            &system_keys,
+        ));
         let router = service::router(state.clone());
         let mut servers = Vec::new();
         for start in self.listeners {
-            match start(router.clone(), state.clone()).await {
+            match start(router.clone(), state.clone(), self.limits).await {
                 Ok(server) => servers.push(server),
                 Err(err) => {
                     for server in servers {

@@ -13,7 +13,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use busline_core::Payload;
+use busline_core::{Error, Payload};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::protocol::{self, Lagged};
@@ -22,28 +23,60 @@ use crate::rpc::Client;
 /// Publications written before waiting for the socket.
 const BATCH: usize = 64;
 
+/// What the broker does with a subscriber whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowSubscriber {
+    /// Drop further publications for it, and tell it how many it missed
+    /// (the default).
+    #[default]
+    Drop,
+    /// Close its connection with an [`Error::Overloaded`] saying why.
+    Disconnect,
+}
+
 /// The sending side of one subscriber's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct Outlet {
     tx: mpsc::Sender<(Arc<str>, Payload)>,
     /// Publications dropped per channel since the last notice.
     missed: Arc<Mutex<HashMap<String, u64>>>,
+    peer: Client,
+    policy: SlowSubscriber,
+    capacity: usize,
 }
 
 impl Outlet {
     /// Start delivering to `peer` through a queue of `capacity`.
-    pub(crate) fn start(peer: Client, capacity: usize) -> Outlet {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub(crate) fn start(peer: Client, capacity: usize, policy: SlowSubscriber) -> Outlet {
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
         let missed = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(deliver(peer, rx, missed.clone()));
-        Outlet { tx, missed }
+        tokio::spawn(deliver(peer.clone(), rx, missed.clone()));
+        Outlet {
+            tx,
+            missed,
+            peer,
+            policy,
+            capacity,
+        }
     }
 
-    /// Queue `payload` under the routed name `method`, or count it missed.
+    /// Queue `payload` under the routed name `method`; if the queue is
+    /// full, count it missed or disconnect the subscriber, as configured.
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send((method, payload)) {
-            let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
-            *missed.entry(channel.to_owned()).or_default() += 1;
+            match self.policy {
+                SlowSubscriber::Drop => {
+                    let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
+                    *missed.entry(channel.to_owned()).or_default() += 1;
+                }
+                SlowSubscriber::Disconnect => self.peer.close(Error::Overloaded(format!(
+                    "too slow a subscriber: {} publications were waiting for it \
+                     (raise the broker's subscriber_queue, or read faster)",
+                    self.capacity
+                ))),
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::{
     keys,
-    outlet::Outlet,
+    outlet::{Outlet, SlowSubscriber},
     protocol::{self, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy},
     system::{self, Happening},
     topic,
@@ -36,6 +36,7 @@ pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
 pub(crate) struct State {
     inner: Mutex<Inner>,
     subscriber_queue: usize,
+    slow_subscriber: SlowSubscriber,
 }
 
 #[derive(Debug, Default)]
@@ -114,7 +115,11 @@ struct Providers {
 
 impl State {
     /// Tables with the system channels, protected by the given join keys.
-    pub(crate) fn new(subscriber_queue: usize, system_keys: &[(String, [u8; 32])]) -> State {
+    pub(crate) fn new(
+        subscriber_queue: usize,
+        slow_subscriber: SlowSubscriber,
+        system_keys: &[(String, [u8; 32])],
+    ) -> State {
         let mut inner = Inner::default();
         for name in system::SYSTEM_CHANNELS {
             let key = system_keys.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
@@ -125,6 +130,7 @@ impl State {
         State {
             inner: Mutex::new(inner),
             subscriber_queue,
+            slow_subscriber,
         }
     }
 
@@ -285,11 +291,11 @@ impl State {
         {
             ch.subscriptions.push((id, pattern.to_owned()));
         }
-        let capacity = self.subscriber_queue;
+        let (capacity, policy) = (self.subscriber_queue, self.slow_subscriber);
         inner
             .outlets
             .entry(id)
-            .or_insert_with(|| Outlet::start(peer.clone(), capacity));
+            .or_insert_with(|| Outlet::start(peer.clone(), capacity, policy));
         Ok(())
     }
 

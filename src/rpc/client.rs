@@ -157,6 +157,12 @@ impl Client {
             .unwrap_or_else(|| Error::Disconnected("the connection is closed".into()))
     }
 
+    /// Close the connection now for every handle, telling the peer `why`;
+    /// calls in flight fail with it. (Dropping every handle closes it too.)
+    pub fn close(&self, why: Error) {
+        let _ = self.shared.commands.send(Command::Close(why));
+    }
+
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
         self.shared.commands.is_closed()

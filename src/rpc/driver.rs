@@ -62,6 +62,8 @@ pub(crate) enum Command {
     Oneway(Message),
     /// Answer once everything queued before it is written out.
     Flush(oneshot::Sender<()>),
+    /// Close the connection, telling the peer why.
+    Close(Error),
 }
 
 enum Pending {
@@ -255,6 +257,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     self.flushed.push(done);
                 }
             }
+            Command::Close(err) => self.close(err, true),
         }
     }
 
@@ -438,6 +441,16 @@ impl<I: Io, C: Codec> Driver<I, C> {
         self.streams.insert(id, (permits, abort));
     }
 
+    /// The error a [`Message::Close`] already received says, if one did.
+    fn peer_close_reason(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        while let Poll::Ready(Some(Ok(msg))) = Pin::new(&mut self.framed).poll_next(cx) {
+            if let Message::Close { error: Some(e) } = msg {
+                return Some(e.into_error());
+            }
+        }
+        None
+    }
+
     /// Encode and write everything queued; `Ready(Err)` means the
     /// connection is broken.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -613,7 +626,11 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 Poll::Ready(Err(err)) => {
                     tracing::debug!(error = %err, "write failed");
                     this.outbox.clear();
-                    this.close(Error::Disconnected(format!("write failed: {err}")), false);
+                    // A peer that hung up may have said why first.
+                    let reason = this
+                        .peer_close_reason(cx)
+                        .unwrap_or_else(|| Error::Disconnected(format!("write failed: {err}")));
+                    this.close(reason, false);
                     this.notifications = FuturesUnordered::new();
                     return Poll::Ready(());
                 }
