@@ -1209,3 +1209,98 @@ async fn a_slow_subscriber_can_be_disconnected_instead() {
     publisher.describe().await.unwrap();
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_every_provider_but_the_sender() {
+    let s = Setup::start().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let mut members = Vec::new();
+    for on in 0..3 {
+        let bus = s.client(on).await;
+        let ch = bus.open("team").await.unwrap();
+        let tx = tx.clone();
+        ch.provide("refresh", move |what: String| {
+            let _ = tx.send((on, what));
+            async { Ok::<_, String>(()) }
+        })
+        .await
+        .unwrap();
+        members.push(ch);
+    }
+    members[1].broadcast("refresh", &"config").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (on, what) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(what, "config");
+        got.push(on);
+    }
+    got.sort();
+    assert_eq!(got, [0, 2]);
+    // ... and nothing for the sender.
+    members[1].call::<_, ()>("refresh", &"probe").await.unwrap();
+    let (on, what) = rx.recv().await.unwrap();
+    assert_eq!(
+        what, "probe",
+        "the sender got its own broadcast (from {on})"
+    );
+    s.broker.shutdown().await;
+}
+
+/// What comm-ipc gets wrong, done right: error messages keep their colons,
+/// and calls through the broker have deadlines that cancel the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_stay_whole_and_deadlines_cancel_providers() {
+    let s = Setup::start().await;
+    let provider = s.client(1).await;
+    let (dropped_tx, dropped) = oneshot::channel();
+    let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let ch = provider.open("strict").await.unwrap();
+    ch.provide("fail", |(): ()| async {
+        Err::<(), _>("db: connect: 10.0.0.1:5432: refused")
+    })
+    .await
+    .unwrap();
+    ch.provide("hang", move |(): ()| {
+        let watch = Watch(Arc::default(), dropped_tx.lock().unwrap().take());
+        async move {
+            let _watch = watch;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, String>(())
+        }
+    })
+    .await
+    .unwrap();
+
+    for on in [0, 2] {
+        let caller = s.client(on).await.open("strict").await.unwrap();
+        match caller.call::<_, ()>("fail", &()).await {
+            Err(Error::HandlerFailed { message, .. }) => {
+                assert_eq!(message, "db: connect: 10.0.0.1:5432: refused")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let bus = BrokerClient::connect(
+        Client::builder(CborCodec::new()).timeout(Duration::from_millis(100)),
+        &MemoryTransport::new(),
+        s.broker.local_addrs()[0],
+    )
+    .await
+    .unwrap();
+    let err = bus
+        .open("strict")
+        .await
+        .unwrap()
+        .call::<_, ()>("hang", &())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    tokio::time::timeout(Duration::from_secs(10), dropped)
+        .await
+        .expect("the provider's handler was cancelled")
+        .unwrap();
+    s.broker.shutdown().await;
+}

@@ -351,6 +351,16 @@ impl Channel {
         self.bus.client.notify_raw(&name, payload)
     }
 
+    /// Fire and forget to every provider of `method` on this channel but
+    /// this client.
+    pub fn broadcast<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
+        // Signed under the name the providers receive it by.
+        let (payload, _) = self.sign_call(&self.routed(method), self.encode(args)?)?;
+        self.bus
+            .client
+            .notify_raw(&protocol::broadcast(&self.name, method), payload)
+    }
+
     /// Open a stream from a provider of `method`; dropping it cancels the
     /// provider's stream. Items come with the provider's backpressure: it
     /// runs at most a window ahead of this reader.

@@ -11,6 +11,8 @@
 //!   provider's answer comes back the same way.
 //! - `<channel>#<topic>` is a publication, which goes to every connection
 //!   with a matching subscription, as a notification of the same name.
+//! - `<channel>!<method>` is a broadcast: a notification to every provider
+//!   of that method but the sender, under the name `<channel>/<method>`.
 
 use busline_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -199,7 +201,7 @@ pub struct ChannelInfo {
 }
 
 /// Check a channel name: not empty, at most [`MAX_CHANNEL_NAME`] bytes, no
-/// `/` or `#` (they end the channel part of routed names), and not in the
+/// `/`, `#` or `!` (they end the channel part of routed names), and not in the
 /// `busline.` namespace the broker keeps for itself (but for its system
 /// channels, which clients may open).
 pub fn check_channel_name(name: &str) -> Result<()> {
@@ -210,8 +212,8 @@ pub fn check_channel_name(name: &str) -> Result<()> {
         "is empty"
     } else if name.len() > MAX_CHANNEL_NAME {
         "is longer than 256 bytes"
-    } else if name.contains(['/', '#']) {
-        "contains '/' or '#', which end the channel part of routed names"
+    } else if name.contains(['/', '#', '!']) {
+        "contains '/', '#' or '!', which end the channel part of routed names"
     } else if name.starts_with("busline.") {
         "starts with \"busline.\", which is reserved for the broker"
     } else {
@@ -223,6 +225,11 @@ pub fn check_channel_name(name: &str) -> Result<()> {
 /// The routed method name for `method` on `channel`.
 pub(crate) fn routed(channel: &str, method: &str) -> String {
     format!("{channel}/{method}")
+}
+
+/// The routed name of a broadcast of `method` on `channel`.
+pub(crate) fn broadcast(channel: &str, method: &str) -> String {
+    format!("{channel}!{method}")
 }
 
 /// The routed name of a publication on `topic` in `channel`.
@@ -237,17 +244,23 @@ pub(crate) enum Routed<'a> {
     Method { channel: &'a str, method: &'a str },
     /// A topic of a channel's subscribers.
     Topic { channel: &'a str, topic: &'a str },
+    /// A method of every provider but the sender.
+    Broadcast { channel: &'a str, method: &'a str },
 }
 
-/// Read a routed name: the first `/` or `#` ends the channel.
+/// Read a routed name: the first `/`, `#` or `!` ends the channel.
 pub(crate) fn parse_routed(name: &str) -> Option<Routed<'_>> {
-    let at = name.find(['/', '#'])?;
+    let at = name.find(['/', '#', '!'])?;
     let (channel, rest) = (&name[..at], &name[at + 1..]);
     if channel.is_empty() || rest.is_empty() {
         return None;
     }
     Some(match name.as_bytes()[at] {
         b'/' => Routed::Method {
+            channel,
+            method: rest,
+        },
+        b'!' => Routed::Broadcast {
             channel,
             method: rest,
         },
@@ -266,7 +279,7 @@ mod tests {
     fn channel_names_are_checked_and_routed_names_split() {
         assert!(check_channel_name("math").is_ok());
         assert!(check_channel_name("busline.system").is_ok());
-        for bad in ["", "a/b", "a#b", "busline.other", &"x".repeat(257)] {
+        for bad in ["", "a/b", "a#b", "a!b", "busline.other", &"x".repeat(257)] {
             assert!(
                 matches!(check_channel_name(bad), Err(Error::Protocol(_))),
                 "{bad}"
@@ -286,7 +299,14 @@ mod tests {
                 topic: "a.b"
             })
         );
-        for bad in ["nochannel", "/m", "#t", "c/", "c#"] {
+        assert_eq!(
+            parse_routed(&broadcast("ch", "m")),
+            Some(Routed::Broadcast {
+                channel: "ch",
+                method: "m"
+            })
+        );
+        for bad in ["nochannel", "/m", "#t", "!m", "c/", "c#", "c!"] {
             assert_eq!(parse_routed(bad), None, "{bad}");
         }
     }

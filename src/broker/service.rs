@@ -180,6 +180,15 @@ async fn route(state: &State, req: Request) -> Result<Reply> {
             }
             Ok(Reply::Unary(Payload::unit()))
         }
+        Some(Routed::Broadcast { channel, method }) => {
+            let sender = caller(&req)?.connection_id();
+            let name = protocol::routed(channel, method);
+            for provider in state.providers_except(channel, method, sender)? {
+                // A provider that is leaving just misses it.
+                let _ = provider.notify_raw(&name, req.payload.clone());
+            }
+            Ok(Reply::Unary(Payload::unit()))
+        }
         None => Err(Error::MethodNotFound(req.method.clone())),
     }
 }

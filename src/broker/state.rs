@@ -336,6 +336,26 @@ impl State {
             .collect())
     }
 
+    /// Every provider of `method` on `channel` but `sender`, who must be a
+    /// member.
+    pub(crate) fn providers_except(
+        &self,
+        channel: &str,
+        method: &str,
+        sender: u64,
+    ) -> Result<Vec<Client>> {
+        let mut inner = self.lock();
+        let conns: Vec<u64> = member_of(&mut inner, channel, sender)?
+            .methods
+            .get(method)
+            .map(|p| p.conns.iter().copied().filter(|&c| c != sender).collect())
+            .unwrap_or_default();
+        Ok(conns
+            .iter()
+            .filter_map(|c| inner.peers.get(c).cloned())
+            .collect())
+    }
+
     /// Connection `id` serves `method` on `channel`.
     pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
         let mut inner = self.lock();
