@@ -11,22 +11,26 @@ use std::{
 
 use busline_core::{Error, Result};
 
-use busline_core::Payload;
 use tokio_util::sync::CancellationToken;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{
     keys,
     outlet::{Outlet, SlowSubscriber},
-    protocol::{self, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy},
+    protocol::{self, BrokerStatus, ChannelInfo, OwnerPolicy},
     system::{self, Happening},
-    topic,
 };
 
 /// The owner of the system channels: no connection has id 0.
 const BROKER: u64 = 0;
 use crate::rpc::Client;
+
+mod lifecycle;
+mod providers;
+mod pubsub;
+
+use pubsub::{announce, emit};
 
 /// Default bound on publications queued for one subscriber connection.
 pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
@@ -53,25 +57,6 @@ struct Inner {
     /// Client ids claimed by live connections, both ways.
     client_ids: HashMap<String, u64>,
     ids_of: HashMap<u64, String>,
-}
-
-/// Marks a provider busy with one call until dropped.
-#[derive(Debug)]
-pub(crate) struct Busy<'a> {
-    state: &'a State,
-    id: u64,
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        let mut inner = self.state.lock();
-        if let Some(n) = inner.active.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                inner.active.remove(&self.id);
-            }
-        }
-    }
 }
 
 impl Channel {
@@ -277,175 +262,6 @@ impl State {
             .map(|ch| ch.closed.clone())
     }
 
-    /// Connection `peer` receives publications on `channel` whose topic
-    /// matches `pattern`.
-    pub(crate) fn subscribe(&self, channel: &str, pattern: &str, peer: &Client) -> Result<()> {
-        topic::check_pattern(pattern)?;
-        let mut inner = self.lock();
-        let id = peer.connection_id();
-        let ch = member_of(&mut inner, channel, id)?;
-        if !ch
-            .subscriptions
-            .iter()
-            .any(|(c, p)| *c == id && p == pattern)
-        {
-            ch.subscriptions.push((id, pattern.to_owned()));
-        }
-        let (capacity, policy) = (self.subscriber_queue, self.slow_subscriber);
-        inner
-            .outlets
-            .entry(id)
-            .or_insert_with(|| Outlet::start(peer.clone(), capacity, policy));
-        Ok(())
-    }
-
-    /// Connection `id` no longer receives what `pattern` matches.
-    pub(crate) fn unsubscribe(&self, channel: &str, pattern: &str, id: u64) {
-        let mut inner = self.lock();
-        if let Some(ch) = inner.channels.get_mut(channel) {
-            ch.subscriptions
-                .retain(|(c, p)| !(*c == id && p == pattern));
-        }
-    }
-
-    /// The outlets of every connection subscribed to `topic` on `channel`,
-    /// each once; `publisher` must be a member.
-    pub(crate) fn audience(
-        &self,
-        channel: &str,
-        topic: &str,
-        publisher: u64,
-    ) -> Result<Vec<Outlet>> {
-        topic::check_topic(topic)?;
-        let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, publisher)?;
-        if ch.system {
-            return Err(only_the_broker(channel));
-        }
-        let mut conns: Vec<u64> = ch
-            .subscriptions
-            .iter()
-            .filter(|(_, pattern)| topic::matches(pattern, topic))
-            .map(|(c, _)| *c)
-            .collect();
-        conns.sort_unstable();
-        conns.dedup();
-        Ok(conns
-            .iter()
-            .filter_map(|c| inner.outlets.get(c).cloned())
-            .collect())
-    }
-
-    /// Every provider of `method` on `channel` but `sender`, who must be a
-    /// member.
-    pub(crate) fn providers_except(
-        &self,
-        channel: &str,
-        method: &str,
-        sender: u64,
-    ) -> Result<Vec<Client>> {
-        let mut inner = self.lock();
-        let conns: Vec<u64> = member_of(&mut inner, channel, sender)?
-            .methods
-            .get(method)
-            .map(|p| p.conns.iter().copied().filter(|&c| c != sender).collect())
-            .unwrap_or_default();
-        Ok(conns
-            .iter()
-            .filter_map(|c| inner.peers.get(c).cloned())
-            .collect())
-    }
-
-    /// Connection `id` serves `method` on `channel`.
-    pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
-        let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, id)?;
-        if ch.system {
-            return Err(only_the_broker(channel));
-        }
-        let providers = ch.methods.entry(method.to_owned()).or_default();
-        if !providers.conns.contains(&id) {
-            providers.conns.push(id);
-            let body = json!({"channel": channel, "method": method, "client": id});
-            announce(&inner, Happening::new("provider.added", body));
-        }
-        Ok(())
-    }
-
-    /// Connection `id` stops serving `method` on `channel`.
-    pub(crate) fn unprovide(&self, channel: &str, method: &str, id: u64) {
-        let mut inner = self.lock();
-        if let Some(ch) = inner.channels.get_mut(channel) {
-            if remove_provider(ch, method, id) {
-                let body = json!({"channel": channel, "method": method, "client": id});
-                announce(&inner, Happening::new("provider.removed", body));
-            }
-        }
-    }
-
-    /// The provider of `method` on `channel` with the fewest calls in
-    /// progress (round-robin among equals), skipping `tried`, marked busy
-    /// until the guard drops; `None` when there is none (left).
-    pub(crate) fn pick(
-        &self,
-        channel: &str,
-        method: &str,
-        tried: &[u64],
-    ) -> Option<(Client, Busy<'_>)> {
-        let mut inner = self.lock();
-        let Inner {
-            peers,
-            channels,
-            active,
-            ..
-        } = &mut *inner;
-        let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
-        let n = providers.conns.len();
-        let (turn, id) = (0..n)
-            .map(|k| (providers.next + k) % n)
-            .map(|i| (i, providers.conns[i]))
-            .filter(|(_, id)| !tried.contains(id))
-            .min_by_key(|(_, id)| active.get(id).copied().unwrap_or(0))?;
-        providers.next = turn + 1;
-        let peer = peers.get(&id).cloned()?;
-        *active.entry(id).or_default() += 1;
-        Some((peer, Busy { state: self, id }))
-    }
-
-    /// Connection `id` leaves `channel`: its methods go, and if it owned
-    /// the channel the oldest remaining member takes over. A channel with
-    /// no members left is closed.
-    pub(crate) fn leave(&self, channel: &str, id: u64) {
-        let mut inner = self.lock();
-        leave(&mut inner, channel, id);
-    }
-
-    /// Connection `id` is gone: it leaves every channel.
-    pub(crate) fn disconnected(&self, id: u64) {
-        let mut inner = self.lock();
-        inner.outlets.remove(&id);
-        inner.nonces.retain(|(conn, _), _| *conn != id);
-        if let Some(name) = inner.ids_of.remove(&id) {
-            inner.client_ids.remove(&name);
-        }
-        announce(
-            &inner,
-            Happening::new("client.disconnected", json!({"client": id})),
-        );
-        if inner.peers.remove(&id).is_none() {
-            return;
-        }
-        let joined: Vec<String> = inner
-            .channels
-            .iter()
-            .filter(|(_, ch)| ch.members.contains(&id))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for channel in joined {
-            leave(&mut inner, &channel, id);
-        }
-    }
-
     /// Every client and unprotected channel.
     pub(crate) fn status(&self) -> BrokerStatus {
         let inner = self.lock();
@@ -508,15 +324,6 @@ fn owned_by<'a>(
     Ok(ch)
 }
 
-/// Tell connection `id` about `event` (best effort: it may be leaving).
-fn tell(inner: &Inner, id: u64, event: &ChannelEvent) {
-    if let Some(peer) = inner.peers.get(&id) {
-        if let Ok(payload) = Payload::encode(peer.encoding(), event) {
-            let _ = peer.notify_raw(protocol::EVENT, payload);
-        }
-    }
-}
-
 fn member_of<'a>(inner: &'a mut Inner, channel: &str, id: u64) -> Result<&'a mut Channel> {
     inner
         .channels
@@ -525,126 +332,10 @@ fn member_of<'a>(inner: &'a mut Inner, channel: &str, id: u64) -> Result<&'a mut
         .ok_or_else(|| not_member(channel))
 }
 
-fn leave(inner: &mut Inner, channel: &str, id: u64) {
-    let Some(ch) = inner.channels.get_mut(channel) else {
-        return;
-    };
-    ch.members.retain(|&m| m != id);
-    ch.subscriptions.retain(|(c, _)| *c != id);
-    let methods: Vec<String> = ch.methods.keys().cloned().collect();
-    let removed: Vec<String> = methods
-        .into_iter()
-        .filter(|m| remove_provider(ch, m, id))
-        .collect();
-    let (owner_left, system, oldest, policy) = (
-        ch.owner == id,
-        ch.system,
-        ch.members.first().copied(),
-        ch.policy,
-    );
-    for method in removed {
-        let body = json!({"channel": channel, "method": method, "client": id});
-        announce(inner, Happening::new("provider.removed", body));
-    }
-    if system {
-        return;
-    }
-    match (oldest, policy) {
-        (None, _) => close(inner, channel, "its last member left"),
-        (Some(_), OwnerPolicy::Terminate) if owner_left => close(
-            inner,
-            channel,
-            "its owner left, and its policy is terminate",
-        ),
-        (Some(oldest), OwnerPolicy::Promote) if owner_left => {
-            let Some(ch) = inner.channels.get_mut(channel) else {
-                return;
-            };
-            ch.owner = oldest;
-            let members = ch.members.clone();
-            for member in members {
-                let event = ChannelEvent::OwnerChanged {
-                    channel: channel.to_owned(),
-                    you_own_it: member == oldest,
-                };
-                tell(inner, member, &event);
-            }
-            let body = json!({"channel": channel, "owner": oldest});
-            announce(inner, Happening::new("owner.changed", body));
-        }
-        (Some(_), _) => {}
-    }
-}
-
-/// Close `channel`: calls in flight through it fail, members are told.
-fn close(inner: &mut Inner, channel: &str, reason: &str) {
-    let Some(ch) = inner.channels.remove(channel) else {
-        return;
-    };
-    ch.closed.cancel();
-    let event = ChannelEvent::Closed {
-        channel: channel.to_owned(),
-        reason: reason.to_owned(),
-    };
-    for member in &ch.members {
-        tell(inner, *member, &event);
-    }
-    let body = json!({"channel": channel, "reason": reason});
-    announce(inner, Happening::new("channel.closed", body));
-}
-
-/// Publish on a system channel to whoever subscribed to `topic` there.
-fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value) {
-    let Some(ch) = inner.channels.get(channel) else {
-        return;
-    };
-    let mut conns: Vec<u64> = ch
-        .subscriptions
-        .iter()
-        .filter(|(_, pattern)| topic::matches(pattern, topic_name))
-        .map(|(c, _)| *c)
-        .collect();
-    if conns.is_empty() {
-        return;
-    }
-    conns.sort_unstable();
-    conns.dedup();
-    let Ok(payload) = Payload::json(body) else {
-        return;
-    };
-    let name: std::sync::Arc<str> = protocol::published(channel, topic_name).into();
-    for conn in conns {
-        if let Some(outlet) = inner.outlets.get(&conn) {
-            outlet.offer(channel, name.clone(), payload.clone());
-        }
-    }
-}
-
-/// Tell `busline.system` and `busline.logs`.
-fn announce(inner: &Inner, happening: Happening) {
-    tracing::info!(topic = happening.topic, body = %happening.body, "broker");
-    emit(inner, system::SYSTEM, happening.topic, &happening.body);
-    emit(inner, system::LOGS, "info", &happening.line());
-}
-
 fn only_the_broker(channel: &str) -> Error {
     Error::Unauthorized(format!(
         "only the broker speaks on system channel {channel:?}"
     ))
-}
-
-/// Whether `id` provided `method` (and no longer does).
-fn remove_provider(ch: &mut Channel, method: &str, id: u64) -> bool {
-    let Some(providers) = ch.methods.get_mut(method) else {
-        return false;
-    };
-    let before = providers.conns.len();
-    providers.conns.retain(|&p| p != id);
-    let removed = providers.conns.len() < before;
-    if providers.conns.is_empty() {
-        ch.methods.remove(method);
-    }
-    removed
 }
 
 fn not_member(channel: &str) -> Error {

@@ -1,0 +1,118 @@
+//! Who provides what, and who answers the next call.
+
+use busline_core::Result;
+use serde_json::json;
+
+use super::{member_of, only_the_broker, pubsub::announce, Channel, Inner, State};
+use crate::{broker::system::Happening, rpc::Client};
+
+/// Marks a provider busy with one call until dropped.
+#[derive(Debug)]
+pub(crate) struct Busy<'a> {
+    state: &'a State,
+    id: u64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.state.lock();
+        if let Some(n) = inner.active.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                inner.active.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl State {
+    /// Every provider of `method` on `channel` but `sender`, who must be a
+    /// member.
+    pub(crate) fn providers_except(
+        &self,
+        channel: &str,
+        method: &str,
+        sender: u64,
+    ) -> Result<Vec<Client>> {
+        let mut inner = self.lock();
+        let conns: Vec<u64> = member_of(&mut inner, channel, sender)?
+            .methods
+            .get(method)
+            .map(|p| p.conns.iter().copied().filter(|&c| c != sender).collect())
+            .unwrap_or_default();
+        Ok(conns
+            .iter()
+            .filter_map(|c| inner.peers.get(c).cloned())
+            .collect())
+    }
+
+    /// Connection `id` serves `method` on `channel`.
+    pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
+        let mut inner = self.lock();
+        let ch = member_of(&mut inner, channel, id)?;
+        if ch.system {
+            return Err(only_the_broker(channel));
+        }
+        let providers = ch.methods.entry(method.to_owned()).or_default();
+        if !providers.conns.contains(&id) {
+            providers.conns.push(id);
+            let body = json!({"channel": channel, "method": method, "client": id});
+            announce(&inner, Happening::new("provider.added", body));
+        }
+        Ok(())
+    }
+
+    /// Connection `id` stops serving `method` on `channel`.
+    pub(crate) fn unprovide(&self, channel: &str, method: &str, id: u64) {
+        let mut inner = self.lock();
+        if let Some(ch) = inner.channels.get_mut(channel) {
+            if remove_provider(ch, method, id) {
+                let body = json!({"channel": channel, "method": method, "client": id});
+                announce(&inner, Happening::new("provider.removed", body));
+            }
+        }
+    }
+
+    /// The provider of `method` on `channel` with the fewest calls in
+    /// progress (round-robin among equals), skipping `tried`, marked busy
+    /// until the guard drops; `None` when there is none (left).
+    pub(crate) fn pick(
+        &self,
+        channel: &str,
+        method: &str,
+        tried: &[u64],
+    ) -> Option<(Client, Busy<'_>)> {
+        let mut inner = self.lock();
+        let Inner {
+            peers,
+            channels,
+            active,
+            ..
+        } = &mut *inner;
+        let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
+        let n = providers.conns.len();
+        let (turn, id) = (0..n)
+            .map(|k| (providers.next + k) % n)
+            .map(|i| (i, providers.conns[i]))
+            .filter(|(_, id)| !tried.contains(id))
+            .min_by_key(|(_, id)| active.get(id).copied().unwrap_or(0))?;
+        providers.next = turn + 1;
+        let peer = peers.get(&id).cloned()?;
+        *active.entry(id).or_default() += 1;
+        Some((peer, Busy { state: self, id }))
+    }
+}
+
+/// Whether `id` provided `method` (and no longer does).
+pub(super) fn remove_provider(ch: &mut Channel, method: &str, id: u64) -> bool {
+    let Some(providers) = ch.methods.get_mut(method) else {
+        return false;
+    };
+    let before = providers.conns.len();
+    providers.conns.retain(|&p| p != id);
+    let removed = providers.conns.len() < before;
+    if providers.conns.is_empty() {
+        ch.methods.remove(method);
+    }
+    removed
+}
