@@ -1304,3 +1304,42 @@ async fn errors_stay_whole_and_deadlines_cancel_providers() {
         .unwrap();
     s.broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_owner_learns_when_it_is_wanted() {
+    async fn next(
+        events: &mut futures::stream::BoxStream<'static, busline::broker::ChannelEvent>,
+    ) -> busline::broker::ChannelEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+    use busline::broker::ChannelEvent;
+    let s = Setup::start().await;
+    let publisher = s.client(0).await;
+    let mut events = publisher.events();
+    let ch = publisher.open("market").await.unwrap();
+    ch.own_topic("prices.eur").await.unwrap();
+    let demand = |wanted| ChannelEvent::Demand {
+        channel: "market".into(),
+        topic: "prices.eur".into(),
+        wanted,
+    };
+    assert_eq!(next(&mut events).await, demand(false));
+
+    let a = s.client(1).await.open("market").await.unwrap();
+    let sub_a = a.subscribe("prices.*").await.unwrap();
+    assert_eq!(next(&mut events).await, demand(true));
+    let b = s.client(2).await.open("market").await.unwrap();
+    let sub_b = b.subscribe(">").await.unwrap();
+    drop(sub_a);
+    // Someone still wants it: nothing to say until the last one goes.
+    drop(sub_b);
+    assert_eq!(next(&mut events).await, demand(false));
+
+    // Nobody else may publish there, or take it over.
+    let err = b.own_topic("prices.eur").await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    s.broker.shutdown().await;
+}

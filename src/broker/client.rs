@@ -16,7 +16,7 @@ use super::{
     keys::ChannelKeys,
     protocol::{
         self, Challenge, ChannelArgs, ChannelEvent, ChannelInfo, IdentifyArgs, Lagged, MethodArgs,
-        OpenArgs, Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed,
+        OpenArgs, Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
     },
     signing::{Kind, Signer, Verified},
     subscription::{Subscribers, Subscription},
@@ -401,6 +401,23 @@ impl Channel {
             None => payload,
         };
         self.bus.client.notify_raw(&name, payload)
+    }
+
+    /// Become the only publisher of `topic` here (others' publications on
+    /// it are refused), and learn through [`BrokerClient::events`]
+    /// ([`ChannelEvent::Demand`]) whether anyone is subscribed: now, and
+    /// whenever the first subscriber arrives or the last one leaves, so
+    /// the topic can be published lazily. Returns once the broker confirms.
+    pub async fn own_topic(&self, topic: &str) -> Result<()> {
+        topic::check_topic(topic)?;
+        let args = TopicArgs {
+            channel: self.name.clone(),
+            topic: topic.to_owned(),
+        };
+        self.bus
+            .client
+            .call::<_, ()>(protocol::OWN_TOPIC, &args)
+            .await
     }
 
     /// Receive what is published on this channel under topics matching

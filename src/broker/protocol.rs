@@ -27,6 +27,8 @@ pub(crate) const PROVIDE: &str = "busline.provide";
 pub(crate) const UNPROVIDE: &str = "busline.unprovide";
 /// Describe a channel: owner, members, providers.
 pub(crate) const DESCRIBE: &str = "busline.describe";
+/// Become the only publisher of a topic, told when it has subscribers.
+pub(crate) const OWN_TOPIC: &str = "busline.own_topic";
 /// Claim a client id, unique among live connections.
 pub(crate) const IDENTIFY: &str = "busline.identify";
 /// The whole broker: clients and every unprotected channel.
@@ -118,6 +120,13 @@ pub(crate) struct Lagged {
     pub(crate) missed: u64,
 }
 
+/// Arguments of [`OWN_TOPIC`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TopicArgs {
+    pub(crate) channel: String,
+    pub(crate) topic: String,
+}
+
 /// Arguments of [`IDENTIFY`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct IdentifyArgs {
@@ -170,6 +179,16 @@ pub enum ChannelEvent {
         channel: String,
         /// Whether the member told is the new owner.
         you_own_it: bool,
+    },
+    /// Whether anyone is subscribed to a topic the member owns changed (and
+    /// once when it takes the topic): publish while `wanted`.
+    Demand {
+        /// The channel.
+        channel: String,
+        /// The owned topic.
+        topic: String,
+        /// Whether at least one subscription matches it.
+        wanted: bool,
     },
     /// The channel was closed; the member is no longer in it.
     Closed {

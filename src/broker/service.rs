@@ -11,7 +11,7 @@ use tower::service_fn;
 use super::{
     protocol::{
         self, key_from_hex, Challenge, ChannelArgs, IdentifyArgs, MethodArgs, OpenArgs, Opened,
-        PasswordArgs, PatternArgs, PolicyArgs, Routed,
+        PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
     },
     state::State,
 };
@@ -99,6 +99,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                 state
                     .describe(&args.channel)
                     .ok_or_else(|| Error::MethodNotFound(format!("channel {:?}", args.channel)))
+            }),
+        )
+        .route(
+            protocol::OWN_TOPIC,
+            control(&state, |state, peer, args: TopicArgs| {
+                state.own_topic(&args.channel, &args.topic, peer.connection_id())
             }),
         )
         .route(

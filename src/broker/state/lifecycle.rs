@@ -3,7 +3,11 @@
 use busline_core::Payload;
 use serde_json::json;
 
-use super::{providers::remove_provider, pubsub::announce, Inner, State};
+use super::{
+    providers::remove_provider,
+    pubsub::{announce, refresh_demand},
+    Inner, State,
+};
 use crate::broker::{
     protocol::{self, ChannelEvent, OwnerPolicy},
     system::Happening,
@@ -60,6 +64,7 @@ fn leave(inner: &mut Inner, channel: &str, id: u64) {
     };
     ch.members.retain(|&m| m != id);
     ch.subscriptions.retain(|(c, _)| *c != id);
+    ch.topics.retain(|_, (owner, _)| *owner != id);
     let methods: Vec<String> = ch.methods.keys().cloned().collect();
     let removed: Vec<String> = methods
         .into_iter()
@@ -75,6 +80,7 @@ fn leave(inner: &mut Inner, channel: &str, id: u64) {
         let body = json!({"channel": channel, "method": method, "client": id});
         announce(inner, Happening::new("provider.removed", body));
     }
+    refresh_demand(inner, channel);
     if system {
         return;
     }

@@ -70,6 +70,7 @@ impl Channel {
             policy: OwnerPolicy::default(),
             system: false,
             closed: CancellationToken::new(),
+            topics: HashMap::new(),
         }
     }
 }
@@ -89,6 +90,9 @@ struct Channel {
     system: bool,
     /// Cancelled when the channel closes, failing calls in flight.
     closed: CancellationToken,
+    /// Topics one publisher owns: its connection, and whether anyone is
+    /// subscribed (as last told).
+    topics: HashMap<String, (u64, bool)>,
 }
 
 #[derive(Debug, Default)]

@@ -3,11 +3,11 @@
 use busline_core::{Payload, Result};
 use serde_json::Value;
 
-use super::{member_of, only_the_broker, Inner, State};
+use super::{lifecycle::tell, member_of, only_the_broker, Inner, State};
 use crate::{
     broker::{
         outlet::Outlet,
-        protocol,
+        protocol::{self, ChannelEvent},
         system::{self, Happening},
         topic,
     },
@@ -15,6 +15,35 @@ use crate::{
 };
 
 impl State {
+    /// Connection `id` becomes the only publisher of `topic` on `channel`,
+    /// and is told now, and whenever it changes, whether anyone wants it.
+    pub(crate) fn own_topic(&self, channel: &str, topic_name: &str, id: u64) -> Result<()> {
+        topic::check_topic(topic_name)?;
+        let mut inner = self.lock();
+        let ch = member_of(&mut inner, channel, id)?;
+        match ch.topics.get(topic_name) {
+            Some((owner, _)) if *owner != id => {
+                return Err(busline_core::Error::Unauthorized(format!(
+                    "topic {topic_name:?} on channel {channel:?} has another publisher"
+                )))
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        let wanted = ch
+            .subscriptions
+            .iter()
+            .any(|(_, p)| topic::matches(p, topic_name));
+        ch.topics.insert(topic_name.to_owned(), (id, wanted));
+        let event = ChannelEvent::Demand {
+            channel: channel.to_owned(),
+            topic: topic_name.to_owned(),
+            wanted,
+        };
+        tell(&inner, id, &event);
+        Ok(())
+    }
+
     /// Connection `peer` receives publications on `channel` whose topic
     /// matches `pattern`.
     pub(crate) fn subscribe(&self, channel: &str, pattern: &str, peer: &Client) -> Result<()> {
@@ -34,6 +63,7 @@ impl State {
             .outlets
             .entry(id)
             .or_insert_with(|| Outlet::start(peer.clone(), capacity, policy));
+        refresh_demand(&mut inner, channel);
         Ok(())
     }
 
@@ -44,6 +74,7 @@ impl State {
             ch.subscriptions
                 .retain(|(c, p)| !(*c == id && p == pattern));
         }
+        refresh_demand(&mut inner, channel);
     }
 
     /// The outlets of every connection subscribed to `topic` on `channel`,
@@ -59,6 +90,13 @@ impl State {
         let ch = member_of(&mut inner, channel, publisher)?;
         if ch.system {
             return Err(only_the_broker(channel));
+        }
+        if let Some((owner, _)) = ch.topics.get(topic) {
+            if *owner != publisher {
+                return Err(busline_core::Error::Unauthorized(format!(
+                    "topic {topic:?} on channel {channel:?} has another publisher"
+                )));
+            }
         }
         let mut conns: Vec<u64> = ch
             .subscriptions
@@ -107,4 +145,30 @@ pub(super) fn announce(inner: &Inner, happening: Happening) {
     tracing::info!(topic = happening.topic, body = %happening.body, "broker");
     emit(inner, system::SYSTEM, happening.topic, &happening.body);
     emit(inner, system::LOGS, "info", &happening.line());
+}
+
+/// Tell owners of `channel`'s topics whose demand changed.
+pub(super) fn refresh_demand(inner: &mut Inner, channel: &str) {
+    let Some(ch) = inner.channels.get_mut(channel) else {
+        return;
+    };
+    let mut changed = Vec::new();
+    for (topic_name, (owner, wanted)) in ch.topics.iter_mut() {
+        let now = ch
+            .subscriptions
+            .iter()
+            .any(|(_, p)| topic::matches(p, topic_name));
+        if now != *wanted {
+            *wanted = now;
+            changed.push((*owner, topic_name.clone(), now));
+        }
+    }
+    for (owner, topic_name, wanted) in changed {
+        let event = ChannelEvent::Demand {
+            channel: channel.to_owned(),
+            topic: topic_name,
+            wanted,
+        };
+        tell(inner, owner, &event);
+    }
 }
