@@ -1343,3 +1343,60 @@ async fn a_topic_owner_learns_when_it_is_wanted() {
     assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
     s.broker.shutdown().await;
 }
+
+/// Found in review: each of these once went wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_regressions() {
+    let s = Setup::start().await;
+
+    // A channel someone opened without a password is not "joined with a
+    // password": that would look protected and not be.
+    let squatter = s.client(0).await;
+    let _squat = squatter.open("payments").await.unwrap();
+    let victim = s.client(1).await;
+    let err = victim
+        .open_with_password("payments", "pw")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("no password")),
+        "{err:?}"
+    );
+
+    // A handler that itself fails with `Disconnected` ran: the call is not
+    // run again on another provider.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut providers = Vec::new();
+    for on in [0, 1] {
+        let bus = s.client(on).await;
+        let runs = runs.clone();
+        bus.open("once")
+            .await
+            .unwrap()
+            .provide("job", move |(): ()| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(Error::Disconnected("my upstream left".into())) }
+            })
+            .await
+            .unwrap();
+        providers.push(bus);
+    }
+    let caller = s.client(2).await.open("once").await.unwrap();
+    let err = caller.call::<_, ()>("job", &()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Disconnected(ref m) if m.contains("upstream")),
+        "{err:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Unsubscribing and subscribing again at once keeps the subscription:
+    // notifications and calls are handled in the order they were sent.
+    let ch = s.client(0).await.open("order").await.unwrap();
+    for _ in 0..20 {
+        drop(ch.subscribe("a.>").await.unwrap());
+        let mut again = ch.subscribe("a.>").await.unwrap();
+        ch.publish("a.b", &1).unwrap();
+        assert_eq!(next_message(&mut again).await.topic, "a.b");
+    }
+    s.broker.shutdown().await;
+}

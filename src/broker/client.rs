@@ -139,7 +139,11 @@ impl BrokerClient {
             let nonce = hex::decode(&challenge.nonce)
                 .map_err(|e| Error::Protocol(format!("the broker's nonce is not hex: {e}")))?;
             args.proof = Some(hex::encode(keys.join_proof(channel, &nonce)));
-            args.key = Some(hex::encode(keys.join_key()));
+            // The join key is all a joiner needs: it crosses the wire only
+            // to create the channel, never to join it.
+            if !challenge.exists {
+                args.key = Some(hex::encode(keys.join_key()));
+            }
         }
         let opened: Opened = self.client.call(protocol::OPEN, &args).await?;
         Ok(Channel {

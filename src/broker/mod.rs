@@ -55,7 +55,7 @@ pub use protocol::{
     check_channel_name, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy, MAX_CHANNEL_NAME,
     MAX_CLIENT_ID,
 };
-pub use state::DEFAULT_SUBSCRIBER_QUEUE;
+pub use state::{DEFAULT_SUBSCRIBER_QUEUE, MAX_PER_CLIENT};
 pub use subscription::{Event, Publication, Subscription};
 pub use system::{is_system, ERRORS, LOGS, SYSTEM, SYSTEM_CHANNELS};
 pub use topic::{check_pattern, check_topic, matches as topic_matches, MAX_TOPIC};

@@ -74,6 +74,9 @@ pub(crate) struct OpenArgs {
 pub(crate) struct Challenge {
     /// Hex nonce, good for one [`OPEN`] of that channel on this connection.
     pub(crate) nonce: String,
+    /// Whether the channel exists: if not, the opener creates it and sends
+    /// its join key; if so, only a proof.
+    pub(crate) exists: bool,
 }
 
 /// Arguments of [`SET_PASSWORD`].

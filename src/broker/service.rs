@@ -40,9 +40,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             protocol::CHALLENGE,
             control(&state, |state, peer, args: ChannelArgs| {
                 protocol::check_channel_name(&args.channel)?;
-                let nonce = state.challenge(&args.channel, peer.connection_id())?;
+                let (nonce, exists) = state.challenge(&args.channel, peer.connection_id())?;
                 Ok(Challenge {
                     nonce: hex::encode(nonce),
+                    exists,
                 })
             }),
         )
@@ -146,6 +147,12 @@ where
     service_fn(move |req: Request| {
         let state = state.clone();
         let f = f.clone();
+        // Control methods answer at once; run as a stream they would run on
+        // another task, possibly after the connection is gone.
+        if req.kind == CallKind::Stream {
+            let refused = Error::Protocol(format!("{} is not a stream", req.method));
+            return Box::pin(std::future::ready(Err(refused))) as BoxFuture<'static, Result<Reply>>;
+        }
         let answer = caller(&req).and_then(|peer| {
             let out = req
                 .arguments()
@@ -233,8 +240,11 @@ async fn forward(state: &State, channel: &str, method: &str, req: &Request) -> R
                 .map(|()| Reply::Unary(Payload::unit())),
         };
         match sent {
-            // The provider's tables entry goes when its disconnect is seen.
-            Err(Error::Disconnected(why)) => {
+            // Failover is decided by the provider's connection, not by the
+            // error: a handler that returns `Disconnected` itself ran, and
+            // must not run again elsewhere. (The tables forget the provider
+            // when its disconnect is seen.)
+            Err(why) if provider.is_closed() => {
                 tracing::debug!(channel, method, %why, "provider gone; failing over");
                 tried.push(provider.connection_id());
             }

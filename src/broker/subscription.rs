@@ -16,7 +16,7 @@ use super::{
     protocol,
     signing::{Kind, Signer},
 };
-use futures::Stream;
+use futures::{task::AtomicWaker, Stream};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -69,6 +69,9 @@ struct Local {
     pattern: String,
     tx: mpsc::Sender<Result<Publication>>,
     missed: Arc<AtomicU64>,
+    /// Wakes the reader when something is missed, which the queue alone
+    /// would not.
+    waker: Arc<AtomicWaker>,
     /// Checks publications on a protected channel.
     signer: Option<Arc<Signer>>,
 }
@@ -83,6 +86,7 @@ impl Subscribers {
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
         let missed = Arc::new(AtomicU64::new(0));
+        let waker = Arc::new(AtomicWaker::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().push(Local {
             id,
@@ -90,11 +94,13 @@ impl Subscribers {
             pattern: pattern.to_owned(),
             tx,
             missed: missed.clone(),
+            waker: waker.clone(),
             signer,
         });
         Subscription {
             rx,
             missed,
+            waker,
             owner: Arc::downgrade(self),
             id,
             on_drop: None,
@@ -140,10 +146,14 @@ impl Subscribers {
         }
     }
 
-    /// The broker dropped `missed` publications on `channel` for us.
+    /// The broker dropped `missed` publications on `channel` for us. It
+    /// does not say which topics, so every subscription on the channel
+    /// hears of it: a gap may be reported to one that missed nothing, never
+    /// the other way round.
     pub(crate) fn lagged(&self, channel: &str, missed: u64) {
         for sub in self.lock().iter().filter(|s| s.channel == channel) {
             sub.missed.fetch_add(missed, Ordering::Relaxed);
+            sub.waker.wake();
         }
     }
 
@@ -171,6 +181,7 @@ pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 pub struct Subscription {
     rx: mpsc::Receiver<Result<Publication>>,
     missed: Arc<AtomicU64>,
+    waker: Arc<AtomicWaker>,
     owner: std::sync::Weak<Subscribers>,
     id: u64,
     on_drop: Option<Unsubscribe>,
@@ -197,6 +208,7 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
         // A gap is reported as soon as it is known, ahead of messages
         // still queued.
+        self.waker.register(cx.waker());
         let missed = self.missed.swap(0, Ordering::Relaxed);
         if missed > 0 {
             return Poll::Ready(Some(Ok(Event::Lagged(missed))));

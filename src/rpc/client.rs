@@ -165,7 +165,7 @@ impl Client {
 
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.shared.commands.is_closed()
+        self.shared.closed.get().is_some() || self.shared.commands.is_closed()
     }
 
     /// The payload encoding calls use.

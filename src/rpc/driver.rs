@@ -128,6 +128,8 @@ pub(crate) struct Driver<I, C> {
 
     peer: WeakClient,
     closed: CloseReason,
+    /// Once closing: when to give up writing the last frames.
+    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     reading: bool,
     closing: Option<Error>,
     needs_flush: bool,
@@ -159,6 +161,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             flushed: Vec::new(),
             peer: setup.peer,
             closed: setup.closed,
+            close_deadline: None,
             reading: true,
             closing: None,
             needs_flush: false,
@@ -176,8 +179,11 @@ impl<I: Io, C: Codec> Driver<I, C> {
             return;
         }
         tracing::debug!(error = %err, "closing connection");
+        let _ = self.closed.set(err.clone());
         self.reading = false;
         self.flushed.clear();
+        // A peer that does not read must not hold the connection open.
+        self.close_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
         for (_, pending) in self.pending.drain() {
             pending.fail(err.clone());
         }
@@ -200,7 +206,6 @@ impl<I: Io, C: Codec> Driver<I, C> {
             };
             self.outbox.push_back(Message::Close { error });
         }
-        let _ = self.closed.set(err.clone());
         self.closing = Some(err);
     }
 
@@ -269,7 +274,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 payload,
                 timeout_ms,
             } => self.serve_call(id, method, payload, timeout_ms, cx),
-            Message::Notify { method, payload } => self.serve_notification(method, payload),
+            Message::Notify { method, payload } => self.serve_notification(method, payload, cx),
             Message::OpenStream {
                 id,
                 method,
@@ -309,7 +314,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             }
             Message::Credit { id, credit } => {
                 if let Some((permits, _)) = self.streams.get(&id) {
-                    let room = Semaphore::MAX_PERMITS - permits.available_permits();
+                    let room = (MAX_CREDIT as usize).saturating_sub(permits.available_permits());
                     permits.add_permits((credit as usize).min(room));
                 }
             }
@@ -404,18 +409,21 @@ impl<I: Io, C: Codec> Driver<I, C> {
             })));
     }
 
-    fn serve_notification(&mut self, method: String, payload: Payload) {
+    fn serve_notification(&mut self, method: String, payload: Payload, cx: &mut Context<'_>) {
         let Some(router) = self.router.clone() else {
             return;
         };
         let req = self.request(method, payload, CallKind::Notify, None);
         let method = req.method.clone();
-        self.notifications
-            .push(Box::pin(guarded(router.dispatch(req)).map(move |result| {
-                if let Err(err) = result {
-                    tracing::warn!(%method, error = %err, "notification handler failed");
-                }
-            })));
+        let mut run = Box::pin(guarded(router.dispatch(req)).map(move |result| {
+            if let Err(err) = result {
+                tracing::warn!(%method, error = %err, "notification handler failed");
+            }
+        }));
+        // Like calls, most finish at once: handled in arrival order.
+        if run.as_mut().poll(cx).is_pending() {
+            self.notifications.push(run);
+        }
     }
 
     fn serve_stream(
@@ -434,7 +442,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             return;
         };
         let req = self.request(method, payload, CallKind::Stream, timeout_ms);
-        let permits = Arc::new(Semaphore::new(credit as usize));
+        let permits = Arc::new(Semaphore::new(credit.min(MAX_CREDIT) as usize));
         let task = stream_task::run(id, router, req, permits.clone(), tx);
         let (abort, reg) = AbortHandle::new_pair();
         tokio::spawn(Abortable::new(task, reg));
@@ -557,6 +565,14 @@ pub(crate) async fn with_deadline<F: Future<Output = Result<T>>, T>(
 
 /// How many frames to handle before yielding to other tasks.
 const BUDGET: usize = 128;
+/// Messages waiting to be written past which the connection stops reading
+/// more work from its peer: a peer that sends but does not read gets
+/// backpressure, not unbounded memory.
+const OUTBOX_HIGH_WATER: usize = 4096;
+/// How long a closing connection tries to deliver its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The most stream credit a peer may grant at once (more is clamped).
+const MAX_CREDIT: u32 = 1 << 16;
 
 impl<I: Io, C: Codec> Future for Driver<I, C> {
     type Output = ();
@@ -594,7 +610,11 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 progress = true;
             }
 
-            while this.reading && this.handlers() < this.max_handlers && budget > 0 {
+            while this.reading
+                && this.handlers() < this.max_handlers
+                && this.outbox.len() < OUTBOX_HIGH_WATER
+                && budget > 0
+            {
                 match Pin::new(&mut this.framed).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => this.on_frame(msg, cx),
                     Poll::Ready(Some(Err(err))) => {
@@ -638,6 +658,12 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                     return Poll::Ready(());
                 }
                 _ => {}
+            }
+            if let Some(deadline) = &mut this.close_deadline {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    tracing::debug!("the peer did not take the last frames in time; dropping it");
+                    return Poll::Ready(());
+                }
             }
 
             if !progress {

@@ -26,7 +26,7 @@ impl State {
     pub(crate) fn disconnected(&self, id: u64) {
         let mut inner = self.lock();
         inner.outlets.remove(&id);
-        inner.nonces.retain(|(conn, _), _| *conn != id);
+        inner.nonces.remove(&id);
         if let Some(name) = inner.ids_of.remove(&id) {
             inner.client_ids.remove(&name);
         }

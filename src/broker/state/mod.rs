@@ -24,6 +24,15 @@ use super::{
 
 /// The owner of the system channels: no connection has id 0.
 const BROKER: u64 = 0;
+
+/// Most channels one client may be in, and most methods, subscriptions and
+/// owned topics it may have in one channel: the broker's tables never grow
+/// without bound at one client's will.
+pub const MAX_PER_CLIENT: usize = 1024;
+
+fn too_many(what: &str) -> Error {
+    Error::Overloaded(format!("a client may have at most {MAX_PER_CLIENT} {what}"))
+}
 use crate::rpc::Client;
 
 mod lifecycle;
@@ -50,8 +59,8 @@ struct Inner {
     channels: HashMap<String, Channel>,
     /// Where each subscribing connection's publications queue up.
     outlets: HashMap<u64, Outlet>,
-    /// The open password challenge of each connection and channel.
-    nonces: HashMap<(u64, String), [u8; 32]>,
+    /// The open password challenge of each connection, for one channel.
+    nonces: HashMap<u64, (String, [u8; 32])>,
     /// Calls each provider connection is answering right now.
     active: HashMap<u64, usize>,
     /// Client ids claimed by live connections, both ways.
@@ -164,7 +173,9 @@ impl State {
     /// Report a refused operation on `busline.errors`.
     pub(crate) fn refused(&self, id: u64, operation: &str, error: &Error) {
         let inner = self.lock();
-        let body = json!({"client": id, "operation": operation, "error": error.to_string()});
+        // The error may name a protected channel; the operation and who
+        // asked are what operators need.
+        let body = json!({"client": id, "operation": operation, "error": error.code().as_str()});
         emit(&inner, system::ERRORS, "refused", &body);
     }
 
@@ -174,19 +185,23 @@ impl State {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A fresh nonce for `peer` to prove it knows `channel`'s password
-    /// with; it replaces any earlier one and is good for one try.
-    pub(crate) fn challenge(&self, channel: &str, id: u64) -> Result<[u8; 32]> {
+    /// A fresh nonce for connection `id` to prove it knows `channel`'s
+    /// password with (one at a time per connection, good for one try), and
+    /// whether the channel exists, so that only its creator sends a key.
+    pub(crate) fn challenge(&self, channel: &str, id: u64) -> Result<([u8; 32], bool)> {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce)
             .map_err(|e| Error::transport(std::io::Error::other(format!("no randomness: {e}"))))?;
-        self.lock().nonces.insert((id, channel.to_owned()), nonce);
-        Ok(nonce)
+        let mut inner = self.lock();
+        inner.nonces.insert(id, (channel.to_owned(), nonce));
+        Ok((nonce, inner.channels.contains_key(channel)))
     }
 
-    /// `peer` joins `channel`, creating it if new (protected by `key` if
-    /// given); whether it owns it. Joining a protected channel takes a
-    /// `proof` for the nonce of the last challenge.
+    /// `peer` joins `channel`; whether it owns it. A new channel is created
+    /// with the caller as owner and member, protected by `key` if given. An
+    /// existing protected one takes a `proof` for the nonce of the last
+    /// challenge; a `proof` for one without a password is refused, so that
+    /// nobody believes a channel protected that is not.
     pub(crate) fn open(
         &self,
         channel: &str,
@@ -196,26 +211,49 @@ impl State {
     ) -> Result<bool> {
         let mut inner = self.lock();
         let id = peer.connection_id();
-        let nonce = inner.nonces.remove(&(id, channel.to_owned()));
-        if !inner.channels.contains_key(channel) {
-            inner
+        let nonce = match inner.nonces.remove(&id) {
+            Some((for_channel, nonce)) if for_channel == channel => Some(nonce),
+            _ => None,
+        };
+        let Some(ch) = inner.channels.get_mut(channel) else {
+            if proof.is_some() && key.is_none() {
+                return Err(Error::Unauthorized(format!(
+                    "channel {channel:?} closed while it was being joined; open it again"
+                )));
+            }
+            let joined = inner
                 .channels
-                .insert(channel.to_owned(), Channel::new(id, key));
+                .values()
+                .filter(|c| c.members.contains(&id))
+                .count();
+            if joined >= MAX_PER_CLIENT {
+                return Err(too_many("channels"));
+            }
+            let mut ch = Channel::new(id, key);
+            ch.members.push(id);
+            inner.channels.insert(channel.to_owned(), ch);
+            inner.peers.insert(id, peer.clone());
             let body = json!({"channel": channel, "owner": id, "protected": key.is_some()});
             announce(&inner, Happening::new("channel.opened", body));
-        }
-        let ch = inner
-            .channels
-            .get_mut(channel)
-            .expect("the channel was just made if missing");
+            return Ok(true);
+        };
         if !ch.members.contains(&id) {
-            if let Some(join_key) = &ch.key {
-                let proven = matches!((nonce, proof), (Some(nonce), Some(proof))
-                    if keys::verify_join(join_key, channel, &nonce, proof));
-                if !proven {
+            match (&ch.key, proof) {
+                (None, None) => {}
+                (None, Some(_)) => {
                     return Err(Error::Unauthorized(format!(
-                        "channel {channel:?} takes a password, and none or a wrong one was given"
-                    )));
+                        "channel {channel:?} has no password: opened with one, it would seem \
+                         protected and would not be"
+                    )))
+                }
+                (Some(join_key), proof) => {
+                    let proven = matches!((nonce, proof), (Some(nonce), Some(proof))
+                        if keys::verify_join(join_key, channel, &nonce, proof));
+                    if !proven {
+                        return Err(Error::Unauthorized(format!(
+                            "channel {channel:?} takes a password, and none or a wrong one was given"
+                        )));
+                    }
                 }
             }
             ch.members.push(id);

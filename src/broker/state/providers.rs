@@ -3,8 +3,13 @@
 use busline_core::Result;
 use serde_json::json;
 
-use super::{member_of, only_the_broker, pubsub::announce, Channel, Inner, State};
-use crate::{broker::system::Happening, rpc::Client};
+use super::{
+    member_of, only_the_broker, pubsub::announce, too_many, Channel, Inner, State, MAX_PER_CLIENT,
+};
+use crate::{
+    broker::{protocol, system::Happening},
+    rpc::Client,
+};
 
 /// Marks a provider busy with one call until dropped.
 #[derive(Debug)]
@@ -49,9 +54,23 @@ impl State {
     /// Connection `id` serves `method` on `channel`.
     pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
         let mut inner = self.lock();
+        if method.is_empty() || method.len() > protocol::MAX_CHANNEL_NAME {
+            return Err(busline_core::Error::Protocol(format!(
+                "a method name has 1 to {} bytes",
+                protocol::MAX_CHANNEL_NAME
+            )));
+        }
         let ch = member_of(&mut inner, channel, id)?;
         if ch.system {
             return Err(only_the_broker(channel));
+        }
+        let mine = ch
+            .methods
+            .values()
+            .filter(|p| p.conns.contains(&id))
+            .count();
+        if mine >= MAX_PER_CLIENT && !ch.methods.contains_key(method) {
+            return Err(too_many("methods per channel"));
         }
         let providers = ch.methods.entry(method.to_owned()).or_default();
         if !providers.conns.contains(&id) {

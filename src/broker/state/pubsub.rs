@@ -3,7 +3,7 @@
 use busline_core::{Payload, Result};
 use serde_json::Value;
 
-use super::{lifecycle::tell, member_of, only_the_broker, Inner, State};
+use super::{lifecycle::tell, member_of, only_the_broker, too_many, Inner, State, MAX_PER_CLIENT};
 use crate::{
     broker::{
         outlet::Outlet,
@@ -21,6 +21,12 @@ impl State {
         topic::check_topic(topic_name)?;
         let mut inner = self.lock();
         let ch = member_of(&mut inner, channel, id)?;
+        if ch.system {
+            return Err(only_the_broker(channel));
+        }
+        if ch.topics.values().filter(|(o, _)| *o == id).count() >= MAX_PER_CLIENT {
+            return Err(too_many("owned topics per channel"));
+        }
         match ch.topics.get(topic_name) {
             Some((owner, _)) if *owner != id => {
                 return Err(busline_core::Error::Unauthorized(format!(
@@ -51,11 +57,11 @@ impl State {
         let mut inner = self.lock();
         let id = peer.connection_id();
         let ch = member_of(&mut inner, channel, id)?;
-        if !ch
-            .subscriptions
-            .iter()
-            .any(|(c, p)| *c == id && p == pattern)
-        {
+        let mine = ch.subscriptions.iter().filter(|(c, _)| *c == id);
+        if mine.clone().count() >= MAX_PER_CLIENT {
+            return Err(too_many("subscriptions per channel"));
+        }
+        if !mine.clone().any(|(_, p)| p == pattern) {
             ch.subscriptions.push((id, pattern.to_owned()));
         }
         let (capacity, policy) = (self.subscriber_queue, self.slow_subscriber);
@@ -143,6 +149,11 @@ pub(super) fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value)
 /// Tell `busline.system` and `busline.logs`.
 pub(super) fn announce(inner: &Inner, happening: Happening) {
     tracing::info!(topic = happening.topic, body = %happening.body, "broker");
+    // What happens in a protected channel is its members' business.
+    let channel = happening.body.get("channel").and_then(Value::as_str);
+    if channel.is_some_and(|c| inner.channels.get(c).is_some_and(|ch| ch.key.is_some())) {
+        return;
+    }
     emit(inner, system::SYSTEM, happening.topic, &happening.body);
     emit(inner, system::LOGS, "info", &happening.line());
 }
