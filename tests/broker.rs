@@ -1400,3 +1400,37 @@ async fn review_regressions() {
     }
     s.broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_can_describe_methods_with_json_schemas() {
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct Transfer {
+        from: String,
+        to: String,
+        cents: u64,
+    }
+    let s = Setup::start().await;
+    let bank = s.client(0).await.open("bank").await.unwrap();
+    bank.provide_described("transfer", |t: Transfer| async move {
+        Ok::<_, String>(format!("{} -> {}: {}", t.from, t.to, t.cents))
+    })
+    .await
+    .unwrap();
+    provide_add(&bank).await;
+    let info = s
+        .client(2)
+        .await
+        .open("bank")
+        .await
+        .unwrap()
+        .describe()
+        .await
+        .unwrap();
+    assert_eq!(info.schemas.len(), 1, "only described methods have schemas");
+    let (method, schema) = &info.schemas[0];
+    assert_eq!(method, "transfer");
+    assert_eq!(schema.params["type"], "object");
+    assert_eq!(schema.params["properties"]["cents"]["type"], "integer");
+    assert_eq!(schema.result["type"], "string");
+    s.broker.shutdown().await;
+}

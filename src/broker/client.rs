@@ -16,7 +16,8 @@ use super::{
     keys::ChannelKeys,
     protocol::{
         self, Challenge, ChannelArgs, ChannelEvent, ChannelInfo, IdentifyArgs, Lagged, MethodArgs,
-        OpenArgs, Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
+        MethodSchema, OpenArgs, Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed,
+        TopicArgs,
     },
     signing::{Kind, Signer, Verified},
     subscription::{Subscribers, Subscription},
@@ -190,6 +191,12 @@ impl BrokerClient {
     }
 }
 
+/// The JSON Schema of `T`.
+fn schema_of<T: schemars::JsonSchema>() -> Result<serde_json::Value> {
+    serde_json::to_value(schemars::schema_for!(T))
+        .map_err(|e| Error::Serialization(format!("schema of {}: {e}", std::any::type_name::<T>())))
+}
+
 /// Derive a channel's keys on a blocking thread: it takes milliseconds of
 /// CPU on purpose.
 async fn derive(channel: &str, password: &str) -> Result<ChannelKeys> {
@@ -246,7 +253,25 @@ impl Channel {
         Ret: Serialize + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        self.serve(method, UnaryFn::new(f)).await
+        self.serve(method, UnaryFn::new(f), None).await
+    }
+
+    /// As [`Channel::provide`], and describe the method to the broker with
+    /// JSON Schemas of its params and result, so that tools can list what
+    /// the channel offers ([`Channel::describe`], `busline status`).
+    pub async fn provide_described<F, Args, Fut, Ret, E>(&self, method: &str, f: F) -> Result<()>
+    where
+        F: Fn(Args) -> Fut + Clone + Send + Sync + 'static,
+        Args: DeserializeOwned + schemars::JsonSchema + Send + 'static,
+        Fut: Future<Output = std::result::Result<Ret, E>> + Send + 'static,
+        Ret: Serialize + schemars::JsonSchema + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let schema = MethodSchema {
+            params: schema_of::<Args>()?,
+            result: schema_of::<Ret>()?,
+        };
+        self.serve(method, UnaryFn::new(f), Some(schema)).await
     }
 
     /// Serve `method` on this channel with a function returning a stream
@@ -259,7 +284,7 @@ impl Channel {
         T: Serialize + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        self.serve(method, StreamFn::new(f)).await
+        self.serve(method, StreamFn::new(f), None).await
     }
 
     /// Serve `method` with any handler service (as [`Router::route`]), for
@@ -273,12 +298,12 @@ impl Channel {
             + 'static,
         S::Future: Send + 'static,
     {
-        self.serve(method, service).await
+        self.serve(method, service, None).await
     }
 
     /// Install `service` for `method` (checking signatures on a protected
     /// channel), then tell the broker.
-    async fn serve<S>(&self, method: &str, service: S) -> Result<()>
+    async fn serve<S>(&self, method: &str, service: S, schema: Option<MethodSchema>) -> Result<()>
     where
         S: tower::Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
@@ -294,6 +319,7 @@ impl Channel {
         let args = MethodArgs {
             channel: self.name.clone(),
             method: method.to_owned(),
+            schema,
         };
         self.bus
             .client
@@ -306,6 +332,7 @@ impl Channel {
         let args = MethodArgs {
             channel: self.name.clone(),
             method: method.to_owned(),
+            schema: None,
         };
         self.bus
             .client

@@ -107,7 +107,23 @@ pub(crate) struct Opened {
 pub(crate) struct MethodArgs {
     pub(crate) channel: String,
     pub(crate) method: String,
+    /// JSON Schemas of its params and result, if the provider gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) schema: Option<MethodSchema>,
 }
+
+/// What a method takes and gives, as JSON Schemas, for tools that explore
+/// a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodSchema {
+    /// The schema of the params.
+    pub params: serde_json::Value,
+    /// The schema of the result (of each item, for a stream).
+    pub result: serde_json::Value,
+}
+
+/// Largest schema text the broker keeps for one method.
+pub(crate) const MAX_SCHEMA: usize = 64 * 1024;
 
 /// Arguments of [`SUBSCRIBE`] and [`UNSUBSCRIBE`].
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,7 +156,7 @@ pub(crate) struct IdentifyArgs {
 pub const MAX_CLIENT_ID: usize = 256;
 
 /// The broker as [`STATUS`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrokerStatus {
     /// Connections that have joined a channel.
     pub clients: usize,
@@ -204,7 +220,7 @@ pub enum ChannelEvent {
 
 /// A channel as [`DESCRIBE`] reports it. Clients appear as the broker's
 /// numbers for their connections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelInfo {
     /// The channel's name.
     pub name: String,
@@ -214,6 +230,8 @@ pub struct ChannelInfo {
     pub members: Vec<u64>,
     /// Each method served, with the connection ids of its providers.
     pub methods: Vec<(String, Vec<u64>)>,
+    /// The schemas of the methods whose providers described them.
+    pub schemas: Vec<(String, MethodSchema)>,
     /// Each subscription: connection id and pattern.
     pub subscriptions: Vec<(u64, String)>,
     /// Whether joining takes the password.

@@ -64,7 +64,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route(
             protocol::PROVIDE,
             control(&state, |state, peer, args: MethodArgs| {
-                state.provide(&args.channel, &args.method, peer.connection_id())
+                state.provide(
+                    &args.channel,
+                    &args.method,
+                    peer.connection_id(),
+                    args.schema,
+                )
             }),
         )
         .route(

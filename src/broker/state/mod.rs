@@ -106,6 +106,8 @@ struct Channel {
 
 #[derive(Debug, Default)]
 struct Providers {
+    /// As the latest provider described the method, if one did.
+    schema: Option<protocol::MethodSchema>,
     conns: Vec<u64>,
     /// Round-robin position.
     next: usize,
@@ -340,11 +342,18 @@ fn info(channel: &str, ch: &Channel) -> ChannelInfo {
         .map(|(m, p)| (m.clone(), p.conns.clone()))
         .collect();
     methods.sort();
+    let mut schemas: Vec<(String, protocol::MethodSchema)> = ch
+        .methods
+        .iter()
+        .filter_map(|(m, p)| p.schema.clone().map(|s| (m.clone(), s)))
+        .collect();
+    schemas.sort_by(|a, b| a.0.cmp(&b.0));
     ChannelInfo {
         name: channel.to_owned(),
         owner: ch.owner,
         members: ch.members.clone(),
         methods,
+        schemas,
         subscriptions: ch.subscriptions.clone(),
         protected: ch.key.is_some(),
         policy: ch.policy,

@@ -52,7 +52,22 @@ impl State {
     }
 
     /// Connection `id` serves `method` on `channel`.
-    pub(crate) fn provide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
+    pub(crate) fn provide(
+        &self,
+        channel: &str,
+        method: &str,
+        id: u64,
+        schema: Option<protocol::MethodSchema>,
+    ) -> Result<()> {
+        if let Some(schema) = &schema {
+            let size = serde_json::to_string(schema).map_or(usize::MAX, |t| t.len());
+            if size > protocol::MAX_SCHEMA {
+                return Err(busline_core::Error::FrameTooLarge {
+                    size,
+                    limit: protocol::MAX_SCHEMA,
+                });
+            }
+        }
         let mut inner = self.lock();
         if method.is_empty() || method.len() > protocol::MAX_CHANNEL_NAME {
             return Err(busline_core::Error::Protocol(format!(
@@ -73,6 +88,9 @@ impl State {
             return Err(too_many("methods per channel"));
         }
         let providers = ch.methods.entry(method.to_owned()).or_default();
+        if schema.is_some() {
+            providers.schema = schema;
+        }
         if !providers.conns.contains(&id) {
             providers.conns.push(id);
             let body = json!({"channel": channel, "method": method, "client": id});
