@@ -155,7 +155,7 @@ pub(crate) struct IdentifyArgs {
 /// Longest client id accepted.
 pub const MAX_CLIENT_ID: usize = 256;
 
-/// The broker as [`STATUS`] reports it.
+/// The broker as [`BrokerClient::status`](super::BrokerClient::status) reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrokerStatus {
     /// Connections that have joined a channel.
@@ -218,7 +218,7 @@ pub enum ChannelEvent {
     },
 }
 
-/// A channel as [`DESCRIBE`] reports it. Clients appear as the broker's
+/// A channel as [`Channel::describe`](super::Channel::describe) reports it. Clients appear as the broker's
 /// numbers for their connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelInfo {

@@ -10,21 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use busline_core::{
-    handshake, Address, Authenticator, Codec, Encoding, Error, Identity, Io, Message, NoAuth,
-    Payload, PeerInfo, Result, Transport, DEFAULT_HANDSHAKE_TIMEOUT,
-};
+use busline_core::{Encoding, Error, Message, Payload, Result};
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio_util::{codec::Framed, sync::CancellationToken};
 use tower::Service;
 
-use super::{
-    call_stream::CallStream,
-    driver::{Command, Driver, Setup},
-    PayloadStream, Router,
-};
+use super::{call_stream::CallStream, driver::Command, PayloadStream};
 
 /// Default bound on calls (and streams) in flight on one connection.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -125,20 +117,6 @@ impl Drop for CancelGuard {
 pub(crate) type CloseReason = Arc<std::sync::OnceLock<Error>>;
 
 impl Client {
-    /// Start configuring a client that speaks `codec`.
-    pub fn builder<C: Codec>(codec: C) -> ClientBuilder<C, NoAuth> {
-        ClientBuilder {
-            codec,
-            auth: NoAuth,
-            timeout: None,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            retry_connect: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            stream_window: DEFAULT_STREAM_WINDOW,
-            router: None,
-        }
-    }
-
     /// This handle with a different per-call timeout (`None`: wait forever).
     pub fn with_timeout(&self, timeout: impl Into<Option<Duration>>) -> Client {
         Client {
@@ -338,140 +316,6 @@ impl Service<Call> for Client {
     fn call(&mut self, call: Call) -> Self::Future {
         let client = self.clone();
         Box::pin(async move { client.call_raw(&call.method, call.payload).await })
-    }
-}
-
-/// Configures and opens a [`Client`].
-#[derive(Debug)]
-pub struct ClientBuilder<C, A> {
-    codec: C,
-    auth: A,
-    timeout: Option<Duration>,
-    handshake_timeout: Duration,
-    retry_connect: Option<Duration>,
-    max_in_flight: usize,
-    stream_window: u32,
-    router: Option<Router>,
-}
-
-impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
-    /// Authenticate with `auth` (it must match the server's scheme).
-    pub fn auth<B: Authenticator>(self, auth: B) -> ClientBuilder<C, B> {
-        ClientBuilder {
-            codec: self.codec,
-            auth,
-            timeout: self.timeout,
-            handshake_timeout: self.handshake_timeout,
-            retry_connect: self.retry_connect,
-            max_in_flight: self.max_in_flight,
-            stream_window: self.stream_window,
-            router: self.router,
-        }
-    }
-
-    /// Serve `router`'s methods to the server over this connection: the
-    /// server's handlers call them through [`Request::peer`], for pushing
-    /// work or events to the client (JSON-RPC peers can do this too).
-    ///
-    /// [`Request::peer`]: super::Request::peer
-    pub fn serve(mut self, router: Router) -> Self {
-        self.router = Some(router);
-        self
-    }
-
-    /// Default per-call timeout; it also travels to the server as the
-    /// call's deadline. Default: none.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Bound on the connection handshake. Default: 5 s.
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// Keep retrying a refused connection (a daemon still starting) with
-    /// exponential backoff and jitter for up to `window`. Default: no retry.
-    pub fn retry_connect(mut self, window: Duration) -> Self {
-        self.retry_connect = Some(window);
-        self
-    }
-
-    /// Bound on calls and streams in flight; further calls wait for a slot.
-    /// Default: 1024.
-    pub fn max_in_flight(mut self, calls: usize) -> Self {
-        self.max_in_flight = calls.max(1);
-        self
-    }
-
-    /// Stream items the server may send before the reader catches up.
-    /// Default: 64.
-    pub fn stream_window(mut self, items: u32) -> Self {
-        self.stream_window = items.max(1);
-        self
-    }
-
-    /// Connect to `addr` over `transport`.
-    pub async fn connect<T: Transport>(self, transport: &T, addr: &Address) -> Result<Client> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(20);
-        let io = loop {
-            match transport.connect(addr).await {
-                Ok(io) => break io,
-                Err(err) => match self.retry_connect {
-                    Some(window) if err.is_retryable() && started.elapsed() < window => {
-                        let jitter = getrandom::u32().unwrap_or(0) % (delay.as_millis() as u32 + 1);
-                        let pause = (delay / 2 + Duration::from_millis(jitter.into()))
-                            .min(window.saturating_sub(started.elapsed()));
-                        tracing::debug!(%addr, error = %err, ?pause, "connect refused; retrying");
-                        tokio::time::sleep(pause).await;
-                        delay = (delay * 2).min(Duration::from_secs(1));
-                    }
-                    _ => return Err(err),
-                },
-            }
-        };
-        self.connect_io(io, PeerInfo::described(addr.to_string()))
-            .await
-    }
-
-    /// Run the handshake over an already-open byte stream and start the
-    /// connection.
-    pub async fn connect_io<I: Io>(self, io: I, peer: PeerInfo) -> Result<Client> {
-        let encoding = self.codec.payload_encoding();
-        let mut framed = Framed::new(io, self.codec);
-        handshake::client(&mut framed, &self.auth, self.handshake_timeout).await?;
-        let (commands, rx) = mpsc::unbounded_channel();
-        let identity = Identity {
-            scheme: self.auth.scheme().into(),
-            subject: Some("server".into()),
-            peer,
-        };
-        let setup = Setup {
-            owned_by_handles: true,
-            router: self.router,
-            identity: Arc::new(identity),
-            max_handlers: self.max_in_flight,
-            shutdown: CancellationToken::new(),
-            peer: WeakClient::default(),
-            closed: CloseReason::default(),
-        };
-        let client = Client::new(
-            commands.clone(),
-            setup.closed.clone(),
-            encoding,
-            self.max_in_flight,
-            self.stream_window,
-            self.timeout,
-        );
-        let setup = Setup {
-            peer: client.downgrade(),
-            ..setup
-        };
-        tokio::spawn(Driver::new(framed, rx, &commands, setup));
-        Ok(client)
     }
 }
 

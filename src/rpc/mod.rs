@@ -13,6 +13,7 @@
 
 mod call_stream;
 mod client;
+mod connect;
 mod driver;
 mod handler;
 mod router;
@@ -20,7 +21,8 @@ mod server;
 mod stream_task;
 
 pub use call_stream::CallStream;
-pub use client::{Call, Client, ClientBuilder, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW};
+pub use client::{Call, Client, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW};
+pub use connect::ClientBuilder;
 pub(crate) use handler::{StreamFn, UnaryFn};
 pub use router::{CallKind, PayloadStream, Reply, Request, Router};
 pub use server::{

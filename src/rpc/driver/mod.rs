@@ -12,18 +12,17 @@
 use std::{
     collections::{HashMap, VecDeque},
     future::Future,
-    panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use busline_core::{Codec, Error, Identity, Io, Message, Payload, RemoteError, Result};
 use futures::{
-    future::{AbortHandle, Abortable, BoxFuture},
+    future::{AbortHandle, BoxFuture},
     stream::FuturesUnordered,
-    FutureExt, Sink, Stream, StreamExt,
+    Stream, StreamExt,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::{
@@ -31,10 +30,14 @@ use tokio_util::{
     sync::{CancellationToken, WaitForCancellationFutureOwned},
 };
 
+mod serve;
+mod write;
+
+pub(crate) use serve::{guarded, with_deadline};
+
 use super::{
     client::{CloseReason, WeakClient},
-    router::{CallKind, Reply, Request, Router},
-    stream_task,
+    router::Router,
 };
 
 /// Work sent to the driver by client handles and stream tasks.
@@ -346,220 +349,6 @@ impl<I: Io, C: Codec> Driver<I, C> {
     fn violation(&mut self, what: String) {
         tracing::warn!(%what, "protocol violation; closing the connection");
         self.close(Error::Protocol(what), true);
-    }
-
-    fn request(
-        &self,
-        method: String,
-        payload: Payload,
-        kind: CallKind,
-        timeout_ms: Option<u64>,
-    ) -> Request {
-        Request {
-            method,
-            payload,
-            kind,
-            identity: self.identity.clone(),
-            deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
-            peer: self.peer.upgrade(),
-        }
-    }
-
-    /// The router to serve a new call `id` with; `None` once the call has
-    /// been answered (nothing is served here) or the connection closed (the
-    /// peer reused an id still in flight).
-    fn admit(&mut self, id: u64, method: &str) -> Option<Router> {
-        if self.call_aborts.contains_key(&id) || self.streams.contains_key(&id) {
-            self.violation(format!("call id {id} reused while still in flight"));
-            return None;
-        }
-        if self.router.is_none() {
-            self.outbox.push_back(Message::Error {
-                id,
-                error: Error::MethodNotFound(method.to_string()).to_remote(),
-            });
-        }
-        self.router.clone()
-    }
-
-    fn serve_call(
-        &mut self,
-        id: u64,
-        method: String,
-        payload: Payload,
-        timeout_ms: Option<u64>,
-        cx: &mut Context<'_>,
-    ) {
-        let Some(router) = self.admit(id, &method) else {
-            return;
-        };
-        let req = self.request(method, payload, CallKind::Unary, timeout_ms);
-        let mut run = Box::pin(with_deadline(req.deadline, guarded(router.dispatch(req))));
-        // Most handlers finish on their first poll: answer those at once,
-        // without the bookkeeping that makes a running handler cancellable.
-        if let Poll::Ready(answer) = run.as_mut().poll(cx) {
-            self.outbox.push_back(answer_message(id, answer));
-            return;
-        }
-        let (abort, reg) = AbortHandle::new_pair();
-        self.call_aborts.insert(id, abort);
-        self.calls
-            .push(Box::pin(Abortable::new(run, reg).map(move |result| {
-                (id, result.ok().map(|a| answer_message(id, a)))
-            })));
-    }
-
-    fn serve_notification(&mut self, method: String, payload: Payload, cx: &mut Context<'_>) {
-        let Some(router) = self.router.clone() else {
-            return;
-        };
-        let req = self.request(method, payload, CallKind::Notify, None);
-        let method = req.method.clone();
-        let mut run = Box::pin(guarded(router.dispatch(req)).map(move |result| {
-            if let Err(err) = result {
-                tracing::warn!(%method, error = %err, "notification handler failed");
-            }
-        }));
-        // Like calls, most finish at once: handled in arrival order.
-        if run.as_mut().poll(cx).is_pending() {
-            self.notifications.push(run);
-        }
-    }
-
-    fn serve_stream(
-        &mut self,
-        id: u64,
-        method: String,
-        payload: Payload,
-        credit: u32,
-        timeout_ms: Option<u64>,
-    ) {
-        let Some(router) = self.admit(id, &method) else {
-            return;
-        };
-        let Some(tx) = self.commands_tx.upgrade() else {
-            // Every handle of this client-owned connection is gone: it is closing.
-            return;
-        };
-        let req = self.request(method, payload, CallKind::Stream, timeout_ms);
-        let permits = Arc::new(Semaphore::new(credit.min(MAX_CREDIT) as usize));
-        let task = stream_task::run(id, router, req, permits.clone(), tx);
-        let (abort, reg) = AbortHandle::new_pair();
-        tokio::spawn(Abortable::new(task, reg));
-        self.streams.insert(id, (permits, abort));
-    }
-
-    /// The error a [`Message::Close`] already received says, if one did.
-    fn peer_close_reason(&mut self, cx: &mut Context<'_>) -> Option<Error> {
-        while let Poll::Ready(Some(Ok(msg))) = Pin::new(&mut self.framed).poll_next(cx) {
-            if let Message::Close { error: Some(e) } = msg {
-                return Some(e.into_error());
-            }
-        }
-        None
-    }
-
-    /// Encode and write everything queued; `Ready(Err)` means the
-    /// connection is broken.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        while !self.outbox.is_empty() {
-            match Pin::new(&mut self.framed).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-            let msg = self.outbox.pop_front().expect("outbox is not empty");
-            let (kind, id) = (msg.kind(), msg.id());
-            if let Err(err) = Pin::new(&mut self.framed).start_send(msg) {
-                self.unsendable(kind, id, err);
-            }
-            self.needs_flush = true;
-        }
-        if self.needs_flush {
-            match Pin::new(&mut self.framed).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        for done in self.flushed.drain(..) {
-            let _ = done.send(());
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// A message could not be encoded (too large, unserializable): fail just
-    /// the call it belongs to, keep the connection.
-    fn unsendable(&mut self, kind: &'static str, id: Option<u64>, err: Error) {
-        tracing::warn!(kind, ?id, error = %err, "message could not be sent");
-        match (kind, id) {
-            ("request" | "open_stream", Some(id)) => {
-                if let Some(pending) = self.pending.remove(&id) {
-                    pending.fail(err);
-                }
-            }
-            ("reply" | "item", Some(id)) => {
-                if kind == "item" {
-                    if let Some((_, abort)) = self.streams.remove(&id) {
-                        abort.abort();
-                    }
-                }
-                self.outbox.push_front(Message::Error {
-                    id,
-                    error: err.to_remote(),
-                });
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The message answering call `id`.
-fn answer_message(id: u64, answer: Result<Reply>) -> Message {
-    match answer {
-        Ok(Reply::Unary(payload)) => Message::Reply { id, payload },
-        Ok(Reply::Stream(_)) => Message::Error {
-            id,
-            error: Error::Protocol("this method streams; call it as a stream".into()).to_remote(),
-        },
-        Err(err) => Message::Error {
-            id,
-            error: err.to_remote(),
-        },
-    }
-}
-
-/// Run a handler future, turning a panic into an error reply.
-pub(crate) async fn guarded<F: Future<Output = Result<T>>, T>(fut: F) -> Result<T> {
-    AssertUnwindSafe(fut)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".into());
-            Err(Error::HandlerFailed {
-                message,
-                kind: "panic".into(),
-            })
-        })
-}
-
-/// Drop the work once the caller's deadline has passed.
-pub(crate) async fn with_deadline<F: Future<Output = Result<T>>, T>(
-    deadline: Option<Instant>,
-    fut: F,
-) -> Result<T> {
-    match deadline {
-        None => fut.await,
-        Some(at) => {
-            let budget = at.saturating_duration_since(Instant::now());
-            tokio::time::timeout(budget, fut)
-                .await
-                .unwrap_or(Err(Error::Timeout(budget)))
-        }
     }
 }
 
