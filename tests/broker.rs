@@ -1434,3 +1434,46 @@ async fn providers_can_describe_methods_with_json_schemas() {
     assert_eq!(schema.result["type"], "string");
     s.broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_channel_ends_its_streams() {
+    let s = Setup::start().await;
+    let owner = s.client(0).await;
+    let ch = owner.open("live").await.unwrap();
+    ch.set_policy(busline::broker::OwnerPolicy::Terminate)
+        .await
+        .unwrap();
+    let provider = s.client(1).await;
+    provider
+        .open("live")
+        .await
+        .unwrap()
+        .provide_stream("ticks", |(): ()| {
+            stream::unfold(0u64, |i| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((Ok::<_, String>(i), i + 1))
+            })
+        })
+        .await
+        .unwrap();
+    let caller = s.client(2).await.open("live").await.unwrap();
+    let mut ticks = caller.stream::<_, u64>("ticks", &()).await.unwrap();
+    assert_eq!(ticks.next().await.unwrap().unwrap(), 0);
+    drop(ch);
+    drop(owner);
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ticks.next().await {
+                Some(Ok(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended");
+    assert!(
+        matches!(end, Some(Err(Error::Disconnected(ref m))) if m.contains("closed")),
+        "{end:?}"
+    );
+    s.broker.shutdown().await;
+}

@@ -4,8 +4,9 @@
 use std::{sync::Arc, time::Instant};
 
 use busline_core::{Error, Payload, Result};
-use futures::future::BoxFuture;
+use futures::{future::BoxFuture, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::sync::CancellationToken;
 use tower::service_fn;
 
 use super::{
@@ -15,7 +16,7 @@ use super::{
     },
     state::State,
 };
-use crate::rpc::{CallKind, Client, Reply, Request, Router};
+use crate::rpc::{CallKind, Client, PayloadStream, Reply, Request, Router};
 
 /// The router every broker listener serves.
 pub(crate) fn router(state: Arc<State>) -> Router {
@@ -176,18 +177,24 @@ fn caller(req: &Request) -> Result<Client> {
 }
 
 /// Deliver a routed call or publication.
-async fn route(state: &State, req: Request) -> Result<Reply> {
+async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
     match protocol::parse_routed(&req.method) {
         Some(Routed::Method { channel, method }) => {
             let closing = state.closing(channel).ok_or_else(|| {
-                Error::Unauthorized(format!("no channel {channel:?}: open it first"))
+                Error::Unauthorized(format!(
+                    "not a member of channel {channel:?}: open it first"
+                ))
             })?;
-            tokio::select! {
+            let answer = tokio::select! {
                 answer = forward(state, channel, method, &req) => answer,
                 () = closing.cancelled() => Err(Error::Disconnected(format!(
                     "channel {channel:?} was closed while the call was in flight"
                 ))),
-            }
+            }?;
+            Ok(match answer {
+                Reply::Stream(items) => Reply::Stream(until_closed(items, closing, channel)),
+                unary => unary,
+            })
         }
         Some(Routed::Topic { channel, topic }) => {
             let publisher = caller(&req)?.connection_id();
@@ -211,13 +218,24 @@ async fn route(state: &State, req: Request) -> Result<Reply> {
     }
 }
 
+/// End `items` with an error when the channel closes.
+fn until_closed(items: PayloadStream, closing: CancellationToken, channel: &str) -> PayloadStream {
+    let ended = closing.clone();
+    let why = format!("channel {channel:?} was closed during the stream");
+    let closed = futures::stream::once(async move {
+        ended.is_cancelled().then(|| Err(Error::Disconnected(why)))
+    })
+    .filter_map(std::future::ready);
+    Box::pin(items.take_until(closing.cancelled_owned()).chain(closed))
+}
+
 /// Forward a call to a provider, its payload untouched; if the provider's
 /// connection drops before it answers, try the next one.
-async fn forward(state: &State, channel: &str, method: &str, req: &Request) -> Result<Reply> {
+async fn forward(state: &Arc<State>, channel: &str, method: &str, req: &Request) -> Result<Reply> {
     state.check_member(channel, caller(req)?.connection_id())?;
     let mut tried = Vec::new();
     loop {
-        let Some((provider, _busy)) = state.pick(channel, method, &tried) else {
+        let Some((provider, busy)) = state.pick(channel, method, &tried) else {
             return Err(match tried.is_empty() {
                 true => Error::MethodNotFound(format!(
                     "no provider of {method:?} on channel {channel:?}"
@@ -236,10 +254,16 @@ async fn forward(state: &State, channel: &str, method: &str, req: &Request) -> R
                 .call_raw(&req.method, req.payload.clone())
                 .await
                 .map(Reply::Unary),
+            // The provider counts as busy for as long as the stream runs.
             CallKind::Stream => provider
                 .stream_payloads(&req.method, req.payload.clone())
                 .await
-                .map(Reply::Stream),
+                .map(|items| {
+                    Reply::Stream(Box::pin(items.map(move |item| {
+                        let _busy = &busy;
+                        item
+                    })))
+                }),
             CallKind::Notify => provider
                 .notify_raw(&req.method, req.payload.clone())
                 .map(|()| Reply::Unary(Payload::unit())),

@@ -1,5 +1,7 @@
 //! Who provides what, and who answers the next call.
 
+use std::sync::Arc;
+
 use busline_core::Result;
 use serde_json::json;
 
@@ -13,12 +15,12 @@ use crate::{
 
 /// Marks a provider busy with one call until dropped.
 #[derive(Debug)]
-pub(crate) struct Busy<'a> {
-    state: &'a State,
+pub(crate) struct Busy {
+    state: Arc<State>,
     id: u64,
 }
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
         let mut inner = self.state.lock();
         if let Some(n) = inner.active.get_mut(&self.id) {
@@ -114,11 +116,11 @@ impl State {
     /// progress (round-robin among equals), skipping `tried`, marked busy
     /// until the guard drops; `None` when there is none (left).
     pub(crate) fn pick(
-        &self,
+        self: &Arc<Self>,
         channel: &str,
         method: &str,
         tried: &[u64],
-    ) -> Option<(Client, Busy<'_>)> {
+    ) -> Option<(Client, Busy)> {
         let mut inner = self.lock();
         let Inner {
             peers,
@@ -136,7 +138,14 @@ impl State {
         providers.next = turn + 1;
         let peer = peers.get(&id).cloned()?;
         *active.entry(id).or_default() += 1;
-        Some((peer, Busy { state: self, id }))
+        drop(inner);
+        Some((
+            peer,
+            Busy {
+                state: self.clone(),
+                id,
+            },
+        ))
     }
 }
 
