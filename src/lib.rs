@@ -27,7 +27,7 @@
 //! # }).unwrap();
 //! ```
 //!
-//! Cargo features (all on by default): `unix`, `tcp` (transports),
+//! Cargo features (all on by default): `unix`, `tcp`, `tls` (transports),
 //! `jsonline`, `jsonrpc`, `cbor` (codecs), `cli` (the `busline` program).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -51,6 +51,8 @@ pub use busline_jsonline::JsonLineCodec;
 pub use busline_jsonrpc::{Framing as JsonRpcFraming, JsonRpcCodec};
 #[cfg(feature = "tcp")]
 pub use busline_tcp::TcpTransport;
+#[cfg(feature = "tls")]
+pub use busline_tls::TlsTransport;
 #[cfg(feature = "unix")]
 pub use busline_unix::UnixTransport;
 
@@ -66,5 +68,7 @@ pub fn any_transport() -> AnyTransport {
     let any = any.with(UnixTransport::new());
     #[cfg(feature = "tcp")]
     let any = any.with(TcpTransport::new());
+    #[cfg(feature = "tls")]
+    let any = any.with(TlsTransport::new());
     any
 }

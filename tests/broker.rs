@@ -1477,3 +1477,52 @@ async fn a_closing_channel_ends_its_streams() {
     );
     s.broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_listens_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", ca.pem()),
+        file("cert.pem", cert.pem()),
+        file("key.pem", key.serialize_pem()),
+    );
+    let addr: Address = format!("tls://localhost:0?cert={cert}&key={key}")
+        .parse()
+        .unwrap();
+    let broker = Broker::builder()
+        .listen(busline::TlsTransport::new(), addr, CborCodec::new())
+        .start()
+        .await
+        .unwrap();
+    let busline::Endpoint::Tls { port, .. } = broker.local_addrs()[0].endpoint() else {
+        panic!("a tls listener")
+    };
+    let url: Address = format!("tls://localhost:{port}?ca={ca}").parse().unwrap();
+    let transport = busline::any_transport();
+    let provider = connect(Client::builder(CborCodec::new()), &transport, &url).await;
+    provide_add(&provider.open("secure").await.unwrap()).await;
+    let caller = connect(Client::builder(CborCodec::new()), &transport, &url).await;
+    let sum: i64 = caller
+        .open("secure")
+        .await
+        .unwrap()
+        .call("add", &(20, 22))
+        .await
+        .unwrap();
+    assert_eq!(sum, 42);
+    broker.shutdown().await;
+}

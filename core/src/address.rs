@@ -26,6 +26,14 @@ pub enum Endpoint {
         /// Port; `0` asks the OS for a free one when binding.
         port: u16,
     },
+    /// TLS over TCP: a host and port, as for [`Endpoint::Tcp`].
+    Tls {
+        /// Host name or IP address (also the name the certificate must
+        /// carry, unless `?name=` says otherwise).
+        host: String,
+        /// Port; `0` asks the OS for a free one when binding.
+        port: u16,
+    },
     /// A process-local in-memory rendezvous name.
     Memory(String),
     /// A rendezvous directory for FIFO pairs.
@@ -40,6 +48,7 @@ impl Endpoint {
         match self {
             Endpoint::Unix(_) => "unix",
             Endpoint::Tcp { .. } => "tcp",
+            Endpoint::Tls { .. } => "tls",
             Endpoint::Memory(_) => "memory",
             Endpoint::Fifo(_) => "fifo",
             Endpoint::Shm(_) => "shm",
@@ -86,6 +95,14 @@ impl Address {
     /// Shorthand for `tcp://host:port`.
     pub fn tcp(host: impl Into<String>, port: u16) -> Self {
         Address::new(Endpoint::Tcp {
+            host: host.into(),
+            port,
+        })
+    }
+
+    /// A `tls://host:port` address.
+    pub fn tls(host: impl Into<String>, port: u16) -> Self {
+        Address::new(Endpoint::Tls {
             host: host.into(),
             port,
         })
@@ -170,25 +187,37 @@ impl FromStr for Address {
             "fifo" => Endpoint::Fifo(path_of(text, &url, "fifo:///run/app")?),
             "memory" => Endpoint::Memory(name_of(text, &url, "memory://app")?),
             "shm" => Endpoint::Shm(name_of(text, &url, "shm://app")?),
-            "tcp" => {
+            scheme @ ("tcp" | "tls") => {
                 let host = match url.host() {
                     Some(Host::Domain(d)) if !d.is_empty() => d.to_string(),
                     Some(Host::Ipv4(ip)) => ip.to_string(),
                     Some(Host::Ipv6(ip)) => ip.to_string(),
-                    _ => return Err(invalid(text, "needs a host, e.g. tcp://127.0.0.1:7400")),
+                    _ => {
+                        return Err(invalid(
+                            text,
+                            format!("needs a host, e.g. {scheme}://127.0.0.1:7400"),
+                        ))
+                    }
                 };
-                let port = url
-                    .port()
-                    .ok_or_else(|| invalid(text, "needs a port, e.g. tcp://127.0.0.1:7400"))?;
+                let port = url.port().ok_or_else(|| {
+                    invalid(
+                        text,
+                        format!("needs a port, e.g. {scheme}://127.0.0.1:7400"),
+                    )
+                })?;
                 if !matches!(url.path(), "" | "/") {
                     return Err(invalid(text, "takes no path, only host:port"));
                 }
-                Endpoint::Tcp { host, port }
+                if scheme == "tls" {
+                    Endpoint::Tls { host, port }
+                } else {
+                    Endpoint::Tcp { host, port }
+                }
             }
             other => {
                 return Err(invalid(
                     text,
-                    format!("unknown scheme {other:?}; use unix, tcp, memory, fifo or shm"),
+                    format!("unknown scheme {other:?}; use unix, tcp, tls, memory, fifo or shm"),
                 ))
             }
         };
@@ -211,10 +240,12 @@ impl fmt::Display for Address {
                 self.scheme(),
                 percent_encoding::utf8_percent_encode(&p.to_string_lossy(), PATH)
             )?,
-            Endpoint::Tcp { host, port } if host.contains(':') => {
-                write!(f, "tcp://[{host}]:{port}")?
+            Endpoint::Tcp { host, port } | Endpoint::Tls { host, port } if host.contains(':') => {
+                write!(f, "{}://[{host}]:{port}", self.scheme())?
             }
-            Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}")?,
+            Endpoint::Tcp { host, port } | Endpoint::Tls { host, port } => {
+                write!(f, "{}://{host}:{port}", self.scheme())?
+            }
             Endpoint::Memory(n) | Endpoint::Shm(n) => write!(f, "{}://{n}", self.scheme())?,
         }
         if !self.params.is_empty() {
