@@ -61,7 +61,8 @@ impl AnyCodec {
 
     /// The codec an address asks for with `?codec=`, or [`AnyCodec::DEFAULT`];
     /// for `jsonrpc`, `&framing=lines` or `&framing=content-length` fixes
-    /// the framing.
+    /// the framing, and `&transcode=cbor` sends CBOR payloads as JSON to
+    /// plain JSON-RPC peers.
     pub fn for_address(addr: &Address) -> Result<Self> {
         let bad = |reason: String| Error::Address {
             url: addr.to_string(),
@@ -72,26 +73,39 @@ impl AnyCodec {
                 Error::Address { reason, .. } => bad(reason),
                 other => other,
             })?;
-        match (codec, addr.param("framing")) {
-            (codec, None) => Ok(codec),
+        let (framing, transcode) = (addr.param("framing"), addr.param("transcode"));
+        match codec {
             #[cfg(feature = "jsonrpc")]
-            (AnyCodec::JsonRpc(c), Some(framing)) => {
-                let framing = match framing {
-                    "auto" => Framing::Auto,
-                    "lines" => Framing::Lines,
-                    "content-length" => Framing::ContentLength,
-                    other => {
+            AnyCodec::JsonRpc(mut c) => {
+                if let Some(framing) = framing {
+                    let framing = match framing {
+                        "auto" => Framing::Auto,
+                        "lines" => Framing::Lines,
+                        "content-length" => Framing::ContentLength,
+                        other => {
+                            return Err(bad(format!(
+                                "unknown framing {other:?}; use auto, lines or content-length"
+                            )))
+                        }
+                    };
+                    c = Box::new(c.framing(framing));
+                }
+                match transcode {
+                    None => {}
+                    Some("cbor") => c = Box::new(c.transcode_cbor(true)),
+                    Some(other) => {
                         return Err(bad(format!(
-                            "unknown framing {other:?}; use auto, lines or content-length"
+                            "unknown transcode {other:?}; the one there is: cbor"
                         )))
                     }
-                };
-                Ok(AnyCodec::JsonRpc(Box::new(c.framing(framing))))
+                }
+                Ok(AnyCodec::JsonRpc(c))
             }
-            (codec, Some(_)) => Err(bad(format!(
-                "?framing= applies to the jsonrpc codec, not {}",
+            codec if framing.is_some() || transcode.is_some() => Err(bad(format!(
+                "?framing= and ?transcode= apply to the jsonrpc codec, not {}",
                 codec.name()
             ))),
+            codec => Ok(codec),
         }
     }
 

@@ -1526,3 +1526,68 @@ async fn a_broker_listens_over_tls() {
     assert_eq!(sum, 42);
     broker.shutdown().await;
 }
+
+/// A plain JSON-RPC client on a broker reads what CBOR clients publish,
+/// because its listener transcodes CBOR payloads to JSON at the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_json_rpc_client_reads_cbor_publications() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let broker = Broker::builder()
+        .listen(
+            MemoryTransport::new(),
+            Address::memory("transcode"),
+            CborCodec::new(),
+        )
+        .listen(
+            TcpTransport::new(),
+            Address::tcp("127.0.0.1", 0),
+            JsonRpcCodec::new().transcode_cbor(true),
+        )
+        .start()
+        .await
+        .unwrap();
+    let busline::Endpoint::Tcp { port, .. } = broker.local_addrs()[1].endpoint() else {
+        panic!("tcp")
+    };
+    let plain = tokio::net::TcpStream::connect(("127.0.0.1", *port))
+        .await
+        .unwrap();
+    let mut plain = BufReader::new(plain);
+    let mut line = String::new();
+    for request in [
+        r#"{"jsonrpc":"2.0","method":"busline.open","params":{"channel":"home"},"id":1}"#,
+        r#"{"jsonrpc":"2.0","method":"busline.subscribe","params":{"channel":"home","pattern":">"},"id":2}"#,
+    ] {
+        plain
+            .get_mut()
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .unwrap();
+        line.clear();
+        plain.read_line(&mut line).await.unwrap();
+        assert!(line.contains("\"result\""), "{line}");
+    }
+    let cbor = BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &MemoryTransport::new(),
+        broker.local_addrs()[0],
+    )
+    .await
+    .unwrap()
+    .open("home")
+    .await
+    .unwrap();
+    cbor.publish("temp", &serde_json::json!({"room": "kitchen", "c": 21.5}))
+        .unwrap();
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(10), plain.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!({"jsonrpc": "2.0", "method": "home#temp", "params": {"room": "kitchen", "c": 21.5}})
+    );
+    broker.shutdown().await;
+}

@@ -83,6 +83,7 @@ use wire::{error_object, payload_json, Out, Reader};
 #[derive(Debug)]
 pub struct JsonRpcCodec {
     framing: Framing,
+    transcode: bool,
     max_frame_size: usize,
     framer: Framer,
     calls: Calls,
@@ -103,12 +104,27 @@ impl JsonRpcCodec {
 
     /// This codec with the given framing.
     pub fn framing(self, framing: Framing) -> Self {
-        Self::build(framing, self.max_frame_size)
+        Self {
+            framing,
+            framer: Framer::new(framing, self.max_frame_size),
+            ..self
+        }
+    }
+
+    /// Send CBOR payloads as their JSON value instead of an escape object,
+    /// for plain JSON-RPC peers that cannot read CBOR (a broker listener
+    /// whose clients are not busline's). The bytes change, so a payload
+    /// kept byte for byte is not; signed payloads are binary and never
+    /// transcoded, and busline peers decode either form.
+    pub fn transcode_cbor(mut self, on: bool) -> Self {
+        self.transcode = on;
+        self
     }
 
     fn build(framing: Framing, max_frame_size: usize) -> Self {
         JsonRpcCodec {
             framing,
+            transcode: false,
             max_frame_size,
             framer: Framer::new(framing, max_frame_size),
             calls: Calls::default(),
@@ -130,8 +146,9 @@ impl JsonRpcCodec {
             }
             .to_text()
         };
+        let transcode = self.transcode;
         let value = |p: &Payload| -> Result<serde_json::Value, Error> {
-            serde_json::from_str(payload_json(p)?.get())
+            serde_json::from_str(payload_json(p, transcode)?.get())
                 .map_err(|e| Error::Serialization(e.to_string()))
         };
         Ok(Some(match msg {
@@ -184,7 +201,7 @@ impl JsonRpcCodec {
                 timeout_ms,
             } => self.request(id, &method, &payload, timeout_ms, Some(credit))?,
             Message::Notify { method, payload } => {
-                let params = params(&method, &payload)?;
+                let params = params(&method, &payload, self.transcode)?;
                 Out {
                     jsonrpc: "2.0",
                     method: Some(&method),
@@ -194,7 +211,7 @@ impl JsonRpcCodec {
                 .to_text()?
             }
             Message::Reply { id, payload } => {
-                let result = payload_json(&payload)?;
+                let result = payload_json(&payload, self.transcode)?;
                 return self.answer(id, &result, false);
             }
             Message::End { id } => return self.answer(id, RawValue::NULL, true),
@@ -225,7 +242,7 @@ impl JsonRpcCodec {
         timeout_ms: Option<u64>,
         credit: Option<u32>,
     ) -> Result<String, Error> {
-        let params = params(method, payload)?;
+        let params = params(method, payload, self.transcode)?;
         Out {
             jsonrpc: "2.0",
             method: Some(method),
@@ -257,7 +274,11 @@ impl JsonRpcCodec {
 /// The `params` member for a call: absent for no arguments (a JSON null),
 /// a one-element array around a single value that is not an array or an
 /// object (JSON-RPC requires structured params).
-fn params(method: &str, payload: &Payload) -> Result<Option<Box<RawValue>>, Error> {
+fn params(
+    method: &str,
+    payload: &Payload,
+    transcode: bool,
+) -> Result<Option<Box<RawValue>>, Error> {
     if method.starts_with("rpc.") {
         return Err(Error::Protocol(format!(
             "method {method:?}: names beginning with \"rpc.\" are reserved by JSON-RPC 2.0"
@@ -266,7 +287,7 @@ fn params(method: &str, payload: &Payload) -> Result<Option<Box<RawValue>>, Erro
     if payload.encoding() == Encoding::Json && payload.bytes().as_ref() == b"null" {
         return Ok(None);
     }
-    let value = payload_json(payload)?;
+    let value = payload_json(payload, transcode)?;
     if matches!(value.get().as_bytes()[0], b'[' | b'{') {
         return Ok(Some(value));
     }
@@ -284,7 +305,7 @@ impl Default for JsonRpcCodec {
 impl Clone for JsonRpcCodec {
     /// A fresh codec with the same settings (call state is per connection).
     fn clone(&self) -> Self {
-        Self::build(self.framing, self.max_frame_size)
+        Self::build(self.framing, self.max_frame_size).transcode_cbor(self.transcode)
     }
 }
 

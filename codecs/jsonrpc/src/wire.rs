@@ -338,9 +338,18 @@ fn usable_id(id: &RawValue) -> bool {
 }
 
 /// The JSON form of `payload`: its bytes when they are one JSON value on one
-/// line, else an escape object.
-pub(crate) fn payload_json(payload: &Payload) -> Result<Box<RawValue>, Error> {
+/// line; with `transcode`, a CBOR payload's value as JSON; else an escape
+/// object.
+pub(crate) fn payload_json(payload: &Payload, transcode: bool) -> Result<Box<RawValue>, Error> {
     let bytes = payload.bytes();
+    if transcode && payload.encoding() == Encoding::Cbor {
+        let mut scratch = [0u8; 256];
+        let value: Option<serde_json::Value> =
+            ciborium::de::from_reader_with_buffer(&bytes[..], &mut scratch).ok();
+        if let Some(raw) = value.and_then(|v| serde_json::value::to_raw_value(&v).ok()) {
+            return Ok(raw);
+        }
+    }
     if payload.encoding() == Encoding::Json && !bytes.contains(&b'\n') {
         if let Ok(raw) = serde_json::from_slice::<&RawValue>(bytes) {
             let text = raw.get();
