@@ -344,10 +344,11 @@ impl Channel {
         Payload::encode(self.bus.client.encoding(), value)
     }
 
-    /// Sign a call on a protected channel; the nonce its answers carry.
-    fn sign_call(&self, name: &str, payload: Payload) -> Result<(Payload, [u8; 16])> {
+    /// Sign a call (or a send) on a protected channel; the nonce its
+    /// answers carry.
+    fn sign_call(&self, kind: Kind, name: &str, payload: Payload) -> Result<(Payload, [u8; 16])> {
         match &self.signer {
-            Some(signer) => signer.sign_fresh(Kind::Call, name, &payload),
+            Some(signer) => signer.sign_fresh(kind, name, &payload),
             None => Ok((payload, [0; 16])),
         }
     }
@@ -365,7 +366,7 @@ impl Channel {
     /// are exactly the provider's.
     pub async fn call_raw(&self, method: &str, payload: Payload) -> Result<Payload> {
         let name = self.routed(method);
-        let (payload, call) = self.sign_call(&name, payload)?;
+        let (payload, call) = self.sign_call(Kind::Call, &name, payload)?;
         let reply = self.bus.client.call_raw(&name, payload).await?;
         match &self.signer {
             Some(signer) => Ok(signer
@@ -378,7 +379,7 @@ impl Channel {
     /// Fire and forget: one provider of `method` gets it, nobody answers.
     pub fn send<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
         let name = self.routed(method);
-        let (payload, _) = self.sign_call(&name, self.encode(args)?)?;
+        let (payload, _) = self.sign_call(Kind::Send, &name, self.encode(args)?)?;
         self.bus.client.notify_raw(&name, payload)
     }
 
@@ -386,7 +387,7 @@ impl Channel {
     /// this client.
     pub fn broadcast<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
         // Signed under the name the providers receive it by.
-        let (payload, _) = self.sign_call(&self.routed(method), self.encode(args)?)?;
+        let (payload, _) = self.sign_call(Kind::Send, &self.routed(method), self.encode(args)?)?;
         self.bus
             .client
             .notify_raw(&protocol::broadcast(&self.name, method), payload)
@@ -401,7 +402,7 @@ impl Channel {
         args: &Args,
     ) -> Result<BoxStream<'static, Result<Item>>> {
         let name = self.routed(method);
-        let (payload, call) = self.sign_call(&name, self.encode(args)?)?;
+        let (payload, call) = self.sign_call(Kind::Call, &name, self.encode(args)?)?;
         let items = self.bus.client.stream_payloads(&name, payload).await?;
         let signer = self.signer.clone();
         Ok(Box::pin(items.enumerate().map(move |(i, item)| {

@@ -33,7 +33,7 @@ use sha2::Sha256;
 use tower::{Service, ServiceExt};
 
 use super::keys::ChannelKeys;
-use crate::rpc::{Reply, Request};
+use crate::rpc::{CallKind, Reply, Request};
 
 const MAGIC: &[u8; 4] = b"BLSG";
 const VERSION: u8 = 1;
@@ -47,7 +47,7 @@ const MAX_REMEMBERED: usize = 1 << 20;
 /// What a signed payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// A call, notification or stream opening.
+    /// A call or stream opening, which is answered.
     Call = 1,
     /// The result of a call.
     Reply = 2,
@@ -55,6 +55,9 @@ pub(crate) enum Kind {
     Item = 3,
     /// A publication.
     Publication = 4,
+    /// A `send` or `broadcast`, which is not answered: it cannot be turned
+    /// into a call, nor a call into one.
+    Send = 5,
 }
 
 /// A call's nonce and an item's position: what binds answers to calls.
@@ -153,7 +156,7 @@ impl Signer {
         context: Context,
         payload: &Payload,
     ) -> Payload {
-        let context = if kind == Kind::Call || kind == Kind::Publication {
+        let context = if matches!(kind, Kind::Call | Kind::Publication | Kind::Send) {
             NO_CONTEXT
         } else {
             context
@@ -270,7 +273,11 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         let (signer, inner) = (self.signer.clone(), self.inner.clone());
         Box::pin(async move {
-            let (payload, call) = signer.verify(Kind::Call, &req.method, None, &req.payload)?;
+            let kind = match req.kind {
+                CallKind::Notify => Kind::Send,
+                CallKind::Unary | CallKind::Stream => Kind::Call,
+            };
+            let (payload, call) = signer.verify(kind, &req.method, None, &req.payload)?;
             req.payload = payload;
             let name = req.method.clone();
             Ok(match inner.oneshot(req).await? {

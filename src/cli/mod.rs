@@ -212,13 +212,10 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
             return client.flush().await;
         }
         if args.stream {
-            let mut items = client
+            let items = client
                 .stream_raw::<serde_json::Value>(&args.method, payload)
                 .await?;
-            while let Some(item) = items.next().await {
-                println!("{}", item?);
-            }
-            return Ok(());
+            return print_each(items).await;
         }
         println!(
             "{}",
@@ -243,13 +240,10 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
         return bus.client().flush().await;
     }
     if args.stream {
-        let mut items = channel
+        let items = channel
             .stream::<_, serde_json::Value>(&args.method, &value)
             .await?;
-        while let Some(item) = items.next().await {
-            println!("{}", item?);
-        }
-        return Ok(());
+        return print_each(items).await;
     }
     println!(
         "{}",
@@ -257,6 +251,16 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
             .call::<_, serde_json::Value>(&args.method, &value)
             .await?
     );
+    Ok(())
+}
+
+/// Print each item of a stream on its own line; an error item ends it.
+async fn print_each(
+    mut items: impl futures::Stream<Item = Result<serde_json::Value>> + Unpin,
+) -> Result<()> {
+    while let Some(item) = items.next().await {
+        println!("{}", item?);
+    }
     Ok(())
 }
 
