@@ -570,3 +570,27 @@ matrix!(
     tower_middleware,
     retry_while_daemon_starts,
 );
+
+/// A call's timeout covers waiting for a slot among the calls in flight.
+#[tokio::test]
+async fn the_timeout_covers_waiting_for_a_slot() {
+    let f = Fixture::memory(busline::CborCodec::new());
+    let server = f.serve(router()).await;
+    let client = f
+        .client()
+        .max_in_flight(1)
+        .connect(&f.transport, server.local_addr())
+        .await
+        .unwrap();
+    let busy = client.clone();
+    let hog = tokio::spawn(async move { busy.call::<_, u64>("sleep_ms", &1_500u64).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = client
+        .with_timeout(Duration::from_millis(100))
+        .call::<_, u64>("sleep_ms", &0u64)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    hog.abort();
+    server.shutdown().await;
+}

@@ -170,8 +170,26 @@ impl Client {
         self.call_raw(method, payload).await?.decode()
     }
 
-    /// Call `method` with an already-encoded payload.
+    /// Call `method` with an already-encoded payload. The timeout covers
+    /// everything, waiting for a slot among the calls in flight included.
     pub async fn call_raw(&self, method: &str, payload: Payload) -> Result<Payload> {
+        match self.timeout {
+            None => self.call_once(method, payload, None).await,
+            Some(limit) => {
+                let deadline = Instant::now() + limit;
+                tokio::time::timeout(limit, self.call_once(method, payload, Some(deadline)))
+                    .await
+                    .unwrap_or(Err(Error::Timeout(limit)))
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        method: &str,
+        payload: Payload,
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
         let _permit = self.permit().await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -179,23 +197,21 @@ impl Client {
             id,
             method: method.to_string(),
             payload,
-            timeout_ms: self.timeout.map(millis),
+            // What is left of it, for the server to stop in time.
+            timeout_ms: deadline.map(|at| millis(at.saturating_duration_since(Instant::now()))),
         };
         self.shared
             .commands
             .send(Command::Call { id, msg, reply })
             .map_err(|_| self.gone())?;
+        // Dropped before the answer (timed out, or the caller gave up):
+        // the server is told to stop.
         let mut guard = CancelGuard {
             id,
             commands: self.shared.commands.clone(),
             armed: true,
         };
-        let answer = match self.timeout {
-            None => answer.await,
-            Some(limit) => tokio::time::timeout(limit, answer)
-                .await
-                .map_err(|_| Error::Timeout(limit))?,
-        };
+        let answer = answer.await;
         guard.armed = false;
         answer.unwrap_or_else(|_| Err(self.gone()))
     }

@@ -148,7 +148,7 @@ impl Transport for TlsTransport {
             None => config::server_from(addr)?,
         };
         let tcp = self.tcp.bind(&Address::tcp(host, port)).await?;
-        Ok(TlsListener::start(
+        Ok(TlsListener::new(
             tcp,
             TlsAcceptor::from(config),
             addr,

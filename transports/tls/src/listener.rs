@@ -3,30 +3,42 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use busline_core::{Address, Error, Listener, PeerInfo, Result};
+use busline_core::{Address, Listener, PeerInfo, Result};
 use busline_tcp::TcpListener;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::TlsStream;
 
-/// Connections whose handshake finished, waiting for `accept`.
-const READY: usize = 64;
+/// Handshakes in progress at once; past it, new connections wait in the
+/// OS backlog.
+const MAX_HANDSHAKES: usize = 256;
 
 /// A bound TLS socket, returned by [`TlsTransport::bind`]. Dropping it
-/// stops accepting and frees the port.
+/// frees the port at once and abandons handshakes in progress.
 ///
 /// [`TlsTransport::bind`]: busline_core::Transport::bind
-#[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<Result<(TlsStream, PeerInfo)>>,
-    task: JoinHandle<()>,
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    /// Each runs on its own task, so a silent client delays nobody.
+    handshakes: JoinSet<Option<(TlsStream, PeerInfo)>>,
     addr: Address,
 }
 
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("addr", &self.addr)
+            .field("handshakes", &self.handshakes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl TlsListener {
-    pub(crate) fn start(
-        mut tcp: TcpListener,
+    pub(crate) fn new(
+        tcp: TcpListener,
         acceptor: TlsAcceptor,
         requested: &Address,
         timeout: Duration,
@@ -36,44 +48,34 @@ impl TlsListener {
             Address::tls(local.ip().to_string(), local.port()),
             |a, (k, v)| a.with_param(k, v),
         );
-        let (tx, ready) = mpsc::channel(READY);
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        if tx.send(Err(e)).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok((TlsStream::Server(stream), peer))).await;
-                        }
-                        // One client failing its handshake is its problem,
-                        // not the listener's.
-                        Ok(Err(e)) => {
-                            tracing::info!(peer = %peer.description, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => {
-                            tracing::info!(peer = %peer.description, "TLS handshake timed out")
-                        }
-                    }
-                });
-            }
-        });
-        TlsListener { ready, task, addr }
+        TlsListener {
+            tcp,
+            acceptor,
+            timeout,
+            handshakes: JoinSet::new(),
+            addr,
+        }
     }
 }
 
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.task.abort();
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: PeerInfo,
+    timeout: Duration,
+) -> Option<(TlsStream, PeerInfo)> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some((TlsStream::Server(stream), peer)),
+        // One client failing its handshake is its problem, not the
+        // listener's.
+        Ok(Err(e)) => {
+            tracing::info!(peer = %peer.description, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(peer = %peer.description, "TLS handshake timed out");
+            None
+        }
     }
 }
 
@@ -81,13 +83,22 @@ impl Drop for TlsListener {
 impl Listener for TlsListener {
     type Io = TlsStream;
 
+    /// Cancel-safe: handshakes already under way carry on.
     async fn accept(&mut self) -> Result<(TlsStream, PeerInfo)> {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            None => Err(Error::Disconnected(format!(
-                "{} stopped accepting",
-                self.addr
-            ))),
+        loop {
+            let room = self.handshakes.len() < MAX_HANDSHAKES;
+            tokio::select! {
+                accepted = self.tcp.accept(), if room => {
+                    let (stream, peer) = accepted?;
+                    let work = handshake(self.acceptor.clone(), stream, peer, self.timeout);
+                    self.handshakes.spawn(work);
+                }
+                Some(done) = self.handshakes.join_next() => {
+                    if let Ok(Some(accepted)) = done {
+                        return Ok(accepted);
+                    }
+                }
+            }
         }
     }
 

@@ -56,7 +56,12 @@ async fn untrusted_servers_and_plaintext_clients_are_refused() {
     // A client trusting another CA refuses the server.
     let other = Pki::new();
     let distrustful = addr.clone().with_param("ca", other.file("ca.pem"));
-    let err = tls.connect(&distrustful).await.unwrap_err();
+    // (The server side handshakes while someone waits in accept.)
+    let (connected, _) = tokio::join!(
+        tls.connect(&distrustful),
+        tokio::time::timeout(std::time::Duration::from_secs(1), listener.accept())
+    );
+    let err = connected.unwrap_err();
     assert!(
         matches!(err, Error::Transport(ref e) if e.to_string().contains("handshake")),
         "{err:?}"
@@ -70,8 +75,8 @@ async fn untrusted_servers_and_plaintext_clients_are_refused() {
         .await
         .unwrap();
     plain.write_all(b"hello, not TLS\n").await.unwrap();
-    let mut client = tls.connect(&addr).await.unwrap();
-    let (mut server, _) = listener.accept().await.unwrap();
+    let (client, accepted) = tokio::join!(tls.connect(&addr), listener.accept());
+    let (mut client, (mut server, _)) = (client.unwrap(), accepted.unwrap());
     client.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     server.read_exact(&mut buf).await.unwrap();
