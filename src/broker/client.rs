@@ -36,7 +36,8 @@ pub struct BrokerClient {
     events: tokio::sync::broadcast::Sender<ChannelEvent>,
 }
 
-/// Channel events kept for a slow [`BrokerClient::events`] reader.
+/// Channel events kept for a slow [`BrokerClient::events`] reader (the
+/// number in its docs).
 const EVENT_BACKLOG: usize = 1024;
 
 impl fmt::Debug for BrokerClient {
@@ -159,19 +160,18 @@ impl BrokerClient {
     }
 
     /// What the broker says about this client's channels from now on:
-    /// ownership changes and closures.
+    /// ownership changes, closures, demand for owned topics. A reader more
+    /// than 1024 events behind gets [`ChannelEvent::Missed`] in their place.
     pub fn events(&self) -> futures::stream::BoxStream<'static, ChannelEvent> {
         let rx = self.events.subscribe();
         Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(event) => return Some((event, rx)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "channel events were not read in time");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
+            use tokio::sync::broadcast::error::RecvError;
+            let event = match rx.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(count)) => ChannelEvent::Missed { count },
+                Err(RecvError::Closed) => return None,
+            };
+            Some((event, rx))
         }))
     }
 

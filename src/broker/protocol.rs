@@ -216,6 +216,13 @@ pub enum ChannelEvent {
         /// Why.
         reason: String,
     },
+    /// Not from the broker: this many events came while the reader of
+    /// [`BrokerClient::events`](super::BrokerClient::events) was behind by
+    /// more than its backlog, and are lost to it.
+    Missed {
+        /// How many.
+        count: u64,
+    },
 }
 
 /// A channel as [`Channel::describe`](super::Channel::describe) reports it. Clients appear as the broker's

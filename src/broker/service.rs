@@ -208,10 +208,15 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
         Some(Routed::Broadcast { channel, method }) => {
             let sender = caller(&req)?.connection_id();
             let name = protocol::routed(channel, method);
-            for provider in state.providers_except(channel, method, sender)? {
+            let providers = state.providers_except(channel, method, sender)?;
+            for provider in &providers {
                 // A provider that is leaving just misses it.
                 let _ = provider.notify_raw(&name, req.payload.clone());
             }
+            // Wait until it is written to each: a provider that does not
+            // read slows the sender (whose reading pauses at its handler
+            // limit) instead of growing the broker's memory.
+            futures::future::join_all(providers.iter().map(Client::flush)).await;
             Ok(Reply::Unary(Payload::unit()))
         }
         None => Err(Error::MethodNotFound(req.method.clone())),
@@ -264,9 +269,15 @@ async fn forward(state: &Arc<State>, channel: &str, method: &str, req: &Request)
                         item
                     })))
                 }),
-            CallKind::Notify => provider
-                .notify_raw(&req.method, req.payload.clone())
-                .map(|()| Reply::Unary(Payload::unit())),
+            // Written before the next is taken from the sender: backpressure,
+            // not a queue without bound, for a provider that does not read.
+            CallKind::Notify => match provider.notify_raw(&req.method, req.payload.clone()) {
+                Ok(()) => provider
+                    .flush()
+                    .await
+                    .map(|()| Reply::Unary(Payload::unit())),
+                Err(e) => Err(e),
+            },
         };
         match sent {
             // Failover is decided by the provider's connection, not by the
