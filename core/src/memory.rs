@@ -29,7 +29,13 @@ fn registry() -> std::sync::MutexGuard<'static, HashMap<String, mpsc::Sender<Dup
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The in-memory transport. See the [module docs](self).
+/// `memory://name`: an in-process transport with real connect, bind and
+/// accept semantics and no sockets, so tests run fast and in parallel.
+///
+/// Names live in one process-wide namespace, like socket paths do in the
+/// file system: binding a name that a live listener holds fails with
+/// `AddrInUse`, connecting to a name nobody holds fails with
+/// `ConnectionRefused`, and dropping the listener frees the name.
 ///
 /// ```
 /// use busline_core::{Address, Listener, MemoryTransport, Transport};
