@@ -1,10 +1,4 @@
-//! `memory://name`: an in-process transport with real connect, bind and
-//! accept semantics and no sockets, so tests run fast and in parallel.
-//!
-//! Names live in one process-wide namespace, like socket paths do in the
-//! file system: binding a name that a live listener holds fails with
-//! `AddrInUse`, connecting to a name nobody holds fails with
-//! `ConnectionRefused`, and dropping the listener frees the name.
+//! The in-process transport, [`MemoryTransport`].
 
 use std::{
     collections::HashMap,
