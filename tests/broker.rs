@@ -1116,6 +1116,32 @@ async fn calls_go_to_the_least_busy_provider() {
             .unwrap();
         assert_eq!(answer, "fast");
     }
+
+    // Round-robin instead: taking turns, a call lands on the busy one.
+    let err = ch
+        .set_balance("job", busline::broker::Balance::RoundRobin)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(_)),
+        "only providers: {err:?}"
+    );
+    let fast_ch = fast.open("pool").await.unwrap();
+    fast_ch
+        .set_balance("job", busline::broker::Balance::RoundRobin)
+        .await
+        .unwrap();
+    assert_eq!(fast_ch.describe().await.unwrap().round_robin, ["job"]);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let call = ch.call::<_, String>("job", &());
+        answers.push(
+            tokio::time::timeout(Duration::from_millis(300), call)
+                .await
+                .ok(),
+        );
+    }
+    assert!(answers.iter().any(Option::is_none), "{answers:?}");
     stuck.notify_waiters();
     assert_eq!(parked.await.unwrap().unwrap(), "slow");
     s.broker.shutdown().await;

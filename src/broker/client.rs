@@ -15,9 +15,9 @@ use tower::service_fn;
 use super::{
     keys::ChannelKeys,
     protocol::{
-        self, Challenge, ChannelArgs, ChannelEvent, ChannelInfo, IdentifyArgs, Lagged, MethodArgs,
-        MethodSchema, OpenArgs, Opened, OwnerPolicy, PasswordArgs, PatternArgs, PolicyArgs, Routed,
-        TopicArgs,
+        self, Balance, BalanceArgs, Challenge, ChannelArgs, ChannelEvent, ChannelInfo,
+        IdentifyArgs, Lagged, MethodArgs, MethodSchema, OpenArgs, Opened, OwnerPolicy,
+        PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
     },
     signing::{Kind, Signer, Verified},
     subscription::{Subscribers, Subscription},
@@ -324,6 +324,21 @@ impl Channel {
         self.bus
             .client
             .call::<_, ()>(protocol::PROVIDE, &args)
+            .await
+    }
+
+    /// Choose how the calls of `method`, which this client provides, are
+    /// shared among its providers (least busy first by default). Returns
+    /// once the broker confirms.
+    pub async fn set_balance(&self, method: &str, balance: Balance) -> Result<()> {
+        let args = BalanceArgs {
+            channel: self.name.clone(),
+            method: method.to_owned(),
+            balance,
+        };
+        self.bus
+            .client
+            .call::<_, ()>(protocol::SET_BALANCE, &args)
             .await
     }
 

@@ -52,8 +52,8 @@ pub use client::{BrokerClient, Channel};
 pub use keys::ChannelKeys;
 pub use outlet::SlowSubscriber;
 pub use protocol::{
-    check_channel_name, BrokerStatus, ChannelEvent, ChannelInfo, MethodSchema, OwnerPolicy,
-    MAX_CHANNEL_NAME, MAX_CLIENT_ID,
+    check_channel_name, Balance, BrokerStatus, ChannelEvent, ChannelInfo, MethodSchema,
+    OwnerPolicy, MAX_CHANNEL_NAME, MAX_CLIENT_ID,
 };
 pub use state::{DEFAULT_SUBSCRIBER_QUEUE, MAX_PER_CLIENT};
 pub use subscription::{Event, Publication, Subscription};

@@ -112,6 +112,29 @@ pub(crate) struct MethodArgs {
     pub(crate) schema: Option<MethodSchema>,
 }
 
+/// Set how a method's calls are shared (a provider of it only).
+pub(crate) const SET_BALANCE: &str = "busline.set_balance";
+
+/// Arguments of [`SET_BALANCE`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BalanceArgs {
+    pub(crate) channel: String,
+    pub(crate) method: String,
+    pub(crate) balance: Balance,
+}
+
+/// How the calls of one method are shared among its providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// To the provider with the fewest calls in progress, taking turns
+    /// among equals (the default): a slow provider gets fewer calls.
+    #[default]
+    LeastActive,
+    /// Strictly in turn, whatever each is doing.
+    RoundRobin,
+}
+
 /// What a method takes and gives, as JSON Schemas, for tools that explore
 /// a channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +262,8 @@ pub struct ChannelInfo {
     pub methods: Vec<(String, Vec<u64>)>,
     /// The schemas of the methods whose providers described them.
     pub schemas: Vec<(String, MethodSchema)>,
+    /// The methods shared round-robin (the others go to the least busy).
+    pub round_robin: Vec<String>,
     /// Each subscription: connection id and pattern.
     pub subscriptions: Vec<(u64, String)>,
     /// Whether joining takes the password.

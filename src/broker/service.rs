@@ -11,8 +11,8 @@ use tower::service_fn;
 
 use super::{
     protocol::{
-        self, key_from_hex, Challenge, ChannelArgs, IdentifyArgs, MethodArgs, OpenArgs, Opened,
-        PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
+        self, key_from_hex, BalanceArgs, Challenge, ChannelArgs, IdentifyArgs, MethodArgs,
+        OpenArgs, Opened, PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
     },
     state::State,
 };
@@ -70,6 +70,17 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                     &args.method,
                     peer.connection_id(),
                     args.schema,
+                )
+            }),
+        )
+        .route(
+            protocol::SET_BALANCE,
+            control(&state, |state, peer, args: BalanceArgs| {
+                state.set_balance(
+                    &args.channel,
+                    &args.method,
+                    peer.connection_id(),
+                    args.balance,
                 )
             }),
         )

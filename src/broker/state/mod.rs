@@ -111,6 +111,7 @@ struct Providers {
     conns: Vec<u64>,
     /// Round-robin position.
     next: usize,
+    balance: protocol::Balance,
 }
 
 impl State {
@@ -348,12 +349,20 @@ fn info(channel: &str, ch: &Channel) -> ChannelInfo {
         .filter_map(|(m, p)| p.schema.clone().map(|s| (m.clone(), s)))
         .collect();
     schemas.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut round_robin: Vec<String> = ch
+        .methods
+        .iter()
+        .filter(|(_, p)| p.balance == protocol::Balance::RoundRobin)
+        .map(|(m, _)| m.clone())
+        .collect();
+    round_robin.sort();
     ChannelInfo {
         name: channel.to_owned(),
         owner: ch.owner,
         members: ch.members.clone(),
         methods,
         schemas,
+        round_robin,
         subscriptions: ch.subscriptions.clone(),
         protected: ch.key.is_some(),
         policy: ch.policy,

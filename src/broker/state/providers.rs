@@ -93,11 +93,34 @@ impl State {
         if schema.is_some() {
             providers.schema = schema;
         }
+
         if !providers.conns.contains(&id) {
             providers.conns.push(id);
             let body = json!({"channel": channel, "method": method, "client": id});
             announce(&inner, Happening::new("provider.added", body));
         }
+        Ok(())
+    }
+
+    /// How `method`'s calls are shared; only one of its providers may say.
+    pub(crate) fn set_balance(
+        &self,
+        channel: &str,
+        method: &str,
+        id: u64,
+        balance: protocol::Balance,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let providers = member_of(&mut inner, channel, id)?
+            .methods
+            .get_mut(method)
+            .filter(|p| p.conns.contains(&id))
+            .ok_or_else(|| {
+                busline_core::Error::Unauthorized(format!(
+                    "only a provider of {method:?} on channel {channel:?} may set its balancing"
+                ))
+            })?;
+        providers.balance = balance;
         Ok(())
     }
 
@@ -130,11 +153,16 @@ impl State {
         } = &mut *inner;
         let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
         let n = providers.conns.len();
-        let (turn, id) = (0..n)
+        let mut candidates = (0..n)
             .map(|k| (providers.next + k) % n)
             .map(|i| (i, providers.conns[i]))
-            .filter(|(_, id)| !tried.contains(id))
-            .min_by_key(|(_, id)| active.get(id).copied().unwrap_or(0))?;
+            .filter(|(_, id)| !tried.contains(id));
+        let (turn, id) = match providers.balance {
+            protocol::Balance::RoundRobin => candidates.next()?,
+            protocol::Balance::LeastActive => {
+                candidates.min_by_key(|(_, id)| active.get(id).copied().unwrap_or(0))?
+            }
+        };
         providers.next = turn + 1;
         let peer = peers.get(&id).cloned()?;
         *active.entry(id).or_default() += 1;
