@@ -1617,3 +1617,100 @@ async fn a_plain_json_rpc_client_reads_cbor_publications() {
     );
     broker.shutdown().await;
 }
+
+/// comm-ipc drops authenticated clients after about five minutes; busline
+/// keeps an idle connection for as long as both ends want it.
+#[tokio::test(start_paused = true)]
+async fn idle_clients_are_not_disconnected() {
+    let broker = Broker::builder()
+        .listen(
+            MemoryTransport::new(),
+            Address::memory("idle"),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addrs()[0].clone();
+    let bus = BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &MemoryTransport::new(),
+        &addr,
+    )
+    .await
+    .unwrap();
+    let ch = bus.open("quiet").await.unwrap();
+    provide_add(&ch).await;
+    tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
+    assert_eq!(ch.call::<_, i64>("add", &(1, 2)).await.unwrap(), 3);
+    broker.shutdown().await;
+}
+
+/// Everything a client sends while creating, protecting and joining a
+/// channel, recorded: the password is not in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_never_crosses_the_wire() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::builder()
+        .listen(
+            TcpTransport::new(),
+            Address::tcp("127.0.0.1", 0),
+            JsonLineCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let busline::Endpoint::Tcp { port, .. } = broker.local_addrs()[0].endpoint() else {
+        panic!("tcp")
+    };
+    let upstream = *port;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                .await
+                .unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    let via_proxy = Address::tcp("127.0.0.1", proxy_port);
+    let tcp = TcpTransport::new();
+    let connect = || BrokerClient::connect(Client::builder(JsonLineCodec::new()), &tcp, &via_proxy);
+    let owner = connect().await.unwrap();
+    let mut ch = owner.open("vault").await.unwrap();
+    ch.set_password(Some("correct horse battery staple"))
+        .await
+        .unwrap();
+    connect()
+        .await
+        .unwrap()
+        .open_with_password("vault", "correct horse battery staple")
+        .await
+        .unwrap();
+    owner
+        .open_with_password("fresh", "correct horse battery staple")
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 100, "the proxy saw the traffic");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(!text.contains("horse"), "the password went over the wire");
+    broker.shutdown().await;
+}
