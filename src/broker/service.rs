@@ -191,11 +191,7 @@ fn caller(req: &Request) -> Result<Client> {
 async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
     match protocol::parse_routed(&req.method) {
         Some(Routed::Method { channel, method }) => {
-            let closing = state.closing(channel).ok_or_else(|| {
-                Error::Unauthorized(format!(
-                    "not a member of channel {channel:?}: open it first"
-                ))
-            })?;
+            let closing = state.check_member(channel, caller(&req)?.connection_id())?;
             let answer = tokio::select! {
                 answer = forward(state, channel, method, &req) => answer,
                 () = closing.cancelled() => Err(Error::Disconnected(format!(
@@ -248,7 +244,6 @@ fn until_closed(items: PayloadStream, closing: CancellationToken, channel: &str)
 /// Forward a call to a provider, its payload untouched; if the provider's
 /// connection drops before it answers, try the next one.
 async fn forward(state: &Arc<State>, channel: &str, method: &str, req: &Request) -> Result<Reply> {
-    state.check_member(channel, caller(req)?.connection_id())?;
     let mut tried = Vec::new();
     loop {
         let Some((provider, busy)) = state.pick(channel, method, &tried) else {

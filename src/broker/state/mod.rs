@@ -281,11 +281,12 @@ impl State {
         Ok(())
     }
 
-    /// Fail unless connection `id` is a member of `channel`.
-    pub(crate) fn check_member(&self, channel: &str, id: u64) -> Result<()> {
+    /// Fail unless connection `id` is a member of `channel`; the token
+    /// cancelled when the channel closes.
+    pub(crate) fn check_member(&self, channel: &str, id: u64) -> Result<CancellationToken> {
         let inner = self.lock();
         match inner.channels.get(channel) {
-            Some(ch) if ch.members.contains(&id) => Ok(()),
+            Some(ch) if ch.members.contains(&id) => Ok(ch.closed.clone()),
             _ => Err(not_member(channel)),
         }
     }
@@ -297,14 +298,6 @@ impl State {
         let body = json!({"channel": channel, "policy": policy});
         announce(&inner, Happening::new("policy.changed", body));
         Ok(())
-    }
-
-    /// A token cancelled when `channel` closes.
-    pub(crate) fn closing(&self, channel: &str) -> Option<CancellationToken> {
-        self.lock()
-            .channels
-            .get(channel)
-            .map(|ch| ch.closed.clone())
     }
 
     /// Every client and unprotected channel.
