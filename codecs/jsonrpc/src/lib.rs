@@ -135,8 +135,8 @@ impl JsonRpcCodec {
     /// The JSON text for `msg`; `None` while it waits for the rest of its
     /// batch.
     fn text(&mut self, msg: Message) -> Result<Option<String>, Error> {
-        let notify = |method: &'static str, params: serde_json::Value| -> Result<String, Error> {
-            let params = serde_json::value::to_raw_value(&params)
+        fn notify(method: &'static str, params: &impl serde::Serialize) -> Result<String, Error> {
+            let params = serde_json::value::to_raw_value(params)
                 .map_err(|e| Error::Serialization(e.to_string()))?;
             Out {
                 jsonrpc: "2.0",
@@ -145,35 +145,30 @@ impl JsonRpcCodec {
                 ..Out::default()
             }
             .to_text()
-        };
-        let transcode = self.transcode;
-        let value = |p: &Payload| -> Result<serde_json::Value, Error> {
-            serde_json::from_str(payload_json(p, transcode)?.get())
-                .map_err(|e| Error::Serialization(e.to_string()))
-        };
+        }
         Ok(Some(match msg {
             Message::Hello { version, scheme } => notify(
                 "rpc.hello",
-                serde_json::json!({"version": version, "scheme": scheme}),
+                &serde_json::json!({"version": version, "scheme": scheme}),
             )?,
+            // Payloads go in as raw JSON, never parsed and written again.
             Message::Auth { payload } => {
-                notify("rpc.auth", serde_json::json!({"payload": value(&payload)?}))?
+                let payload = payload_json(&payload, self.transcode)?;
+                notify("rpc.auth", &AuthParams { payload: &payload })?
             }
             Message::Welcome { version } => {
-                notify("rpc.welcome", serde_json::json!({"version": version}))?
+                notify("rpc.welcome", &serde_json::json!({"version": version}))?
             }
             Message::Item { id, payload } => {
+                let item = payload_json(&payload, self.transcode)?;
                 let id = self.calls.json_id(id);
-                notify(
-                    "rpc.item",
-                    serde_json::json!({"id": id, "item": value(&payload)?}),
-                )?
+                notify("rpc.item", &ItemParams { id, item: &item })?
             }
             Message::Credit { id, credit } => notify(
                 "rpc.credit",
-                serde_json::json!({"id": id, "credit": credit}),
+                &serde_json::json!({"id": id, "credit": credit}),
             )?,
-            Message::Cancel { id } => notify("rpc.cancel", serde_json::json!({"id": id}))?,
+            Message::Cancel { id } => notify("rpc.cancel", &serde_json::json!({"id": id}))?,
             Message::Close { error: None } => Out {
                 jsonrpc: "2.0",
                 method: Some("rpc.close"),
@@ -269,6 +264,19 @@ impl JsonRpcCodec {
         .to_text()?;
         Ok(self.calls.deliver(&route, text))
     }
+}
+
+/// The params of `rpc.auth`.
+#[derive(serde::Serialize)]
+struct AuthParams<'a> {
+    payload: &'a RawValue,
+}
+
+/// The params of `rpc.item`.
+#[derive(serde::Serialize)]
+struct ItemParams<'a> {
+    id: JsonId<'a>,
+    item: &'a RawValue,
 }
 
 /// The `params` member for a call: absent for no arguments (a JSON null),
