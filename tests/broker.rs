@@ -73,6 +73,36 @@ async fn connect<C: busline::Codec>(
         .unwrap()
 }
 
+/// A broker set up by `builder` with one memory listener speaking CBOR,
+/// and that listener's address.
+async fn memory_broker(
+    builder: busline::broker::BrokerBuilder,
+    name: &str,
+) -> (BrokerHandle, Address) {
+    let broker = builder
+        .listen(
+            MemoryTransport::new(),
+            Address::memory(name),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addrs()[0].clone();
+    (broker, addr)
+}
+
+/// A CBOR client of the broker at memory address `addr`.
+async fn cbor_client(addr: &Address) -> BrokerClient {
+    BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &MemoryTransport::new(),
+        addr,
+    )
+    .await
+    .unwrap()
+}
+
 async fn provide_add(ch: &Channel) {
     ch.provide(
         "add",
@@ -517,20 +547,8 @@ async fn publications_reach_matching_subscribers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_told_what_it_missed() {
     const SENT: u64 = 20_000;
-    let broker = Broker::builder()
-        .subscriber_queue(16)
-        .listen(
-            MemoryTransport::new(),
-            Address::memory("slow-sub"),
-            CborCodec::new(),
-        )
-        .start()
-        .await
-        .unwrap();
-    let addr = broker.local_addrs()[0].clone();
-    let transport = MemoryTransport::new();
-    let connect = || BrokerClient::connect(Client::builder(CborCodec::new()), &transport, &addr);
-    let subscriber = connect().await.unwrap();
+    let (broker, addr) = memory_broker(Broker::builder().subscriber_queue(16), "slow-sub").await;
+    let subscriber = cbor_client(&addr).await;
     let mut sub = subscriber
         .open("firehose")
         .await
@@ -538,7 +556,7 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
         .subscribe(">")
         .await
         .unwrap();
-    let publisher = connect().await.unwrap().open("firehose").await.unwrap();
+    let publisher = cbor_client(&addr).await.open("firehose").await.unwrap();
     for i in 0..SENT {
         publisher.publish("tick", &i).unwrap();
     }
@@ -1026,24 +1044,9 @@ async fn system_channels_report_what_happens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_channels_can_take_a_password() {
-    let broker = Broker::builder()
-        .system_password(busline::broker::SYSTEM, "ops")
-        .listen(
-            MemoryTransport::new(),
-            Address::memory("sys-pw"),
-            CborCodec::new(),
-        )
-        .start()
-        .await
-        .unwrap();
-    let addr = broker.local_addrs()[0].clone();
-    let c = BrokerClient::connect(
-        Client::builder(CborCodec::new()),
-        &MemoryTransport::new(),
-        &addr,
-    )
-    .await
-    .unwrap();
+    let builder = Broker::builder().system_password(busline::broker::SYSTEM, "ops");
+    let (broker, addr) = memory_broker(builder, "sys-pw").await;
+    let c = cbor_client(&addr).await;
     assert!(matches!(
         c.open(busline::broker::SYSTEM).await,
         Err(Error::Unauthorized(_))
@@ -1193,21 +1196,11 @@ async fn client_ids_are_unique_among_live_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_can_be_disconnected_instead() {
-    let broker = Broker::builder()
+    let builder = Broker::builder()
         .subscriber_queue(4)
-        .slow_subscriber(busline::broker::SlowSubscriber::Disconnect)
-        .listen(
-            MemoryTransport::new(),
-            Address::memory("slow-dc"),
-            CborCodec::new(),
-        )
-        .start()
-        .await
-        .unwrap();
-    let addr = broker.local_addrs()[0].clone();
-    let transport = MemoryTransport::new();
-    let connect = || BrokerClient::connect(Client::builder(CborCodec::new()), &transport, &addr);
-    let subscriber = connect().await.unwrap();
+        .slow_subscriber(busline::broker::SlowSubscriber::Disconnect);
+    let (broker, addr) = memory_broker(builder, "slow-dc").await;
+    let subscriber = cbor_client(&addr).await;
     let _sub = subscriber
         .open("firehose")
         .await
@@ -1215,7 +1208,7 @@ async fn a_slow_subscriber_can_be_disconnected_instead() {
         .subscribe(">")
         .await
         .unwrap();
-    let publisher = connect().await.unwrap().open("firehose").await.unwrap();
+    let publisher = cbor_client(&addr).await.open("firehose").await.unwrap();
     let err = loop {
         for i in 0..1000u64 {
             publisher.publish("tick", &i).unwrap();
@@ -1622,23 +1615,8 @@ async fn a_plain_json_rpc_client_reads_cbor_publications() {
 /// keeps an idle connection for as long as both ends want it.
 #[tokio::test(start_paused = true)]
 async fn idle_clients_are_not_disconnected() {
-    let broker = Broker::builder()
-        .listen(
-            MemoryTransport::new(),
-            Address::memory("idle"),
-            CborCodec::new(),
-        )
-        .start()
-        .await
-        .unwrap();
-    let addr = broker.local_addrs()[0].clone();
-    let bus = BrokerClient::connect(
-        Client::builder(CborCodec::new()),
-        &MemoryTransport::new(),
-        &addr,
-    )
-    .await
-    .unwrap();
+    let (broker, addr) = memory_broker(Broker::builder(), "idle").await;
+    let bus = cbor_client(&addr).await;
     let ch = bus.open("quiet").await.unwrap();
     provide_add(&ch).await;
     tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
