@@ -5,7 +5,11 @@
 //!
 //! Run: `cargo bench --bench broker`.
 
-use std::{path::PathBuf, time::Duration};
+mod support;
+
+use support::{runtime, socket_path};
+
+use std::time::Duration;
 
 use busline::{
     broker::{Broker, BrokerClient, BrokerHandle, Channel, Event},
@@ -22,17 +26,8 @@ use tokio::{
 const IN_FLIGHT: usize = 64;
 const PUBLISHED: u64 = 1000;
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn socket(name: &str) -> Address {
-    let path: PathBuf =
-        std::env::temp_dir().join(format!("busline-bench-{}-{name}.sock", std::process::id()));
+    let path = socket_path(name);
     let _ = std::fs::remove_file(&path);
     Address::unix(path)
 }

@@ -4,7 +4,11 @@
 //!
 //! Run: `cargo bench --bench rpc`; one group: `cargo bench --bench rpc -- round_trip`.
 
-use std::{path::PathBuf, time::Duration};
+mod support;
+
+use support::{runtime, socket_path};
+
+use std::time::Duration;
 
 use busline::{
     rpc::{Client, Router, Server, ServerHandle},
@@ -22,18 +26,6 @@ use tokio::{
 /// Bytes per raw message: about the size of a small busline call frame.
 const RAW_MESSAGE: usize = 48;
 const IN_FLIGHT: usize = 64;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn socket_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("busline-bench-{}-{name}.sock", std::process::id()))
-}
 
 /// Echo fixed-size messages, one write per message (no batching).
 async fn raw_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {

@@ -1,0 +1,20 @@
+//! What every benchmark here needs: the same runtime, and socket paths
+//! that do not collide between runs.
+
+use std::path::PathBuf;
+
+use tokio::runtime::Runtime;
+
+/// Two workers, like the machine the ratios in the README come from.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A Unix socket path unique to this process and `name`.
+pub fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("busline-bench-{}-{name}.sock", std::process::id()))
+}
