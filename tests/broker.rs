@@ -1499,26 +1499,9 @@ async fn a_closing_channel_ends_its_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_listens_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let file = |name: &str, text: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let (ca, cert, key) = (
-        file("ca.pem", ca.pem()),
-        file("cert.pem", cert.pem()),
-        file("key.pem", key.serialize_pem()),
-    );
+    let pki = busline_tls::testing::TestPki::new();
+    let file = |name: &str| pki.file(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("cert.pem"), file("key.pem"));
     let addr: Address = format!("tls://localhost:0?cert={cert}&key={key}")
         .parse()
         .unwrap();

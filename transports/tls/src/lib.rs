@@ -29,6 +29,8 @@
 
 mod config;
 mod listener;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::{sync::Arc, time::Duration};
 
