@@ -194,7 +194,7 @@ impl Reader<'_> {
         name: &str,
         params: Option<&RawValue>,
     ) -> Result<Option<Message>, Invalid> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, Default)]
         struct Params<'a> {
             #[serde(borrow)]
             id: Option<&'a RawValue>,
@@ -210,15 +210,7 @@ impl Reader<'_> {
         let p: Params<'_> = match params {
             Some(p) => serde_json::from_str(p.get())
                 .map_err(|e| invalid(format!("rpc.{name} params: {e}")))?,
-            None => Params {
-                id: None,
-                version: None,
-                scheme: None,
-                credit: None,
-                item: None,
-                payload: None,
-                error: None,
-            },
+            None => Params::default(),
         };
         let need = |field: &str| invalid(format!("rpc.{name} needs {field:?}"));
         let our_id = |id: Option<&RawValue>| -> Result<u64, Invalid> {
