@@ -215,7 +215,7 @@ fn fan_out(c: &mut Criterion) {
                             done.push(rx);
                         }
                         for i in 0..PUBLISHED {
-                            publisher.publish("tick", &i).expect("publishes");
+                            publisher.publish("tick", &i).await.expect("publishes");
                         }
                         for rx in done {
                             dropped += rx.await.expect("counted");

@@ -52,7 +52,9 @@ async fn main() -> busline::Result<()> {
     let mut temps = dashboard.subscribe("sensors.*.temp").await?;
     let sensor = service.open("home").await?;
     for (room, celsius) in [("kitchen", 21.5), ("hall", 19.0)] {
-        sensor.publish(&format!("sensors.{room}.temp"), &celsius)?;
+        sensor
+            .publish(&format!("sensors.{room}.temp"), &celsius)
+            .await?;
     }
     for _ in 0..2 {
         match tokio::time::timeout(Duration::from_secs(5), temps.next()).await {

@@ -411,7 +411,7 @@ async fn owners_members_and_sends() {
     })
     .await
     .unwrap();
-    a.send("note", &"hello").unwrap();
+    a.send("note", &"hello").await.unwrap();
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(5), got)
             .await
@@ -480,9 +480,15 @@ async fn publications_reach_matching_subscribers_once() {
     let mut twice = both.subscribe("sensors.kitchen.*").await.unwrap();
 
     let publisher = s.client(2).await.open("home").await.unwrap();
-    publisher.publish("sensors.kitchen.temp", &21.5).unwrap();
-    publisher.publish("sensors.kitchen.humidity", &40).unwrap();
-    publisher.publish("alerts", &"smoke").unwrap();
+    publisher
+        .publish("sensors.kitchen.temp", &21.5)
+        .await
+        .unwrap();
+    publisher
+        .publish("sensors.kitchen.humidity", &40)
+        .await
+        .unwrap();
+    publisher.publish("alerts", &"smoke").await.unwrap();
 
     let p = next_message(&mut subs[0]).await;
     assert_eq!(
@@ -508,12 +514,12 @@ async fn publications_reach_matching_subscribers_once() {
     );
 
     // Nothing else arrived for the first subscriber.
-    publisher.publish("sensors.hall.temp", &19).unwrap();
+    publisher.publish("sensors.hall.temp", &19).await.unwrap();
     assert_eq!(next_message(&mut subs[0]).await.topic, "sensors.hall.temp");
 
     // Bad topics and patterns, and subscribing without joining.
     assert!(matches!(
-        publisher.publish("a..b", &1),
+        publisher.publish("a..b", &1).await,
         Err(Error::Protocol(_))
     ));
     assert!(matches!(
@@ -558,7 +564,7 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
         .unwrap();
     let publisher = cbor_client(&addr).await.open("firehose").await.unwrap();
     for i in 0..SENT {
-        publisher.publish("tick", &i).unwrap();
+        publisher.publish("tick", &i).await.unwrap();
     }
     // Once this answers, the broker has handled every publication.
     publisher.describe().await.unwrap();
@@ -699,7 +705,7 @@ async fn protected_channels_sign_end_to_end() {
     assert_eq!(items, [0, 1, 2, 3, 4]);
     let mut keyed = ch.subscribe("news").await.unwrap();
     let mut raw = early.subscribe("news").await.unwrap();
-    caller.publish("news", &"signed hello").unwrap();
+    caller.publish("news", &"signed hello").await.unwrap();
     assert_eq!(
         next_message(&mut keyed).await.decode::<String>().unwrap(),
         "signed hello"
@@ -719,6 +725,7 @@ async fn protected_channels_sign_end_to_end() {
     early_bus
         .client()
         .notify_raw("signed#news", captured.payload.clone())
+        .await
         .unwrap();
     match tokio::time::timeout(Duration::from_secs(10), keyed.next()).await {
         Ok(Some(Err(Error::Unauthorized(m)))) => assert!(m.contains("replayed"), "{m}"),
@@ -1211,7 +1218,7 @@ async fn a_slow_subscriber_can_be_disconnected_instead() {
     let publisher = cbor_client(&addr).await.open("firehose").await.unwrap();
     let err = loop {
         for i in 0..1000u64 {
-            publisher.publish("tick", &i).unwrap();
+            publisher.publish("tick", &i).await.unwrap();
         }
         publisher.describe().await.unwrap();
         match subscriber.open("elsewhere").await {
@@ -1224,7 +1231,7 @@ async fn a_slow_subscriber_can_be_disconnected_instead() {
         "{err:?}"
     );
     // The publisher is unaffected.
-    publisher.publish("tick", &0).unwrap();
+    publisher.publish("tick", &0).await.unwrap();
     publisher.describe().await.unwrap();
     broker.shutdown().await;
 }
@@ -1246,7 +1253,7 @@ async fn a_broadcast_reaches_every_provider_but_the_sender() {
         .unwrap();
         members.push(ch);
     }
-    members[1].broadcast("refresh", &"config").unwrap();
+    members[1].broadcast("refresh", &"config").await.unwrap();
     let mut got = Vec::new();
     for _ in 0..2 {
         let (on, what) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -1414,7 +1421,7 @@ async fn review_regressions() {
     for _ in 0..20 {
         drop(ch.subscribe("a.>").await.unwrap());
         let mut again = ch.subscribe("a.>").await.unwrap();
-        ch.publish("a.b", &1).unwrap();
+        ch.publish("a.b", &1).await.unwrap();
         assert_eq!(next_message(&mut again).await.topic, "a.b");
     }
     s.broker.shutdown().await;
@@ -1580,6 +1587,7 @@ async fn a_plain_json_rpc_client_reads_cbor_publications() {
     .await
     .unwrap();
     cbor.publish("temp", &serde_json::json!({"room": "kitchen", "c": 21.5}))
+        .await
         .unwrap();
     line.clear();
     tokio::time::timeout(Duration::from_secs(10), plain.read_line(&mut line))

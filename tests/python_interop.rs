@@ -416,6 +416,7 @@ async fn busline_client_against_python_server() {
     // A notification gets no answer, and the connection goes on.
     client
         .notify("greet", &serde_json::json!({"name": "nobody"}))
+        .await
         .unwrap();
     let sum = timeout(STEP, client.call::<_, i64>("add", &(40, 2)))
         .await

@@ -105,12 +105,12 @@ async fn notification<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let server = f.serve(router).await;
     let client = f.connect(&server).await;
     for _ in 0..10 {
-        client.notify("bump", &1usize).unwrap();
+        client.notify("bump", &1usize).await.unwrap();
     }
     // A notification to a missing method or with bad arguments gets no reply
     // and does not disturb the connection.
-    client.notify("missing", &1).unwrap();
-    client.notify("bump", &"bad").unwrap();
+    client.notify("missing", &1).await.unwrap();
+    client.notify("bump", &"bad").await.unwrap();
     finished.await.unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 10);
     assert_eq!(client.call::<_, i64>("add", &(1, 2)).await.unwrap(), 3);
@@ -593,4 +593,71 @@ async fn the_timeout_covers_waiting_for_a_slot() {
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
     hog.abort();
     server.shutdown().await;
+}
+
+/// A peer that stops reading paces the sender: notifications wait for
+/// room once the socket and the bounded queue are full, and the wait
+/// ends with the handle's timeout instead of growing memory.
+#[tokio::test]
+async fn notifications_wait_for_a_slow_reader() {
+    let transport = busline::MemoryTransport::new().buffer(4096);
+    let addr = busline::Address::memory("notify-pacing");
+    // One handler at a time, and it never finishes: the server stops
+    // reading after the first notification.
+    let router = Router::new().notification("hang", |_: u64| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, String>(())
+    });
+    let server = busline::rpc::Server::builder(router, busline::JsonLineCodec::new())
+        .max_handlers(1)
+        .drain_timeout(Duration::from_millis(100))
+        .bind(&transport, &addr)
+        .await
+        .unwrap();
+    let client = busline::rpc::Client::builder(busline::JsonLineCodec::new())
+        .max_queued_notifications(16)
+        .timeout(Duration::from_millis(300))
+        .connect(&transport, &addr)
+        .await
+        .unwrap();
+    let mut sent = 0u64;
+    let err = loop {
+        match client.notify("hang", &sent).await {
+            Ok(()) => sent += 1,
+            Err(err) => break err,
+        }
+        assert!(sent < 100_000, "notifications were never paced");
+    };
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    // The socket buffers hold a few hundred; the queue 16 more.
+    assert!(sent > 16, "only {sent} were sent before waiting");
+    client.close(Error::Disconnected("test over".into()));
+    server.shutdown().await;
+}
+
+/// Once the connection is gone, a notification fails at once.
+#[tokio::test]
+async fn notifying_a_closed_connection_fails() {
+    let transport = busline::MemoryTransport::new();
+    let addr = busline::Address::memory("notify-closed");
+    let server = busline::rpc::Server::builder(Router::new(), busline::JsonLineCodec::new())
+        .bind(&transport, &addr)
+        .await
+        .unwrap();
+    let client = busline::rpc::Client::builder(busline::JsonLineCodec::new())
+        .connect(&transport, &addr)
+        .await
+        .unwrap();
+    server.shutdown().await;
+    let err = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(err) = client.notify("x", &1).await {
+                break err;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the closed connection is noticed");
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
 }

@@ -168,7 +168,7 @@ async fn busline_rows() -> Row {
         });
         let readers: Vec<_> = readers.collect();
         for i in 0..PUBLISHED {
-            publisher.publish("tick", &i).expect("publishes");
+            publisher.publish("tick", &i).await.expect("publishes");
         }
         let mut delivered = 0;
         let mut dropped = 0;

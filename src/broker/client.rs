@@ -392,20 +392,27 @@ impl Channel {
     }
 
     /// Fire and forget: one provider of `method` gets it, nobody answers.
-    pub fn send<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
+    /// Returns once it is queued (waiting for room as
+    /// [`Client::notify`] does).
+    pub async fn send<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
         let name = self.routed(method);
         let (payload, _) = self.sign_call(Kind::Send, &name, self.encode(args)?)?;
-        self.bus.client.notify_raw(&name, payload)
+        self.bus.client.notify_raw(&name, payload).await
     }
 
     /// Fire and forget to every provider of `method` on this channel but
-    /// this client.
-    pub fn broadcast<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
+    /// this client. Returns once it is queued, as [`Channel::send`] does.
+    pub async fn broadcast<Args: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        args: &Args,
+    ) -> Result<()> {
         // Signed under the name the providers receive it by.
         let (payload, _) = self.sign_call(Kind::Send, &self.routed(method), self.encode(args)?)?;
         self.bus
             .client
             .notify_raw(&protocol::broadcast(&self.name, method), payload)
+            .await
     }
 
     /// Open a stream from a provider of `method`; dropping it cancels the
@@ -434,20 +441,24 @@ impl Channel {
     }
 
     /// Publish `value` on `topic` (dot-separated tokens): every member
-    /// subscribed to a matching pattern gets it. Fire and forget.
-    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
-        self.publish_raw(topic, self.encode(value)?)
+    /// subscribed to a matching pattern gets it. Fire and forget: returns
+    /// once it is queued on the connection, after waiting for room if the
+    /// connection's queue is full ([`ClientBuilder::max_queued_notifications`]),
+    /// so a fast publisher is paced by its connection rather than growing
+    /// memory without bound.
+    pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
+        self.publish_raw(topic, self.encode(value)?).await
     }
 
     /// Publish an already-encoded payload on `topic`.
-    pub fn publish_raw(&self, topic: &str, payload: Payload) -> Result<()> {
+    pub async fn publish_raw(&self, topic: &str, payload: Payload) -> Result<()> {
         topic::check_topic(topic)?;
         let name = protocol::published(&self.name, topic);
         let payload = match &self.signer {
             Some(signer) => signer.sign_fresh(Kind::Publication, &name, &payload)?.0,
             None => payload,
         };
-        self.bus.client.notify_raw(&name, payload)
+        self.bus.client.notify_raw(&name, payload).await
     }
 
     /// Become the only publisher of `topic` here (others' publications on
@@ -480,7 +491,11 @@ impl Channel {
             .subscribers
             .add(&self.name, pattern, self.signer.clone())
             .on_drop(Box::new(move |channel, pattern| {
-                let _ = client.notify(protocol::UNSUBSCRIBE, &PatternArgs { channel, pattern });
+                // Outside the bounded queue: a drop cannot wait for room.
+                let args = PatternArgs { channel, pattern };
+                if let Ok(payload) = Payload::encode(client.encoding(), &args) {
+                    let _ = client.notify_unqueued(protocol::UNSUBSCRIBE, payload);
+                }
             }));
         let args = PatternArgs {
             channel: self.name.clone(),

@@ -89,7 +89,7 @@ async fn deliver(
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         for (method, payload) in batch.drain(..) {
-            if peer.notify_raw(&method, payload).is_err() {
+            if peer.notify_unqueued(&method, payload).is_err() {
                 return; // the subscriber is gone
             }
         }
@@ -107,7 +107,7 @@ async fn deliver(
                 },
             );
             if let Ok(notice) = notice {
-                if peer.notify_raw(protocol::LAGGED, notice).is_err() {
+                if peer.notify_unqueued(protocol::LAGGED, notice).is_err() {
                     return;
                 }
             }

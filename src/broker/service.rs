@@ -218,7 +218,7 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
             let providers = state.providers_except(channel, method, sender)?;
             for provider in &providers {
                 // A provider that is leaving just misses it.
-                let _ = provider.notify_raw(&name, req.payload.clone());
+                let _ = provider.notify_unqueued(&name, req.payload.clone());
             }
             // Wait until it is written to each: a provider that does not
             // read slows the sender (whose reading pauses at its handler
@@ -277,7 +277,7 @@ async fn forward(state: &Arc<State>, channel: &str, method: &str, req: &Request)
                 }),
             // Written before the next is taken from the sender: backpressure,
             // not a queue without bound, for a provider that does not read.
-            CallKind::Notify => match provider.notify_raw(&req.method, req.payload.clone()) {
+            CallKind::Notify => match provider.notify_unqueued(&req.method, req.payload.clone()) {
                 Ok(()) => provider
                     .flush()
                     .await

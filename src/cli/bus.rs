@@ -98,7 +98,8 @@ pub(crate) async fn publish(args: PubArgs, auth: Arc<dyn Authenticator>) -> Resu
     let bus = connect(&args.bus, auth).await?;
     join(&bus, &args.channel)
         .await?
-        .publish_raw(&args.topic, payload)?;
+        .publish_raw(&args.topic, payload)
+        .await?;
     bus.client().flush().await
 }
 

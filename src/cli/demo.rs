@@ -89,7 +89,9 @@ async fn calls(transport: &UnixTransport, addr: &Address) -> Result<()> {
             )))
         }
     }
-    client.notify("log", &"a notification: no reply expected")?;
+    client
+        .notify("log", &"a notification: no reply expected")
+        .await?;
     // Frames on one connection are dispatched in order, so once this call
     // is answered the notification has reached its handler.
     let _: Value = client.call("echo", &Value::Null).await?;

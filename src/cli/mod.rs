@@ -208,7 +208,7 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
     let Some(channel) = args.channel else {
         let client = builder.connect(&transport, &addr).await?;
         if args.notify {
-            client.notify_raw(&args.method, payload)?;
+            client.notify_raw(&args.method, payload).await?;
             return client.flush().await;
         }
         if args.stream {
@@ -236,7 +236,7 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
     .await?;
     let value: serde_json::Value = payload.decode()?;
     if args.notify {
-        channel.send(&args.method, &value)?;
+        channel.send(&args.method, &value).await?;
         return bus.client().flush().await;
     }
     if args.stream {

@@ -22,6 +22,28 @@ use super::{call_stream::CallStream, driver::Command, PayloadStream};
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Default number of stream items the server may send ahead of the reader.
 pub const DEFAULT_STREAM_WINDOW: u32 = 64;
+/// Default bound on notifications waiting to be written on one connection.
+pub const DEFAULT_MAX_QUEUED_NOTIFICATIONS: usize = 4096;
+
+/// The bounds one [`Client`] handle keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandleLimits {
+    pub(crate) max_in_flight: usize,
+    pub(crate) stream_window: u32,
+    pub(crate) max_queued_notifications: usize,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Default for HandleLimits {
+    fn default() -> Self {
+        HandleLimits {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            stream_window: DEFAULT_STREAM_WINDOW,
+            max_queued_notifications: DEFAULT_MAX_QUEUED_NOTIFICATIONS,
+            timeout: None,
+        }
+    }
+}
 
 /// A call for the [`tower::Service`] interface of [`Client`].
 #[derive(Debug, Clone)]
@@ -58,6 +80,10 @@ struct Shared {
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
     in_flight: Arc<Semaphore>,
+    /// Room for notifications not yet written; shared with the connection
+    /// task, which gives it back as it writes them.
+    queued_notifications: Arc<Semaphore>,
+    max_queued_notifications: usize,
     encoding: Encoding,
     stream_window: u32,
 }
@@ -217,19 +243,67 @@ impl Client {
     }
 
     /// Call `method` as a notification: no reply is sent, not even on error.
-    /// Returns once the notification is queued on the connection.
-    pub fn notify<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
+    /// Returns once the notification is queued on the connection; if
+    /// [`ClientBuilder::max_queued_notifications`] are already waiting to
+    /// be written (the peer reads slower than this sends), it waits for
+    /// room first, within the handle's timeout. Memory stays bounded.
+    ///
+    /// [`ClientBuilder::max_queued_notifications`]: super::ClientBuilder::max_queued_notifications
+    pub async fn notify<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
         self.notify_raw(method, Payload::encode(self.shared.encoding, args)?)
+            .await
     }
 
-    /// Send a notification with an already-encoded payload.
-    pub fn notify_raw(&self, method: &str, payload: Payload) -> Result<()> {
+    /// Send a notification with an already-encoded payload; see
+    /// [`Client::notify`].
+    pub async fn notify_raw(&self, method: &str, payload: Payload) -> Result<()> {
+        if self.is_closed() {
+            return Err(self.gone());
+        }
+        let room = self.shared.queued_notifications.acquire();
+        let permit = match self.timeout {
+            None => room.await,
+            Some(limit) => tokio::time::timeout(limit, room)
+                .await
+                .map_err(|_| Error::Timeout(limit))?,
+        };
+        // Given back by the connection task once the notification is written.
+        permit.map_err(|_| self.gone())?.forget();
+        self.send_notification(method, payload, true)
+    }
+
+    /// Send a notification now if there is room for it in the queue, or
+    /// fail with [`Error::Overloaded`]: for code that must not wait.
+    pub(crate) fn try_notify_raw(&self, method: &str, payload: Payload) -> Result<()> {
+        match self.shared.queued_notifications.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(self.gone()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                return Err(Error::Overloaded(format!(
+                    "{} notifications are waiting to be written to a peer that does not \
+                     read them",
+                    self.shared.max_queued_notifications
+                )))
+            }
+        }
+        self.send_notification(method, payload, true)
+    }
+
+    /// Send a notification outside the bounded queue, for a caller that
+    /// bounds what it sends itself (a broker's subscriber outlet waits for
+    /// each batch to be written).
+    pub(crate) fn notify_unqueued(&self, method: &str, payload: Payload) -> Result<()> {
+        self.send_notification(method, payload, false)
+    }
+
+    fn send_notification(&self, method: &str, payload: Payload, counted: bool) -> Result<()> {
+        let msg = Message::Notify {
+            method: method.to_string(),
+            payload,
+        };
         self.shared
             .commands
-            .send(Command::Oneway(Message::Notify {
-                method: method.to_string(),
-                payload,
-            }))
+            .send(Command::Oneway { msg, counted })
             .map_err(|_| self.gone())
     }
 
@@ -261,7 +335,12 @@ impl Client {
         method: &str,
         payload: Payload,
     ) -> Result<CallStream<Item>> {
-        let permit = self.permit().await?;
+        let permit = match self.timeout {
+            None => self.permit().await?,
+            Some(limit) => tokio::time::timeout(limit, self.permit())
+                .await
+                .map_err(|_| Error::Timeout(limit))??,
+        };
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let window = self.shared.stream_window;
         let (items, rx) = mpsc::unbounded_channel();
@@ -340,9 +419,7 @@ impl Client {
         commands: mpsc::UnboundedSender<Command>,
         closed: CloseReason,
         encoding: Encoding,
-        max_in_flight: usize,
-        stream_window: u32,
-        timeout: Option<Duration>,
+        limits: HandleLimits,
     ) -> Client {
         static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
         Client {
@@ -351,12 +428,20 @@ impl Client {
                 closed,
                 commands,
                 next_id: AtomicU64::new(1),
-                in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+                queued_notifications: Arc::new(Semaphore::new(limits.max_queued_notifications)),
+                max_queued_notifications: limits.max_queued_notifications,
                 encoding,
-                stream_window,
+                stream_window: limits.stream_window,
             }),
-            timeout,
+            timeout: limits.timeout,
         }
+    }
+
+    /// The room for queued notifications, which the connection task gives
+    /// back as it writes them.
+    pub(crate) fn notification_room(&self) -> Arc<Semaphore> {
+        self.shared.queued_notifications.clone()
     }
 
     /// A handle that does not keep the connection open.

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio_util::{codec::Framed, sync::CancellationToken};
 
 use super::{
-    client::{CloseReason, WeakClient},
+    client::{CloseReason, HandleLimits},
     driver::{Driver, Setup},
-    Client, Router, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW,
+    Client, Router,
 };
 
 impl Client {
@@ -24,11 +24,9 @@ impl Client {
         ClientBuilder {
             codec,
             auth: NoAuth,
-            timeout: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             retry_connect: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            stream_window: DEFAULT_STREAM_WINDOW,
+            limits: HandleLimits::default(),
             router: None,
         }
     }
@@ -39,11 +37,9 @@ impl Client {
 pub struct ClientBuilder<C, A> {
     codec: C,
     auth: A,
-    timeout: Option<Duration>,
     handshake_timeout: Duration,
     retry_connect: Option<Duration>,
-    max_in_flight: usize,
-    stream_window: u32,
+    limits: HandleLimits,
     router: Option<Router>,
 }
 
@@ -53,11 +49,9 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
         ClientBuilder {
             codec: self.codec,
             auth,
-            timeout: self.timeout,
             handshake_timeout: self.handshake_timeout,
             retry_connect: self.retry_connect,
-            max_in_flight: self.max_in_flight,
-            stream_window: self.stream_window,
+            limits: self.limits,
             router: self.router,
         }
     }
@@ -75,7 +69,7 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
     /// Default per-call timeout; it also travels to the server as the
     /// call's deadline. Default: none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.limits.timeout = Some(timeout);
         self
     }
 
@@ -95,14 +89,23 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
     /// Bound on calls and streams in flight; further calls wait for a slot.
     /// Default: 1024.
     pub fn max_in_flight(mut self, calls: usize) -> Self {
-        self.max_in_flight = calls.max(1);
+        self.limits.max_in_flight = calls.max(1);
         self
     }
 
     /// Stream items the server may send before the reader catches up.
     /// Default: 64.
     pub fn stream_window(mut self, items: u32) -> Self {
-        self.stream_window = items.max(1);
+        self.limits.stream_window = items.max(1);
+        self
+    }
+
+    /// Bound on notifications (and publications) queued but not yet
+    /// written; [`Client::notify`] waits for room beyond it, so a fast
+    /// sender is paced by a slow peer instead of filling memory.
+    /// Default: 4096.
+    pub fn max_queued_notifications(mut self, notifications: usize) -> Self {
+        self.limits.max_queued_notifications = notifications.max(1);
         self
     }
 
@@ -142,26 +145,17 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             subject: Some("server".into()),
             peer,
         };
+        let closed = CloseReason::default();
+        let client = Client::new(commands.clone(), closed.clone(), encoding, self.limits);
         let setup = Setup {
             owned_by_handles: true,
             router: self.router,
             identity: Arc::new(identity),
-            max_handlers: self.max_in_flight,
+            max_handlers: self.limits.max_in_flight,
             shutdown: CancellationToken::new(),
-            peer: WeakClient::default(),
-            closed: CloseReason::default(),
-        };
-        let client = Client::new(
-            commands.clone(),
-            setup.closed.clone(),
-            encoding,
-            self.max_in_flight,
-            self.stream_window,
-            self.timeout,
-        );
-        let setup = Setup {
             peer: client.downgrade(),
-            ..setup
+            notification_room: client.notification_room(),
+            closed,
         };
         tokio::spawn(Driver::new(framed, rx, &commands, setup));
         Ok(client)

@@ -21,7 +21,9 @@ mod server;
 mod stream_task;
 
 pub use call_stream::CallStream;
-pub use client::{Call, Client, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW};
+pub use client::{
+    Call, Client, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_NOTIFICATIONS, DEFAULT_STREAM_WINDOW,
+};
 pub use connect::ClientBuilder;
 pub(crate) use handler::{StreamFn, UnaryFn};
 pub use router::{CallKind, PayloadStream, Reply, Request, Router};

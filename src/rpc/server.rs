@@ -11,9 +11,9 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::{codec::Framed, sync::CancellationToken};
 
 use super::{
-    client::CloseReason,
+    client::{CloseReason, HandleLimits},
     driver::{Driver, Setup},
-    Client, Router, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_WINDOW,
+    Client, Router,
 };
 
 /// Default bound on simultaneous connections per server.
@@ -220,9 +220,7 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             commands.clone(),
             closed.clone(),
             self.codec.payload_encoding(),
-            DEFAULT_MAX_IN_FLIGHT,
-            DEFAULT_STREAM_WINDOW,
-            None,
+            HandleLimits::default(),
         );
         if let Some(hook) = &self.on_connect {
             hook(peer.connection_id(), &identity);
@@ -234,6 +232,7 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             max_handlers: self.max_handlers,
             shutdown,
             peer: peer.downgrade(),
+            notification_room: peer.notification_room(),
             closed,
         };
         Driver::new(framed, rx, &commands, setup).await;

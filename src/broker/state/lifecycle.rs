@@ -53,7 +53,9 @@ impl State {
 pub(super) fn tell(inner: &Inner, id: u64, event: &ChannelEvent) {
     if let Some(peer) = inner.peers.get(&id) {
         if let Ok(payload) = Payload::encode(peer.encoding(), event) {
-            let _ = peer.notify_raw(protocol::EVENT, payload);
+            if let Err(err) = peer.try_notify_raw(protocol::EVENT, payload) {
+                tracing::warn!(connection = id, error = %err, "a channel event was not sent");
+            }
         }
     }
 }

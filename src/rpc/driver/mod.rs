@@ -61,8 +61,9 @@ pub(crate) enum Command {
     Cancel { id: u64 },
     /// Serving stream `id` produced a message (item or final answer).
     Send { id: u64, msg: Message, last: bool },
-    /// Send a message that needs no bookkeeping (notifications).
-    Oneway(Message),
+    /// Send a notification; if `counted`, it holds a unit of the
+    /// connection's notification room until written.
+    Oneway { msg: Message, counted: bool },
     /// Answer once everything queued before it is written out.
     Flush(oneshot::Sender<()>),
     /// Close the connection, telling the peer why.
@@ -101,6 +102,8 @@ pub(crate) struct Setup {
     pub(crate) shutdown: CancellationToken,
     /// The calling side of this connection, for handlers to call back.
     pub(crate) peer: WeakClient,
+    /// Room for queued notifications, given back as they are written.
+    pub(crate) notification_room: Arc<Semaphore>,
     /// Where the reason the connection closed is left for its handles.
     pub(crate) closed: CloseReason,
 }
@@ -128,6 +131,9 @@ pub(crate) struct Driver<I, C> {
     streams: HashMap<u64, (Arc<Semaphore>, AbortHandle)>,
 
     flushed: Vec<oneshot::Sender<()>>,
+    notification_room: Arc<Semaphore>,
+    /// Counted notifications in the outbox or the write buffer.
+    notifications_unwritten: usize,
 
     peer: WeakClient,
     closed: CloseReason,
@@ -162,6 +168,8 @@ impl<I: Io, C: Codec> Driver<I, C> {
             notifications: FuturesUnordered::new(),
             streams: HashMap::new(),
             flushed: Vec::new(),
+            notification_room: setup.notification_room,
+            notifications_unwritten: 0,
             peer: setup.peer,
             closed: setup.closed,
             close_deadline: None,
@@ -185,6 +193,8 @@ impl<I: Io, C: Codec> Driver<I, C> {
         let _ = self.closed.set(err.clone());
         self.reading = false;
         self.flushed.clear();
+        // Senders waiting for room learn the connection is gone.
+        self.notification_room.close();
         // A peer that does not read must not hold the connection open.
         self.close_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
         for (_, pending) in self.pending.drain() {
@@ -255,9 +265,10 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     self.outbox.push_back(msg);
                 }
             }
-            Command::Oneway(msg) => {
+            Command::Oneway { msg, counted } => {
                 if self.closing.is_none() {
                     self.outbox.push_back(msg);
+                    self.notifications_unwritten += usize::from(counted);
                 }
             }
             Command::Flush(done) => {
@@ -476,6 +487,7 @@ impl<I, C> Drop for Driver<I, C> {
             .take()
             .unwrap_or_else(|| Error::Disconnected("connection task stopped".into()));
         let _ = self.closed.set(err.clone());
+        self.notification_room.close();
         for (_, pending) in self.pending.drain() {
             pending.fail(err.clone());
         }

@@ -47,6 +47,10 @@ impl<I: Io, C: Codec> Driver<I, C> {
         for done in self.flushed.drain(..) {
             let _ = done.send(());
         }
+        if self.notifications_unwritten > 0 {
+            self.notification_room
+                .add_permits(std::mem::take(&mut self.notifications_unwritten));
+        }
         Poll::Ready(Ok(()))
     }
 
