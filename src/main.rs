@@ -5,6 +5,12 @@ mod cli;
 
 use std::process::ExitCode;
 
+/// A broker allocates a little for every message it passes on, on one
+/// thread, and frees it on another: mimalloc does that much faster than
+/// the system allocator (bench-peers shows the difference in fan-out).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// Inter-process communication over Unix sockets, TCP and memory.

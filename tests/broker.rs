@@ -552,8 +552,27 @@ async fn publications_reach_matching_subscribers_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_told_what_it_missed() {
-    const SENT: u64 = 20_000;
-    let (broker, addr) = memory_broker(Broker::builder().subscriber_queue(16), "slow-sub").await;
+    let builder = Broker::builder().subscriber_queue(16);
+    publish_to_a_slow_subscriber(builder, "slow-sub", 20_000, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_queue_is_bounded_in_bytes_too() {
+    // Room for thousands of publications, but only 64 KiB of them.
+    let builder = Broker::builder().subscriber_queue_bytes(64 << 10);
+    publish_to_a_slow_subscriber(builder, "slow-sub-bytes", 400, 16 << 10).await;
+}
+
+/// Publish `sent` numbered publications of about `size` bytes to a
+/// subscriber that reads only afterwards: it gets them in order, and is
+/// told exactly how many it missed.
+async fn publish_to_a_slow_subscriber(
+    builder: busline::broker::BrokerBuilder,
+    name: &str,
+    sent: u64,
+    size: usize,
+) {
+    let (broker, addr) = memory_broker(builder, name).await;
     let subscriber = cbor_client(&addr).await;
     let mut sub = subscriber
         .open("firehose")
@@ -563,17 +582,18 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
         .await
         .unwrap();
     let publisher = cbor_client(&addr).await.open("firehose").await.unwrap();
-    for i in 0..SENT {
-        publisher.publish("tick", &i).await.unwrap();
+    let padding = "x".repeat(size);
+    for i in 0..sent {
+        publisher.publish("tick", &(i, &padding)).await.unwrap();
     }
     // Once this answers, the broker has handled every publication.
     publisher.describe().await.unwrap();
 
     let (mut received, mut missed, mut last) = (0u64, 0u64, None);
-    while received + missed < SENT {
+    while received + missed < sent {
         match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
             Ok(Some(Ok(busline::broker::Event::Message(p)))) => {
-                let i: u64 = p.decode().unwrap();
+                let (i, _): (u64, String) = p.decode().unwrap();
                 assert!(last < Some(i), "out of order: {i} after {last:?}");
                 last = Some(i);
                 received += 1;
@@ -582,10 +602,10 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
             other => panic!("after {received} received and {missed} missed: {other:?}"),
         }
     }
-    assert_eq!(received + missed, SENT);
+    assert_eq!(received + missed, sent);
     assert!(
         missed > 0,
-        "a subscriber that did not read kept up with {SENT}?"
+        "a subscriber that did not read kept up with {sent}?"
     );
     broker.shutdown().await;
 }

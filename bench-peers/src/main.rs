@@ -4,6 +4,11 @@
 //! publications fanned out to 1, 10 and 100 subscribers (deliveries per
 //! second; drops counted on both sides).
 //!
+//! busline's broker runs twice: in a process of its own, as `busline
+//! broker` and `nats-server` are deployed (this program started again with
+//! `broker <socket>`, a two-thread runtime like the clients'), and
+//! embedded in this program beside its clients, which NATS cannot do.
+//!
 //! Needs `nats-server` on PATH (Debian: `apt-get install nats-server`).
 //! Run: `cargo run --release --manifest-path bench-peers/Cargo.toml`.
 
@@ -20,15 +25,23 @@ use busline::{
 use bytes::Bytes;
 use futures::{future::join_all, StreamExt};
 
+/// The allocator the `busline` program uses, so the broker process here
+/// is the daemon's equal; the clients, busline's and NATS's alike, use it
+/// too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SEQUENTIAL: usize = 2000;
 const IN_FLIGHT: usize = 64;
 const BATCHES: usize = 300;
-const PUBLISHED: u64 = 2000;
+const PUBLISHED: u64 = 20_000;
+/// Runs of every scenario; the tables show each figure's median.
+const ROUNDS: usize = 5;
 
-/// Kills the NATS server when the run ends.
-struct Nats(Child);
+/// Kills a server process when the run ends.
+struct Server(Child);
 
-impl Drop for Nats {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -42,7 +55,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn start_nats() -> (Nats, String) {
+async fn start_nats() -> (Server, String) {
     let port = free_port();
     let child = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
@@ -59,11 +72,34 @@ async fn start_nats() -> (Nats, String) {
             .await
             .is_ok()
         {
-            return (Nats(child), url);
+            return (Server(child), url);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("nats-server did not start");
+}
+
+/// Each figure's median over the rounds.
+fn median(mut rounds: Vec<Row>) -> Row {
+    fn mid(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    let pick = |f: &dyn Fn(&Row) -> f64| mid(rounds.iter().map(f).collect());
+    let mut row = Row {
+        median_us: pick(&|r| r.median_us),
+        p99_us: pick(&|r| r.p99_us),
+        calls_per_s: pick(&|r| r.calls_per_s),
+        fan_out: Vec::new(),
+    };
+    for i in 0..rounds[0].fan_out.len() {
+        let n = rounds[0].fan_out[i].0;
+        let rate = pick(&|r| r.fan_out[i].1);
+        let dropped = rounds.iter().map(|r| r.fan_out[i].2).sum();
+        row.fan_out.push((n, rate, dropped));
+    }
+    rounds.clear();
+    row
 }
 
 /// Median and 99th percentile, in microseconds.
@@ -80,18 +116,37 @@ struct Row {
     fan_out: Vec<(usize, f64, u64)>,
 }
 
-async fn busline_rows() -> Row {
-    let dir = std::env::temp_dir().join(format!("busline-peers-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let addr = Address::unix(dir.join("broker.sock"));
-    let _ = std::fs::remove_file(dir.join("broker.sock"));
+/// The broker process: serve `socket` until killed.
+async fn run_broker(socket: &str) {
     let broker = Broker::builder()
-        .listen(UnixTransport::new(), addr.clone(), CborCodec::new())
+        .listen(UnixTransport::new(), Address::unix(socket), CborCodec::new())
         .start()
         .await
         .expect("broker starts");
+    std::future::pending::<()>().await;
+    drop(broker);
+}
+
+fn start_broker(socket: &std::path::Path) -> Server {
+    let child = Command::new(std::env::current_exe().expect("this program"))
+        .arg("broker")
+        .arg(socket)
+        .spawn()
+        .expect("the broker process starts");
+    Server(child)
+}
+
+/// The rows for a broker listening on `socket`.
+async fn busline_rows(socket: &std::path::Path) -> Row {
+    let addr = Address::unix(socket);
     let transport = UnixTransport::new();
-    let connect = || BrokerClient::connect(Client::builder(CborCodec::new()), &transport, &addr);
+    let connect = || {
+        BrokerClient::connect(
+            Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
+            &transport,
+            &addr,
+        )
+    };
     let provider = connect().await.expect("connects");
     provider
         .open("bench")
@@ -183,7 +238,6 @@ async fn busline_rows() -> Row {
             dropped,
         ));
     }
-    broker.shutdown().await;
     Row {
         median_us,
         p99_us,
@@ -192,9 +246,10 @@ async fn busline_rows() -> Row {
     }
 }
 
-async fn nats_rows(url: &str) -> Row {
+async fn nats_rows(url: &str, round: usize) -> Row {
     let responder = async_nats::connect(url).await.expect("connects to NATS");
-    let mut requests = responder.subscribe("bench.echo").await.expect("subscribes");
+    let echo = format!("bench.echo.{round}");
+    let mut requests = responder.subscribe(echo.clone()).await.expect("subscribes");
     let answering = responder.clone();
     tokio::spawn(async move {
         while let Some(msg) = requests.next().await {
@@ -211,7 +266,7 @@ async fn nats_rows(url: &str) -> Row {
     for _ in 0..SEQUENTIAL {
         let start = Instant::now();
         caller
-            .request("bench.echo", payload.clone())
+            .request(echo.clone(), payload.clone())
             .await
             .expect("request");
         samples.push(start.elapsed());
@@ -220,7 +275,7 @@ async fn nats_rows(url: &str) -> Row {
 
     let start = Instant::now();
     for _ in 0..BATCHES {
-        let calls = (0..IN_FLIGHT).map(|_| caller.request("bench.echo", payload.clone()));
+        let calls = (0..IN_FLIGHT).map(|_| caller.request(echo.clone(), payload.clone()));
         for answer in join_all(calls).await {
             answer.expect("request");
         }
@@ -229,7 +284,7 @@ async fn nats_rows(url: &str) -> Row {
 
     let mut fan_out = Vec::new();
     for subscribers in [1usize, 10, 100] {
-        let subject = format!("fan{subscribers}");
+        let subject = format!("fan{subscribers}.{round}");
         let mut readers = Vec::new();
         for _ in 0..subscribers {
             let client = async_nats::connect(url).await.expect("connects");
@@ -280,35 +335,69 @@ async fn nats_rows(url: &str) -> Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, command, socket] = args.as_slice() {
+        if command == "broker" {
+            return run_broker(socket).await;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("busline-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
     let (_nats, url) = start_nats().await;
-    let ours = busline_rows().await;
-    let theirs = nats_rows(&url).await;
-    println!("| scenario | busline broker (Unix, CBOR) | NATS (TCP loopback) | busline / NATS |");
-    println!("| --- | --- | --- | --- |");
-    println!(
-        "| request/reply median | {:.1} µs | {:.1} µs | {:.2}x the time |",
-        ours.median_us,
-        theirs.median_us,
-        ours.median_us / theirs.median_us
-    );
-    println!(
-        "| request/reply p99 | {:.1} µs | {:.1} µs | {:.2}x the time |",
-        ours.p99_us,
-        theirs.p99_us,
-        ours.p99_us / theirs.p99_us
-    );
-    println!(
-        "| calls/s, 64 in flight | {:.0} | {:.0} | {:.2}x the rate |",
-        ours.calls_per_s,
-        theirs.calls_per_s,
-        ours.calls_per_s / theirs.calls_per_s
-    );
-    for ((n, ours_rate, ours_dropped), (_, nats_rate, nats_dropped)) in
-        ours.fan_out.iter().zip(&theirs.fan_out)
-    {
+
+    // Rounds take turns, so a slow spell of the machine hits all three.
+    let (mut process, mut embedded, mut nats) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // The broker in its own process, as `busline broker` runs it.
+        let socket = dir.join(format!("process{round}.sock"));
+        let broker = start_broker(&socket);
+        process.push(busline_rows(&socket).await);
+        drop(broker);
+
+        // The broker embedded in this program, beside its clients.
+        let socket = dir.join(format!("embedded{round}.sock"));
+        let broker = Broker::builder()
+            .listen(UnixTransport::new(), Address::unix(&socket), CborCodec::new())
+            .start()
+            .await
+            .expect("broker starts");
+        embedded.push(busline_rows(&socket).await);
+        broker.shutdown().await;
+
+        nats.push(nats_rows(&url, round).await);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (process, embedded, nats) = (median(process), median(embedded), median(nats));
+
+    println!("| scenario | busline broker process | busline broker embedded | NATS | process / NATS | embedded / NATS |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let time = |name: &str, f: fn(&Row) -> f64| {
         println!(
-            "| fan-out to {n}: deliveries/s (dropped) | {ours_rate:.0} ({ours_dropped}, counted) | {nats_rate:.0} ({nats_dropped}) | {:.2}x the rate |",
-            ours_rate / nats_rate
+            "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}x the time | {:.2}x the time |",
+            f(&process),
+            f(&embedded),
+            f(&nats),
+            f(&process) / f(&nats),
+            f(&embedded) / f(&nats)
+        )
+    };
+    time("request/reply median", |r| r.median_us);
+    time("request/reply p99", |r| r.p99_us);
+    println!(
+        "| calls/s, 64 in flight | {:.0} | {:.0} | {:.0} | {:.2}x the rate | {:.2}x the rate |",
+        process.calls_per_s,
+        embedded.calls_per_s,
+        nats.calls_per_s,
+        process.calls_per_s / nats.calls_per_s,
+        embedded.calls_per_s / nats.calls_per_s
+    );
+    for (i, (n, nats_rate, nats_dropped)) in nats.fan_out.iter().enumerate() {
+        let (_, p_rate, p_dropped) = process.fan_out[i];
+        let (_, e_rate, e_dropped) = embedded.fan_out[i];
+        println!(
+            "| fan-out to {n}: deliveries/s (dropped in all rounds) | {p_rate:.0} ({p_dropped}, counted) | {e_rate:.0} ({e_dropped}, counted) | {nats_rate:.0} ({nats_dropped}) | {:.2}x the rate | {:.2}x the rate |",
+            p_rate / nats_rate,
+            e_rate / nats_rate
         );
     }
 }

@@ -59,30 +59,34 @@ impl BrokerClient {
         let provided = Arc::new(RwLock::new(Router::new()));
         let subscribers = Arc::new(Subscribers::default());
         let (events, _) = tokio::sync::broadcast::channel(EVENT_BACKLOG);
-        let (table, subs, told) = (provided.clone(), subscribers.clone(), events.clone());
-        let serve = Router::new().fallback(service_fn(move |req: Request| {
-            if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(&req.method) {
-                subs.deliver(channel, topic, &req.payload);
-                return done();
-            }
-            if req.method == protocol::EVENT {
-                match req.arguments::<ChannelEvent>() {
+        let (subs, told) = (subscribers.clone(), events.clone());
+        // What the broker pushes comes at publication rate: handled in place.
+        let pushed = Arc::new(move |method: &str, payload: &Payload| {
+            if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(method) {
+                subs.deliver(channel, topic, payload);
+            } else if method == protocol::EVENT {
+                match payload.decode_params::<ChannelEvent>() {
                     Ok(event) => drop(told.send(event)),
                     Err(e) => tracing::warn!(error = %e, "unreadable channel event"),
                 }
-                return done();
-            }
-            if req.method == protocol::LAGGED {
-                if let Ok(notice) = req.arguments::<Lagged>() {
+            } else if method == protocol::LAGGED {
+                if let Ok(notice) = payload.decode_params::<Lagged>() {
                     subs.lagged(&notice.channel, notice.missed);
                 }
-                return done();
+            } else {
+                return false;
             }
-            // A cheap clone (one Arc) of the current table, so no lock is
-            // held while the handler runs.
-            let router = table.read().unwrap_or_else(|p| p.into_inner()).clone();
-            router.dispatch(req)
-        }));
+            true
+        });
+        let table = provided.clone();
+        let serve = Router::new()
+            .fallback(service_fn(move |req: Request| {
+                // A cheap clone (one Arc) of the current table, so no lock is
+                // held while the handler runs.
+                let router = table.read().unwrap_or_else(|p| p.into_inner()).clone();
+                router.dispatch(req)
+            }))
+            .tap_notifications(pushed);
         let client = builder.serve(serve).connect(transport, addr).await?;
         Ok(BrokerClient {
             client,
@@ -204,10 +208,6 @@ async fn derive(channel: &str, password: &str) -> Result<ChannelKeys> {
     tokio::task::spawn_blocking(move || ChannelKeys::derive(&channel, &password))
         .await
         .map_err(|e| Error::Protocol(format!("key derivation failed: {e}")))
-}
-
-fn done() -> futures::future::BoxFuture<'static, Result<Reply>> {
-    Box::pin(std::future::ready(Ok(Reply::Unary(Payload::unit()))))
 }
 
 /// One channel joined through a [`BrokerClient`].

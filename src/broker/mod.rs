@@ -32,6 +32,7 @@
 //! # }).unwrap();
 //! ```
 
+mod budget;
 mod client;
 mod keys;
 mod outlet;
@@ -50,12 +51,13 @@ use futures::future::BoxFuture;
 
 pub use client::{BrokerClient, Channel};
 pub use keys::ChannelKeys;
+use outlet::QueueBounds;
 pub use outlet::SlowSubscriber;
 pub use protocol::{
     check_channel_name, Balance, BrokerStatus, ChannelEvent, ChannelInfo, MethodSchema,
     OwnerPolicy, MAX_CHANNEL_NAME, MAX_CLIENT_ID,
 };
-pub use state::{DEFAULT_SUBSCRIBER_QUEUE, MAX_PER_CLIENT};
+pub use state::{DEFAULT_SUBSCRIBER_QUEUE, DEFAULT_SUBSCRIBER_QUEUE_BYTES, MAX_PER_CLIENT};
 pub use subscription::{Event, Publication, Subscription};
 pub use system::{is_system, ERRORS, LOGS, SYSTEM, SYSTEM_CHANNELS};
 pub use topic::{check_pattern, check_topic, matches as topic_matches, MAX_TOPIC};
@@ -83,7 +85,10 @@ impl Broker {
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
             listeners: Vec::new(),
-            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            subscriber_queue: QueueBounds {
+                publications: DEFAULT_SUBSCRIBER_QUEUE,
+                bytes: DEFAULT_SUBSCRIBER_QUEUE_BYTES,
+            },
             slow_subscriber: SlowSubscriber::default(),
             system_passwords: Vec::new(),
             limits: Limits {
@@ -97,7 +102,7 @@ impl Broker {
 /// Listeners of a broker about to start.
 pub struct BrokerBuilder {
     listeners: Vec<StartListener>,
-    subscriber_queue: usize,
+    subscriber_queue: QueueBounds,
     slow_subscriber: SlowSubscriber,
     system_passwords: Vec<(String, String)>,
     limits: Limits,
@@ -117,7 +122,17 @@ impl BrokerBuilder {
     /// ones are dropped for it (and counted in a lagged notice). Default:
     /// [`DEFAULT_SUBSCRIBER_QUEUE`].
     pub fn subscriber_queue(mut self, publications: usize) -> Self {
-        self.subscriber_queue = publications.max(1);
+        self.subscriber_queue.publications = publications.max(1);
+        self
+    }
+
+    /// Payload bytes queued for one subscriber connection before further
+    /// publications are dropped for it, whichever of this and
+    /// [`BrokerBuilder::subscriber_queue`] is reached first (one
+    /// publication larger than this still goes through alone). Default:
+    /// [`DEFAULT_SUBSCRIBER_QUEUE_BYTES`].
+    pub fn subscriber_queue_bytes(mut self, bytes: usize) -> Self {
+        self.subscriber_queue.bytes = bytes.max(1);
         self
     }
 

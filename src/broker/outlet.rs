@@ -13,15 +13,26 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use busline_core::{Error, Payload};
+use busline_core::{Error, Message, Payload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::protocol::{self, Lagged};
+use super::{
+    budget::ByteBudget,
+    protocol::{self, Lagged},
+};
 use crate::rpc::Client;
 
-/// Publications written before waiting for the socket.
-const BATCH: usize = 64;
+/// Publications handed to the connection at once, then written before
+/// more are taken.
+const BATCH: usize = 512;
+
+/// How much may wait for one subscriber: whichever bound is reached first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueBounds {
+    pub(crate) publications: usize,
+    pub(crate) bytes: usize,
+}
 
 /// What the broker does with a subscriber whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -41,40 +52,53 @@ pub(crate) struct Outlet {
     tx: mpsc::Sender<(Arc<str>, Payload)>,
     /// Publications dropped per channel since the last notice.
     missed: Arc<Mutex<HashMap<String, u64>>>,
+    bytes: Arc<ByteBudget>,
     peer: Client,
     policy: SlowSubscriber,
-    capacity: usize,
+    bounds: QueueBounds,
 }
 
 impl Outlet {
-    /// Start delivering to `peer` through a queue of `capacity`.
-    pub(crate) fn start(peer: Client, capacity: usize, policy: SlowSubscriber) -> Outlet {
-        let capacity = capacity.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
+    /// Start delivering to `peer` through a queue within `bounds`.
+    pub(crate) fn start(peer: Client, bounds: QueueBounds, policy: SlowSubscriber) -> Outlet {
+        let (tx, rx) = mpsc::channel(bounds.publications.max(1));
         let missed = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(deliver(peer.clone(), rx, missed.clone()));
+        let bytes = Arc::new(ByteBudget::new(bounds.bytes));
+        tokio::spawn(deliver(peer.clone(), rx, missed.clone(), bytes.clone()));
         Outlet {
             tx,
             missed,
+            bytes,
             peer,
             policy,
-            capacity,
+            bounds,
         }
     }
 
     /// Queue `payload` under the routed name `method`; if the queue is
     /// full, count it missed or disconnect the subscriber, as configured.
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send((method, payload)) {
+        let len = payload.len();
+        let queued = self.bytes.take(len)
+            && match self.tx.try_send((method, payload)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    self.bytes.give(len);
+                    false
+                }
+                Err(TrySendError::Closed(_)) => true, // the subscriber is gone
+            };
+        if !queued {
             match self.policy {
                 SlowSubscriber::Drop => {
                     let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
                     *missed.entry(channel.to_owned()).or_default() += 1;
                 }
                 SlowSubscriber::Disconnect => self.peer.close(Error::Overloaded(format!(
-                    "too slow a subscriber: {} publications were waiting for it \
-                     (raise the broker's subscriber_queue, or read faster)",
-                    self.capacity
+                    "too slow a subscriber: its queue was full ({} publications or \
+                     {} bytes; raise the broker's subscriber_queue or \
+                     subscriber_queue_bytes, or read faster)",
+                    self.bounds.publications, self.bounds.bytes
                 ))),
             }
         }
@@ -85,36 +109,39 @@ async fn deliver(
     peer: Client,
     mut rx: mpsc::Receiver<(Arc<str>, Payload)>,
     missed: Arc<Mutex<HashMap<String, u64>>>,
+    bytes: Arc<ByteBudget>,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        for (method, payload) in batch.drain(..) {
-            if peer.notify_unqueued(&method, payload).is_err() {
-                return; // the subscriber is gone
-            }
-        }
+    let mut queued = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut queued, BATCH).await > 0 {
+        bytes.give(queued.iter().map(|(_, payload)| payload.len()).sum());
+        let mut batch: Vec<Message> = queued
+            .drain(..)
+            .map(|(method, payload)| Message::Notify {
+                method: String::from(&*method),
+                payload,
+            })
+            .collect();
         let notices: Vec<(String, u64)> =
             std::mem::take(&mut *missed.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
         for (channel, count) in notices {
             tracing::debug!(%channel, count, "slow subscriber missed publications");
-            let notice = Payload::encode(
-                peer.encoding(),
-                &Lagged {
-                    channel,
-                    missed: count,
-                },
-            );
-            if let Ok(notice) = notice {
-                if peer.notify_unqueued(protocol::LAGGED, notice).is_err() {
-                    return;
-                }
+            let notice = Lagged {
+                channel,
+                missed: count,
+            };
+            if let Ok(payload) = Payload::encode(peer.encoding(), &notice) {
+                batch.push(Message::Notify {
+                    method: protocol::LAGGED.to_owned(),
+                    payload,
+                });
             }
         }
-        // Bound what waits in the connection's own queue to one batch.
-        if peer.flush().await.is_err() {
-            return;
+        // Written before more is taken: what waits in the connection's own
+        // queue stays bounded to one batch.
+        if peer.notify_batch(batch).await.is_err() {
+            return; // the subscriber is gone
         }
     }
 }

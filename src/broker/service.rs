@@ -205,11 +205,8 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
         }
         Some(Routed::Topic { channel, topic }) => {
             let publisher = caller(&req)?.connection_id();
-            let outlets = state.audience(channel, topic, publisher)?;
             let name: Arc<str> = Arc::from(req.method.as_str());
-            for outlet in outlets {
-                outlet.offer(channel, name.clone(), req.payload.clone());
-            }
+            state.publish(channel, topic, publisher, &name, &req.payload)?;
             Ok(Reply::Unary(Payload::unit()))
         }
         Some(Routed::Broadcast { channel, method }) => {

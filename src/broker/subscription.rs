@@ -13,6 +13,7 @@ use std::{
 use busline_core::{Payload, Result};
 
 use super::{
+    budget::ByteBudget,
     protocol,
     signing::{Kind, Signer},
 };
@@ -24,7 +25,9 @@ use super::topic;
 
 /// Publications buffered for one subscription before further ones are
 /// dropped (and counted, see [`Event::Lagged`]).
-pub(crate) const LOCAL_QUEUE: usize = 1024;
+pub(crate) const LOCAL_QUEUE: usize = 8192;
+/// Payload bytes buffered for one subscription, likewise.
+pub(crate) const LOCAL_QUEUE_BYTES: usize = 8 << 20;
 
 /// One message published on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,7 @@ struct Local {
     channel: String,
     pattern: String,
     tx: mpsc::Sender<Result<Publication>>,
+    bytes: Arc<ByteBudget>,
     missed: Arc<AtomicU64>,
     /// Wakes the reader when something is missed, which the queue alone
     /// would not.
@@ -85,6 +89,7 @@ impl Subscribers {
         signer: Option<Arc<Signer>>,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
+        let bytes = Arc::new(ByteBudget::new(LOCAL_QUEUE_BYTES));
         let missed = Arc::new(AtomicU64::new(0));
         let waker = Arc::new(AtomicWaker::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -93,12 +98,14 @@ impl Subscribers {
             channel: channel.to_owned(),
             pattern: pattern.to_owned(),
             tx,
+            bytes: bytes.clone(),
             missed: missed.clone(),
             waker: waker.clone(),
             signer,
         });
         Subscription {
             rx,
+            bytes,
             missed,
             waker,
             owner: Arc::downgrade(self),
@@ -140,8 +147,18 @@ impl Subscribers {
                 topic: topic_name.to_owned(),
                 payload,
             });
-            if let Err(TrySendError::Full(_)) = sub.tx.try_send(publication) {
+            let len = publication.as_ref().map_or(0, |p| p.payload.len());
+            let queued = sub.bytes.take(len)
+                && match sub.tx.try_send(publication) {
+                    Err(TrySendError::Full(_)) => {
+                        sub.bytes.give(len);
+                        false
+                    }
+                    _ => true,
+                };
+            if !queued {
                 sub.missed.fetch_add(1, Ordering::Relaxed);
+                sub.waker.wake();
             }
         }
     }
@@ -180,6 +197,7 @@ pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 /// Dropping the subscription unsubscribes.
 pub struct Subscription {
     rx: mpsc::Receiver<Result<Publication>>,
+    bytes: Arc<ByteBudget>,
     missed: Arc<AtomicU64>,
     waker: Arc<AtomicWaker>,
     owner: std::sync::Weak<Subscribers>,
@@ -213,9 +231,11 @@ impl Stream for Subscription {
         if missed > 0 {
             return Poll::Ready(Some(Ok(Event::Lagged(missed))));
         }
-        self.rx
-            .poll_recv(cx)
-            .map(|p| p.map(|p| p.map(Event::Message)))
+        let next = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(publication))) = &next {
+            self.bytes.give(publication.payload.len());
+        }
+        next.map(|p| p.map(|p| p.map(Event::Message)))
     }
 }
 

@@ -296,6 +296,21 @@ impl Client {
         self.send_notification(method, payload, false)
     }
 
+    /// Send `notifications` outside the bounded queue, and wait until they
+    /// are written: for a sender that bounds itself by waiting (a broker's
+    /// subscriber outlet), in one hand-over to the connection task.
+    pub(crate) async fn notify_batch(&self, notifications: Vec<Message>) -> Result<()> {
+        let (written, done) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Batch {
+                msgs: notifications,
+                written,
+            })
+            .map_err(|_| self.gone())?;
+        done.await.map_err(|_| self.gone())
+    }
+
     fn send_notification(&self, method: &str, payload: Payload, counted: bool) -> Result<()> {
         let msg = Message::Notify {
             method: method.to_string(),

@@ -147,7 +147,14 @@ impl Service<Request> for Route {
 pub struct Router {
     routes: Arc<HashMap<String, Handler>>,
     fallback: Option<Handler>,
+    tap: Option<NotificationTap>,
 }
+
+/// A synchronous first look at each notification, before the routes: it
+/// returns `true` if it consumed the notification. For high-rate
+/// notifications (a broker client's publications) that need no future,
+/// no boxing and no tower call each.
+pub(crate) type NotificationTap = Arc<dyn Fn(&str, &Payload) -> bool + Send + Sync>;
 
 impl Router {
     /// A router with no methods.
@@ -255,6 +262,18 @@ impl Router {
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         self.route(method, StreamFn::new(f))
+    }
+
+    /// Give every notification to `tap` first; those it consumes never
+    /// reach the routes.
+    pub(crate) fn tap_notifications(mut self, tap: NotificationTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// Whether the notification tap consumed `method` with `payload`.
+    pub(crate) fn tapped(&self, method: &str, payload: &Payload) -> bool {
+        self.tap.as_ref().is_some_and(|tap| tap(method, payload))
     }
 
     /// Start serving `req`; the future owns everything it needs.

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{
     keys,
-    outlet::{Outlet, SlowSubscriber},
+    outlet::{Outlet, QueueBounds, SlowSubscriber},
     protocol::{self, BrokerStatus, ChannelInfo, OwnerPolicy},
     system::{self, Happening},
 };
@@ -42,13 +42,15 @@ mod pubsub;
 use pubsub::{announce, emit};
 
 /// Default bound on publications queued for one subscriber connection.
-pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 8192;
+/// Default bound on payload bytes queued for one subscriber connection.
+pub const DEFAULT_SUBSCRIBER_QUEUE_BYTES: usize = 8 << 20;
 
 /// Everything the broker knows.
 #[derive(Debug)]
 pub(crate) struct State {
     inner: Mutex<Inner>,
-    subscriber_queue: usize,
+    subscriber_queue: QueueBounds,
     slow_subscriber: SlowSubscriber,
 }
 
@@ -117,7 +119,7 @@ struct Providers {
 impl State {
     /// Tables with the system channels, protected by the given join keys.
     pub(crate) fn new(
-        subscriber_queue: usize,
+        subscriber_queue: QueueBounds,
         slow_subscriber: SlowSubscriber,
         system_keys: &[(String, [u8; 32])],
     ) -> State {

@@ -1,5 +1,7 @@
 //! Publications and who wants them.
 
+use std::sync::Arc;
+
 use busline_core::{Payload, Result};
 use serde_json::Value;
 
@@ -64,11 +66,11 @@ impl State {
         if !mine.clone().any(|(_, p)| p == pattern) {
             ch.subscriptions.push((id, pattern.to_owned()));
         }
-        let (capacity, policy) = (self.subscriber_queue, self.slow_subscriber);
+        let (bounds, policy) = (self.subscriber_queue, self.slow_subscriber);
         inner
             .outlets
             .entry(id)
-            .or_insert_with(|| Outlet::start(peer.clone(), capacity, policy));
+            .or_insert_with(|| Outlet::start(peer.clone(), bounds, policy));
         refresh_demand(&mut inner, channel);
         Ok(())
     }
@@ -83,14 +85,17 @@ impl State {
         refresh_demand(&mut inner, channel);
     }
 
-    /// The outlets of every connection subscribed to `topic` on `channel`,
-    /// each once; `publisher` must be a member.
-    pub(crate) fn audience(
+    /// Offer a publication on `topic` to every connection subscribed to it
+    /// on `channel`, each once; `publisher` must be a member. Offers never
+    /// wait (a full queue drops and counts), so this holds the lock briefly.
+    pub(crate) fn publish(
         &self,
         channel: &str,
         topic: &str,
         publisher: u64,
-    ) -> Result<Vec<Outlet>> {
+        name: &Arc<str>,
+        payload: &Payload,
+    ) -> Result<()> {
         topic::check_topic(topic)?;
         let mut inner = self.lock();
         let ch = member_of(&mut inner, channel, publisher)?;
@@ -104,23 +109,14 @@ impl State {
                 )));
             }
         }
-        let mut conns: Vec<u64> = ch
-            .subscriptions
-            .iter()
-            .filter(|(_, pattern)| topic::matches(pattern, topic))
-            .map(|(c, _)| *c)
-            .collect();
-        conns.sort_unstable();
-        conns.dedup();
-        Ok(conns
-            .iter()
-            .filter_map(|c| inner.outlets.get(c).cloned())
-            .collect())
+        offer(&inner, channel, topic, name, payload);
+        Ok(())
     }
 }
 
-/// Publish on a system channel to whoever subscribed to `topic` there.
-pub(super) fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value) {
+/// Offer `payload` to each connection subscribed to `topic_name` on
+/// `channel`, once however many of its patterns match.
+fn offer(inner: &Inner, channel: &str, topic_name: &str, name: &Arc<str>, payload: &Payload) {
     let Some(ch) = inner.channels.get(channel) else {
         return;
     };
@@ -130,20 +126,30 @@ pub(super) fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value)
         .filter(|(_, pattern)| topic::matches(pattern, topic_name))
         .map(|(c, _)| *c)
         .collect();
-    if conns.is_empty() {
-        return;
-    }
     conns.sort_unstable();
     conns.dedup();
-    let Ok(payload) = Payload::json(body) else {
-        return;
-    };
-    let name: std::sync::Arc<str> = protocol::published(channel, topic_name).into();
     for conn in conns {
         if let Some(outlet) = inner.outlets.get(&conn) {
             outlet.offer(channel, name.clone(), payload.clone());
         }
     }
+}
+
+/// Publish on a system channel to whoever subscribed to `topic` there.
+pub(super) fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value) {
+    let wanted = inner.channels.get(channel).is_some_and(|ch| {
+        ch.subscriptions
+            .iter()
+            .any(|(_, pattern)| topic::matches(pattern, topic_name))
+    });
+    if !wanted {
+        return;
+    }
+    let Ok(payload) = Payload::json(body) else {
+        return;
+    };
+    let name: Arc<str> = protocol::published(channel, topic_name).into();
+    offer(inner, channel, topic_name, &name, &payload);
 }
 
 /// Tell `busline.system` and `busline.logs`.

@@ -64,6 +64,12 @@ pub(crate) enum Command {
     /// Send a notification; if `counted`, it holds a unit of the
     /// connection's notification room until written.
     Oneway { msg: Message, counted: bool },
+    /// Send these notifications, outside the bounded queue, and answer
+    /// once they are written out.
+    Batch {
+        msgs: Vec<Message>,
+        written: oneshot::Sender<()>,
+    },
     /// Answer once everything queued before it is written out.
     Flush(oneshot::Sender<()>),
     /// Close the connection, telling the peer why.
@@ -269,6 +275,12 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 if self.closing.is_none() {
                     self.outbox.push_back(msg);
                     self.notifications_unwritten += usize::from(counted);
+                }
+            }
+            Command::Batch { msgs, written } => {
+                if self.closing.is_none() {
+                    self.outbox.extend(msgs);
+                    self.flushed.push(written);
                 }
             }
             Command::Flush(done) => {

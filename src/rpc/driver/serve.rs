@@ -89,9 +89,13 @@ impl<I: Io, C: Codec> Driver<I, C> {
         payload: Payload,
         cx: &mut Context<'_>,
     ) {
-        let Some(router) = self.router.clone() else {
+        let Some(router) = &self.router else {
             return;
         };
+        if router.tapped(&method, &payload) {
+            return;
+        }
+        let router = router.clone();
         let req = self.request(method, payload, CallKind::Notify, None);
         let method = req.method.clone();
         let mut run = Box::pin(guarded(router.dispatch(req)).map(move |result| {
