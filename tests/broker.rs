@@ -1178,6 +1178,66 @@ async fn calls_go_to_the_least_busy_provider() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_groups_share_their_own_calls() {
+    let s = Setup::start().await;
+    // Two pools offer "work" on one channel; each member answers its name.
+    let mut members = Vec::new();
+    for (n, (group, member)) in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2")]
+        .into_iter()
+        .enumerate()
+    {
+        let bus = s.client(n % 3).await;
+        let pool = bus.open("workers").await.unwrap().group(group).unwrap();
+        pool.provide("work", move |(): ()| async move { Ok::<_, String>(member) })
+            .await
+            .unwrap();
+        members.push((bus, pool));
+    }
+    members[0]
+        .1
+        .set_balance("work", busline::broker::Balance::RoundRobin)
+        .await
+        .unwrap();
+    let caller = s.client(2).await.open("workers").await.unwrap();
+    let a = caller.group("a").unwrap();
+    let mut answers: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        answers.push(a.call("work", &()).await.unwrap());
+    }
+    // In turn, and only within the group.
+    assert!(answers.windows(2).all(|w| w[0] != w[1]), "{answers:?}");
+    assert!(answers.iter().all(|m| m.starts_with('a')), "{answers:?}");
+    let b: String = caller.group("b").unwrap().call("work", &()).await.unwrap();
+    assert!(b.starts_with('b'), "{b}");
+    // The group's method is the channel's, by its full name.
+    let full: String = caller.call("b.work", &()).await.unwrap();
+    assert!(full.starts_with('b'), "{full}");
+    assert!(caller
+        .describe()
+        .await
+        .unwrap()
+        .round_robin
+        .contains(&"a.work".to_owned()));
+
+    // No such group, no such method; bad group names are refused.
+    assert!(matches!(
+        caller
+            .group("c")
+            .unwrap()
+            .call::<_, String>("work", &())
+            .await,
+        Err(Error::MethodNotFound(_))
+    ));
+    for bad in ["", "a.b"] {
+        assert!(
+            matches!(caller.group(bad), Err(Error::Protocol(_))),
+            "{bad:?}"
+        );
+    }
+    s.broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ids_are_unique_among_live_clients() {
     let s = Setup::start().await;
     let addr = s.broker.local_addrs()[0].clone();

@@ -34,6 +34,7 @@
 
 mod budget;
 mod client;
+mod group;
 mod keys;
 mod outlet;
 mod protocol;
@@ -50,6 +51,7 @@ use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Transport};
 use futures::future::BoxFuture;
 
 pub use client::{BrokerClient, Channel};
+pub use group::Group;
 pub use keys::ChannelKeys;
 use outlet::QueueBounds;
 pub use outlet::SlowSubscriber;
