@@ -79,6 +79,30 @@ async fn start_nats() -> (Server, String) {
     panic!("nats-server did not start");
 }
 
+/// comm-ipc's brokered call (median, p99 in µs), measured by
+/// `comm_ipc_call.py` with the Python in `$PYTHON` (default `python3`),
+/// which needs `pip install comm-ipc fastapi`.
+fn comm_ipc_call() -> Result<(f64, f64), String> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/comm_ipc_call.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Option<f64> {
+        let at = text.find(&format!("\"{name}\": "))? + name.len() + 4;
+        text[at..].split([',', '}']).next()?.trim().parse().ok()
+    };
+    match (out.status.success(), field("median_us"), field("p99_us")) {
+        (true, Some(median), Some(p99)) => Ok((median, p99)),
+        _ => Err(format!(
+            "{python} {script} failed (pip install comm-ipc fastapi)"
+        )),
+    }
+}
+
 /// Each figure's median over the rounds.
 fn median(mut rounds: Vec<Row>) -> Row {
     fn mid(mut v: Vec<f64>) -> f64 {
@@ -119,7 +143,11 @@ struct Row {
 /// The broker process: serve `socket` until killed.
 async fn run_broker(socket: &str) {
     let broker = Broker::builder()
-        .listen(UnixTransport::new(), Address::unix(socket), CborCodec::new())
+        .listen(
+            UnixTransport::new(),
+            Address::unix(socket),
+            CborCodec::new(),
+        )
         .start()
         .await
         .expect("broker starts");
@@ -357,7 +385,11 @@ async fn main() {
         // The broker embedded in this program, beside its clients.
         let socket = dir.join(format!("embedded{round}.sock"));
         let broker = Broker::builder()
-            .listen(UnixTransport::new(), Address::unix(&socket), CborCodec::new())
+            .listen(
+                UnixTransport::new(),
+                Address::unix(&socket),
+                CborCodec::new(),
+            )
             .start()
             .await
             .expect("broker starts");
@@ -368,6 +400,7 @@ async fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let (process, embedded, nats) = (median(process), median(embedded), median(nats));
+    let comm_ipc = comm_ipc_call();
 
     println!("| scenario | busline broker process | busline broker embedded | NATS | process / NATS | embedded / NATS |");
     println!("| --- | --- | --- | --- | --- | --- |");
@@ -383,6 +416,16 @@ async fn main() {
     };
     time("request/reply median", |r| r.median_us);
     time("request/reply p99", |r| r.p99_us);
+    match comm_ipc {
+        Ok((median_us, p99_us)) => {
+            println!(
+                "| comm-ipc request/reply median, p99 | {median_us:.1} µs, {p99_us:.1} µs: {:.1}x the process broker's time, {:.1}x the embedded one's | | | | |",
+                median_us / process.median_us,
+                median_us / embedded.median_us
+            );
+        }
+        Err(why) => println!("| comm-ipc request/reply | not measured: {why} | | | | |"),
+    }
     println!(
         "| calls/s, 64 in flight | {:.0} | {:.0} | {:.0} | {:.2}x the rate | {:.2}x the rate |",
         process.calls_per_s,
