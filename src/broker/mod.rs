@@ -72,6 +72,7 @@ use state::State;
 struct Limits {
     max_connections: usize,
     max_calls_per_client: usize,
+    heartbeat: Option<std::time::Duration>,
 }
 
 /// Starts one listener with the broker's router, tables and limits.
@@ -96,6 +97,7 @@ impl Broker {
             limits: Limits {
                 max_connections: crate::rpc::DEFAULT_MAX_CONNECTIONS,
                 max_calls_per_client: crate::rpc::DEFAULT_MAX_HANDLERS,
+                heartbeat: None,
             },
         }
     }
@@ -161,6 +163,15 @@ impl BrokerBuilder {
         self
     }
 
+    /// Drop clients that go silent (a vanished machine, a frozen process)
+    /// within three `interval`s: see [`crate::rpc::ServerBuilder::heartbeat`].
+    /// Their channels, providers and subscriptions go with them. Default:
+    /// off.
+    pub fn heartbeat(mut self, interval: std::time::Duration) -> Self {
+        self.limits.heartbeat = Some(interval);
+        self
+    }
+
     /// Protect system channel `channel` ([`SYSTEM`], [`LOGS`] or
     /// [`ERRORS`]) with `password`: clients then join it with
     /// [`BrokerClient::open_with_password`].
@@ -187,14 +198,16 @@ impl BrokerBuilder {
         self.listeners.push(Box::new(move |router, state, limits| {
             Box::pin(async move {
                 let connected = state.clone();
-                Server::builder(router, codec)
+                let mut server = Server::builder(router, codec)
                     .auth(auth)
                     .max_connections(limits.max_connections)
                     .max_handlers(limits.max_calls_per_client)
                     .on_connect(move |id, who| connected.connected(id, who))
-                    .on_disconnect(move |id| state.disconnected(id))
-                    .bind(&transport, &addr)
-                    .await
+                    .on_disconnect(move |id| state.disconnected(id));
+                if let Some(interval) = limits.heartbeat {
+                    server = server.heartbeat(interval);
+                }
+                server.bind(&transport, &addr).await
             })
         }));
         self

@@ -123,6 +123,11 @@ pub(crate) struct BrokerArgs {
     /// that listener's codec.
     #[arg(long = "listen", value_name = "URL", required = true)]
     listen: Vec<String>,
+    /// Drop clients that go silent (a vanished machine, a frozen process):
+    /// probe one idle this many milliseconds, drop it if it does not answer
+    /// within as many again. Every busline client answers probes.
+    #[arg(long, value_name = "MS")]
+    heartbeat: Option<u64>,
 }
 
 /// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
@@ -150,6 +155,9 @@ pub(crate) async fn serve(
 /// Ctrl-C or SIGTERM.
 pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
     let mut builder = Broker::builder();
+    if let Some(ms) = args.heartbeat {
+        builder = builder.heartbeat(Duration::from_millis(ms));
+    }
     for url in &args.listen {
         let addr: Address = url.parse()?;
         let codec = AnyCodec::for_address(&addr)?;

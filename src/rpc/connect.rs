@@ -27,6 +27,7 @@ impl Client {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             retry_connect: None,
             limits: HandleLimits::default(),
+            heartbeat: None,
             router: None,
         }
     }
@@ -40,6 +41,7 @@ pub struct ClientBuilder<C, A> {
     handshake_timeout: Duration,
     retry_connect: Option<Duration>,
     limits: HandleLimits,
+    heartbeat: Option<Duration>,
     router: Option<Router>,
 }
 
@@ -52,6 +54,7 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             handshake_timeout: self.handshake_timeout,
             retry_connect: self.retry_connect,
             limits: self.limits,
+            heartbeat: self.heartbeat,
             router: self.router,
         }
     }
@@ -97,6 +100,18 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
     /// Default: 64.
     pub fn stream_window(mut self, items: u32) -> Self {
         self.limits.stream_window = items.max(1);
+        self
+    }
+
+    /// Detect a dead or frozen server: when nothing has arrived for
+    /// `interval`, send it a probe, and close the connection (calls in
+    /// flight fail with [`Error::Disconnected`]) if the next `interval`
+    /// brings nothing either. A peer that goes silent is dropped within
+    /// three intervals. Default: off.
+    ///
+    /// [`Error::Disconnected`]: busline_core::Error::Disconnected
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Some(interval.max(Duration::from_millis(1)));
         self
     }
 
@@ -155,6 +170,7 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             shutdown: CancellationToken::new(),
             peer: client.downgrade(),
             notification_room: client.notification_room(),
+            heartbeat: self.heartbeat,
             closed,
         };
         tokio::spawn(Driver::new(framed, rx, &commands, setup));

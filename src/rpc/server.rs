@@ -40,6 +40,7 @@ impl Server {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handlers: DEFAULT_MAX_HANDLERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            heartbeat: None,
             on_connect: None,
             on_disconnect: None,
         }
@@ -61,6 +62,7 @@ pub struct ServerBuilder<C, A> {
     max_connections: usize,
     max_handlers: usize,
     drain_timeout: Duration,
+    heartbeat: Option<Duration>,
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
 }
@@ -86,6 +88,7 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             max_connections: self.max_connections,
             max_handlers: self.max_handlers,
             drain_timeout: self.drain_timeout,
+            heartbeat: self.heartbeat,
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
         }
@@ -131,6 +134,17 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
     /// cutting connections. Default: 10 s.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// Detect dead or frozen clients: when nothing has arrived from one
+    /// for `interval`, probe it, and drop it if the next `interval` brings
+    /// nothing either (within three intervals of going silent). Every
+    /// busline client answers probes; a plain JSON-RPC client that ignores
+    /// requests from the server would be dropped when idle, so leave this
+    /// off for listeners that serve such clients. Default: off.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Some(interval.max(Duration::from_millis(1)));
         self
     }
 
@@ -233,6 +247,7 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             shutdown,
             peer: peer.downgrade(),
             notification_room: peer.notification_room(),
+            heartbeat: self.heartbeat,
             closed,
         };
         Driver::new(framed, rx, &commands, setup).await;

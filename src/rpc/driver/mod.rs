@@ -30,8 +30,12 @@ use tokio_util::{
     sync::{CancellationToken, WaitForCancellationFutureOwned},
 };
 
+mod heartbeat;
 mod serve;
 mod write;
+
+pub(crate) use heartbeat::PING;
+use heartbeat::{Beat, Heartbeat};
 
 pub(crate) use serve::{guarded, with_deadline};
 
@@ -110,6 +114,9 @@ pub(crate) struct Setup {
     pub(crate) peer: WeakClient,
     /// Room for queued notifications, given back as they are written.
     pub(crate) notification_room: Arc<Semaphore>,
+    /// Probe the peer when it is silent this long, and give it up after
+    /// twice as long; `None`: never.
+    pub(crate) heartbeat: Option<Duration>,
     /// Where the reason the connection closed is left for its handles.
     pub(crate) closed: CloseReason,
 }
@@ -148,6 +155,7 @@ pub(crate) struct Driver<I, C> {
     reading: bool,
     closing: Option<Error>,
     needs_flush: bool,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl<I: Io, C: Codec> Driver<I, C> {
@@ -182,6 +190,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             reading: true,
             closing: None,
             needs_flush: false,
+            heartbeat: setup.heartbeat.map(Heartbeat::new),
         }
     }
 
@@ -422,13 +431,27 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 progress = true;
             }
 
+            let may_read = this.reading
+                && this.handlers() < this.max_handlers
+                && this.outbox.len() < OUTBOX_HIGH_WATER;
+            if !may_read {
+                // Not reading by our own choice is not the peer's silence.
+                if let Some(heartbeat) = &mut this.heartbeat {
+                    heartbeat.heard();
+                }
+            }
             while this.reading
                 && this.handlers() < this.max_handlers
                 && this.outbox.len() < OUTBOX_HIGH_WATER
                 && budget > 0
             {
                 match Pin::new(&mut this.framed).poll_next(cx) {
-                    Poll::Ready(Some(Ok(msg))) => this.on_frame(msg, cx),
+                    Poll::Ready(Some(Ok(msg))) => {
+                        if let Some(heartbeat) = &mut this.heartbeat {
+                            heartbeat.heard();
+                        }
+                        this.on_frame(msg, cx)
+                    }
                     Poll::Ready(Some(Err(err))) => {
                         tracing::warn!(error = %err, "bad frame; closing the connection");
                         this.close(err, true);
@@ -452,6 +475,22 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             }
             while let Poll::Ready(Some(())) = this.notifications.poll_next_unpin(cx) {
                 progress = true;
+            }
+
+            if this.closing.is_none() {
+                if let Some(heartbeat) = &mut this.heartbeat {
+                    match heartbeat.poll_beat(cx) {
+                        Poll::Ready(Some(Beat::Probe(probe))) => this.outbox.push_back(probe),
+                        Poll::Ready(Some(Beat::Dead(err))) => {
+                            tracing::info!(error = %err, "heartbeat: dropping the connection");
+                            this.close(err, false);
+                            // Nothing more will get through to a frozen peer.
+                            this.close_deadline =
+                                Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+                        }
+                        Poll::Ready(None) | Poll::Pending => {}
+                    }
+                }
             }
 
             match this.poll_write(cx) {

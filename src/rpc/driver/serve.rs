@@ -64,6 +64,14 @@ impl<I: Io, C: Codec> Driver<I, C> {
         timeout_ms: Option<u64>,
         cx: &mut Context<'_>,
     ) {
+        if method == super::PING {
+            // A heartbeat probe: the answer itself is the proof of life.
+            self.outbox.push_back(Message::Reply {
+                id,
+                payload: Payload::unit(),
+            });
+            return;
+        }
         let Some(router) = self.admit(id, &method) else {
             return;
         };

@@ -1,0 +1,86 @@
+//! Probing an idle connection, so a dead or frozen peer is noticed.
+//!
+//! TCP alone does not notice a peer whose machine vanished or whose
+//! process froze: a half-open connection waits forever. Every `interval`
+//! the driver checks whether anything arrived since the last check; after
+//! one silent interval it sends a probe (a request any busline peer
+//! answers at once), and after a second it gives the connection up. A
+//! peer that goes silent is thus dropped within three intervals.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use busline_core::{Error, Message, Payload};
+use tokio::time::{sleep, Instant, Sleep};
+
+/// The method of a probe; drivers answer it themselves.
+pub(crate) const PING: &str = "busline.ping";
+/// The id probes go out with, never one a caller uses (those count up
+/// from 1).
+const PROBE_ID: u64 = u64::MAX;
+
+/// What the heartbeat wants done after a tick.
+pub(super) enum Beat {
+    /// Send this probe.
+    Probe(Message),
+    /// The peer stayed silent through a probe: close with this error.
+    Dead(Error),
+}
+
+pub(super) struct Heartbeat {
+    interval: Duration,
+    tick: Pin<Box<Sleep>>,
+    /// Something arrived (or reading was paused by our own limits) since
+    /// the last tick.
+    heard: bool,
+    /// A probe went out at the last tick.
+    probing: bool,
+}
+
+impl Heartbeat {
+    pub(super) fn new(interval: Duration) -> Heartbeat {
+        Heartbeat {
+            interval,
+            tick: Box::pin(sleep(interval)),
+            heard: true,
+            probing: false,
+        }
+    }
+
+    /// A frame arrived, or this side chose not to read: not silence.
+    pub(super) fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// At each tick: nothing to do, a probe to send, or a dead peer.
+    pub(super) fn poll_beat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Beat>> {
+        if self.tick.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.tick.as_mut().reset(Instant::now() + self.interval);
+        // Registers the new deadline's waker.
+        let _ = self.tick.as_mut().poll(cx);
+        if std::mem::take(&mut self.heard) {
+            self.probing = false;
+            return Poll::Ready(None);
+        }
+        if self.probing {
+            return Poll::Ready(Some(Beat::Dead(Error::Disconnected(format!(
+                "the peer sent nothing for {:?}, not even an answer to a heartbeat: \
+                 it is gone or frozen",
+                self.interval * 2
+            )))));
+        }
+        self.probing = true;
+        Poll::Ready(Some(Beat::Probe(Message::Request {
+            id: PROBE_ID,
+            method: PING.to_owned(),
+            payload: Payload::unit(),
+            timeout_ms: None,
+        })))
+    }
+}
