@@ -12,11 +12,12 @@ use std::{
 };
 
 use busline::{
-    broker::{Broker, BrokerClient},
+    broker::{Broker, BrokerClient, ConnectionEvent, Event, Reconnect},
     rpc::{Client, Router, Server},
     Address, CborCodec, Error, MemoryTransport, TcpTransport,
 };
 use common::DropSignal;
+use futures::StreamExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -264,4 +265,255 @@ async fn a_frozen_provider_costs_callers_only_their_deadline() {
             .unwrap();
     }
     broker.shutdown().await;
+}
+
+/// A broker on a Unix socket that can be stopped and started again at the
+/// same address.
+async fn unix_broker(path: &std::path::Path) -> busline::broker::BrokerHandle {
+    Broker::builder()
+        .listen(
+            busline::UnixTransport::new(),
+            Address::unix(path),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
+fn resilient(
+    timeout: Duration,
+) -> busline::broker::BrokerClientBuilder<CborCodec, busline::NoAuth> {
+    BrokerClient::builder(Client::builder(CborCodec::new()).timeout(timeout)).reconnect(Reconnect {
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        ..Reconnect::default()
+    })
+}
+
+/// Wait for `wanted` among a client's connection events.
+async fn until(
+    events: &mut futures::stream::BoxStream<'static, ConnectionEvent>,
+    wanted: fn(&ConnectionEvent) -> bool,
+) -> Vec<ConnectionEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("the connection event comes")
+            .expect("the client is alive");
+        let done = wanted(&event);
+        seen.push(event);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_gets_everything_back_without_application_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sock");
+    let transport = busline::UnixTransport::new();
+    let addr = Address::unix(&path);
+    let broker = unix_broker(&path).await;
+
+    let provider = resilient(Duration::from_secs(20))
+        .client_id("adder")
+        .connect(&transport, &addr)
+        .await
+        .unwrap();
+    let math = provider.open_with_password("math", "s3cret").await.unwrap();
+    math.provide(
+        "add",
+        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+    )
+    .await
+    .unwrap();
+    math.set_balance("add", busline::broker::Balance::RoundRobin)
+        .await
+        .unwrap();
+    math.set_policy(busline::broker::OwnerPolicy::Terminate)
+        .await
+        .unwrap();
+    let news = provider.open("news").await.unwrap();
+    news.own_topic("world").await.unwrap();
+
+    let listener = resilient(Duration::from_secs(20))
+        .connect(&transport, &addr)
+        .await
+        .unwrap();
+    let mut headlines = listener
+        .open("news")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let caller_bus = resilient(Duration::from_secs(20))
+        .connect(&transport, &addr)
+        .await
+        .unwrap();
+    let caller = caller_bus
+        .open_with_password("math", "s3cret")
+        .await
+        .unwrap();
+    assert_eq!(caller.call::<_, i64>("add", &(1, 2)).await.unwrap(), 3);
+    let mut events = caller_bus.connection_events();
+    let mut provider_events = provider.connection_events();
+    let mut listener_events = listener.connection_events();
+
+    broker.shutdown().await;
+    until(&mut events, |e| {
+        matches!(e, ConnectionEvent::Disconnected(_))
+    })
+    .await;
+    // Made while the broker is away: it waits, then goes out once the
+    // caller and the provider are restored.
+    let waiting = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.call::<_, i64>("add", &(20, 22)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    let broker = unix_broker(&path).await;
+
+    let seen = until(&mut provider_events, |e| {
+        matches!(e, ConnectionEvent::Restored)
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, ConnectionEvent::Reconnecting(_))),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, ConnectionEvent::NotRestored { .. })),
+        "{seen:?}"
+    );
+    until(&mut events, |e| matches!(e, ConnectionEvent::Restored)).await;
+    assert_eq!(waiting.await.unwrap().unwrap(), 42);
+    assert_eq!(caller.call::<_, i64>("add", &(2, 2)).await.unwrap(), 4);
+
+    // The provider rejoined first with its password: it owns the channel
+    // again, protected, with its policy and balancing.
+    let info = caller.describe().await.unwrap();
+    assert!(info.protected);
+    assert_eq!(info.policy, busline::broker::OwnerPolicy::Terminate);
+    assert_eq!(info.round_robin, ["add"]);
+    let status = caller_bus.status().await.unwrap();
+    assert!(
+        format!("{status:?}").contains("adder"),
+        "the client id is claimed again: {status:?}"
+    );
+
+    // The subscription heard of the gap, and goes on.
+    until(&mut listener_events, |e| {
+        matches!(e, ConnectionEvent::Restored)
+    })
+    .await;
+    let publisher = resilient(Duration::from_secs(20))
+        .connect(&transport, &addr)
+        .await
+        .unwrap()
+        .open("news")
+        .await
+        .unwrap();
+    // "world" is the provider's again: the broker drops another's
+    // publication on it (handled before the describe answers).
+    publisher.publish("world", &"taken").await.unwrap();
+    publisher.describe().await.unwrap();
+    news.publish("world", &"back again").await.unwrap();
+    assert_eq!(next_event(&mut headlines).await, Event::Interrupted);
+    match next_event(&mut headlines).await {
+        Event::Message(p) => assert_eq!(p.decode::<String>().unwrap(), "back again"),
+        other => panic!("{other:?}"),
+    }
+    broker.shutdown().await;
+}
+
+async fn next_event(sub: &mut busline::broker::Subscription) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an event comes")
+        .expect("the subscription goes on")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gives_up_after_its_window_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sock");
+    let transport = busline::UnixTransport::new();
+    let broker = unix_broker(&path).await;
+    let bus = BrokerClient::builder(Client::builder(CborCodec::new()))
+        .reconnect(Reconnect {
+            initial_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(50),
+            give_up_after: Some(Duration::from_millis(300)),
+            max_waiting_calls: 1,
+        })
+        .connect(&transport, &Address::unix(&path))
+        .await
+        .unwrap();
+    let channel = bus.open("c").await.unwrap();
+    let mut sub = channel.subscribe(">").await.unwrap();
+    let mut events = bus.connection_events();
+    broker.shutdown().await;
+    until(&mut events, |e| {
+        matches!(e, ConnectionEvent::Disconnected(_))
+    })
+    .await;
+
+    // One call may wait; the next is refused at once.
+    let first = {
+        let channel = channel.clone();
+        tokio::spawn(async move { channel.call::<_, ()>("m", &()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = channel.call::<_, ()>("m", &()).await.unwrap_err();
+    assert!(matches!(second, Error::Overloaded(_)), "{second}");
+
+    let seen = until(&mut events, |e| matches!(e, ConnectionEvent::GaveUp(_))).await;
+    assert!(seen.len() > 1, "it tried before giving up: {seen:?}");
+    let first = first.await.unwrap().unwrap_err();
+    assert!(first.to_string().contains("gave up"), "{first}");
+    let later = channel.call::<_, ()>("m", &()).await.unwrap_err();
+    assert!(matches!(later, Error::Disconnected(_)), "{later}");
+    // The subscription is told, then ends.
+    let interrupted = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(
+        matches!(interrupted, Ok(Some(Ok(Event::Interrupted)))),
+        "{interrupted:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reconnect_a_lost_connection_ends_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sock");
+    let broker = unix_broker(&path).await;
+    let bus = BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &busline::UnixTransport::new(),
+        &Address::unix(&path),
+    )
+    .await
+    .unwrap();
+    let channel = bus.open("c").await.unwrap();
+    let mut sub = channel.subscribe(">").await.unwrap();
+    broker.shutdown().await;
+    let interrupted = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(
+        matches!(interrupted, Ok(Some(Ok(Event::Interrupted)))),
+        "{interrupted:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+    let err = channel.call::<_, ()>("m", &()).await.unwrap_err();
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
 }

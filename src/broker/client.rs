@@ -1,38 +1,35 @@
-//! The client side of a broker: channels, and the methods this client
-//! provides on them.
+//! The client side of a broker: connecting (and reconnecting), and
+//! joining channels.
 
 use std::{
     fmt,
-    future::Future,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use busline_core::{Address, Authenticator, Codec, Error, Payload, Result, Transport};
-use futures::{stream::BoxStream, Stream, StreamExt};
-use serde::{de::DeserializeOwned, Serialize};
 use tower::service_fn;
 
 use super::{
+    channel::Channel,
     keys::ChannelKeys,
+    link::{self, ConnectionEvent, Connector, Link, Reconnect, Record},
     protocol::{
-        self, Balance, BalanceArgs, Challenge, ChannelArgs, ChannelEvent, ChannelInfo,
-        IdentifyArgs, Lagged, MethodArgs, MethodSchema, OpenArgs, Opened, OwnerPolicy,
-        PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
+        self, Challenge, ChannelArgs, ChannelEvent, IdentifyArgs, Lagged, OpenArgs, Opened, Routed,
     },
-    signing::{Kind, Signer, Verified},
-    subscription::{Subscribers, Subscription},
-    topic,
+    restore,
+    signing::Signer,
+    subscription::Subscribers,
 };
-use crate::rpc::{Client, ClientBuilder, Reply, Request, Router, StreamFn, UnaryFn};
+use crate::rpc::{Client, ClientBuilder, Request, Router};
 
 /// A connection to a broker. Clones share it.
 #[derive(Clone)]
 pub struct BrokerClient {
-    client: Client,
+    pub(super) link: Arc<Link>,
     /// What this client provides, consulted for every call the broker
     /// forwards; changed as `provide` is called.
     provided: Arc<RwLock<Router>>,
-    subscribers: Arc<Subscribers>,
+    pub(super) subscribers: Arc<Subscribers>,
     events: tokio::sync::broadcast::Sender<ChannelEvent>,
 }
 
@@ -43,30 +40,153 @@ const EVENT_BACKLOG: usize = 1024;
 impl fmt::Debug for BrokerClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerClient")
-            .field("client", &self.client)
+            .field("link", &self.link)
             .finish()
     }
 }
 
-impl BrokerClient {
-    /// Connect to the broker at `addr` with a client configured by
-    /// `builder` (its codec, authentication and limits).
-    pub async fn connect<T: Transport, C: Codec, A: Authenticator>(
-        builder: ClientBuilder<C, A>,
+/// Configures a [`BrokerClient`]: its identity and whether it reconnects.
+///
+/// ```no_run
+/// use busline::{broker::{BrokerClient, Reconnect}, rpc::Client, CborCodec, UnixTransport};
+///
+/// # async fn run() -> busline::Result<()> {
+/// let bus = BrokerClient::builder(Client::builder(CborCodec::new()))
+///     .client_id("thumbnailer")
+///     .reconnect(Reconnect::default())
+///     .connect(&UnixTransport::new(), &"unix:///run/busline.sock".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct BrokerClientBuilder<C, A> {
+    client: ClientBuilder<C, A>,
+    client_id: Option<String>,
+    reconnect: Option<Reconnect>,
+}
+
+impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
+    /// Claim `client_id`, which no other live client may hold: a second
+    /// client with the same id is refused with [`Error::Unauthorized`]. A
+    /// reconnecting client claims it again (waiting, within its give-up
+    /// window, until the broker has seen its old connection go).
+    pub fn client_id(mut self, client_id: &str) -> Self {
+        self.client_id = Some(client_id.to_owned());
+        self
+    }
+
+    /// Reconnect when the connection is lost (a broker restart, a network
+    /// cut), with backoff and jitter as `policy` says, and restore what
+    /// this client had: its id, its channels (with their passwords), its
+    /// providers and their balancing, its subscriptions and owned topics,
+    /// and, as owner, its channel policy. Everything is confirmed before
+    /// calls flow again.
+    ///
+    /// After a broker restart its channels are new: the first client to
+    /// join one again owns it, as for any new channel, and a client that
+    /// rejoins with a password protects it again with that password.
+    /// Without this, a lost connection stays lost: calls fail with
+    /// [`Error::Disconnected`] and subscriptions end.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Connect to the broker at `addr` over `transport`.
+    pub async fn connect<T: Transport + Clone>(
+        self,
         transport: &T,
         addr: &Address,
-    ) -> Result<Self> {
-        let provided = Arc::new(RwLock::new(Router::new()));
-        let subscribers = Arc::new(Subscribers::default());
-        let (events, _) = tokio::sync::broadcast::channel(EVENT_BACKLOG);
-        let (subs, told) = (subscribers.clone(), events.clone());
-        // What the broker pushes comes at publication rate: handled in place.
+    ) -> Result<BrokerClient> {
+        let record = Arc::new(Mutex::new(Record {
+            client_id: self.client_id.clone(),
+            ..Record::default()
+        }));
+        let parts = Parts::new(record.clone());
+        let builder = self.client.serve(parts.router());
+        let (first, connect): (Client, Option<Connector>) = match &self.reconnect {
+            None => (builder.connect(transport, addr).await?, None),
+            Some(_) => {
+                let (transport, addr) = (transport.clone(), addr.clone());
+                let connect: Connector = Arc::new(move || {
+                    let (builder, transport, addr) =
+                        (builder.clone(), transport.clone(), addr.clone());
+                    Box::pin(async move { builder.connect(&transport, &addr).await })
+                });
+                (connect().await?, Some(connect))
+            }
+        };
+        if let Some(client_id) = &self.client_id {
+            identify(&first, client_id).await?;
+        }
+        let bus = parts.into_client(first.clone(), record, self.reconnect.as_ref());
+        match (connect, self.reconnect) {
+            (Some(connect), Some(policy)) => {
+                tokio::spawn(link::supervise(
+                    Arc::downgrade(&bus.link),
+                    first,
+                    connect,
+                    restore::restorer(bus.subscribers.clone()),
+                    bus.subscribers.clone(),
+                    policy,
+                ));
+            }
+            _ => {
+                // Subscriptions end with the connection.
+                let (end, subscribers) = (first.end(), bus.subscribers.clone());
+                tokio::spawn(async move {
+                    end.wait().await;
+                    subscribers.interrupt();
+                    subscribers.close_all();
+                });
+            }
+        }
+        Ok(bus)
+    }
+}
+
+/// What a broker client is made of, before its first connection.
+struct Parts {
+    provided: Arc<RwLock<Router>>,
+    subscribers: Arc<Subscribers>,
+    events: tokio::sync::broadcast::Sender<ChannelEvent>,
+    record: Arc<Mutex<Record>>,
+}
+
+impl Parts {
+    fn new(record: Arc<Mutex<Record>>) -> Parts {
+        Parts {
+            provided: Arc::new(RwLock::new(Router::new())),
+            subscribers: Arc::new(Subscribers::default()),
+            events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
+            record,
+        }
+    }
+
+    /// What the connection serves: the broker's pushes, handled in place
+    /// (they come at publication rate), and calls to provided methods.
+    fn router(&self) -> Router {
+        let (subs, told, record) = (
+            self.subscribers.clone(),
+            self.events.clone(),
+            self.record.clone(),
+        );
         let pushed = Arc::new(move |method: &str, payload: &Payload| {
             if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(method) {
                 subs.deliver(channel, topic, payload);
             } else if method == protocol::EVENT {
                 match payload.decode_params::<ChannelEvent>() {
-                    Ok(event) => drop(told.send(event)),
+                    Ok(event) => {
+                        if let ChannelEvent::Closed { channel, .. } = &event {
+                            // Gone for everyone: not to be restored.
+                            record
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .channels
+                                .remove(channel);
+                        }
+                        drop(told.send(event));
+                    }
                     Err(e) => tracing::warn!(error = %e, "unreadable channel event"),
                 }
             } else if method == protocol::LAGGED {
@@ -78,40 +198,105 @@ impl BrokerClient {
             }
             true
         });
-        let table = provided.clone();
-        let serve = Router::new()
+        let table = self.provided.clone();
+        Router::new()
             .fallback(service_fn(move |req: Request| {
                 // A cheap clone (one Arc) of the current table, so no lock is
                 // held while the handler runs.
                 let router = table.read().unwrap_or_else(|p| p.into_inner()).clone();
                 router.dispatch(req)
             }))
-            .tap_notifications(pushed);
-        let client = builder.serve(serve).connect(transport, addr).await?;
-        Ok(BrokerClient {
-            client,
-            provided,
-            subscribers,
-            events,
-        })
+            .tap_notifications(pushed)
     }
 
-    /// Connect as [`BrokerClient::connect`] does, and claim `client_id`,
-    /// which no other live client may hold: a second client with the same
-    /// id is refused with [`Error::Unauthorized`] (a restarted service finds
-    /// its old connection gone, or waits until the broker sees it go).
-    pub async fn connect_as<T: Transport, C: Codec, A: Authenticator>(
+    fn into_client(
+        self,
+        first: Client,
+        record: Arc<Mutex<Record>>,
+        reconnect: Option<&Reconnect>,
+    ) -> BrokerClient {
+        BrokerClient {
+            link: Arc::new(Link::new(first, record, reconnect)),
+            provided: self.provided,
+            subscribers: self.subscribers,
+            events: self.events,
+        }
+    }
+}
+
+/// Claim `client_id` on the connection.
+pub(super) async fn identify(client: &Client, client_id: &str) -> Result<()> {
+    let args = IdentifyArgs {
+        client_id: client_id.to_owned(),
+    };
+    client.call::<_, ()>(protocol::IDENTIFY, &args).await
+}
+
+/// Open `channel` on the connection, proving the password's join key if
+/// there is one (and protecting the channel with it if this creates it).
+pub(super) async fn open_on(
+    client: &Client,
+    channel: &str,
+    keys: Option<&ChannelKeys>,
+) -> Result<Opened> {
+    let mut args = OpenArgs {
+        channel: channel.to_owned(),
+        proof: None,
+        key: None,
+    };
+    if let Some(keys) = keys {
+        let ask = ChannelArgs {
+            channel: channel.to_owned(),
+        };
+        let challenge: Challenge = client.call(protocol::CHALLENGE, &ask).await?;
+        let nonce = hex::decode(&challenge.nonce)
+            .map_err(|e| Error::Protocol(format!("the broker's nonce is not hex: {e}")))?;
+        args.proof = Some(hex::encode(keys.join_proof(channel, &nonce)));
+        // The join key is all a joiner needs: it crosses the wire only
+        // to create the channel, never to join it.
+        if !challenge.exists {
+            args.key = Some(hex::encode(keys.join_key()));
+        }
+    }
+    client.call(protocol::OPEN, &args).await
+}
+
+impl BrokerClient {
+    /// Start configuring a broker client whose connection `client`
+    /// configures (its codec, authentication and limits).
+    pub fn builder<C: Codec, A: Authenticator>(
+        client: ClientBuilder<C, A>,
+    ) -> BrokerClientBuilder<C, A> {
+        BrokerClientBuilder {
+            client,
+            client_id: None,
+            reconnect: None,
+        }
+    }
+
+    /// Connect to the broker at `addr` with a client configured by
+    /// `builder` (its codec, authentication and limits); see
+    /// [`BrokerClient::builder`] for a client id and reconnection.
+    pub async fn connect<T: Transport + Clone, C: Codec, A: Authenticator + Clone>(
+        builder: ClientBuilder<C, A>,
+        transport: &T,
+        addr: &Address,
+    ) -> Result<Self> {
+        Self::builder(builder).connect(transport, addr).await
+    }
+
+    /// Connect as [`BrokerClient::connect`] does, and claim `client_id`
+    /// (see [`BrokerClientBuilder::client_id`]).
+    pub async fn connect_as<T: Transport + Clone, C: Codec, A: Authenticator + Clone>(
         builder: ClientBuilder<C, A>,
         transport: &T,
         addr: &Address,
         client_id: &str,
     ) -> Result<Self> {
-        let bus = Self::connect(builder, transport, addr).await?;
-        let args = IdentifyArgs {
-            client_id: client_id.to_owned(),
-        };
-        bus.client.call::<_, ()>(protocol::IDENTIFY, &args).await?;
-        Ok(bus)
+        Self::builder(builder)
+            .client_id(client_id)
+            .connect(transport, addr)
+            .await
     }
 
     /// Join `channel`, creating it if it does not exist (the first client
@@ -126,32 +311,15 @@ impl BrokerClient {
     /// client proves it knows it by answering a fresh challenge.
     pub async fn open_with_password(&self, channel: &str, password: &str) -> Result<Channel> {
         protocol::check_channel_name(channel)?;
-        let keys = derive(channel, password).await?;
+        let keys = super::channel::derive(channel, password).await?;
         self.join(channel, Some(keys)).await
     }
 
     async fn join(&self, channel: &str, keys: Option<ChannelKeys>) -> Result<Channel> {
         protocol::check_channel_name(channel)?;
-        let mut args = OpenArgs {
-            channel: channel.to_owned(),
-            proof: None,
-            key: None,
-        };
-        if let Some(keys) = &keys {
-            let ask = ChannelArgs {
-                channel: channel.to_owned(),
-            };
-            let challenge: Challenge = self.client.call(protocol::CHALLENGE, &ask).await?;
-            let nonce = hex::decode(&challenge.nonce)
-                .map_err(|e| Error::Protocol(format!("the broker's nonce is not hex: {e}")))?;
-            args.proof = Some(hex::encode(keys.join_proof(channel, &nonce)));
-            // The join key is all a joiner needs: it crosses the wire only
-            // to create the channel, never to join it.
-            if !challenge.exists {
-                args.key = Some(hex::encode(keys.join_key()));
-            }
-        }
-        let opened: Opened = self.client.call(protocol::OPEN, &args).await?;
+        let client = self.link.client().await?;
+        let opened = open_on(&client, channel, keys.as_ref()).await?;
+        self.link.record().joined(channel).keys = keys.clone();
         Ok(Channel {
             bus: self.clone(),
             name: channel.to_owned(),
@@ -179,380 +347,37 @@ impl BrokerClient {
         }))
     }
 
+    /// What happens to the connection from now on: disconnections,
+    /// reconnection attempts, restoration (see
+    /// [`BrokerClientBuilder::reconnect`]). A reader more than 256 events
+    /// behind misses the oldest.
+    pub fn connection_events(&self) -> futures::stream::BoxStream<'static, ConnectionEvent> {
+        let rx = self.link.events();
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }))
+    }
+
     /// Every client and unprotected channel of the broker.
     pub async fn status(&self) -> Result<super::BrokerStatus> {
-        self.client.call(protocol::STATUS, &()).await
+        self.link.client().await?.call(protocol::STATUS, &()).await
     }
 
-    /// The underlying RPC client.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The underlying RPC client: the current connection (a reconnecting
+    /// client gets a new one after each restoration).
+    pub fn client(&self) -> Client {
+        self.link.now()
     }
 
-    fn add(&self, edit: impl FnOnce(Router) -> Router) {
+    pub(super) fn add(&self, edit: impl FnOnce(Router) -> Router) {
         let mut table = self.provided.write().unwrap_or_else(|p| p.into_inner());
         *table = edit(std::mem::take(&mut *table));
-    }
-}
-
-/// The JSON Schema of `T`.
-fn schema_of<T: schemars::JsonSchema>() -> Result<serde_json::Value> {
-    serde_json::to_value(schemars::schema_for!(T))
-        .map_err(|e| Error::Serialization(format!("schema of {}: {e}", std::any::type_name::<T>())))
-}
-
-/// Derive a channel's keys on a blocking thread: it takes milliseconds of
-/// CPU on purpose.
-async fn derive(channel: &str, password: &str) -> Result<ChannelKeys> {
-    let (channel, password) = (channel.to_owned(), password.to_owned());
-    tokio::task::spawn_blocking(move || ChannelKeys::derive(&channel, &password))
-        .await
-        .map_err(|e| Error::Protocol(format!("key derivation failed: {e}")))
-}
-
-/// One channel joined through a [`BrokerClient`].
-///
-/// On a channel opened with its password ([`BrokerClient::open_with_password`]
-/// or after [`Channel::set_password`]), everything this handle sends to
-/// other members is signed end to end, and everything it receives from them
-/// is checked: calls, replies, stream items and publications. A forged,
-/// altered or replayed one fails with [`Error::Unauthorized`].
-#[derive(Debug, Clone)]
-pub struct Channel {
-    bus: BrokerClient,
-    name: String,
-    owner: bool,
-    signer: Option<Arc<Signer>>,
-}
-
-impl Channel {
-    /// The channel's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The method name a call to `method` on this channel travels under
-    /// (for code that calls through [`BrokerClient::client`] directly).
-    pub fn routed(&self, method: &str) -> String {
-        protocol::routed(&self.name, method)
-    }
-
-    /// Whether this client owned the channel when it opened it.
-    pub fn is_owner(&self) -> bool {
-        self.owner
-    }
-
-    /// Serve `method` on this channel with an async function (as
-    /// [`Router::unary`]). Several providers of one method share its calls.
-    /// Returns once the broker confirms.
-    pub async fn provide<F, Args, Fut, Ret, E>(&self, method: &str, f: F) -> Result<()>
-    where
-        F: Fn(Args) -> Fut + Clone + Send + Sync + 'static,
-        Args: DeserializeOwned + Send + 'static,
-        Fut: Future<Output = std::result::Result<Ret, E>> + Send + 'static,
-        Ret: Serialize + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    {
-        self.serve(method, UnaryFn::new(f), None).await
-    }
-
-    /// As [`Channel::provide`], and describe the method to the broker with
-    /// JSON Schemas of its params and result, so that tools can list what
-    /// the channel offers ([`Channel::describe`], `busline status`).
-    pub async fn provide_described<F, Args, Fut, Ret, E>(&self, method: &str, f: F) -> Result<()>
-    where
-        F: Fn(Args) -> Fut + Clone + Send + Sync + 'static,
-        Args: DeserializeOwned + schemars::JsonSchema + Send + 'static,
-        Fut: Future<Output = std::result::Result<Ret, E>> + Send + 'static,
-        Ret: Serialize + schemars::JsonSchema + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    {
-        let schema = MethodSchema {
-            params: schema_of::<Args>()?,
-            result: schema_of::<Ret>()?,
-        };
-        self.serve(method, UnaryFn::new(f), Some(schema)).await
-    }
-
-    /// Serve `method` on this channel with a function returning a stream
-    /// (as [`Router::stream`]); the caller's credit paces it end to end.
-    pub async fn provide_stream<F, Args, S, T, E>(&self, method: &str, f: F) -> Result<()>
-    where
-        F: Fn(Args) -> S + Clone + Send + Sync + 'static,
-        Args: DeserializeOwned + Send + 'static,
-        S: Stream<Item = std::result::Result<T, E>> + Send + 'static,
-        T: Serialize + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    {
-        self.serve(method, StreamFn::new(f), None).await
-    }
-
-    /// Serve `method` with any handler service (as [`Router::route`]), for
-    /// raw payloads or middleware.
-    pub async fn provide_service<S>(&self, method: &str, service: S) -> Result<()>
-    where
-        S: tower::Service<Request, Response = crate::rpc::Reply, Error = Error>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        self.serve(method, service, None).await
-    }
-
-    /// Install `service` for `method` (checking signatures on a protected
-    /// channel), then tell the broker.
-    async fn serve<S>(&self, method: &str, service: S, schema: Option<MethodSchema>) -> Result<()>
-    where
-        S: tower::Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-    {
-        let name = protocol::routed(&self.name, method);
-        match &self.signer {
-            None => self.bus.add(|r| r.route(name, service)),
-            Some(signer) => {
-                let verified = Verified::new(service, signer.clone());
-                self.bus.add(|r| r.route(name, verified))
-            }
-        }
-        let args = MethodArgs {
-            channel: self.name.clone(),
-            method: method.to_owned(),
-            schema,
-        };
-        self.bus
-            .client
-            .call::<_, ()>(protocol::PROVIDE, &args)
-            .await
-    }
-
-    /// Choose how the calls of `method`, which this client provides, are
-    /// shared among its providers (least busy first by default). Returns
-    /// once the broker confirms.
-    pub async fn set_balance(&self, method: &str, balance: Balance) -> Result<()> {
-        let args = BalanceArgs {
-            channel: self.name.clone(),
-            method: method.to_owned(),
-            balance,
-        };
-        self.bus
-            .client
-            .call::<_, ()>(protocol::SET_BALANCE, &args)
-            .await
-    }
-
-    /// Stop serving `method` here. Returns once the broker confirms.
-    pub async fn unprovide(&self, method: &str) -> Result<()> {
-        let args = MethodArgs {
-            channel: self.name.clone(),
-            method: method.to_owned(),
-            schema: None,
-        };
-        self.bus
-            .client
-            .call::<_, ()>(protocol::UNPROVIDE, &args)
-            .await
-    }
-
-    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Payload> {
-        Payload::encode(self.bus.client.encoding(), value)
-    }
-
-    /// Sign a call (or a send) on a protected channel; the nonce its
-    /// answers carry.
-    fn sign_call(&self, kind: Kind, name: &str, payload: Payload) -> Result<(Payload, [u8; 16])> {
-        match &self.signer {
-            Some(signer) => signer.sign_fresh(kind, name, &payload),
-            None => Ok((payload, [0; 16])),
-        }
-    }
-
-    /// Call `method` on this channel: one of its providers answers.
-    pub async fn call<Args: Serialize + ?Sized, Ret: DeserializeOwned>(
-        &self,
-        method: &str,
-        args: &Args,
-    ) -> Result<Ret> {
-        self.call_raw(method, self.encode(args)?).await?.decode()
-    }
-
-    /// Call `method` with an already-encoded payload; the answer's bytes
-    /// are exactly the provider's.
-    pub async fn call_raw(&self, method: &str, payload: Payload) -> Result<Payload> {
-        let name = self.routed(method);
-        let (payload, call) = self.sign_call(Kind::Call, &name, payload)?;
-        let reply = self.bus.client.call_raw(&name, payload).await?;
-        match &self.signer {
-            Some(signer) => Ok(signer
-                .verify(Kind::Reply, &name, Some((call, 0)), &reply)?
-                .0),
-            None => Ok(reply),
-        }
-    }
-
-    /// Fire and forget: one provider of `method` gets it, nobody answers.
-    /// Returns once it is queued (waiting for room as
-    /// [`Client::notify`] does).
-    pub async fn send<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
-        let name = self.routed(method);
-        let (payload, _) = self.sign_call(Kind::Send, &name, self.encode(args)?)?;
-        self.bus.client.notify_raw(&name, payload).await
-    }
-
-    /// Fire and forget to every provider of `method` on this channel but
-    /// this client. Returns once it is queued, as [`Channel::send`] does.
-    pub async fn broadcast<Args: Serialize + ?Sized>(
-        &self,
-        method: &str,
-        args: &Args,
-    ) -> Result<()> {
-        // Signed under the name the providers receive it by.
-        let (payload, _) = self.sign_call(Kind::Send, &self.routed(method), self.encode(args)?)?;
-        self.bus
-            .client
-            .notify_raw(&protocol::broadcast(&self.name, method), payload)
-            .await
-    }
-
-    /// Open a stream from a provider of `method`; dropping it cancels the
-    /// provider's stream. Items come with the provider's backpressure: it
-    /// runs at most a window ahead of this reader.
-    pub async fn stream<Args: Serialize + ?Sized, Item: DeserializeOwned + 'static>(
-        &self,
-        method: &str,
-        args: &Args,
-    ) -> Result<BoxStream<'static, Result<Item>>> {
-        let name = self.routed(method);
-        let (payload, call) = self.sign_call(Kind::Call, &name, self.encode(args)?)?;
-        let items = self.bus.client.stream_payloads(&name, payload).await?;
-        let signer = self.signer.clone();
-        Ok(Box::pin(items.enumerate().map(move |(i, item)| {
-            let item = item?;
-            let item = match &signer {
-                Some(s) => {
-                    s.verify(Kind::Item, &name, Some((call, i as u64)), &item)?
-                        .0
-                }
-                None => item,
-            };
-            item.decode()
-        })))
-    }
-
-    /// Publish `value` on `topic` (dot-separated tokens): every member
-    /// subscribed to a matching pattern gets it. Fire and forget: returns
-    /// once it is queued on the connection, after waiting for room if the
-    /// connection's queue is full ([`ClientBuilder::max_queued_notifications`]),
-    /// so a fast publisher is paced by its connection rather than growing
-    /// memory without bound.
-    pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
-        self.publish_raw(topic, self.encode(value)?).await
-    }
-
-    /// Publish an already-encoded payload on `topic`.
-    pub async fn publish_raw(&self, topic: &str, payload: Payload) -> Result<()> {
-        topic::check_topic(topic)?;
-        let name = protocol::published(&self.name, topic);
-        let payload = match &self.signer {
-            Some(signer) => signer.sign_fresh(Kind::Publication, &name, &payload)?.0,
-            None => payload,
-        };
-        self.bus.client.notify_raw(&name, payload).await
-    }
-
-    /// Become the only publisher of `topic` here (others' publications on
-    /// it are refused), and learn through [`BrokerClient::events`]
-    /// ([`ChannelEvent::Demand`]) whether anyone is subscribed: now, and
-    /// whenever the first subscriber arrives or the last one leaves, so
-    /// the topic can be published lazily. Returns once the broker confirms.
-    pub async fn own_topic(&self, topic: &str) -> Result<()> {
-        topic::check_topic(topic)?;
-        let args = TopicArgs {
-            channel: self.name.clone(),
-            topic: topic.to_owned(),
-        };
-        self.bus
-            .client
-            .call::<_, ()>(protocol::OWN_TOPIC, &args)
-            .await
-    }
-
-    /// Receive what is published on this channel under topics matching
-    /// `pattern` (`*` one token, a final `>` the rest). Returns once the
-    /// broker confirms; dropping the subscription unsubscribes.
-    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription> {
-        topic::check_pattern(pattern)?;
-        let client = self.bus.client.clone();
-        // Registered here first, so nothing published after the broker
-        // confirms can arrive before it.
-        let subscription = self
-            .bus
-            .subscribers
-            .add(&self.name, pattern, self.signer.clone())
-            .on_drop(Box::new(move |channel, pattern| {
-                // Outside the bounded queue: a drop cannot wait for room.
-                let args = PatternArgs { channel, pattern };
-                if let Ok(payload) = Payload::encode(client.encoding(), &args) {
-                    let _ = client.notify_unqueued(protocol::UNSUBSCRIBE, payload);
-                }
-            }));
-        let args = PatternArgs {
-            channel: self.name.clone(),
-            pattern: pattern.to_owned(),
-        };
-        self.bus
-            .client
-            .call::<_, ()>(protocol::SUBSCRIBE, &args)
-            .await?;
-        Ok(subscription)
-    }
-
-    /// Protect the channel with `password` (or lift the protection with
-    /// `None`); only its owner may. Members already in stay; whoever joins
-    /// later needs the password. Returns once the broker confirms.
-    pub async fn set_password(&mut self, password: Option<&str>) -> Result<()> {
-        let keys = match password {
-            Some(password) => Some(derive(&self.name, password).await?),
-            None => None,
-        };
-        let args = PasswordArgs {
-            channel: self.name.clone(),
-            key: keys.as_ref().map(|k| hex::encode(k.join_key())),
-        };
-        self.bus
-            .client
-            .call::<_, ()>(protocol::SET_PASSWORD, &args)
-            .await?;
-        self.signer = keys.map(|k| Arc::new(Signer::new(&k, &self.name)));
-        Ok(())
-    }
-
-    /// Choose what happens when the owner leaves; only the owner may.
-    pub async fn set_policy(&self, policy: OwnerPolicy) -> Result<()> {
-        let args = PolicyArgs {
-            channel: self.name.clone(),
-            policy,
-        };
-        self.bus
-            .client
-            .call::<_, ()>(protocol::SET_POLICY, &args)
-            .await
-    }
-
-    /// The channel's owner, members and providers, as the broker sees them.
-    pub async fn describe(&self) -> Result<ChannelInfo> {
-        let args = ChannelArgs {
-            channel: self.name.clone(),
-        };
-        self.bus.client.call(protocol::DESCRIBE, &args).await
-    }
-
-    /// Leave the channel (this client's methods on it go too).
-    pub async fn leave(self) -> Result<()> {
-        let args = ChannelArgs {
-            channel: self.name.clone(),
-        };
-        self.bus.client.call::<_, ()>(protocol::LEAVE, &args).await
     }
 }

@@ -6,7 +6,7 @@ use busline_core::{Error, Result};
 use futures::{stream::BoxStream, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{client::Channel, protocol::Balance};
+use super::{channel::Channel, protocol::Balance};
 
 /// A named group of providers on a channel, from [`Channel::group`].
 ///

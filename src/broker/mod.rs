@@ -33,11 +33,14 @@
 //! ```
 
 mod budget;
+mod channel;
 mod client;
 mod group;
 mod keys;
+mod link;
 mod outlet;
 mod protocol;
+mod restore;
 mod service;
 mod signing;
 mod state;
@@ -50,9 +53,11 @@ use std::{fmt, sync::Arc};
 use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Transport};
 use futures::future::BoxFuture;
 
-pub use client::{BrokerClient, Channel};
+pub use channel::Channel;
+pub use client::{BrokerClient, BrokerClientBuilder};
 pub use group::Group;
 pub use keys::ChannelKeys;
+pub use link::{ConnectionEvent, Reconnect};
 use outlet::QueueBounds;
 pub use outlet::SlowSubscriber;
 pub use protocol::{

@@ -4,7 +4,7 @@ use std::{
     fmt,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
@@ -55,6 +55,13 @@ pub enum Event {
     /// subscriber fell behind (at the broker or here); nothing is lost
     /// silently.
     Lagged(u64),
+    /// The connection to the broker broke: what was published until it
+    /// is restored is not seen. A client that reconnects
+    /// ([`BrokerClientBuilder::reconnect`]) resubscribes and the stream
+    /// goes on; otherwise it ends after this.
+    ///
+    /// [`BrokerClientBuilder::reconnect`]: super::BrokerClientBuilder::reconnect
+    Interrupted,
 }
 
 /// The subscriptions of one client, matched against every publication the
@@ -70,9 +77,10 @@ struct Local {
     id: u64,
     channel: String,
     pattern: String,
-    tx: mpsc::Sender<Result<Publication>>,
+    tx: mpsc::Sender<Result<Event>>,
     bytes: Arc<ByteBudget>,
     missed: Arc<AtomicU64>,
+    interrupted: Arc<AtomicBool>,
     /// Wakes the reader when something is missed, which the queue alone
     /// would not.
     waker: Arc<AtomicWaker>,
@@ -91,6 +99,7 @@ impl Subscribers {
         let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
         let bytes = Arc::new(ByteBudget::new(LOCAL_QUEUE_BYTES));
         let missed = Arc::new(AtomicU64::new(0));
+        let interrupted = Arc::new(AtomicBool::new(false));
         let waker = Arc::new(AtomicWaker::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().push(Local {
@@ -100,6 +109,7 @@ impl Subscribers {
             tx,
             bytes: bytes.clone(),
             missed: missed.clone(),
+            interrupted: interrupted.clone(),
             waker: waker.clone(),
             signer,
         });
@@ -107,6 +117,7 @@ impl Subscribers {
             rx,
             bytes,
             missed,
+            interrupted,
             waker,
             owner: Arc::downgrade(self),
             id,
@@ -149,7 +160,7 @@ impl Subscribers {
             });
             let len = publication.as_ref().map_or(0, |p| p.payload.len());
             let queued = sub.bytes.take(len)
-                && match sub.tx.try_send(publication) {
+                && match sub.tx.try_send(publication.map(Event::Message)) {
                     Err(TrySendError::Full(_)) => {
                         sub.bytes.give(len);
                         false
@@ -174,6 +185,39 @@ impl Subscribers {
         }
     }
 
+    /// The connection broke: every subscription hears of the gap.
+    pub(crate) fn interrupt(&self) {
+        for sub in self.lock().iter() {
+            // In the queue, after what came before the cut; said at once
+            // if the queue is full.
+            if sub.tx.try_send(Ok(Event::Interrupted)).is_err() {
+                sub.interrupted.store(true, Ordering::Release);
+                sub.waker.wake();
+            }
+        }
+    }
+
+    /// The connection is gone for good: every subscription ends once its
+    /// queue is read.
+    pub(crate) fn close_all(&self) {
+        let closed = std::mem::take(&mut *self.lock());
+        for sub in closed {
+            sub.waker.wake();
+        }
+    }
+
+    /// Each `(channel, pattern)` some subscription wants, once.
+    pub(crate) fn patterns(&self) -> Vec<(String, String)> {
+        let mut wanted: Vec<(String, String)> = self
+            .lock()
+            .iter()
+            .map(|s| (s.channel.clone(), s.pattern.clone()))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        wanted
+    }
+
     /// Remove subscription `id`; whether another one still wants
     /// `(channel, pattern)` from the broker.
     fn remove(&self, id: u64) -> Option<(String, String, bool)> {
@@ -196,9 +240,10 @@ pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 /// [`Error::Unauthorized`](busline_core::Error::Unauthorized) item instead.
 /// Dropping the subscription unsubscribes.
 pub struct Subscription {
-    rx: mpsc::Receiver<Result<Publication>>,
+    rx: mpsc::Receiver<Result<Event>>,
     bytes: Arc<ByteBudget>,
     missed: Arc<AtomicU64>,
+    interrupted: Arc<AtomicBool>,
     waker: Arc<AtomicWaker>,
     owner: std::sync::Weak<Subscribers>,
     id: u64,
@@ -231,11 +276,14 @@ impl Stream for Subscription {
         if missed > 0 {
             return Poll::Ready(Some(Ok(Event::Lagged(missed))));
         }
+        if self.interrupted.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Some(Ok(Event::Interrupted)));
+        }
         let next = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(Ok(publication))) = &next {
+        if let Poll::Ready(Some(Ok(Event::Message(publication)))) = &next {
             self.bytes.give(publication.payload.len());
         }
-        next.map(|p| p.map(|p| p.map(Event::Message)))
+        next
     }
 }
 

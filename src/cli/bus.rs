@@ -127,6 +127,7 @@ pub(crate) async fn subscribe(args: SubArgs, auth: Arc<dyn Authenticator>) -> Re
                 received += 1;
             }
             Event::Lagged(n) => println!("{{\"lagged\":{n}}}"),
+            Event::Interrupted => println!("{{\"interrupted\":true}}"),
         }
     }
     Ok(())

@@ -139,8 +139,40 @@ impl Drop for CancelGuard {
 }
 
 /// Why a connection closed, once it has: set by its connection task, read
-/// by handles whose calls find it gone.
-pub(crate) type CloseReason = Arc<std::sync::OnceLock<Error>>;
+/// by handles whose calls find it gone, awaited by whoever watches it.
+pub(crate) type CloseReason = Arc<Closed>;
+
+/// A connection's end: its reason, and a way to wait for it.
+#[derive(Debug, Default)]
+pub(crate) struct Closed {
+    reason: std::sync::OnceLock<Error>,
+    ended: tokio::sync::Notify,
+}
+
+impl Closed {
+    /// Record why the connection ended (the first reason wins).
+    pub(crate) fn set(&self, why: Error) {
+        let _ = self.reason.set(why);
+        self.ended.notify_waiters();
+    }
+
+    pub(crate) fn get(&self) -> Option<&Error> {
+        self.reason.get()
+    }
+
+    /// Wait until the connection has ended; why it did.
+    pub(crate) async fn wait(&self) -> Error {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(why) = self.get() {
+                return why.clone();
+            }
+            ended.await;
+        }
+    }
+}
 
 impl Client {
     /// This handle with a different per-call timeout (`None`: wait forever).
@@ -165,6 +197,14 @@ impl Client {
     /// calls in flight fail with it. (Dropping every handle closes it too.)
     pub fn close(&self, why: Error) {
         let _ = self.shared.commands.send(Command::Close(why));
+    }
+
+    /// Wait until the connection has closed, and say why: the peer hung
+    /// up, a heartbeat went unanswered, or [`Client::close`] was called.
+    /// (It stays open while any handle lives, so await this beside other
+    /// work, not instead of dropping the handles.)
+    pub async fn closed(&self) -> Error {
+        self.shared.closed.wait().await
     }
 
     /// Whether the connection is gone.
@@ -457,6 +497,17 @@ impl Client {
     /// back as it writes them.
     pub(crate) fn notification_room(&self) -> Arc<Semaphore> {
         self.shared.queued_notifications.clone()
+    }
+
+    /// Where the connection's end is recorded; holding it does not keep
+    /// the connection open.
+    pub(crate) fn end(&self) -> CloseReason {
+        self.shared.closed.clone()
+    }
+
+    /// The per-call timeout of this handle.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// A handle that does not keep the connection open.

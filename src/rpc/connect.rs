@@ -34,7 +34,7 @@ impl Client {
 }
 
 /// Configures and opens a [`Client`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClientBuilder<C, A> {
     codec: C,
     auth: A,

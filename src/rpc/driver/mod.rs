@@ -205,7 +205,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             return;
         }
         tracing::debug!(error = %err, "closing connection");
-        let _ = self.closed.set(err.clone());
+        self.closed.set(err.clone());
         self.reading = false;
         self.flushed.clear();
         // Senders waiting for room learn the connection is gone.
@@ -537,7 +537,7 @@ impl<I, C> Drop for Driver<I, C> {
             .closing
             .take()
             .unwrap_or_else(|| Error::Disconnected("connection task stopped".into()));
-        let _ = self.closed.set(err.clone());
+        self.closed.set(err.clone());
         self.notification_room.close();
         for (_, pending) in self.pending.drain() {
             pending.fail(err.clone());
