@@ -281,15 +281,23 @@ async fn unix_broker(path: &std::path::Path) -> busline::broker::BrokerHandle {
         .unwrap()
 }
 
-fn resilient(
-    timeout: Duration,
-) -> busline::broker::BrokerClientBuilder<CborCodec, busline::NoAuth> {
-    BrokerClient::builder(Client::builder(CborCodec::new()).timeout(timeout)).reconnect(Reconnect {
-        initial_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        ..Reconnect::default()
-    })
+/// A reconnecting client that first tries again after about `delay`
+/// (between half and one and a half times it), then every 200 ms at most.
+fn resilient(delay: Duration) -> busline::broker::BrokerClientBuilder<CborCodec, busline::NoAuth> {
+    BrokerClient::builder(Client::builder(CborCodec::new()).timeout(Duration::from_secs(20)))
+        .reconnect(Reconnect {
+            initial_delay: delay,
+            max_delay: delay.max(Duration::from_millis(200)),
+            ..Reconnect::default()
+        })
 }
+
+/// Quick to come back: the providers.
+const SOON: Duration = Duration::from_millis(20);
+/// Back a good second after the providers, so that what it calls is
+/// there again (clients restore independently; until a provider is back,
+/// calls to it fail with `MethodNotFound`).
+const LATER: Duration = Duration::from_secs(2);
 
 /// Wait for `wanted` among a client's connection events.
 async fn until(
@@ -318,7 +326,7 @@ async fn a_restarted_broker_gets_everything_back_without_application_code() {
     let addr = Address::unix(&path);
     let broker = unix_broker(&path).await;
 
-    let provider = resilient(Duration::from_secs(20))
+    let provider = resilient(SOON)
         .client_id("adder")
         .connect(&transport, &addr)
         .await
@@ -339,10 +347,7 @@ async fn a_restarted_broker_gets_everything_back_without_application_code() {
     let news = provider.open("news").await.unwrap();
     news.own_topic("world").await.unwrap();
 
-    let listener = resilient(Duration::from_secs(20))
-        .connect(&transport, &addr)
-        .await
-        .unwrap();
+    let listener = resilient(SOON).connect(&transport, &addr).await.unwrap();
     let mut headlines = listener
         .open("news")
         .await
@@ -350,10 +355,7 @@ async fn a_restarted_broker_gets_everything_back_without_application_code() {
         .subscribe(">")
         .await
         .unwrap();
-    let caller_bus = resilient(Duration::from_secs(20))
-        .connect(&transport, &addr)
-        .await
-        .unwrap();
+    let caller_bus = resilient(LATER).connect(&transport, &addr).await.unwrap();
     let caller = caller_bus
         .open_with_password("math", "s3cret")
         .await
@@ -414,7 +416,7 @@ async fn a_restarted_broker_gets_everything_back_without_application_code() {
         matches!(e, ConnectionEvent::Restored)
     })
     .await;
-    let publisher = resilient(Duration::from_secs(20))
+    let publisher = resilient(SOON)
         .connect(&transport, &addr)
         .await
         .unwrap()

@@ -452,6 +452,11 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                         }
                         this.on_frame(msg, cx)
                     }
+                    // A broken connection, as a write failing says too.
+                    Poll::Ready(Some(Err(Error::Transport(io)))) => this.close(
+                        Error::Disconnected(format!("the connection broke: {io}")),
+                        false,
+                    ),
                     Poll::Ready(Some(Err(err))) => {
                         tracing::warn!(error = %err, "bad frame; closing the connection");
                         this.close(err, true);
