@@ -25,6 +25,11 @@ use crate::{Codec, Error, Io, Message, Payload, PeerInfo, Result, PROTOCOL_VERSI
 /// Default bound on the whole handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a refused connection without a handshake is read (and
+/// discarded) after being told why, so the client reads the refusal
+/// instead of a reset connection.
+const REFUSAL_LINGER: Duration = Duration::from_millis(250);
+
 /// Who the peer proved to be.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {
@@ -202,6 +207,13 @@ pub mod handshake {
                     error: Some(e.to_remote()),
                 };
                 let _ = tokio::time::timeout(timeout, framed.send(close)).await;
+                // Such a client may already be sending its first call: take
+                // it in, briefly, so that closing does not reset the
+                // connection before the client has read why.
+                let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                    while let Some(Ok(_)) = framed.next().await {}
+                })
+                .await;
             }
             return checked;
         }
