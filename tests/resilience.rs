@@ -519,3 +519,63 @@ async fn without_reconnect_a_lost_connection_ends_subscriptions() {
     let err = channel.call::<_, ()>("m", &()).await.unwrap_err();
     assert!(matches!(err, Error::Disconnected(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_busy_server_is_not_taken_for_a_dead_one() {
+    let transport = MemoryTransport::new();
+    let addr = Address::memory("busy-heartbeat");
+    // One handler at a time, each slower than the client's heartbeat
+    // allows for silence: the server stops reading while it works.
+    let router = Router::new().unary("slow", |n: u64| async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        Ok::<_, String>(n)
+    });
+    let server = Server::builder(router, CborCodec::new())
+        .max_handlers(1)
+        .bind(&transport, &addr)
+        .await
+        .unwrap();
+    let client = Client::builder(CborCodec::new())
+        .heartbeat(Duration::from_millis(100))
+        .connect(&transport, &addr)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        client.call::<_, u64>("slow", &1),
+        client.call::<_, u64>("slow", &2)
+    );
+    assert_eq!((a.unwrap(), b.unwrap()), (1, 2));
+    assert!(!client.is_closed());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sender_blocked_by_a_frozen_peer_is_released_by_the_heartbeat() {
+    let server = Server::builder(adder(), CborCodec::new())
+        .bind(&TcpTransport::new(), &"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let proxy = FreezingProxy::start(socket_addr(server.local_addr())).await;
+    let client = Client::builder(CborCodec::new())
+        .heartbeat(Duration::from_millis(100))
+        // More than a connection lets wait before it stops reading.
+        .max_queued_notifications(5_000)
+        .connect(&TcpTransport::new(), &proxy.addr)
+        .await
+        .unwrap();
+    proxy.freeze();
+    // Notifications fill the socket buffers, then the queue; the sender
+    // waits (no timeout of its own) until the heartbeat gives up.
+    let payload = "x".repeat(256);
+    let err = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Err(err) = client.notify("log", &payload).await {
+                break err;
+            }
+        }
+    })
+    .await
+    .expect("the heartbeat notices the frozen peer behind full buffers");
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    server.shutdown().await;
+}

@@ -6,6 +6,12 @@
 //! one silent interval it sends a probe (a request any busline peer
 //! answers at once), and after a second it gives the connection up. A
 //! peer that goes silent is thus dropped within three intervals.
+//!
+//! A side at its handler limit reads nothing, probes included, so it
+//! cannot answer them: instead it sends a keep-alive every 100 ms while it
+//! stays there, and does not count its own not-reading as the peer's
+//! silence. A peer that has stopped reading what this side writes gets no
+//! such allowance: that is what a frozen peer looks like.
 
 use std::{
     future::Future,
@@ -19,6 +25,18 @@ use tokio::time::{sleep, Instant, Sleep};
 
 /// The method of a probe; drivers answer it themselves.
 pub(crate) const PING: &str = "busline.ping";
+/// The method of a keep-alive notification, sent by a side too busy to
+/// read (and so to answer probes); drivers drop it on arrival.
+pub(crate) const ALIVE: &str = "busline.alive";
+
+/// A keep-alive notification.
+pub(super) fn keepalive() -> Message {
+    Message::Notify {
+        method: ALIVE.to_owned(),
+        payload: Payload::unit(),
+    }
+}
+
 /// The id probes go out with, never one a caller uses (those count up
 /// from 1).
 const PROBE_ID: u64 = u64::MAX;

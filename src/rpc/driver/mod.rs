@@ -34,8 +34,8 @@ mod heartbeat;
 mod serve;
 mod write;
 
-pub(crate) use heartbeat::PING;
 use heartbeat::{Beat, Heartbeat};
+pub(crate) use heartbeat::{ALIVE, PING};
 
 pub(crate) use serve::{guarded, with_deadline};
 
@@ -156,6 +156,8 @@ pub(crate) struct Driver<I, C> {
     closing: Option<Error>,
     needs_flush: bool,
     heartbeat: Option<Heartbeat>,
+    /// While at the handler limit: when to tell the peer this side lives.
+    keepalive: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<I: Io, C: Codec> Driver<I, C> {
@@ -191,6 +193,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             closing: None,
             needs_flush: false,
             heartbeat: setup.heartbeat.map(Heartbeat::new),
+            keepalive: None,
         }
     }
 
@@ -390,6 +393,9 @@ const BUDGET: usize = 128;
 /// more work from its peer: a peer that sends but does not read gets
 /// backpressure, not unbounded memory.
 const OUTBOX_HIGH_WATER: usize = 4096;
+/// How often a side at its handler limit, which reads nothing, tells its
+/// peer it is alive (so a peer's heartbeat of this or longer keeps it).
+const KEEPALIVE_WHILE_BUSY: Duration = Duration::from_millis(100);
 /// How long a closing connection tries to deliver its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The most stream credit a peer may grant at once (more is clamped).
@@ -431,14 +437,27 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 progress = true;
             }
 
-            let may_read = this.reading
-                && this.handlers() < this.max_handlers
-                && this.outbox.len() < OUTBOX_HIGH_WATER;
-            if !may_read {
-                // Not reading by our own choice is not the peer's silence.
+            // At the handler limit this side reads nothing, the peer's
+            // probes included: not the peer's silence, and the peer must
+            // hear that this side is alive.
+            let busy =
+                this.reading && this.closing.is_none() && this.handlers() >= this.max_handlers;
+            if busy {
                 if let Some(heartbeat) = &mut this.heartbeat {
                     heartbeat.heard();
                 }
+                let alive = this
+                    .keepalive
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(KEEPALIVE_WHILE_BUSY)));
+                if alive.as_mut().poll(cx).is_ready() {
+                    alive
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + KEEPALIVE_WHILE_BUSY);
+                    let _ = alive.as_mut().poll(cx);
+                    this.outbox.push_front(heartbeat::keepalive());
+                }
+            } else {
+                this.keepalive = None;
             }
             while this.reading
                 && this.handlers() < this.max_handlers
@@ -485,7 +504,8 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             if this.closing.is_none() {
                 if let Some(heartbeat) = &mut this.heartbeat {
                     match heartbeat.poll_beat(cx) {
-                        Poll::Ready(Some(Beat::Probe(probe))) => this.outbox.push_back(probe),
+                        // Ahead of whatever waits: it must not miss its time.
+                        Poll::Ready(Some(Beat::Probe(probe))) => this.outbox.push_front(probe),
                         Poll::Ready(Some(Beat::Dead(err))) => {
                             tracing::info!(error = %err, "heartbeat: dropping the connection");
                             this.close(err, false);
