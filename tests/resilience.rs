@@ -579,3 +579,56 @@ async fn a_sender_blocked_by_a_frozen_peer_is_released_by_the_heartbeat() {
     assert!(matches!(err, Error::Disconnected(_)), "{err}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_broker_refuses_after_a_restart_is_reported_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sock");
+    let transport = busline::UnixTransport::new();
+    let addr = Address::unix(&path);
+    let broker = unix_broker(&path).await;
+    let member = resilient(LATER).connect(&transport, &addr).await.unwrap();
+    let vault = member.open_with_password("vault", "old").await.unwrap();
+    let mut secrets = vault.subscribe(">").await.unwrap();
+    let mut events = member.connection_events();
+    broker.shutdown().await;
+    let broker = unix_broker(&path).await;
+    // Someone else takes the name first, with another password.
+    let other = BrokerClient::connect(Client::builder(CborCodec::new()), &transport, &addr)
+        .await
+        .unwrap();
+    other.open_with_password("vault", "new").await.unwrap();
+
+    let seen = until(&mut events, |e| matches!(e, ConnectionEvent::Restored)).await;
+    let refused = seen.iter().find_map(|e| match e {
+        ConnectionEvent::NotRestored { what, error } => Some((what.clone(), error.clone())),
+        _ => None,
+    });
+    let (what, error) = refused.expect("the refusal is reported");
+    assert!(what.contains("vault"), "{what}");
+    assert!(matches!(error, Error::Unauthorized(_)), "{error}");
+    // The subscription there heard of the cut, then ends.
+    assert_eq!(next_event(&mut secrets).await, Event::Interrupted);
+    let ended = tokio::time::timeout(Duration::from_secs(5), secrets.next()).await;
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_client_stops_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sock");
+    let transport = busline::UnixTransport::new();
+    let addr = Address::unix(&path);
+    let broker = unix_broker(&path).await;
+    let bus = resilient(SOON).connect(&transport, &addr).await.unwrap();
+    let channel = bus.open("c").await.unwrap();
+    let mut events = bus.connection_events();
+    bus.close();
+    let err = channel.call::<_, ()>("m", &()).await.unwrap_err();
+    assert!(err.to_string().contains("closed"), "{err}");
+    // No attempt to come back, though the broker is there.
+    let event = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+    assert!(event.is_err(), "{event:?}");
+    broker.shutdown().await;
+}

@@ -415,6 +415,7 @@ impl Channel {
         };
         self.control(protocol::LEAVE, &args).await?;
         self.bus.link.record().channels.remove(&self.name);
+        self.bus.subscribers.close_channel(&self.name);
         Ok(())
     }
 }

@@ -16,7 +16,6 @@ use super::{
     protocol::{
         self, Challenge, ChannelArgs, ChannelEvent, IdentifyArgs, Lagged, OpenArgs, Opened, Routed,
     },
-    restore,
     signing::Signer,
     subscription::Subscribers,
 };
@@ -126,7 +125,6 @@ impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
                     Arc::downgrade(&bus.link),
                     first,
                     connect,
-                    restore::restorer(bus.subscribers.clone()),
                     bus.subscribers.clone(),
                     policy,
                 ));
@@ -178,12 +176,14 @@ impl Parts {
                 match payload.decode_params::<ChannelEvent>() {
                     Ok(event) => {
                         if let ChannelEvent::Closed { channel, .. } = &event {
-                            // Gone for everyone: not to be restored.
+                            // Gone for everyone: not to be restored, and
+                            // its subscriptions end.
                             record
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .channels
                                 .remove(channel);
+                            subs.close_channel(channel);
                         }
                         drop(told.send(event));
                     }
@@ -198,12 +198,17 @@ impl Parts {
             }
             true
         });
-        let table = self.provided.clone();
+        // Weak: the handlers in the table may hold this client, and the
+        // connection holds this router; a strong one would keep both alive.
+        let table = Arc::downgrade(&self.provided);
         Router::new()
             .fallback(service_fn(move |req: Request| {
                 // A cheap clone (one Arc) of the current table, so no lock is
                 // held while the handler runs.
-                let router = table.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let router = table
+                    .upgrade()
+                    .map(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone())
+                    .unwrap_or_default();
                 router.dispatch(req)
             }))
             .tap_notifications(pushed)
@@ -374,6 +379,18 @@ impl BrokerClient {
     /// client gets a new one after each restoration).
     pub fn client(&self) -> Client {
         self.link.now()
+    }
+
+    /// Close the connection for good, telling the broker: calls in flight
+    /// and later ones fail with [`Error::Disconnected`], subscriptions end,
+    /// and a reconnecting client stops reconnecting. (Dropping every handle
+    /// does the same, but a provider whose handlers hold a handle of their
+    /// own keeps it alive until this is called.)
+    pub fn close(&self) {
+        self.link
+            .close(Error::Disconnected("the broker client was closed".into()));
+        self.subscribers.interrupt();
+        self.subscribers.close_all();
     }
 
     pub(super) fn add(&self, edit: impl FnOnce(Router) -> Router) {

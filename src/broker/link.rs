@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, watch, Semaphore};
 use super::{
     keys::ChannelKeys,
     protocol::{Balance, MethodSchema, OwnerPolicy},
+    restore,
     subscription::Subscribers,
 };
 use crate::rpc::Client;
@@ -42,8 +43,8 @@ pub struct Reconnect {
     /// Stop trying after this long without a connection (`None`: never);
     /// then waiting and later calls fail with [`Error::Disconnected`].
     pub give_up_after: Option<Duration>,
-    /// Calls that may wait for the connection at once; more fail with
-    /// [`Error::Overloaded`] at once.
+    /// Calls that may wait for the connection at once (at least 1); more
+    /// fail with [`Error::Overloaded`] at once.
     pub max_waiting_calls: usize,
 }
 
@@ -169,7 +170,7 @@ impl Link {
             state: watch::Sender::new(State::Up(client)),
             record,
             waiting: reconnect.map(|r| Semaphore::new(r.max_waiting_calls.max(1))),
-            max_waiting: reconnect.map_or(0, |r| r.max_waiting_calls),
+            max_waiting: reconnect.map_or(0, |r| r.max_waiting_calls.max(1)),
             timeout,
             events: broadcast::Sender::new(EVENT_BACKLOG),
         }
@@ -237,6 +238,18 @@ impl Link {
         }
     }
 
+    /// Close for good, as the application asks: no more reconnecting;
+    /// calls fail with `why`.
+    pub(crate) fn close(&self, why: Error) {
+        let client = self.now();
+        self.set(State::GaveUp(client.clone(), why.clone()));
+        client.close(why);
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(&*self.state.borrow(), State::GaveUp(..))
+    }
+
     fn set(&self, state: State) {
         self.state.send_replace(state);
     }
@@ -247,19 +260,13 @@ impl Link {
     }
 }
 
-/// Restores a fresh connection to what the record says; `Err` only for a
-/// failure of the connection itself (the attempt is then retried).
-pub(crate) type Restorer =
-    Arc<dyn Fn(Client, Arc<Link>) -> BoxFuture<'static, Result<()>> + Send + Sync>;
-
 /// Watch the connection; when it ends, reconnect with backoff and jitter,
 /// restore, and swap the new connection in. Ends when the client is
-/// dropped or gives up.
+/// dropped, closed, or gives up.
 pub(crate) async fn supervise(
     link: Weak<Link>,
     first: Client,
     connect: Connector,
-    restore: Restorer,
     subscribers: Arc<Subscribers>,
     policy: Reconnect,
 ) {
@@ -267,8 +274,8 @@ pub(crate) async fn supervise(
     drop(first);
     loop {
         let why = end.wait().await;
-        let Some(strong) = link.upgrade() else {
-            return; // every handle is gone: it was closed on purpose
+        let Some(strong) = link.upgrade().filter(|l| !l.is_closed()) else {
+            return; // every handle is gone, or it was closed on purpose
         };
         strong.set(State::Down(strong.now()));
         strong.tell(ConnectionEvent::Disconnected(why.clone()));
@@ -276,7 +283,7 @@ pub(crate) async fn supervise(
         drop(strong);
 
         let down_since = Instant::now();
-        let mut delay = policy.initial_delay;
+        let mut delay = policy.initial_delay.max(MIN_DELAY);
         let mut attempt = 0u32;
         end = loop {
             if let Some(window) = policy.give_up_after {
@@ -292,11 +299,10 @@ pub(crate) async fn supervise(
                     return;
                 }
             }
-            let jitter = getrandom::u32().unwrap_or(0) % (delay.as_millis() as u32 + 1);
-            tokio::time::sleep(delay / 2 + Duration::from_millis(jitter.into())).await;
-            delay = (delay * 2).min(policy.max_delay);
-            attempt += 1;
-            let Some(strong) = link.upgrade() else {
+            tokio::time::sleep(jittered(delay)).await;
+            delay = delay.saturating_mul(2).min(policy.max_delay.max(MIN_DELAY));
+            attempt = attempt.saturating_add(1);
+            let Some(strong) = link.upgrade().filter(|l| !l.is_closed()) else {
                 return;
             };
             strong.tell(ConnectionEvent::Reconnecting(attempt));
@@ -307,17 +313,31 @@ pub(crate) async fn supervise(
                     continue;
                 }
             };
-            match restore(client.clone(), strong.clone()).await {
-                Ok(()) => {
+            match restore::restore(&client, &strong, &subscribers).await {
+                Ok(subscribed) => {
                     let end = client.end();
-                    strong.set(State::Up(client));
+                    strong.set(State::Up(client.clone()));
                     strong.tell(ConnectionEvent::Restored);
+                    // Dropped while restoring, on the old connection: tell
+                    // the new one.
+                    restore::unsubscribe_unwanted(&client, subscribed, &subscribers);
                     break end;
                 }
                 Err(err) => tracing::debug!(error = %err, attempt, "restoring failed"),
             }
         };
     }
+}
+
+/// The shortest wait between attempts, so a zero delay cannot spin.
+const MIN_DELAY: Duration = Duration::from_millis(1);
+
+/// Between half and one and a half times `delay`, at random, so that
+/// clients cut off together do not come back together.
+fn jittered(delay: Duration) -> Duration {
+    let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    let jitter = u64::from(getrandom::u32().unwrap_or(0)) % millis.saturating_add(1).max(1);
+    delay / 2 + Duration::from_millis(jitter)
 }
 
 /// Report a part of the state the broker refused to restore.

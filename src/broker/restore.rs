@@ -1,44 +1,47 @@
 //! Setting a fresh connection up as the lost one was.
 
-use std::sync::Arc;
-
-use busline_core::{Error, Result};
+use busline_core::{Error, Payload, Result};
 use serde::Serialize;
 
 use super::{
     client::{identify, open_on},
-    link::{not_restored, Link, Restorer},
+    link::{not_restored, Link},
     protocol::{self, BalanceArgs, MethodArgs, PatternArgs, PolicyArgs, TopicArgs},
     subscription::Subscribers,
 };
 use crate::rpc::Client;
 
-/// The restorer of a broker client whose subscriptions are `subscribers`.
-pub(super) fn restorer(subscribers: Arc<Subscribers>) -> Restorer {
-    Arc::new(move |client, link| {
-        let subscribers = subscribers.clone();
-        Box::pin(async move { restore(&client, &link, &subscribers).await })
-    })
-}
-
 /// Claim the id, rejoin every channel, provide every method, take every
-/// topic and subscribe every pattern again, each confirmed. What the
-/// broker refuses is reported ([`ConnectionEvent::NotRestored`]) and
-/// dropped from the record; a failing connection (or an id the broker
-/// still sees taken by the old one) fails the attempt, which is retried.
+/// topic and subscribe every pattern again, each confirmed; the patterns
+/// subscribed. What the broker refuses for good is reported
+/// ([`ConnectionEvent::NotRestored`]) and forgotten; a failing connection,
+/// a transient refusal, or an id the broker still sees held (by the old
+/// connection, until it notices it gone) fails the attempt, which is
+/// retried.
 ///
 /// [`ConnectionEvent::NotRestored`]: super::ConnectionEvent::NotRestored
-async fn restore(client: &Client, link: &Link, subscribers: &Subscribers) -> Result<()> {
+pub(super) async fn restore(
+    client: &Client,
+    link: &Link,
+    subscribers: &Subscribers,
+) -> Result<Vec<(String, String)>> {
     let plan = link.record().clone();
     if let Some(client_id) = &plan.client_id {
-        identify(client, client_id).await?;
+        if let Err(err) = identify(client, client_id).await {
+            if refusal(client, &err) {
+                not_restored(link, format!("client id {client_id:?}"), err.clone());
+            }
+            return Err(err);
+        }
     }
     for (channel, joined) in &plan.channels {
         let opened = match open_on(client, channel, joined.keys.as_ref()).await {
             Ok(opened) => opened,
             Err(err) => {
-                refused(client, link, format!("channel {channel:?}"), err)?;
+                check(client, link, format!("channel {channel:?}"), err)?;
+                // Gone for this client: so are its subscriptions there.
                 link.record().channels.remove(channel);
+                subscribers.close_channel(channel);
                 continue;
             }
         };
@@ -47,10 +50,13 @@ async fn restore(client: &Client, link: &Link, subscribers: &Subscribers) -> Res
                 channel: channel.clone(),
                 policy,
             };
-            confirm(client, link, protocol::SET_POLICY, &args, || {
+            if !confirm(client, link, protocol::SET_POLICY, &args, || {
                 format!("the policy of channel {channel:?}")
             })
-            .await?;
+            .await?
+            {
+                link.record().joined(channel).policy = None;
+            }
         }
         for (method, schema) in &joined.methods {
             let args = MethodArgs {
@@ -58,10 +64,13 @@ async fn restore(client: &Client, link: &Link, subscribers: &Subscribers) -> Res
                 method: method.clone(),
                 schema: schema.clone(),
             };
-            confirm(client, link, protocol::PROVIDE, &args, || {
+            if !confirm(client, link, protocol::PROVIDE, &args, || {
                 format!("provider of {method:?} on channel {channel:?}")
             })
-            .await?;
+            .await?
+            {
+                link.record().joined(channel).methods.remove(method);
+            }
         }
         for (method, balance) in &joined.balances {
             let args = BalanceArgs {
@@ -69,55 +78,94 @@ async fn restore(client: &Client, link: &Link, subscribers: &Subscribers) -> Res
                 method: method.clone(),
                 balance: *balance,
             };
-            confirm(client, link, protocol::SET_BALANCE, &args, || {
+            if !confirm(client, link, protocol::SET_BALANCE, &args, || {
                 format!("balance of {method:?} on channel {channel:?}")
             })
-            .await?;
+            .await?
+            {
+                link.record().joined(channel).balances.remove(method);
+            }
         }
         for topic in &joined.topics {
             let args = TopicArgs {
                 channel: channel.clone(),
                 topic: topic.clone(),
             };
-            confirm(client, link, protocol::OWN_TOPIC, &args, || {
+            if !confirm(client, link, protocol::OWN_TOPIC, &args, || {
                 format!("topic {topic:?} on channel {channel:?}")
             })
-            .await?;
+            .await?
+            {
+                link.record().joined(channel).topics.retain(|t| t != topic);
+            }
         }
     }
+    let mut subscribed = Vec::new();
     for (channel, pattern) in subscribers.patterns() {
         let what = || format!("subscription to {pattern:?} on channel {channel:?}");
         let args = PatternArgs {
             channel: channel.clone(),
             pattern: pattern.clone(),
         };
-        confirm(client, link, protocol::SUBSCRIBE, &args, what).await?;
+        if confirm(client, link, protocol::SUBSCRIBE, &args, what).await? {
+            subscribed.push((channel, pattern));
+        }
     }
-    Ok(())
+    Ok(subscribed)
 }
 
-/// Make one control call; a refusal is reported, a broken connection is
-/// the attempt's failure.
+/// Unsubscribe, on the restored connection, what was subscribed while
+/// restoring but dropped meanwhile (its drop went to the old connection).
+pub(super) fn unsubscribe_unwanted(
+    client: &Client,
+    subscribed: Vec<(String, String)>,
+    subscribers: &Subscribers,
+) {
+    let wanted = subscribers.patterns();
+    for (channel, pattern) in subscribed {
+        if wanted.contains(&(channel.clone(), pattern.clone())) {
+            continue;
+        }
+        let args = PatternArgs { channel, pattern };
+        if let Ok(payload) = Payload::encode(client.encoding(), &args) {
+            let _ = client.notify_unqueued(protocol::UNSUBSCRIBE, payload);
+        }
+    }
+}
+
+/// Make one control call: `true` if the broker agreed, `false` if it
+/// refused for good (reported); a broken connection or a transient refusal
+/// is the attempt's failure.
 async fn confirm<A: Serialize>(
     client: &Client,
     link: &Link,
     method: &str,
     args: &A,
     what: impl FnOnce() -> String,
-) -> Result<()> {
+) -> Result<bool> {
     match client.call::<_, ()>(method, args).await {
-        Ok(()) => Ok(()),
-        Err(err) => refused(client, link, what(), err),
+        Ok(()) => Ok(true),
+        Err(err) => check(client, link, what(), err).map(|()| false),
     }
 }
 
-/// Whether `err` ends the attempt (the connection failed) or is the
-/// broker's refusal of one thing, reported and passed over.
-fn refused(client: &Client, link: &Link, what: String, err: Error) -> Result<()> {
-    if client.is_closed() || matches!(err, Error::Disconnected(_) | Error::Timeout(_)) {
+/// Report a refusal for good; anything else fails the attempt.
+fn check(client: &Client, link: &Link, what: String, err: Error) -> Result<()> {
+    if !refusal(client, &err) {
         return Err(err);
     }
     tracing::warn!(%what, error = %err, "not restored after reconnecting");
     not_restored(link, what, err);
     Ok(())
+}
+
+/// Whether `err` is the broker's considered refusal (a changed password, a
+/// name taken, a limit), as opposed to a connection failing or a passing
+/// overload, which another attempt may get past.
+fn refusal(client: &Client, err: &Error) -> bool {
+    !client.is_closed()
+        && matches!(
+            err,
+            Error::Unauthorized(_) | Error::Protocol(_) | Error::MethodNotFound(_)
+        )
 }

@@ -206,6 +206,15 @@ impl Subscribers {
         }
     }
 
+    /// The subscriptions on `channel` end (the client is no longer in it).
+    pub(crate) fn close_channel(&self, channel: &str) {
+        let mut subs = self.lock();
+        for sub in subs.iter().filter(|s| s.channel == channel) {
+            sub.waker.wake();
+        }
+        subs.retain(|s| s.channel != channel);
+    }
+
     /// Each `(channel, pattern)` some subscription wants, once.
     pub(crate) fn patterns(&self) -> Vec<(String, String)> {
         let mut wanted: Vec<(String, String)> = self
