@@ -45,6 +45,8 @@ pub use busline_core::{
 
 #[cfg(feature = "cbor")]
 pub use busline_cbor::CborCodec;
+#[cfg(feature = "fifo")]
+pub use busline_fifo::FifoTransport;
 #[cfg(feature = "jsonline")]
 pub use busline_jsonline::JsonLineCodec;
 #[cfg(feature = "jsonrpc")]
@@ -66,6 +68,8 @@ pub fn any_transport() -> AnyTransport {
     let any = AnyTransport::new().with(MemoryTransport::new());
     #[cfg(feature = "unix")]
     let any = any.with(UnixTransport::new());
+    #[cfg(feature = "fifo")]
+    let any = any.with(FifoTransport::new());
     #[cfg(feature = "tcp")]
     let any = any.with(TcpTransport::new());
     #[cfg(feature = "tls")]

@@ -92,6 +92,11 @@ impl Address {
         Address::new(Endpoint::Unix(path.into()))
     }
 
+    /// A FIFO rendezvous directory (`fifo:///dir`).
+    pub fn fifo(dir: impl Into<PathBuf>) -> Self {
+        Address::new(Endpoint::Fifo(dir.into()))
+    }
+
     /// Shorthand for `tcp://host:port`.
     pub fn tcp(host: impl Into<String>, port: u16) -> Self {
         Address::new(Endpoint::Tcp {

@@ -51,6 +51,18 @@ impl<C> Fixture<busline::UnixTransport, C> {
     }
 }
 
+impl<C> Fixture<busline::FifoTransport, C> {
+    pub fn fifo(codec: C) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Fixture {
+            transport: busline::FifoTransport::new(),
+            codec,
+            addr: Address::fifo(dir.path().join("rendezvous")),
+            _dir: Some(dir),
+        }
+    }
+}
+
 impl<C> Fixture<busline::TcpTransport, C> {
     pub fn tcp(codec: C) -> Self {
         Fixture {
@@ -88,6 +100,7 @@ impl<T: Transport, C: Codec> Fixture<T, C> {
         match self.addr.endpoint() {
             busline::Endpoint::Memory(_) => Address::memory(unique("raw")),
             busline::Endpoint::Unix(p) => Address::unix(p.with_file_name(unique("raw"))),
+            busline::Endpoint::Fifo(p) => Address::fifo(p.with_file_name(unique("raw"))),
             _ => Address::tcp("127.0.0.1", 0),
         }
     }
@@ -143,6 +156,9 @@ macro_rules! matrix {
         $crate::matrix!(@one unix_cbor, Fixture::unix(busline::CborCodec::new()), $($test),*);
         $crate::matrix!(@one tcp_jsonline, Fixture::tcp(busline::JsonLineCodec::new()), $($test),*);
         $crate::matrix!(@one tcp_cbor, Fixture::tcp(busline::CborCodec::new()), $($test),*);
+        $crate::matrix!(@one fifo_jsonline, Fixture::fifo(busline::JsonLineCodec::new()), $($test),*);
+        $crate::matrix!(@one fifo_cbor, Fixture::fifo(busline::CborCodec::new()), $($test),*);
+        $crate::matrix!(@one fifo_jsonrpc, Fixture::fifo(busline::JsonRpcCodec::new()), $($test),*);
         $crate::matrix!(@one memory_jsonrpc, Fixture::memory(busline::JsonRpcCodec::new()), $($test),*);
         $crate::matrix!(@one unix_jsonrpc, Fixture::unix(busline::JsonRpcCodec::new()), $($test),*);
         $crate::matrix!(@one tcp_jsonrpc, Fixture::tcp(busline::JsonRpcCodec::new()), $($test),*);
