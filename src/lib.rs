@@ -34,6 +34,8 @@
 
 pub mod broker;
 pub mod codec;
+#[cfg(unix)]
+pub mod daemon;
 pub mod rpc;
 
 pub use busline_core::{

@@ -275,3 +275,66 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+/// Wait up to 10 s for `ready`.
+fn eventually(what: &str, ready: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+#[test]
+fn one_broker_per_pidfile_and_a_killed_ones_files_are_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let pidfile = dir.path().join("run/busline.pid");
+    let listen = format!("unix://{}", socket.display());
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_busline"))
+            .args(["broker", "--listen", &listen, "--pidfile"])
+            .arg(&pidfile)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("broker starts")
+    };
+    let holds = |pid: u32| {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.trim() == pid.to_string())
+            && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    };
+
+    let mut first = start();
+    let first_pid = first.id();
+    let guard = KillOnDrop(&mut first);
+    eventually("the first broker's start", || holds(first_pid));
+
+    // A second one on the same pidfile stops at once, naming the first.
+    let second = start().wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("already running (pid {first_pid})")),
+        "{stderr}"
+    );
+    assert!(holds(first_pid), "the first one is untouched");
+
+    // Killed, it leaves its pidfile and socket; the next start takes both.
+    drop(guard);
+    assert!(pidfile.exists() && socket.exists());
+    let mut third = start();
+    let third_pid = third.id();
+    let guard = KillOnDrop(&mut third);
+    eventually("the restart", || holds(third_pid));
+
+    // SIGTERM: a clean stop removes both.
+    let term = Command::new("kill")
+        .args(["-TERM", &third_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    eventually("the clean stop", || !pidfile.exists() && !socket.exists());
+    drop(guard);
+}

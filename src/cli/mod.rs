@@ -128,6 +128,11 @@ pub(crate) struct BrokerArgs {
     /// within as many again. Every busline client answers probes.
     #[arg(long, value_name = "MS")]
     heartbeat: Option<u64>,
+    /// Run as the one instance: lock this pidfile (its directory is made if
+    /// missing) and write the pid; refuse to start if a live broker holds
+    /// it. Removed on Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
 }
 
 /// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
@@ -154,6 +159,16 @@ pub(crate) async fn serve(
 /// `busline broker --listen URL ...`: a broker on every listener until
 /// Ctrl-C or SIGTERM.
 pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
+    // Before any listener: a second instance must not touch the first's
+    // sockets.
+    let _pidfile = match &args.pidfile {
+        Some(path) => Some(busline::daemon::Pidfile::create(path).map_err(|e| {
+            Error::Transport(
+                std::io::Error::new(std::io::ErrorKind::AddrInUse, e.to_string()).into(),
+            )
+        })?),
+        None => None,
+    };
     let mut builder = Broker::builder();
     if let Some(ms) = args.heartbeat {
         builder = builder.heartbeat(Duration::from_millis(ms));
