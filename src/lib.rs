@@ -48,7 +48,7 @@ pub use busline_core::{
 #[cfg(feature = "cbor")]
 pub use busline_cbor::CborCodec;
 #[cfg(feature = "fifo")]
-pub use busline_fifo::FifoTransport;
+pub use busline_fifo::{FifoChannel, FifoReceiver, FifoTransport};
 #[cfg(feature = "jsonline")]
 pub use busline_jsonline::JsonLineCodec;
 #[cfg(feature = "jsonrpc")]

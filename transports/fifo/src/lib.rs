@@ -19,6 +19,9 @@
 //! Closing either end is seen by the other as end-of-file, as on a socket.
 //! The peer's uid and gid come from the owner of its FIFOs.
 //!
+//! For one-way events that need no connection, [`FifoChannel`] sends
+//! codec-framed messages through a single named FIFO.
+//!
 //! ```
 //! use busline_core::{Address, Listener, Transport};
 //! use busline_fifo::FifoTransport;
@@ -45,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod channel;
 mod listener;
 mod stream;
 
@@ -59,6 +63,7 @@ use busline_core::{expect_scheme, Address, Endpoint, Error, Result, Transport};
 use rustix::fs::{mkfifoat, Mode, CWD};
 use tokio::{io::AsyncReadExt, net::unix::pipe};
 
+pub use channel::{FifoChannel, FifoReceiver, MAX_MESSAGE};
 pub use listener::FifoListener;
 pub use stream::FifoStream;
 
