@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use busline::{
     rpc::{Client, Router, Server, ServerHandle},
-    Address, CborCodec, Codec, JsonLineCodec, JsonRpcCodec, MemoryTransport, TcpTransport,
-    Transport, UnixTransport,
+    Address, CborCodec, Codec, FifoTransport, JsonLineCodec, JsonRpcCodec, MemoryTransport,
+    TcpTransport, Transport, UnixTransport,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::{join_all, BoxFuture};
@@ -163,10 +163,13 @@ async fn all_setups(group: &str) -> Vec<Setup> {
     let unix = |codec: &str| Address::unix(socket_path(&format!("{group}-{codec}")));
     let memory = |codec: &str| Address::memory(format!("bench-{group}-{codec}"));
     let tcp = || Address::tcp("127.0.0.1", 0);
+    let fifo = |codec: &str| Address::fifo(socket_path(&format!("{group}-fifo-{codec}")));
     vec![
         setup(UnixTransport::new(), CborCodec::new(), unix("cbor")).await,
         setup(UnixTransport::new(), JsonLineCodec::new(), unix("jsonline")).await,
         setup(UnixTransport::new(), JsonRpcCodec::new(), unix("jsonrpc")).await,
+        setup(FifoTransport::new(), CborCodec::new(), fifo("cbor")).await,
+        setup(FifoTransport::new(), JsonLineCodec::new(), fifo("jsonline")).await,
         setup(TcpTransport::new(), CborCodec::new(), tcp()).await,
         setup(TcpTransport::new(), JsonLineCodec::new(), tcp()).await,
         setup(TcpTransport::new(), JsonRpcCodec::new(), tcp()).await,

@@ -338,3 +338,60 @@ fn one_broker_per_pidfile_and_a_killed_ones_files_are_reclaimed() {
     eventually("the clean stop", || !pidfile.exists() && !socket.exists());
     drop(guard);
 }
+
+#[test]
+fn serve_call_and_broker_over_fifos() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("fifo://{}", dir.path().join("serve").display());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["serve", &url])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let guard = KillOnDrop(&mut server);
+    let out = busline(&["call", &url, "add", "[2, 40]", "--retry", "10000"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    drop(guard);
+
+    // A broker on a FIFO rendezvous, reached the same way.
+    let bus = format!("fifo://{}", dir.path().join("bus").display());
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["broker", "--listen", &bus])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("broker starts");
+    let _guard = KillOnDrop(&mut broker);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sum = runtime.block_on(async {
+        let (transport, addr) = (busline::FifoTransport::new(), bus.parse().unwrap());
+        let connect = || {
+            busline::broker::BrokerClient::connect(
+                busline::rpc::Client::builder(busline::CborCodec::new())
+                    .retry_connect(std::time::Duration::from_secs(10)),
+                &transport,
+                &addr,
+            )
+        };
+        let provider = connect().await.expect("provider connects");
+        provider
+            .open("math")
+            .await
+            .unwrap()
+            .provide(
+                "add",
+                |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+            )
+            .await
+            .unwrap();
+        let caller = connect().await.expect("caller connects");
+        caller
+            .open("math")
+            .await
+            .unwrap()
+            .call::<_, i64>("add", &(2, 40))
+            .await
+            .unwrap()
+    });
+    assert_eq!(sum, 42);
+}
