@@ -16,6 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
+pub(crate) use super::closed::CloseReason;
 use super::{call_stream::CallStream, driver::Command, PayloadStream};
 
 /// Default bound on calls (and streams) in flight on one connection.
@@ -134,42 +135,6 @@ impl Drop for CancelGuard {
     fn drop(&mut self) {
         if self.armed {
             let _ = self.commands.send(Command::Cancel { id: self.id });
-        }
-    }
-}
-
-/// Why a connection closed, once it has: set by its connection task, read
-/// by handles whose calls find it gone, awaited by whoever watches it.
-pub(crate) type CloseReason = Arc<Closed>;
-
-/// A connection's end: its reason, and a way to wait for it.
-#[derive(Debug, Default)]
-pub(crate) struct Closed {
-    reason: std::sync::OnceLock<Error>,
-    ended: tokio::sync::Notify,
-}
-
-impl Closed {
-    /// Record why the connection ended (the first reason wins).
-    pub(crate) fn set(&self, why: Error) {
-        let _ = self.reason.set(why);
-        self.ended.notify_waiters();
-    }
-
-    pub(crate) fn get(&self) -> Option<&Error> {
-        self.reason.get()
-    }
-
-    /// Wait until the connection has ended; why it did.
-    pub(crate) async fn wait(&self) -> Error {
-        loop {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if let Some(why) = self.get() {
-                return why.clone();
-            }
-            ended.await;
         }
     }
 }

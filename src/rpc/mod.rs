@@ -13,6 +13,7 @@
 
 mod call_stream;
 mod client;
+mod closed;
 mod connect;
 mod driver;
 mod handler;

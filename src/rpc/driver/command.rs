@@ -1,0 +1,126 @@
+//! What client handles and stream tasks ask of the connection task, and
+//! how it keeps track of the calls it sent.
+
+use busline_core::{Codec, Error, Io, Message, Payload, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Driver;
+
+/// Work sent to the driver by client handles and stream tasks.
+pub(crate) enum Command {
+    /// Send request `id`; deliver its answer to `reply`.
+    Call {
+        id: u64,
+        msg: Message,
+        reply: oneshot::Sender<Result<Payload>>,
+    },
+    /// Open stream `id`; deliver its items to `items`.
+    Stream {
+        id: u64,
+        msg: Message,
+        credit: u32,
+        items: mpsc::UnboundedSender<Result<Payload>>,
+    },
+    /// The local stream consumer grants more items.
+    Credit { id: u64, credit: u32 },
+    /// The local caller gave up on call `id`.
+    Cancel { id: u64 },
+    /// Serving stream `id` produced a message (item or final answer).
+    Send { id: u64, msg: Message, last: bool },
+    /// Send a notification; if `counted`, it holds a unit of the
+    /// connection's notification room until written.
+    Oneway { msg: Message, counted: bool },
+    /// Send these notifications, outside the bounded queue, and answer
+    /// once they are written out.
+    Batch {
+        msgs: Vec<Message>,
+        written: oneshot::Sender<()>,
+    },
+    /// Answer once everything queued before it is written out.
+    Flush(oneshot::Sender<()>),
+    /// Close the connection, telling the peer why.
+    Close(Error),
+}
+
+pub(super) enum Pending {
+    Unary(oneshot::Sender<Result<Payload>>),
+    Stream {
+        items: mpsc::UnboundedSender<Result<Payload>>,
+        credit: u32,
+    },
+}
+
+impl Pending {
+    pub(super) fn fail(self, err: Error) {
+        match self {
+            Pending::Unary(tx) => drop(tx.send(Err(err))),
+            Pending::Stream { items, .. } => drop(items.send(Err(err))),
+        }
+    }
+}
+
+impl<I: Io, C: Codec> Driver<I, C> {
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Call { id, msg, reply } => {
+                if let Some(err) = &self.closing {
+                    drop(reply.send(Err(err.clone())));
+                    return;
+                }
+                self.pending.insert(id, Pending::Unary(reply));
+                self.outbox.push_back(msg);
+            }
+            Command::Stream {
+                id,
+                msg,
+                credit,
+                items,
+            } => {
+                if let Some(err) = &self.closing {
+                    drop(items.send(Err(err.clone())));
+                    return;
+                }
+                self.pending.insert(id, Pending::Stream { items, credit });
+                self.outbox.push_back(msg);
+            }
+            Command::Credit { id, credit } => {
+                if let Some(Pending::Stream { credit: left, .. }) = self.pending.get_mut(&id) {
+                    *left = left.saturating_add(credit);
+                    self.outbox.push_back(Message::Credit { id, credit });
+                }
+            }
+            Command::Cancel { id } => {
+                if self.pending.remove(&id).is_some() && self.closing.is_none() {
+                    self.outbox.push_back(Message::Cancel { id });
+                }
+            }
+            Command::Send { id, msg, last } => {
+                // A cancelled or closed stream's late messages are dropped.
+                if self.streams.contains_key(&id) {
+                    if last {
+                        self.streams.remove(&id);
+                    }
+                    self.outbox.push_back(msg);
+                }
+            }
+            Command::Oneway { msg, counted } => {
+                if self.closing.is_none() {
+                    self.outbox.push_back(msg);
+                    self.notifications_unwritten += usize::from(counted);
+                }
+            }
+            Command::Batch { msgs, written } => {
+                if self.closing.is_none() {
+                    self.outbox.extend(msgs);
+                    self.flushed.push(written);
+                }
+            }
+            Command::Flush(done) => {
+                if self.closing.is_none() {
+                    self.flushed.push(done);
+                }
+            }
+            Command::Close(err) => self.close(err, true),
+        }
+    }
+}
