@@ -61,7 +61,9 @@ pub struct Pidfile {
 impl Pidfile {
     /// Take the pidfile at `path`: create its directory (`0755`) if
     /// missing, lock it, write this process's pid. Fails at once with
-    /// [`PidfileError::AlreadyRunning`] if a live process holds it.
+    /// [`PidfileError::AlreadyRunning`] if a live process holds it, and
+    /// with [`PidfileError::Io`] if `path` is a symlink or not a regular
+    /// file.
     pub fn create(path: impl AsRef<Path>) -> Result<Pidfile, PidfileError> {
         let path = path.as_ref().to_path_buf();
         let io_error = |source| PidfileError::Io {
@@ -75,22 +77,17 @@ impl Pidfile {
                 .create(dir)
                 .map_err(io_error)?;
         }
-        let mut file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(io_error)?;
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            return Err(PidfileError::AlreadyRunning {
-                pid: text.trim().parse().unwrap_or(0),
-                path,
-            });
-        }
+        let mut file = lock(&path).map_err(|err| match err {
+            Held::Busy(mut file) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                PidfileError::AlreadyRunning {
+                    pid: text.trim().parse().unwrap_or(0),
+                    path: path.clone(),
+                }
+            }
+            Held::Failed(source) => io_error(source),
+        })?;
         let pid = format!("{}\n", std::process::id());
         file.set_len(0)
             .and_then(|()| file.rewind())
@@ -104,6 +101,52 @@ impl Pidfile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Why [`lock`] did not return a locked file.
+enum Held {
+    /// Another process holds the lock (its file, to read the pid from).
+    Busy(File),
+    /// Something else went wrong.
+    Failed(io::Error),
+}
+
+/// Open `path` (a regular file, never through a symlink) and lock it. A
+/// holder that stops removes the file while it still holds the lock, so the
+/// lock counts only if the name still leads to the locked file; otherwise
+/// try again.
+fn lock(path: &Path) -> Result<File, Held> {
+    for _ in 0..10 {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(Held::Failed)?;
+        let held = file.metadata().map_err(Held::Failed)?;
+        if !held.is_file() {
+            return Err(Held::Failed(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(Held::Busy(file)),
+            Err(err) => return Err(Held::Failed(err.into())),
+        }
+        let named = std::fs::symlink_metadata(path).ok();
+        if named.is_some_and(|n| n.dev() == held.dev() && n.ino() == held.ino()) {
+            return Ok(file);
+        }
+    }
+    Err(Held::Failed(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "the pidfile keeps being replaced",
+    )))
 }
 
 impl Drop for Pidfile {
@@ -145,6 +188,18 @@ mod tests {
             Err(PidfileError::AlreadyRunning { pid, .. }) => assert_eq!(pid, std::process::id()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        let link = dir.path().join("app.pid");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = Pidfile::create(&link).unwrap_err();
+        assert!(matches!(err, PidfileError::Io { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use busline_core::{
 
 #[cfg(feature = "cbor")]
 pub use busline_cbor::CborCodec;
-#[cfg(feature = "fifo")]
+#[cfg(all(feature = "fifo", any(target_os = "linux", target_os = "android")))]
 pub use busline_fifo::{FifoChannel, FifoReceiver, FifoTransport};
 #[cfg(feature = "jsonline")]
 pub use busline_jsonline::JsonLineCodec;
@@ -70,7 +70,7 @@ pub fn any_transport() -> AnyTransport {
     let any = AnyTransport::new().with(MemoryTransport::new());
     #[cfg(feature = "unix")]
     let any = any.with(UnixTransport::new());
-    #[cfg(feature = "fifo")]
+    #[cfg(all(feature = "fifo", any(target_os = "linux", target_os = "android")))]
     let any = any.with(FifoTransport::new());
     #[cfg(feature = "tcp")]
     let any = any.with(TcpTransport::new());

@@ -163,9 +163,13 @@ pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Re
     // sockets.
     let _pidfile = match &args.pidfile {
         Some(path) => Some(busline::daemon::Pidfile::create(path).map_err(|e| {
-            Error::Transport(
-                std::io::Error::new(std::io::ErrorKind::AddrInUse, e.to_string()).into(),
-            )
+            let kind = match &e {
+                busline::daemon::PidfileError::AlreadyRunning { .. } => {
+                    std::io::ErrorKind::AddrInUse
+                }
+                busline::daemon::PidfileError::Io { source, .. } => source.kind(),
+            };
+            Error::Transport(std::io::Error::new(kind, e.to_string()).into())
         })?),
         None => None,
     };

@@ -14,8 +14,9 @@ use tokio_util::bytes::BytesMut;
 
 use crate::mkfifo;
 
-/// The largest message, framed: a pipe write up to this size reaches the
-/// reader whole, never interleaved with another sender's.
+/// The largest message, framed: a pipe write up to this size (Linux's
+/// `PIPE_BUF`) reaches the reader whole, never interleaved with another
+/// sender's.
 pub const MAX_MESSAGE: usize = 4096;
 
 /// The method name messages are framed under.
@@ -111,6 +112,9 @@ impl<C: Codec> FifoChannel<C> {
 
     /// Start reading the FIFO. It stays open while senders come and go.
     pub fn receiver(&self) -> Result<FifoReceiver<C>> {
+        tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Protocol("FifoChannel::receiver must be called within a tokio runtime".into())
+        })?;
         let rx = pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&self.path)?;
@@ -146,11 +150,25 @@ pub struct FifoReceiver<C> {
 }
 
 impl<C: Codec> FifoReceiver<C> {
-    /// The next message, decoded as `T`. A malformed one is an error; the
-    /// ones after it still arrive.
+    /// The next message, decoded as `T`. A malformed one is an error (if
+    /// the codec cannot tell where it ends, whatever was buffered with it is
+    /// dropped); messages written after it still arrive.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
         loop {
-            match self.codec.decode(&mut self.buf)? {
+            let buffered = self.buf.len();
+            let frame = match self.codec.decode(&mut self.buf) {
+                Ok(frame) => frame,
+                Err(err) => {
+                    // A codec that could not get past the bad bytes (a
+                    // bogus length) would fail on them forever: drop what
+                    // is buffered, so that the next message is read.
+                    if self.buf.len() == buffered {
+                        self.buf.clear();
+                    }
+                    return Err(err);
+                }
+            };
+            match frame {
                 Some(Message::Notify { payload, .. }) => return payload.decode(),
                 Some(other) => {
                     return Err(Error::Protocol(format!(

@@ -44,7 +44,9 @@
 //! # Ok(())
 //! # }
 //! ```
-#![cfg(unix)]
+// Linux (and Android): the read-write FIFO opens, /proc/self/fd and the
+// 4096-byte PIPE_BUF this relies on are theirs.
+#![cfg(any(target_os = "linux", target_os = "android"))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -61,6 +63,8 @@ use std::{
 use async_trait::async_trait;
 use busline_core::{expect_scheme, Address, Endpoint, Error, Result, Transport};
 use rustix::fs::{mkfifoat, Mode, CWD};
+use std::os::fd::AsRawFd;
+
 use tokio::{io::AsyncReadExt, net::unix::pipe};
 
 pub use channel::{FifoChannel, FifoReceiver, MAX_MESSAGE};
@@ -149,14 +153,19 @@ impl Transport for FifoTransport {
     async fn connect(&self, addr: &Address) -> Result<FifoStream> {
         let dir = dir_of(addr)?;
         let id = fresh_id();
-        let (up, down) = pair(dir, &id);
-        let result = handshake(dir, &id, &up, &down).await;
-        // The server removes them once it has them open; on failure, so do we.
-        for path in [&up, &down] {
-            if result.is_err() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        // Removed however this ends, a cancelled connect included; the
+        // server removes them as soon as it has them open.
+        let files = PairFiles(pair(dir, &id));
+        let (up, down) = &files.0;
+        let result = tokio::time::timeout(ACCEPT_TIMEOUT, handshake(dir, &id, up, down))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the server at {addr} did not take the connection within {ACCEPT_TIMEOUT:?}"),
+                ))
+            });
+        drop(files);
         result.map_err(|err| {
             let gone = matches!(
                 err.kind(),
@@ -182,47 +191,55 @@ impl Transport for FifoTransport {
     }
 }
 
+/// A client's two FIFO files, removed when dropped.
+struct PairFiles((PathBuf, PathBuf));
+
+impl Drop for PairFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0 .0);
+        let _ = std::fs::remove_file(&self.0 .1);
+    }
+}
+
 /// The client's side of the rendezvous.
 async fn handshake(dir: &Path, id: &str, up: &Path, down: &Path) -> io::Result<FifoStream> {
     mkfifo(up, 0o600)?;
     mkfifo(down, 0o600)?;
     // Our reading end first, so the server can open its writing end.
     let mut rx = pipe::OpenOptions::new().open_receiver(down)?;
-    // Our writing end is opened read-write, so it needs no reader yet; the
-    // server's reading end then never sees end-of-file before we close.
-    let tx = pipe::OpenOptions::new().read_write(true).open_sender(up)?;
+    // Our writing end is opened read-write for now, so it needs no reader
+    // yet; the server's reading end then never sees end-of-file before we
+    // close.
+    let early = pipe::OpenOptions::new().read_write(true).open_sender(up)?;
     // Fails at once (ENXIO) if no server reads `accept`, or NotFound if
     // there is none at all.
     let announce = pipe::OpenOptions::new().open_sender(dir.join(ACCEPT))?;
     let line = format!("{id}\n");
-    // Shorter than PIPE_BUF: written whole or not at all.
-    match announce.try_write(line.as_bytes()) {
-        Ok(n) if n == line.len() => {}
-        Ok(_) => return Err(io::Error::other("the announcement was cut short")),
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-            // The server is behind on its `accept` queue: wait for room.
-            announce.writable().await?;
-            if announce.try_write(line.as_bytes())? != line.len() {
-                return Err(io::Error::other("the announcement was cut short"));
-            }
+    loop {
+        announce.writable().await?;
+        // Shorter than PIPE_BUF: written whole or not at all.
+        match announce.try_write(line.as_bytes()) {
+            Ok(_) => break,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
         }
-        Err(err) => return Err(err),
     }
     drop(announce);
     let mut ack = [0u8; 1];
-    match tokio::time::timeout(ACCEPT_TIMEOUT, rx.read(&mut ack)).await {
-        Ok(Ok(1)) if ack[0] == ACCEPTED => Ok(FifoStream::new(rx, tx)),
-        Ok(Ok(_)) => Err(io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            "the server closed the connection while accepting it",
-        )),
-        Ok(Err(err)) => Err(err),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "the server at {} did not take the connection within {ACCEPT_TIMEOUT:?}",
-                dir.display()
-            ),
-        )),
+    match rx.read(&mut ack).await? {
+        1 if ack[0] == ACCEPTED => {}
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the server closed the connection while accepting it",
+            ))
+        }
     }
+    // The server's reading end is open now: reopen ours write-only, so that
+    // writing after the server has gone fails (BrokenPipe) instead of
+    // filling a pipe nobody reads. The file is gone; its fd still names it.
+    let tx =
+        pipe::OpenOptions::new().open_sender(format!("/proc/self/fd/{}", early.as_raw_fd()))?;
+    drop(early);
+    Ok(FifoStream::new(rx, tx))
 }

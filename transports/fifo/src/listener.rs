@@ -4,15 +4,16 @@
 use std::{
     fs::File,
     io,
+    os::fd::OwnedFd,
     os::unix::fs::{DirBuilderExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
 use async_trait::async_trait;
 use busline_core::{Address, Listener, PeerCredentials, PeerInfo, Result};
-use rustix::fs::{flock, FlockOperation};
+use rustix::fs::{flock, fstat, FileType, FlockOperation, Mode, OFlags, Stat};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
     net::unix::pipe,
 };
 
@@ -28,8 +29,10 @@ pub struct FifoListener {
     dir: PathBuf,
     addr: Address,
     announcements: BufReader<pipe::Receiver>,
+    /// The `accept` FIFO this listener made, to remove only that one.
+    accept_inode: (u64, u64),
     /// Locked while this listener lives: the one server of the directory.
-    _lock: File,
+    lock: File,
     /// Whether `bind` made the directory (and so removes it).
     made_dir: bool,
 }
@@ -43,17 +46,7 @@ impl FifoListener {
                 .mode(0o700)
                 .create(dir)?;
         }
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK))?;
-        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("a server is already listening at {addr}"),
-            ));
-        }
+        let lock = lock_exclusive(&dir.join(LOCK), &addr)?;
         // Whatever a crashed server or client left behind is ours to clear.
         for entry in std::fs::read_dir(dir)?.flatten() {
             let name = entry.file_name();
@@ -74,27 +67,40 @@ impl FifoListener {
         let announcements = pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&accept)?;
+        let accept_inode = inode(&std::fs::metadata(&accept)?);
         Ok(FifoListener {
             dir: dir.to_path_buf(),
             addr,
             announcements: BufReader::new(announcements),
-            _lock: lock,
+            accept_inode,
+            lock,
             made_dir,
         })
     }
 
     /// Open our ends of client `id`'s FIFOs and tell it it is in.
-    async fn take(&self, id: &str) -> io::Result<(FifoStream, PeerInfo)> {
+    fn take(&self, id: &str) -> io::Result<(FifoStream, PeerInfo)> {
         let (up, down) = pair(&self.dir, id);
-        let opened = async {
+        let opened = (|| {
             // The client holds the reading end of `down` already.
-            let mut tx = pipe::OpenOptions::new().open_sender(&down)?;
-            let rx = pipe::OpenOptions::new().open_receiver(&up)?;
-            let owner = std::fs::metadata(&up)?;
-            tx.write_all(&[ACCEPTED]).await?;
-            Ok::<_, io::Error>((rx, tx, owner))
-        }
-        .await;
+            let (down_fd, down_stat) = open_fifo(&down, OFlags::WRONLY)?;
+            let (up_fd, up_stat) = open_fifo(&up, OFlags::RDONLY)?;
+            if down_stat.st_uid != up_stat.st_uid {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the two FIFOs of a connection belong to different users",
+                ));
+            }
+            // One byte into an empty pipe, straight away (the fd does not
+            // block); a client that filled its own pipe first is dropped
+            // rather than waited for.
+            if rustix::io::write(&down_fd, &[ACCEPTED])? != 1 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            let tx = pipe::Sender::from_owned_fd(down_fd)?;
+            let rx = pipe::Receiver::from_owned_fd(up_fd)?;
+            Ok::<_, io::Error>((rx, tx, up_stat))
+        })();
         // Open ends outlive their names: nothing stays on disk.
         let _ = std::fs::remove_file(&up);
         let _ = std::fs::remove_file(&down);
@@ -102,13 +108,32 @@ impl FifoListener {
         let peer = PeerInfo {
             description: format!("{}#{id}", self.addr),
             credentials: Some(PeerCredentials {
-                uid: owner.uid(),
-                gid: owner.gid(),
+                uid: owner.st_uid,
+                gid: owner.st_gid,
                 pid: None,
             }),
         };
         Ok((FifoStream::new(rx, tx), peer))
     }
+}
+
+/// Open a client's FIFO without following a symlink, and check that it is
+/// one: a neighbour with write access to the directory cannot point the
+/// server at another file, or lend it another owner.
+fn open_fifo(path: &Path, access: OFlags) -> io::Result<(OwnedFd, Stat)> {
+    let fd = rustix::fs::open(
+        path,
+        access | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = fstat(&fd)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Fifo || stat.st_nlink != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a private FIFO", path.display()),
+        ));
+    }
+    Ok((fd, stat))
 }
 
 #[async_trait]
@@ -133,7 +158,7 @@ impl Listener for FifoListener {
                 }
             };
             let id = id.as_str();
-            match self.take(id).await {
+            match self.take(id) {
                 Ok(accepted) => return Ok(accepted),
                 // It gave up before we got to it: on to the next.
                 Err(err) => tracing::debug!(id, error = %err, "an announced client was gone"),
@@ -148,11 +173,56 @@ impl Listener for FifoListener {
 
 impl Drop for FifoListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.dir.join(ACCEPT));
-        let _ = std::fs::remove_file(self.dir.join(LOCK));
+        // Only what is still ours: a successor's files stay.
+        let accept = self.dir.join(ACCEPT);
+        if std::fs::metadata(&accept).is_ok_and(|m| inode(&m) == self.accept_inode) {
+            let _ = std::fs::remove_file(accept);
+        }
+        // Removed while still locked; a server that opened the name before
+        // finds, once it has the lock, that the name is gone, and retries.
+        let lock = self.dir.join(LOCK);
+        if self.lock.metadata().is_ok_and(|held| {
+            std::fs::metadata(&lock).is_ok_and(|named| inode(&named) == inode(&held))
+        }) {
+            let _ = std::fs::remove_file(lock);
+        }
         if self.made_dir {
             // Only if empty: a directory someone else filled stays.
             let _ = std::fs::remove_dir(&self.dir);
         }
     }
+}
+
+fn inode(meta: &std::fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+/// Lock the file at `path`, which must still be at that name once locked
+/// (a server stopping removes it while it holds the lock).
+fn lock_exclusive(path: &Path, addr: &Address) -> io::Result<File> {
+    for _ in 0..10 {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("a server is already listening at {addr}"),
+                ))
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let named = std::fs::metadata(path).map(|m| inode(&m)).ok();
+        if named == Some(inode(&file.metadata()?)) {
+            return Ok(file);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("the lock of {addr} keeps changing hands"),
+    ))
 }

@@ -1,5 +1,5 @@
 //! `FifoChannel`: one-way messages through one named FIFO.
-#![cfg(unix)]
+#![cfg(any(target_os = "linux", target_os = "android"))]
 
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 
@@ -117,6 +117,23 @@ async fn bad_input_is_a_typed_error() {
         .await
         .expect("the garbage is reported");
     assert!(garbage.is_err(), "{garbage:?}");
+    let after = tokio::time::timeout(Duration::from_secs(5), reader.recv::<String>())
+        .await
+        .expect("then the next message comes");
+    assert_eq!(after.unwrap(), "after");
+
+    // A length-prefixed codec too: a bogus huge length does not jam it.
+    let cbor = FifoChannel::open(dir.path().join("cbor.fifo"), CborCodec::new()).unwrap();
+    let mut reader = cbor.receiver().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(cbor.path())
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &[0xff; 4]))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let garbage = tokio::time::timeout(Duration::from_secs(5), reader.recv::<String>()).await;
+    assert!(matches!(garbage, Ok(Err(_))), "{garbage:?}");
+    cbor.send(&"after").await.unwrap();
     let after = tokio::time::timeout(Duration::from_secs(5), reader.recv::<String>())
         .await
         .expect("then the next message comes");

@@ -1,5 +1,5 @@
 //! `FifoTransport` passes the shared transport conformance suite.
-#![cfg(unix)]
+#![cfg(any(target_os = "linux", target_os = "android"))]
 
 use std::cell::Cell;
 

@@ -1,7 +1,7 @@
 //! What the FIFO transport promises beyond the shared suite: private
 //! files, a clear error without a server, and an `accept` FIFO that
 //! garbage cannot jam.
-#![cfg(unix)]
+#![cfg(any(target_os = "linux", target_os = "android"))]
 
 use std::{io::Write, os::unix::fs::PermissionsExt, time::Duration};
 
@@ -79,4 +79,20 @@ async fn garbage_announcements_are_skipped() {
     let mut buf = [0; 11];
     server.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"still works");
+}
+
+#[tokio::test]
+async fn writing_to_a_server_that_went_away_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = Address::fifo(dir.path().join("app"));
+    let transport = FifoTransport::new();
+    let mut listener = transport.bind(&addr).await.unwrap();
+    let (client, accepted) = tokio::join!(transport.connect(&addr), listener.accept());
+    let (mut client, (server, _)) = (client.unwrap(), accepted.unwrap());
+    drop(server);
+    // More than any pipe holds: without a reader this must fail, not wait.
+    let written = tokio::time::timeout(Duration::from_secs(5), client.write_all(&vec![7; 1 << 20]))
+        .await
+        .expect("no hang");
+    assert!(written.is_err(), "{written:?}");
 }
