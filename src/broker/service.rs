@@ -58,6 +58,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route(
             protocol::LEAVE,
             control(&state, |state, peer, args: ChannelArgs| {
+                // Leaving what one is not in is a mistake worth a word.
+                state.check_member(&args.channel, peer.connection_id())?;
                 state.leave(&args.channel, peer.connection_id());
                 Ok(())
             }),
@@ -87,8 +89,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route(
             protocol::UNPROVIDE,
             control(&state, |state, peer, args: MethodArgs| {
-                state.unprovide(&args.channel, &args.method, peer.connection_id());
-                Ok(())
+                state.unprovide(&args.channel, &args.method, peer.connection_id())
             }),
         )
         .route(
@@ -106,6 +107,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route(
             protocol::UNSUBSCRIBE,
             control(&state, |state, peer, args: PatternArgs| {
+                state.check_member(&args.channel, peer.connection_id())?;
+                super::topic::check_pattern(&args.pattern)?;
                 state.unsubscribe(&args.channel, &args.pattern, peer.connection_id());
                 Ok(())
             }),

@@ -125,14 +125,17 @@ impl State {
     }
 
     /// Connection `id` stops serving `method` on `channel`.
-    pub(crate) fn unprovide(&self, channel: &str, method: &str, id: u64) {
+    pub(crate) fn unprovide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
         let mut inner = self.lock();
-        if let Some(ch) = inner.channels.get_mut(channel) {
-            if remove_provider(ch, method, id) {
-                let body = json!({"channel": channel, "method": method, "client": id});
-                announce(&inner, Happening::new("provider.removed", body));
-            }
+        let ch = member_of(&mut inner, channel, id)?;
+        if !remove_provider(ch, method, id) {
+            return Err(busline_core::Error::MethodNotFound(format!(
+                "this client does not provide {method:?} on channel {channel:?}"
+            )));
         }
+        let body = json!({"channel": channel, "method": method, "client": id});
+        announce(&inner, Happening::new("provider.removed", body));
+        Ok(())
     }
 
     /// The provider of `method` on `channel` with the fewest calls in
