@@ -183,3 +183,106 @@ impl Authenticator for SharedSecret {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// One side of an in-process handshake, keeping what it sent.
+    struct Pipe {
+        tx: mpsc::UnboundedSender<Payload>,
+        rx: mpsc::UnboundedReceiver<Payload>,
+        sent: Vec<Payload>,
+    }
+
+    #[async_trait]
+    impl AuthChannel for Pipe {
+        async fn send(&mut self, payload: Payload) -> Result<()> {
+            self.sent.push(payload.clone());
+            self.tx
+                .send(payload)
+                .map_err(|_| Error::Disconnected("peer gone".into()))
+        }
+        async fn recv(&mut self) -> Result<Payload> {
+            self.rx
+                .recv()
+                .await
+                .ok_or_else(|| Error::Disconnected("peer gone".into()))
+        }
+    }
+
+    fn pipes() -> (Pipe, Pipe) {
+        let (a_tx, b_rx) = mpsc::unbounded_channel();
+        let (b_tx, a_rx) = mpsc::unbounded_channel();
+        let pipe = |tx, rx| Pipe {
+            tx,
+            rx,
+            sent: Vec::new(),
+        };
+        (pipe(a_tx, a_rx), pipe(b_tx, b_rx))
+    }
+
+    /// Plays back recorded client steps to a server, ignoring its answers.
+    struct Replay(VecDeque<Payload>);
+
+    #[async_trait]
+    impl AuthChannel for Replay {
+        async fn send(&mut self, _: Payload) -> Result<()> {
+            Ok(())
+        }
+        async fn recv(&mut self) -> Result<Payload> {
+            self.0
+                .pop_front()
+                .ok_or_else(|| Error::Disconnected("nothing left to replay".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recorded_handshake_cannot_be_replayed() {
+        let secret = SharedSecret::new("s3cret").unwrap();
+        let (mut client, mut server) = pipes();
+        let (ok_client, ok_server) = tokio::join!(
+            secret.client(&mut client),
+            secret.server(&mut server, PeerInfo::default())
+        );
+        ok_client.unwrap();
+        ok_server.unwrap();
+        // An eavesdropper replays the client's two steps to a new session:
+        // the server's fresh nonce makes the recorded proof worthless.
+        let mut replay = Replay(client.sent.into_iter().collect());
+        let err = secret
+            .server(&mut replay, PeerInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_proof_reflected_back_is_refused() {
+        let secret = SharedSecret::new("s3cret").unwrap();
+        let (mut client, mut server) = pipes();
+        let serving = tokio::spawn(async move {
+            let result = secret.server(&mut server, PeerInfo::default()).await;
+            (result, server.sent)
+        });
+        // A client without the secret sends a nonce, then hands the
+        // server's own proof back as if it were the client's.
+        let nonce = [7u8; NONCE_LEN];
+        client
+            .send(send_step(Some(&nonce), None).unwrap())
+            .await
+            .unwrap();
+        let step = read_step(client.recv().await.unwrap()).unwrap();
+        let reflected = field(step.proof, "proof", 32).unwrap();
+        client
+            .send(send_step(None, Some(&reflected)).unwrap())
+            .await
+            .unwrap();
+        let (result, _) = serving.await.unwrap();
+        assert!(matches!(result, Err(Error::Unauthorized(_))), "{result:?}");
+    }
+}
