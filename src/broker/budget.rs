@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::sync::mpsc::{self, error::TrySendError};
+
 /// Bytes held by one queue, shared by the side that fills it and the side
 /// that drains it.
 #[derive(Debug)]
@@ -38,6 +40,22 @@ impl ByteBudget {
     /// Give back `len` bytes reserved earlier.
     pub(crate) fn give(&self, len: usize) {
         self.held.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    /// Queue `item`, of `len` payload bytes, on `tx` if both bounds allow
+    /// it; `false` if either refused it. A closed queue takes anything:
+    /// its reader is gone, and nothing is missed.
+    pub(crate) fn try_send<T>(&self, tx: &mpsc::Sender<T>, item: T, len: usize) -> bool {
+        if !self.take(len) {
+            return false;
+        }
+        match tx.try_send(item) {
+            Err(TrySendError::Full(_)) => {
+                self.give(len);
+                false
+            }
+            Ok(()) | Err(TrySendError::Closed(_)) => true,
+        }
     }
 }
 

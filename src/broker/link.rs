@@ -28,7 +28,7 @@ use super::{
     restore,
     subscription::Subscribers,
 };
-use crate::rpc::Client;
+use crate::rpc::{within, Client};
 
 /// How a broker client recovers from a lost connection (a broker restart,
 /// a network cut): see [`BrokerClientBuilder::reconnect`].
@@ -217,13 +217,8 @@ impl Link {
             State::Down(_) => false,
             State::GaveUp(..) => true,
         });
-        let ready = match self.timeout {
-            None => back.await,
-            Some(limit) => tokio::time::timeout(limit, back)
-                .await
-                .map_err(|_| Error::Timeout(limit))?,
-        };
-        let ready = ready
+        let ready = within(self.timeout, back)
+            .await?
             .map_err(|_| Error::Disconnected("the broker client was dropped".into()))?
             .clone();
         match ready {

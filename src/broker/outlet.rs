@@ -15,7 +15,7 @@ use std::{
 
 use busline_core::{Error, Message, Payload};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 use super::{
     budget::ByteBudget,
@@ -79,16 +79,7 @@ impl Outlet {
     /// full, count it missed or disconnect the subscriber, as configured.
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
         let len = payload.len();
-        let queued = self.bytes.take(len)
-            && match self.tx.try_send((method, payload)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    self.bytes.give(len);
-                    false
-                }
-                Err(TrySendError::Closed(_)) => true, // the subscriber is gone
-            };
-        if !queued {
+        if !self.bytes.try_send(&self.tx, (method, payload), len) {
             match self.policy {
                 SlowSubscriber::Drop => {
                     let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());

@@ -19,7 +19,7 @@ use super::{
 };
 use futures::{task::AtomicWaker, Stream};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 use super::topic;
 
@@ -159,15 +159,10 @@ impl Subscribers {
                 payload,
             });
             let len = publication.as_ref().map_or(0, |p| p.payload.len());
-            let queued = sub.bytes.take(len)
-                && match sub.tx.try_send(publication.map(Event::Message)) {
-                    Err(TrySendError::Full(_)) => {
-                        sub.bytes.give(len);
-                        false
-                    }
-                    _ => true,
-                };
-            if !queued {
+            if !sub
+                .bytes
+                .try_send(&sub.tx, publication.map(Event::Message), len)
+            {
                 sub.missed.fetch_add(1, Ordering::Relaxed);
                 sub.waker.wake();
             }

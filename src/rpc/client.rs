@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Weak,
@@ -204,15 +205,8 @@ impl Client {
     /// Call `method` with an already-encoded payload. The timeout covers
     /// everything, waiting for a slot among the calls in flight included.
     pub async fn call_raw(&self, method: &str, payload: Payload) -> Result<Payload> {
-        match self.timeout {
-            None => self.call_once(method, payload, None).await,
-            Some(limit) => {
-                let deadline = Instant::now() + limit;
-                tokio::time::timeout(limit, self.call_once(method, payload, Some(deadline)))
-                    .await
-                    .unwrap_or(Err(Error::Timeout(limit)))
-            }
-        }
+        let deadline = self.timeout.map(|limit| Instant::now() + limit);
+        within(self.timeout, self.call_once(method, payload, deadline)).await?
     }
 
     async fn call_once(
@@ -266,12 +260,7 @@ impl Client {
             return Err(self.gone());
         }
         let room = self.shared.queued_notifications.acquire();
-        let permit = match self.timeout {
-            None => room.await,
-            Some(limit) => tokio::time::timeout(limit, room)
-                .await
-                .map_err(|_| Error::Timeout(limit))?,
-        };
+        let permit = within(self.timeout, room).await?;
         // Given back by the connection task once the notification is written.
         permit.map_err(|_| self.gone())?.forget();
         self.send_notification(method, payload, true)
@@ -355,12 +344,7 @@ impl Client {
         method: &str,
         payload: Payload,
     ) -> Result<CallStream<Item>> {
-        let permit = match self.timeout {
-            None => self.permit().await?,
-            Some(limit) => tokio::time::timeout(limit, self.permit())
-                .await
-                .map_err(|_| Error::Timeout(limit))??,
-        };
+        let permit = within(self.timeout, self.permit()).await??;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let window = self.shared.stream_window;
         let (items, rx) = mpsc::unbounded_channel();
@@ -406,6 +390,17 @@ impl Client {
             .acquire_owned()
             .await
             .map_err(|_| self.gone())
+    }
+}
+
+/// Run `work`, giving up with [`Error::Timeout`] once `limit` (if any) has
+/// passed.
+pub(crate) async fn within<T>(limit: Option<Duration>, work: impl Future<Output = T>) -> Result<T> {
+    match limit {
+        None => Ok(work.await),
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| Error::Timeout(limit)),
     }
 }
 

@@ -22,6 +22,7 @@ mod server;
 mod stream_task;
 
 pub use call_stream::CallStream;
+pub(crate) use client::within;
 pub use client::{
     Call, Client, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_NOTIFICATIONS, DEFAULT_STREAM_WINDOW,
 };

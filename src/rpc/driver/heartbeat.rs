@@ -14,14 +14,12 @@
 //! such allowance: that is what a frozen peer looks like.
 
 use std::{
-    future::Future,
-    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
 use busline_core::{Error, Message, Payload};
-use tokio::time::{sleep, Instant, Sleep};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 /// The method of a probe; drivers answer it themselves.
 pub(crate) const PING: &str = "busline.ping";
@@ -41,6 +39,14 @@ pub(super) fn keepalive() -> Message {
 /// from 1).
 const PROBE_ID: u64 = u64::MAX;
 
+/// Ticks every `period`, the first one `period` from now; a late tick
+/// moves the later ones rather than bunching them up.
+pub(super) fn every(period: Duration) -> Interval {
+    let mut ticks = interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
 /// What the heartbeat wants done after a tick.
 pub(super) enum Beat {
     /// Send this probe.
@@ -51,7 +57,7 @@ pub(super) enum Beat {
 
 pub(super) struct Heartbeat {
     interval: Duration,
-    tick: Pin<Box<Sleep>>,
+    tick: Interval,
     /// Something arrived (or reading was paused by our own limits) since
     /// the last tick.
     heard: bool,
@@ -63,7 +69,7 @@ impl Heartbeat {
     pub(super) fn new(interval: Duration) -> Heartbeat {
         Heartbeat {
             interval,
-            tick: Box::pin(sleep(interval)),
+            tick: every(interval),
             heard: true,
             probing: false,
         }
@@ -76,12 +82,11 @@ impl Heartbeat {
 
     /// At each tick: nothing to do, a probe to send, or a dead peer.
     pub(super) fn poll_beat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Beat>> {
-        if self.tick.as_mut().poll(cx).is_pending() {
+        if self.tick.poll_tick(cx).is_pending() {
             return Poll::Pending;
         }
-        self.tick.as_mut().reset(Instant::now() + self.interval);
-        // Registers the new deadline's waker.
-        let _ = self.tick.as_mut().poll(cx);
+        // Registers the next tick's waker.
+        let _ = self.tick.poll_tick(cx);
         if std::mem::take(&mut self.heard) {
             self.probing = false;
             return Poll::Ready(None);

@@ -108,7 +108,7 @@ pub(crate) struct Driver<I, C> {
     needs_flush: bool,
     heartbeat: Option<Heartbeat>,
     /// While at the handler limit: when to tell the peer this side lives.
-    keepalive: Option<Pin<Box<tokio::time::Sleep>>>,
+    keepalive: Option<tokio::time::Interval>,
 }
 
 impl<I: Io, C: Codec> Driver<I, C> {
@@ -335,12 +335,10 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 }
                 let alive = this
                     .keepalive
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(KEEPALIVE_WHILE_BUSY)));
-                if alive.as_mut().poll(cx).is_ready() {
-                    alive
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + KEEPALIVE_WHILE_BUSY);
-                    let _ = alive.as_mut().poll(cx);
+                    .get_or_insert_with(|| heartbeat::every(KEEPALIVE_WHILE_BUSY));
+                if alive.poll_tick(cx).is_ready() {
+                    // Registers the next tick's waker.
+                    let _ = alive.poll_tick(cx);
                     this.outbox.push_front(heartbeat::keepalive());
                 }
             } else {
