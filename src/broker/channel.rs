@@ -19,7 +19,7 @@ use super::{
     subscription::Subscription,
     topic,
 };
-use crate::rpc::{Reply, Request, StreamFn, UnaryFn};
+use crate::rpc::{Client, Reply, Request, StreamFn, UnaryFn};
 
 /// One channel joined through a [`BrokerClient`].
 ///
@@ -353,10 +353,7 @@ impl Channel {
                 let Some(client) = link.upgrade().map(|link| link.now()) else {
                     return;
                 };
-                let args = PatternArgs { channel, pattern };
-                if let Ok(payload) = Payload::encode(client.encoding(), &args) {
-                    let _ = client.notify_unqueued(protocol::UNSUBSCRIBE, payload);
-                }
+                unsubscribe_now(&client, channel, pattern);
             }));
         let args = PatternArgs {
             channel: self.name.clone(),
@@ -417,6 +414,15 @@ impl Channel {
         self.bus.link.record().channels.remove(&self.name);
         self.bus.subscribers.close_channel(&self.name);
         Ok(())
+    }
+}
+
+/// Tell the broker, without waiting (for a drop), that `(channel,
+/// pattern)` is no longer wanted; best effort on a closing connection.
+pub(super) fn unsubscribe_now(client: &Client, channel: String, pattern: String) {
+    let args = PatternArgs { channel, pattern };
+    if let Ok(payload) = Payload::encode(client.encoding(), &args) {
+        let _ = client.notify_unqueued(protocol::UNSUBSCRIBE, payload);
     }
 }
 

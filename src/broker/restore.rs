@@ -1,9 +1,10 @@
 //! Setting a fresh connection up as the lost one was.
 
-use busline_core::{Error, Payload, Result};
+use busline_core::{Error, Result};
 use serde::Serialize;
 
 use super::{
+    channel::unsubscribe_now,
     client::{identify, open_on},
     link::{not_restored, Link},
     protocol::{self, BalanceArgs, MethodArgs, PatternArgs, PolicyArgs, TopicArgs},
@@ -126,10 +127,7 @@ pub(super) fn unsubscribe_unwanted(
         if wanted.contains(&(channel.clone(), pattern.clone())) {
             continue;
         }
-        let args = PatternArgs { channel, pattern };
-        if let Ok(payload) = Payload::encode(client.encoding(), &args) {
-            let _ = client.notify_unqueued(protocol::UNSUBSCRIBE, payload);
-        }
+        unsubscribe_now(client, channel, pattern);
     }
 }
 
