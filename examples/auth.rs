@@ -34,7 +34,7 @@ async fn main() -> busline::Result<()> {
 
     // A wrong secret: `connect` itself fails.
     let wrong = Client::builder(JsonLineCodec::new())
-        .auth(SharedSecret::new("hunter2")?)
+        .auth(SharedSecret::new("hunter2 hunter2 hunter2")?)
         .connect(&MemoryTransport::new(), &addr)
         .await;
     report_refusal("wrong secret", wrong);

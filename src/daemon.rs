@@ -1,4 +1,5 @@
-//! What a local daemon needs besides its sockets: one instance at a time.
+//! What a local daemon needs besides its sockets: one instance at a time,
+//! and room for many connections.
 
 use std::{
     fs::File,
@@ -7,7 +8,38 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use rustix::fs::{flock, FlockOperation};
+use rustix::{
+    fs::{flock, FlockOperation},
+    process::{getrlimit, setrlimit, Resource, Rlimit},
+};
+
+/// Raise this process's soft limit on open file descriptors to its hard
+/// limit, and return the new soft limit (`None`: unlimited).
+///
+/// Every connection costs a descriptor, and many systems still start
+/// processes with a soft limit of 1024, which a busy broker reaches long
+/// before it runs short of memory or CPU. The hard limit is what the
+/// administrator allows; going up to it needs no privilege. The `busline`
+/// program's `broker` does this at start.
+///
+/// ```
+/// let limit = busline::daemon::raise_fd_limit()?;
+/// assert!(limit.map_or(true, |n| n >= 64));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn raise_fd_limit() -> io::Result<Option<u64>> {
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
+}
 
 /// Why a [`Pidfile`] could not be taken.
 #[derive(Debug, thiserror::Error)]

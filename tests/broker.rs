@@ -689,6 +689,67 @@ async fn passwords_guard_channels_and_only_owners_change_them() {
     s.broker.shutdown().await;
 }
 
+/// Nobody withdraws, or slips into, another client's provision: control
+/// messages about a channel need membership, and a withdrawal needs the
+/// provision to be the sender's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_withdraw_or_hijack_another_clients_provision() {
+    let s = Setup::start().await;
+    let provider = s.client(0).await;
+    let svc = provider.open("svc").await.unwrap();
+    provide_add(&svc).await;
+    let mut vault = provider.open("vault").await.unwrap();
+    vault.set_password(Some("a vault password")).await.unwrap();
+
+    let intruder = s.client(1).await;
+    let raw = |method: &'static str, args: serde_json::Value| {
+        let client = intruder.client();
+        async move {
+            client
+                .call_raw(method, busline::Payload::json(&args).unwrap())
+                .await
+        }
+    };
+    let refused = |e: &Error| {
+        matches!(
+            e,
+            Error::Protocol(_) | Error::Unauthorized(_) | Error::MethodNotFound(_)
+        )
+    };
+    let withdraw = serde_json::json!({"channel": "svc", "method": "add"});
+    // Not a member: refused.
+    let err = raw("busline.unprovide", withdraw.clone())
+        .await
+        .unwrap_err();
+    assert!(refused(&err), "{err:?}");
+    // A member, but not the provider: refused too.
+    let _member = intruder.open("svc").await.unwrap();
+    let err = raw("busline.unprovide", withdraw).await.unwrap_err();
+    assert!(refused(&err), "{err:?}");
+    // Nor can it leave, provide on or subscribe to a protected channel it
+    // never joined.
+    for (method, args) in [
+        ("busline.leave", serde_json::json!({"channel": "vault"})),
+        (
+            "busline.provide",
+            serde_json::json!({"channel": "vault", "method": "add"}),
+        ),
+        (
+            "busline.subscribe",
+            serde_json::json!({"channel": "vault", "pattern": ">"}),
+        ),
+    ] {
+        let err = raw(method, args).await.unwrap_err();
+        assert!(refused(&err), "{method}: {err:?}");
+    }
+    // The provision stands.
+    let caller = s.client(2).await.open("svc").await.unwrap();
+    assert_eq!(caller.call::<_, i64>("add", &(2, 3)).await.unwrap(), 5);
+    let info = svc.describe().await.unwrap();
+    assert!(format!("{info:?}").contains("add"), "{info:?}");
+    s.broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_channels_sign_end_to_end() {
     let s = Setup::start().await;

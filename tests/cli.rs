@@ -31,7 +31,7 @@ fn bad_input_is_a_clear_error() {
     );
     fails_with(
         &["call", "unix:///tmp/x.sock", "add", "[1,"],
-        "not valid JSON",
+        "must be valid JSON",
     );
     fails_with(
         &["call", "unix:///nonexistent/busline.sock", "add", "[1,2]"],
@@ -51,6 +51,123 @@ fn bad_input_is_a_clear_error() {
         "cannot be used with",
     );
     fails_with(&["frobnicate"], "unrecognized subcommand");
+}
+
+/// Every option and configuration file with a wrong value: a usage error
+/// (exit 2) or a message naming the problem (exit 1), never a panic, and
+/// never a server that starts half-configured.
+#[test]
+fn bad_options_and_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let (empty, short, garbage) = (
+        file("empty", b""),
+        file("short", b"hunter2\n"),
+        file("garbage.pem", b"-----BEGIN NONSENSE-----\n\xff\xfe\n"),
+    );
+    let sock = dir.path().join("s.sock").display().to_string();
+    let unix = format!("unix://{sock}");
+    let tls = format!("tls://127.0.0.1:0?cert={garbage}&key={garbage}");
+    let deep = "[".repeat(100_000);
+    let transcode = format!("{unix}?codec=jsonrpc&transcode=maybe");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["call", &unix, "add", "--timeout", "soon"],
+            "invalid value",
+        ),
+        (vec!["serve", &unix, "--allow-uid", "root"], "invalid value"),
+        (
+            vec!["broker", "--listen", &unix, "--heartbeat", "-5"],
+            "unexpected argument",
+        ),
+        (vec!["broker"], "--listen <URL>"),
+        (
+            vec![
+                "broker",
+                "--listen",
+                "tcp://127.0.0.1:0?codec=jsonrpc&framing=pigeon",
+            ],
+            "unknown framing",
+        ),
+        (vec!["call", &transcode, "add"], "unknown transcode"),
+        (
+            vec!["broker", "--listen", "tls://127.0.0.1:0"],
+            "needs ?cert=",
+        ),
+        (vec!["broker", "--listen", &tls], "cannot read PEM"),
+        (vec!["serve", &unix, "--secret-file", &empty], "0 bytes"),
+        (
+            vec!["serve", &unix, "--secret-file", &short],
+            "head -c 32 /dev/urandom",
+        ),
+        (
+            vec![
+                "call",
+                &unix,
+                "add",
+                "--channel",
+                "c",
+                "--password-file",
+                "/nonexistent/pw",
+            ],
+            "password file",
+        ),
+        (
+            vec![
+                "broker",
+                "--listen",
+                &unix,
+                "--pidfile",
+                "/proc/nonexistent/busline.pid",
+            ],
+            "pidfile",
+        ),
+        (vec!["call", &unix, "add", &deep], "must be valid JSON"),
+    ];
+    for (args, needle) in cases {
+        let out = busline(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let shown: Vec<String> = args.iter().map(|a| a.chars().take(60).collect()).collect();
+        assert!(
+            matches!(out.status.code(), Some(1 | 2)),
+            "{shown:?}: exit {:?}, stderr {stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(needle),
+            "{shown:?}: {stderr:?} lacks {needle:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{shown:?}: {stderr}");
+        assert!(
+            stderr.len() < 2048,
+            "{shown:?}: a {} byte message",
+            stderr.len()
+        );
+    }
+    assert!(
+        !dir.path().join("s.sock").exists(),
+        "a refused server left its socket"
+    );
+
+    // Invalid UTF-8 in an argument is a usage error too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let out = Command::new(env!("CARGO_BIN_EXE_busline"))
+            .args([
+                "call".as_ref(),
+                std::ffi::OsStr::from_bytes(b"unix:///tmp/\xff.sock"),
+                "add".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid UTF-8"));
+    }
 }
 
 #[test]

@@ -2,10 +2,10 @@
 //! exactly once, nothing runs twice, and every client comes back on its
 //! own.
 
+mod support;
+
 use std::{
     collections::HashMap,
-    path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -19,48 +19,10 @@ use busline::{
     Address, CborCodec, Error, NoAuth, UnixTransport,
 };
 use futures::{stream, StreamExt};
+use support::BrokerProcess;
 
 const CALLS_PER_CALLER: u64 = 5_000;
 const IN_FLIGHT: usize = 16;
-
-/// The `busline broker` program on `socket`, killed (SIGKILL) on drop.
-struct BrokerProcess(Child);
-
-impl BrokerProcess {
-    async fn start(socket: &Path) -> BrokerProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_busline"))
-            .args([
-                "broker",
-                "--listen",
-                &format!("unix://{}", socket.display()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the busline program starts");
-        // Killed and waited for by its drop if it never listens.
-        let process = BrokerProcess(child);
-        for _ in 0..200 {
-            if tokio::net::UnixStream::connect(socket).await.is_ok() {
-                return process;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the broker did not start listening");
-    }
-
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn resilient() -> BrokerClientBuilder<CborCodec, NoAuth> {
     BrokerClient::builder(Client::builder(CborCodec::new()).timeout(Duration::from_secs(10)))

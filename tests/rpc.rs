@@ -227,7 +227,7 @@ async fn unknown_method<T: Transport, C: Codec>(f: Fixture<T, C>) {
 }
 
 async fn authentication<T: Transport, C: Codec>(f: Fixture<T, C>) {
-    let secret = SharedSecret::new("s3cret").unwrap();
+    let secret = SharedSecret::new("s3cret s3cret s3cret").unwrap();
     let server = f
         .start(
             f.server(router())
@@ -245,7 +245,7 @@ async fn authentication<T: Transport, C: Codec>(f: Fixture<T, C>) {
         .unwrap();
     assert_eq!(ok.call::<_, i64>("add", &(1, 2)).await.unwrap(), 3);
 
-    let wrong = SharedSecret::new("guess").unwrap();
+    let wrong = SharedSecret::new("a guess, long enough").unwrap();
     let err = f
         .client()
         .auth(wrong)

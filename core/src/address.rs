@@ -315,4 +315,22 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        /// Any text: an address error or an address whose printed URL
+        /// parses back to it (the same check as the `address` fuzz target,
+        /// from URL-shaped text).
+        #[test]
+        fn any_text_parses_to_an_error_or_round_trips(
+            text in "(unix|tcp|tls|fifo|memory|shm|http)://[a-z0-9:./%?&=#@\\[\\] \\x{0}-\\x{7f}é]{0,40}"
+        ) {
+            if let Ok(addr) = text.parse::<Address>() {
+                let printed = addr.to_string();
+                let again: Address = printed.parse().map_err(|e| {
+                    proptest::test_runner::TestCaseError::fail(format!("{printed:?}: {e}"))
+                })?;
+                proptest::prop_assert_eq!(again, addr, "{:?} printed as {:?}", text, printed);
+            }
+        }
+    }
 }

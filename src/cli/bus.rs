@@ -1,11 +1,14 @@
 //! `busline pub`, `sub` and `status`: a broker from the command line.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use busline::{
     broker::{BrokerClient, Channel, Event},
     rpc::Client,
-    Authenticator, Encoding, Error, Payload, Result,
+    Authenticator, Error, Result,
 };
 use futures::StreamExt;
 
@@ -68,35 +71,39 @@ async fn connect(bus: &BusArgs, auth: Arc<dyn Authenticator>) -> Result<BrokerCl
     .await
 }
 
-/// Join the channel, with its password if one was given.
-pub(crate) async fn join(bus: &BrokerClient, args: &ChannelArgs) -> Result<Channel> {
-    match &args.password_file {
-        None => bus.open(&args.channel).await,
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Unauthorized(format!(
-                    "cannot read the password file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let password = text.lines().next().unwrap_or_default();
-            bus.open_with_password(&args.channel, password).await
-        }
-    }
+/// The password from a `--password-file`, read before connecting so that
+/// a missing file fails fast.
+pub(crate) fn password(file: Option<&Path>) -> Result<Option<String>> {
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Unauthorized(format!(
+            "cannot read the password file {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(text.lines().next().unwrap_or_default().to_owned()))
 }
 
-fn json_payload(text: &str) -> Result<Payload> {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
-        Error::Serialization(format!("the message is not valid JSON ({e}): {text}"))
-    })?;
-    Ok(Payload::from_bytes(Encoding::Json, text.to_owned()))
+/// Join `channel`, with its password if there is one.
+pub(crate) async fn join(
+    bus: &BrokerClient,
+    channel: &str,
+    password: Option<String>,
+) -> Result<Channel> {
+    match password {
+        None => bus.open(channel).await,
+        Some(password) => bus.open_with_password(channel, &password).await,
+    }
 }
 
 /// `busline pub URL CHANNEL TOPIC JSON`.
 pub(crate) async fn publish(args: PubArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
-    let payload = json_payload(&args.message)?;
+    let payload = super::json_payload("the message", &args.message)?;
+    let password = password(args.channel.password_file.as_deref())?;
     let bus = connect(&args.bus, auth).await?;
-    join(&bus, &args.channel)
+    join(&bus, &args.channel.channel, password)
         .await?
         .publish_raw(&args.topic, payload)
         .await?;
@@ -105,8 +112,9 @@ pub(crate) async fn publish(args: PubArgs, auth: Arc<dyn Authenticator>) -> Resu
 
 /// `busline sub URL CHANNEL [PATTERN]`: one JSON line per event.
 pub(crate) async fn subscribe(args: SubArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
+    let password = password(args.channel.password_file.as_deref())?;
     let bus = connect(&args.bus, auth).await?;
-    let mut events = join(&bus, &args.channel)
+    let mut events = join(&bus, &args.channel.channel, password)
         .await?
         .subscribe(&args.pattern)
         .await?;

@@ -173,6 +173,10 @@ pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Re
         })?),
         None => None,
     };
+    // Not fatal: the broker still serves as many clients as it can.
+    if let Err(e) = busline::daemon::raise_fd_limit() {
+        eprintln!("busline: cannot raise the open file limit: {e}");
+    }
     let mut builder = Broker::builder();
     if let Some(ms) = args.heartbeat {
         builder = builder.heartbeat(Duration::from_millis(ms));
@@ -214,16 +218,22 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// `text` as a JSON payload, or an error that quotes the start of it (an
+/// argument may be megabytes long).
+pub(crate) fn json_payload(what: &str, text: &str) -> Result<Payload> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
+        let shown: String = text.chars().take(60).collect();
+        let more = if shown.len() < text.len() { "…" } else { "" };
+        Error::Serialization(format!("{what} must be valid JSON ({e}): {shown}{more}"))
+    })?;
+    Ok(Payload::from_bytes(Encoding::Json, text.to_owned()))
+}
+
 /// `busline call URL METHOD [ARGS]`.
 pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
     let (addr, codec) = args.codec.resolve(args.url.parse()?)?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&args.args).map_err(|e| {
-        Error::Serialization(format!(
-            "the arguments are not valid JSON ({e}): {}",
-            args.args
-        ))
-    })?;
-    let payload = Payload::from_bytes(Encoding::Json, args.args.into_bytes());
+    let payload = json_payload("the arguments", &args.args)?;
+    let password = bus::password(args.password_file.as_deref())?;
     let mut builder = Client::builder(codec).auth(auth);
     if let Some(ms) = args.timeout {
         builder = builder.timeout(Duration::from_millis(ms));
@@ -253,14 +263,7 @@ pub(crate) async fn call(args: CallArgs, auth: Arc<dyn Authenticator>) -> Result
     // Through a broker, by way of the channel, which signs and checks on
     // a protected channel.
     let bus = BrokerClient::connect(builder, &transport, &addr).await?;
-    let channel = bus::join(
-        &bus,
-        &bus::ChannelArgs {
-            channel,
-            password_file: args.password_file,
-        },
-    )
-    .await?;
+    let channel = bus::join(&bus, &channel, password).await?;
     let value: serde_json::Value = payload.decode()?;
     if args.notify {
         channel.send(&args.method, &value).await?;

@@ -35,7 +35,7 @@ const CLIENT_LABEL: &[u8] = b"busline/1 client";
 ///
 /// let auth = SharedSecret::new("correct horse battery staple")?;
 /// assert!(!format!("{auth:?}").contains("horse")); // never printed
-/// assert!(SharedSecret::new("").is_err());
+/// assert!(SharedSecret::new("hunter2").is_err()); // shorter than MIN_LEN
 /// # Ok::<(), busline_core::Error>(())
 /// ```
 #[derive(Clone)]
@@ -44,11 +44,22 @@ pub struct SharedSecret {
 }
 
 impl SharedSecret {
-    /// Use `secret` as the key. Empty secrets are refused.
+    /// The shortest secret accepted, in bytes. Anyone who records one
+    /// handshake can test guesses offline at the speed of HMAC, so a short
+    /// secret is a guessable one.
+    pub const MIN_LEN: usize = 16;
+
+    /// Use `secret` as the key. Secrets shorter than [`Self::MIN_LEN`]
+    /// bytes are refused.
     pub fn new(secret: impl AsRef<[u8]>) -> Result<Self> {
         let secret = secret.as_ref();
-        if secret.is_empty() {
-            return Err(Error::Unauthorized("the shared secret is empty".into()));
+        if secret.len() < Self::MIN_LEN {
+            return Err(Error::Unauthorized(format!(
+                "the shared secret is {} bytes, shorter than the {} required; make one with \
+                 `head -c 32 /dev/urandom | base64 > FILE`",
+                secret.len(),
+                Self::MIN_LEN
+            )));
         }
         Ok(SharedSecret {
             key: Arc::from(secret),
@@ -70,7 +81,12 @@ impl SharedSecret {
                 bytes.pop();
             }
         }
-        Self::new(bytes)
+        Self::new(bytes).map_err(|e| match e {
+            Error::Unauthorized(why) => {
+                Error::Unauthorized(format!("secret file {}: {why}", path.display()))
+            }
+            other => other,
+        })
     }
 
     fn mac(&self, label: &[u8], first: &[u8], second: &[u8]) -> HmacSha256 {
@@ -243,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_recorded_handshake_cannot_be_replayed() {
-        let secret = SharedSecret::new("s3cret").unwrap();
+        let secret = SharedSecret::new("s3cret s3cret s3cret").unwrap();
         let (mut client, mut server) = pipes();
         let (ok_client, ok_server) = tokio::join!(
             secret.client(&mut client),
@@ -263,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_proof_reflected_back_is_refused() {
-        let secret = SharedSecret::new("s3cret").unwrap();
+        let secret = SharedSecret::new("s3cret s3cret s3cret").unwrap();
         let (mut client, mut server) = pipes();
         let serving = tokio::spawn(async move {
             let result = secret.server(&mut server, PeerInfo::default()).await;

@@ -1,0 +1,75 @@
+//! What several behaviour tests share: the `busline broker` program as a
+//! child process, and what Linux tells about a process's resources.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// The `busline broker` program on `socket`, killed (SIGKILL) on drop.
+pub struct BrokerProcess(Child);
+
+impl BrokerProcess {
+    /// Start it listening on `socket` and wait until it accepts.
+    pub async fn start(socket: &Path) -> BrokerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_busline"))
+            .args([
+                "broker",
+                "--listen",
+                &format!("unix://{}", socket.display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the busline program starts");
+        // Killed and waited for by its drop if it never listens.
+        let process = BrokerProcess(child);
+        for _ in 0..200 {
+            if tokio::net::UnixStream::connect(socket).await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the broker did not start listening");
+    }
+
+    /// Its process id.
+    #[allow(dead_code)] // not every test reads it
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kill it with SIGKILL and reap it.
+    #[allow(dead_code)]
+    pub fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident memory of process `pid`, in KiB (Linux).
+#[allow(dead_code)]
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc is mounted");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// File descriptors process `pid` has open (Linux).
+#[allow(dead_code)]
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc is mounted")
+        .count()
+}
