@@ -87,6 +87,11 @@ impl Address {
         Address::new(Endpoint::Memory(name.into()))
     }
 
+    /// Shorthand for `shm://name`.
+    pub fn shm(name: impl Into<String>) -> Self {
+        Address::new(Endpoint::Shm(name.into()))
+    }
+
     /// Shorthand for `unix:///path`.
     pub fn unix(path: impl Into<PathBuf>) -> Self {
         Address::new(Endpoint::Unix(path.into()))

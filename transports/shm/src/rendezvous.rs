@@ -1,0 +1,248 @@
+//! The handshake over the Unix socket that hands the shared memory and the
+//! eventfds from one process to the other (`SCM_RIGHTS`).
+//!
+//! The client makes the memory: a memfd of two rings, sealed so it can
+//! never shrink under the server (which would make the server fault), and
+//! two eventfds it sleeps on. It sends `HELLO` = `b"BSHM"`, version (u32
+//! LE), ring capacity (u64 LE) with those three descriptors. The server
+//! checks everything (capacity, memfd size and seals, that the eventfds
+//! are eventfds), maps the memory, and answers `b"BSHM"`, status (u32 LE,
+//! 0 = accepted), reason length (u32 LE) and reason, with its own two
+//! eventfds when it accepts.
+
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    mem::MaybeUninit,
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+};
+
+use rustix::{
+    fs::MemfdFlags,
+    net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
+    net::UnixStream,
+};
+
+use crate::{
+    region::Region,
+    ring::{ring, HEADER},
+    stream::{Ends, ShmStream},
+    wake::{check_eventfd, new_eventfd},
+};
+
+const MAGIC: &[u8; 4] = b"BSHM";
+const VERSION: u32 = 1;
+/// Smallest ring accepted.
+pub(crate) const MIN_RING: usize = 4096;
+/// Largest ring accepted.
+pub(crate) const MAX_RING: usize = 64 << 20;
+
+fn invalid(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
+}
+
+/// Bytes of shared memory for two rings of `capacity`.
+fn region_len(capacity: usize) -> usize {
+    2 * (HEADER + capacity)
+}
+
+/// Send `bytes` with `fds` attached.
+async fn send_with_fds(socket: &UnixStream, bytes: &[u8], fds: &[&OwnedFd]) -> io::Result<()> {
+    let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let sent = socket
+        .async_io(Interest::WRITABLE, || {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            control.push(SendAncillaryMessage::ScmRights(&borrowed));
+            Ok(rustix::net::sendmsg(
+                socket,
+                &[IoSlice::new(bytes)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )?)
+        })
+        .await?;
+    // The descriptors went with the first byte; the rest is plain data.
+    let mut rest = &bytes[sent..];
+    while !rest.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Receive exactly `N` bytes, and the descriptors that came with the first.
+async fn recv_with_fds<const N: usize>(
+    socket: &mut UnixStream,
+) -> io::Result<([u8; N], Vec<OwnedFd>)> {
+    let mut bytes = [0u8; N];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let (got, fds) = socket
+        .async_io(Interest::READABLE, || {
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let msg = rustix::net::recvmsg(
+                &*socket,
+                &mut [IoSliceMut::new(&mut bytes)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            let mut fds = Vec::new();
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds.extend(received);
+                }
+            }
+            Ok((msg.bytes, fds))
+        })
+        .await?;
+    if got == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection during the shared-memory handshake",
+        ));
+    }
+    socket.read_exact(&mut bytes[got..]).await?;
+    Ok((bytes, fds))
+}
+
+/// The client's side: make the memory, send it, await the answer.
+pub(crate) async fn client(
+    mut socket: UnixStream,
+    capacity: usize,
+    spin: std::time::Duration,
+) -> io::Result<ShmStream> {
+    let memfd = rustix::fs::memfd_create(
+        "busline-shm",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&memfd, region_len(capacity) as u64)?;
+    rustix::fs::fcntl_add_seals(&memfd, Region::SEALS)?;
+    let region = Arc::new(Region::map(&memfd, region_len(capacity))?);
+    let (data, room) = (new_eventfd()?, new_eventfd()?);
+
+    let mut hello = Vec::with_capacity(16);
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&VERSION.to_le_bytes());
+    hello.extend_from_slice(&(capacity as u64).to_le_bytes());
+    send_with_fds(&socket, &hello, &[&memfd, &data, &room]).await?;
+    drop(memfd);
+
+    let (answer, fds) = recv_with_fds::<12>(&mut socket).await?;
+    if &answer[..4] != MAGIC {
+        return Err(invalid(
+            "the server does not speak busline's shared-memory handshake",
+        ));
+    }
+    let status = u32::from_le_bytes(answer[4..8].try_into().expect("4 bytes"));
+    let reason_len = u32::from_le_bytes(answer[8..12].try_into().expect("4 bytes")) as usize;
+    if status != 0 {
+        let mut reason = vec![0u8; reason_len.min(4096)];
+        socket.read_exact(&mut reason).await?;
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("the server refused: {}", String::from_utf8_lossy(&reason)),
+        ));
+    }
+    let [peer_data, peer_room]: [OwnedFd; 2] = fds
+        .try_into()
+        .map_err(|_| invalid("the server sent the wrong number of descriptors"))?;
+    check_eventfd(&peer_data)?;
+    check_eventfd(&peer_room)?;
+    let (tx, _) = ring(region.clone(), 0, capacity);
+    let (_, rx) = ring(region, HEADER + capacity, capacity);
+    ShmStream::new(Ends {
+        tx,
+        rx,
+        data,
+        room,
+        peer_data,
+        peer_room,
+        socket: socket.into_std()?.into(),
+        spin,
+    })
+}
+
+/// The server's side: check what the client sent, map it, answer.
+pub(crate) async fn server(
+    mut socket: UnixStream,
+    spin: std::time::Duration,
+) -> io::Result<ShmStream> {
+    let accepted = accept(&mut socket).await;
+    let (answer, fds) = match &accepted {
+        Ok((_, data, room, _)) => (answer(0, ""), vec![data, room]),
+        Err(e) => (answer(1, &e.to_string()), vec![]),
+    };
+    if fds.is_empty() {
+        socket.write_all(&answer).await?;
+    } else {
+        send_with_fds(&socket, &answer, &fds).await?;
+    }
+    let (region, data, room, (capacity, peer_data, peer_room)) = accepted?;
+    let (_, rx) = ring(region.clone(), 0, capacity);
+    let (tx, _) = ring(region, HEADER + capacity, capacity);
+    ShmStream::new(Ends {
+        tx,
+        rx,
+        data,
+        room,
+        peer_data,
+        peer_room,
+        socket: socket.into_std()?.into(),
+        spin,
+    })
+}
+
+type Accepted = (Arc<Region>, OwnedFd, OwnedFd, (usize, OwnedFd, OwnedFd));
+
+async fn accept(socket: &mut UnixStream) -> io::Result<Accepted> {
+    let (hello, fds) = recv_with_fds::<16>(socket).await?;
+    if &hello[..4] != MAGIC {
+        return Err(invalid("not busline's shared-memory handshake"));
+    }
+    let version = u32::from_le_bytes(hello[4..8].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(invalid(format!(
+            "the client speaks shared-memory version {version}, this server {VERSION}"
+        )));
+    }
+    let capacity = u64::from_le_bytes(hello[8..16].try_into().expect("8 bytes"));
+    let capacity = usize::try_from(capacity)
+        .ok()
+        .filter(|c| c.is_power_of_two() && (MIN_RING..=MAX_RING).contains(c))
+        .ok_or_else(|| {
+            invalid(format!(
+                "ring capacity {capacity} is not a power of two from {MIN_RING} to {MAX_RING}"
+            ))
+        })?;
+    let [memfd, peer_data, peer_room]: [OwnedFd; 3] = fds
+        .try_into()
+        .map_err(|_| invalid("the client sent the wrong number of descriptors"))?;
+    check_eventfd(&peer_data)?;
+    check_eventfd(&peer_room)?;
+    let region = Arc::new(Region::map(&memfd, region_len(capacity))?);
+    Ok((
+        region,
+        new_eventfd()?,
+        new_eventfd()?,
+        (capacity, peer_data, peer_room),
+    ))
+}
+
+fn answer(status: u32, reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + reason.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&status.to_le_bytes());
+    out.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+    out.extend_from_slice(reason.as_bytes());
+    out
+}

@@ -1,0 +1,230 @@
+//! One shared-memory connection as an async byte stream.
+
+use std::{
+    io,
+    os::fd::OwnedFd,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::{
+    ring::{Consumer, Corrupt, Producer},
+    wake::{DeathWatch, Notifier, Waiter},
+};
+
+/// What the handshake hands over to make a stream.
+pub(crate) struct Ends {
+    /// This side's writing end, and the ring it reads.
+    pub(crate) tx: Producer,
+    pub(crate) rx: Consumer,
+    /// Eventfds this side sleeps on: data to read, room to write.
+    pub(crate) data: OwnedFd,
+    pub(crate) room: OwnedFd,
+    /// The peer's eventfds.
+    pub(crate) peer_data: OwnedFd,
+    pub(crate) peer_room: OwnedFd,
+    /// The rendezvous socket, kept open as the liveness signal.
+    pub(crate) socket: OwnedFd,
+    pub(crate) spin: Duration,
+}
+
+/// A connection over shared memory: two rings in one memory region, one
+/// each way.
+///
+/// Reading and writing copy straight between your buffer and the ring,
+/// with no system call while the other side is busy: a side that finds
+/// nothing to do spins for a moment (see [`crate::ShmTransport::spin`])
+/// before it sleeps on an eventfd, and the other side signals that eventfd
+/// only when it sees it asleep. So an idle connection costs no CPU, and a
+/// busy one pays no system call per message.
+///
+/// The peer's death, however it dies, ends the stream: reads return what it
+/// wrote before, then `ConnectionReset` (or end of stream if it shut down
+/// cleanly); writes fail with `BrokenPipe`.
+#[derive(Debug)]
+pub struct ShmStream {
+    tx: Producer,
+    rx: Consumer,
+    data: Waiter,
+    room: Waiter,
+    peer_data: Notifier,
+    peer_room: Notifier,
+    read_watch: DeathWatch,
+    write_watch: DeathWatch,
+    spin: Duration,
+    shut: bool,
+}
+
+fn corrupt(e: Corrupt) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the peer corrupted the shared memory: {}", e.0),
+    )
+}
+
+impl ShmStream {
+    pub(crate) fn new(ends: Ends) -> io::Result<ShmStream> {
+        let read_watch = DeathWatch::new(ends.socket)?;
+        Ok(ShmStream {
+            write_watch: read_watch.try_clone()?,
+            read_watch,
+            tx: ends.tx,
+            rx: ends.rx,
+            data: Waiter::new(ends.data)?,
+            room: Waiter::new(ends.room)?,
+            peer_data: Notifier::new(ends.peer_data),
+            peer_room: Notifier::new(ends.peer_room),
+            spin: ends.spin,
+            shut: false,
+        })
+    }
+
+    fn close_writing(&mut self) {
+        if !self.shut {
+            self.shut = true;
+            self.tx.close();
+            // The reader may be asleep, or about to be: always wake it.
+            self.peer_data.signal();
+        }
+    }
+}
+
+/// Whether to spin once more: true until `spin` has passed since the first
+/// call.
+fn keep_spinning(started: &mut Option<Instant>, spin: Duration) -> bool {
+    let start = *started.get_or_insert_with(Instant::now);
+    if start.elapsed() < spin {
+        std::hint::spin_loop();
+        true
+    } else {
+        false
+    }
+}
+
+impl AsyncRead for ShmStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut spinning = None;
+        loop {
+            let n = this.rx.read(buf.initialize_unfilled()).map_err(corrupt)?;
+            if n > 0 {
+                buf.advance(n);
+                if this.rx.producer_waiting() {
+                    this.peer_room.signal();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.rx.closed() {
+                if this.rx.available().map_err(corrupt)? == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            if keep_spinning(&mut spinning, this.spin) {
+                continue;
+            }
+            this.rx.set_waiting(true);
+            if this.rx.available().map_err(corrupt)? > 0 || this.rx.closed() {
+                this.rx.set_waiting(false);
+                continue;
+            }
+            if let Poll::Ready(woken) = this.data.poll(cx) {
+                this.rx.set_waiting(false);
+                woken?;
+                continue;
+            }
+            if this.read_watch.poll_gone(cx).is_ready() {
+                this.rx.set_waiting(false);
+                if this.rx.available().map_err(corrupt)? > 0 {
+                    continue;
+                }
+                if this.rx.closed() {
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the peer process exited without closing the shared-memory connection",
+                )));
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+impl AsyncWrite for ShmStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.shut {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut spinning = None;
+        loop {
+            let n = this.tx.write(buf).map_err(corrupt)?;
+            if n > 0 {
+                if this.tx.consumer_waiting() {
+                    this.peer_data.signal();
+                }
+                return Poll::Ready(Ok(n));
+            }
+            if keep_spinning(&mut spinning, this.spin) {
+                continue;
+            }
+            this.tx.set_waiting(true);
+            if this.tx.room().map_err(corrupt)? > 0 {
+                this.tx.set_waiting(false);
+                continue;
+            }
+            if let Poll::Ready(woken) = this.room.poll(cx) {
+                this.tx.set_waiting(false);
+                woken?;
+                continue;
+            }
+            if this.write_watch.poll_gone(cx).is_ready() {
+                this.tx.set_waiting(false);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the peer closed the shared-memory connection",
+                )));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Bytes are visible to the reader as soon as they are written.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().close_writing();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for ShmStream {
+    fn drop(&mut self) {
+        // Reads of what is left end cleanly; closing the socket (with the
+        // watches) tells a writer waiting for room that nobody will read.
+        self.close_writing();
+    }
+}
