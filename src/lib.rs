@@ -53,6 +53,8 @@ pub use busline_fifo::{FifoChannel, FifoReceiver, FifoTransport};
 pub use busline_jsonline::JsonLineCodec;
 #[cfg(feature = "jsonrpc")]
 pub use busline_jsonrpc::{Framing as JsonRpcFraming, JsonRpcCodec};
+#[cfg(all(feature = "shm", any(target_os = "linux", target_os = "android")))]
+pub use busline_shm::{ShmStream, ShmTransport};
 #[cfg(feature = "tcp")]
 pub use busline_tcp::TcpTransport;
 #[cfg(feature = "tls")]
@@ -72,6 +74,8 @@ pub fn any_transport() -> AnyTransport {
     let any = any.with(UnixTransport::new());
     #[cfg(all(feature = "fifo", any(target_os = "linux", target_os = "android")))]
     let any = any.with(FifoTransport::new());
+    #[cfg(all(feature = "shm", any(target_os = "linux", target_os = "android")))]
+    let any = any.with(ShmTransport::new());
     #[cfg(feature = "tcp")]
     let any = any.with(TcpTransport::new());
     #[cfg(feature = "tls")]

@@ -63,6 +63,20 @@ impl<C> Fixture<busline::FifoTransport, C> {
     }
 }
 
+impl<C> Fixture<busline::ShmTransport, C> {
+    pub fn shm(codec: C) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Fixture {
+            // Small rings: frames of the tests wrap around and stream
+            // through them.
+            transport: busline::ShmTransport::new().ring_size(16 * 1024),
+            codec,
+            addr: Address::shm("rpc").with_param("dir", dir.path().display().to_string()),
+            _dir: Some(dir),
+        }
+    }
+}
+
 impl<C> Fixture<busline::TcpTransport, C> {
     pub fn tcp(codec: C) -> Self {
         Fixture {
@@ -101,6 +115,10 @@ impl<T: Transport, C: Codec> Fixture<T, C> {
             busline::Endpoint::Memory(_) => Address::memory(unique("raw")),
             busline::Endpoint::Unix(p) => Address::unix(p.with_file_name(unique("raw"))),
             busline::Endpoint::Fifo(p) => Address::fifo(p.with_file_name(unique("raw"))),
+            busline::Endpoint::Shm(_) => self
+                .addr
+                .params()
+                .fold(Address::shm(unique("raw")), |a, (k, v)| a.with_param(k, v)),
             _ => Address::tcp("127.0.0.1", 0),
         }
     }
@@ -159,6 +177,9 @@ macro_rules! matrix {
         $crate::matrix!(@one fifo_jsonline, Fixture::fifo(busline::JsonLineCodec::new()), $($test),*);
         $crate::matrix!(@one fifo_cbor, Fixture::fifo(busline::CborCodec::new()), $($test),*);
         $crate::matrix!(@one fifo_jsonrpc, Fixture::fifo(busline::JsonRpcCodec::new()), $($test),*);
+        $crate::matrix!(@one shm_jsonline, Fixture::shm(busline::JsonLineCodec::new()), $($test),*);
+        $crate::matrix!(@one shm_cbor, Fixture::shm(busline::CborCodec::new()), $($test),*);
+        $crate::matrix!(@one shm_jsonrpc, Fixture::shm(busline::JsonRpcCodec::new()), $($test),*);
         $crate::matrix!(@one memory_jsonrpc, Fixture::memory(busline::JsonRpcCodec::new()), $($test),*);
         $crate::matrix!(@one unix_jsonrpc, Fixture::unix(busline::JsonRpcCodec::new()), $($test),*);
         $crate::matrix!(@one tcp_jsonrpc, Fixture::tcp(busline::JsonRpcCodec::new()), $($test),*);
