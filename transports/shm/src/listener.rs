@@ -1,12 +1,18 @@
-//! Accepting shared-memory connections: Unix-socket rendezvous, with each
-//! handshake on its own task so a silent client delays nobody.
+//! Accepting shared-memory connections: the Unix-socket rendezvous.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    task::Poll,
+    time::Duration,
+};
 
 use async_trait::async_trait;
-use busline_core::{Address, Listener, PeerInfo, Result};
+use busline_core::{Address, Error, Listener, PeerInfo, Result};
 use busline_unix::UnixListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::{
+    sync::{mpsc, Semaphore},
+    task::JoinHandle,
+};
 
 use crate::{rendezvous, ShmStream};
 
@@ -17,15 +23,18 @@ const HANDSHAKES: usize = 64;
 const READY: usize = 128;
 
 /// Listener for `shm://name`; dropping it removes its socket.
+///
+/// Handshakes run as soon as clients connect, before [`Listener::accept`]
+/// is called (a client waits for the server's half of the handshake), on
+/// a task of their own each, so a silent client delays nobody.
 #[derive(Debug)]
 pub struct ShmListener {
-    unix: UnixListener,
+    /// Shared with the accepting task, which polls it; taken out and
+    /// dropped by our own drop, so the socket file goes at once.
+    unix: Arc<Mutex<Option<UnixListener>>>,
     addr: Address,
-    spin: Duration,
-    timeout: Duration,
-    handshakes: Arc<Semaphore>,
-    done: mpsc::Sender<(ShmStream, PeerInfo)>,
-    ready: mpsc::Receiver<(ShmStream, PeerInfo)>,
+    ready: mpsc::Receiver<Result<(ShmStream, PeerInfo)>>,
+    task: JoinHandle<()>,
 }
 
 impl ShmListener {
@@ -35,26 +44,48 @@ impl ShmListener {
         spin: Duration,
         timeout: Duration,
     ) -> ShmListener {
+        let unix = Arc::new(Mutex::new(Some(unix)));
         let (done, ready) = mpsc::channel(READY);
+        let task = tokio::spawn(accept_loop(unix.clone(), done, spin, timeout));
         ShmListener {
             unix,
             addr,
-            spin,
-            timeout,
-            handshakes: Arc::new(Semaphore::new(HANDSHAKES)),
-            done,
             ready,
+            task,
         }
     }
+}
 
-    /// Run the handshake with a new client on its own task.
-    fn shake(
-        &self,
-        socket: tokio::net::UnixStream,
-        peer: PeerInfo,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let (done, spin, timeout) = (self.done.clone(), self.spin, self.timeout);
+type Accepted = Result<(ShmStream, PeerInfo)>;
+
+async fn accept_loop(
+    unix: Arc<Mutex<Option<UnixListener>>>,
+    done: mpsc::Sender<Accepted>,
+    spin: Duration,
+    timeout: Duration,
+) {
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted =
+            std::future::poll_fn(|cx| match unix.lock().expect("never poisoned").as_ref() {
+                Some(listener) => listener.poll_accept(cx).map(Some),
+                None => Poll::Ready(None),
+            })
+            .await;
+        let (socket, peer) = match accepted {
+            None => return,
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => {
+                if done.send(Err(e)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let done = done.clone();
         tokio::spawn(async move {
             let shaken = tokio::time::timeout(timeout, rendezvous::server(socket, spin)).await;
             drop(permit);
@@ -64,7 +95,7 @@ impl ShmListener {
                         description: format!("shm {}", peer.description),
                         credentials: peer.credentials,
                     };
-                    let _ = done.send((stream, peer)).await;
+                    let _ = done.send(Ok((stream, peer))).await;
                 }
                 // A failed handshake costs that client only.
                 Ok(Err(e)) => tracing::debug!("shm handshake refused: {e}"),
@@ -79,27 +110,24 @@ impl Listener for ShmListener {
     type Io = ShmStream;
 
     async fn accept(&mut self) -> Result<(ShmStream, PeerInfo)> {
-        loop {
-            // Room for one more handshake first, so a failed one frees it.
-            let permit = tokio::select! {
-                biased;
-                Some(accepted) = self.ready.recv() => return Ok(accepted),
-                permit = self.handshakes.clone().acquire_owned() => {
-                    permit.expect("the semaphore is never closed")
-                }
-            };
-            tokio::select! {
-                biased;
-                Some(accepted) = self.ready.recv() => return Ok(accepted),
-                accepted = self.unix.accept() => {
-                    let (socket, peer) = accepted?;
-                    self.shake(socket, peer, permit);
-                }
-            }
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            None => Err(Error::transport(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "shm listener closed",
+            ))),
         }
     }
 
     fn local_addr(&self) -> Address {
         self.addr.clone()
+    }
+}
+
+impl Drop for ShmListener {
+    fn drop(&mut self) {
+        // The socket file goes now, not whenever the task next runs.
+        drop(self.unix.lock().expect("never poisoned").take());
+        self.task.abort();
     }
 }

@@ -246,3 +246,96 @@ fn answer(status: u32, reason: &str) -> Vec<u8> {
     out.extend_from_slice(reason.as_bytes());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Send a hand-made hello to a server and return what it says.
+    async fn hostile(hello: &[u8], fds: &[&OwnedFd]) -> io::Error {
+        let (client, server_side) = UnixStream::pair().unwrap();
+        let server = tokio::spawn(super::server(server_side, Duration::ZERO));
+        send_with_fds(&client, hello, fds).await.unwrap();
+        let refused = server.await.unwrap().unwrap_err();
+        let mut answer = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(&answer[..4], MAGIC);
+        assert_ne!(&answer[4..8], &0u32.to_le_bytes(), "accepted");
+        assert!(
+            String::from_utf8_lossy(&answer[12..]).contains(&refused.to_string()),
+            "the client is told why"
+        );
+        refused
+    }
+
+    fn hello(capacity: u64) -> Vec<u8> {
+        let mut h = MAGIC.to_vec();
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&capacity.to_le_bytes());
+        h
+    }
+
+    fn memfd(len: usize, seal: bool) -> OwnedFd {
+        let fd =
+            rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len as u64).unwrap();
+        if seal {
+            rustix::fs::fcntl_add_seals(&fd, Region::SEALS).unwrap();
+        }
+        fd
+    }
+
+    #[tokio::test]
+    async fn a_server_refuses_memory_it_cannot_trust() {
+        let (data, room) = (new_eventfd().unwrap(), new_eventfd().unwrap());
+        let ok_len = region_len(MIN_RING);
+
+        // Unsealed: the client could shrink it and make the server fault.
+        let err = hostile(
+            &hello(MIN_RING as u64),
+            &[&memfd(ok_len, false), &data, &room],
+        )
+        .await;
+        assert!(err.to_string().contains("sealed"), "{err}");
+        // Smaller than announced.
+        let err = hostile(
+            &hello(MIN_RING as u64),
+            &[&memfd(ok_len - 4096, true), &data, &room],
+        )
+        .await;
+        assert!(err.to_string().contains("announced"), "{err}");
+        // A capacity out of range, or not a power of two.
+        for capacity in [0, 1000, u64::MAX, (MAX_RING as u64) * 2] {
+            let err = hostile(&hello(capacity), &[&memfd(ok_len, true), &data, &room]).await;
+            assert!(err.to_string().contains("power of two"), "{err}");
+        }
+        // Something else where an eventfd belongs.
+        let err = hostile(
+            &hello(MIN_RING as u64),
+            &[&memfd(ok_len, true), &memfd(8, false), &room],
+        )
+        .await;
+        assert!(err.to_string().contains("eventfd"), "{err}");
+        // Too few descriptors, a wrong magic, a wrong version.
+        let err = hostile(&hello(MIN_RING as u64), &[&memfd(ok_len, true)]).await;
+        assert!(err.to_string().contains("number of descriptors"), "{err}");
+        let err = hostile(b"HTTP/1.1 GET /xy", &[&data]).await;
+        assert!(err.to_string().contains("handshake"), "{err}");
+        let mut future = hello(MIN_RING as u64);
+        future[4] = 9;
+        let err = hostile(&future, &[&data]).await;
+        assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_hangs_up_mid_hello_is_an_error() {
+        let (mut client, server_side) = UnixStream::pair().unwrap();
+        let server = tokio::spawn(super::server(server_side, Duration::ZERO));
+        client.write_all(b"BSH").await.unwrap();
+        drop(client);
+        assert!(server.await.unwrap().is_err());
+    }
+}

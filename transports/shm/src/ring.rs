@@ -203,6 +203,14 @@ impl Consumer {
     }
 }
 
+/// The words a hostile peer would scribble on, for tests.
+#[cfg(test)]
+pub(crate) fn words_of(
+    consumer: &Consumer,
+) -> (&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64) {
+    (consumer.place.word(HEAD), consumer.place.word(TAIL))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

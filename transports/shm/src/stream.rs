@@ -228,3 +228,65 @@ impl Drop for ShmStream {
         self.close_writing();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::UnixStream,
+    };
+
+    use super::*;
+    use crate::{rendezvous, ring::words_of};
+
+    async fn pair() -> (ShmStream, ShmStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (client, server) = tokio::join!(
+            rendezvous::client(a, 4096, Duration::ZERO),
+            rendezvous::server(b, Duration::ZERO)
+        );
+        (client.unwrap(), server.unwrap())
+    }
+
+    #[tokio::test]
+    async fn scribbled_positions_are_invalid_data_not_a_crash() {
+        // The peer's write position jumps beyond the ring: reading fails.
+        let (client, mut server) = pair().await;
+        let (head, _) = words_of(&server.rx);
+        head.store(1 << 40, SeqCst);
+        let err = server.read(&mut [0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        drop(client);
+
+        // The peer's read position runs ahead of what was written: writing
+        // fails.
+        let (client, mut server) = pair().await;
+        let (_, tail) = words_of(&client.rx);
+        tail.store(12345, SeqCst);
+        let err = server.write(b"hello").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_is_end_of_stream_and_a_drop_too() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        assert_eq!(
+            client.write(b"more").await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+
+        let (mut client, mut server) = pair().await;
+        server.write_all(b"bye").await.unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+    }
+}

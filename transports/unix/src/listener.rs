@@ -1,6 +1,9 @@
 //! The bound side: accepting connections and cleaning up the socket file.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    task::{Context, Poll},
+};
 
 use async_trait::async_trait;
 use busline_core::{Address, Error, Listener, PeerCredentials, PeerInfo, Result};
@@ -44,6 +47,25 @@ impl UnixListener {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Accept a connection if one is waiting, else register `cx` to be
+    /// woken when one is. Unlike [`Listener::accept`] it borrows the
+    /// listener only for the call, so a listener shared behind a lock can
+    /// be polled from a task and still be dropped (removing its socket
+    /// file) at once from elsewhere.
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<(UnixStream, PeerInfo)>> {
+        self.inner.poll_accept(cx).map(|accepted| {
+            let (stream, _) = accepted.map_err(|e| {
+                let message = format!("accepting on {} failed", self.path.display());
+                Error::transport(errors::with_context(e, message))
+            })?;
+            let peer = PeerInfo {
+                description: Address::unix(&self.path).to_string(),
+                credentials: credentials(&stream),
+            };
+            Ok((stream, peer))
+        })
+    }
 }
 
 /// What the OS says about the process behind `stream`, if it says anything.
@@ -66,15 +88,7 @@ impl Listener for UnixListener {
     type Io = UnixStream;
 
     async fn accept(&mut self) -> Result<(UnixStream, PeerInfo)> {
-        let (stream, _) = self.inner.accept().await.map_err(|e| {
-            let message = format!("accepting on {} failed", self.path.display());
-            Error::transport(errors::with_context(e, message))
-        })?;
-        let peer = PeerInfo {
-            description: Address::unix(&self.path).to_string(),
-            credentials: credentials(&stream),
-        };
-        Ok((stream, peer))
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
     fn local_addr(&self) -> Address {
