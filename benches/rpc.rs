@@ -1,6 +1,11 @@
 //! Round trip (1 call in flight) and throughput (64 in flight) for every
 //! transport × codec, beside the raw socket doing the same byte ping-pong
-//! without busline, so busline's overhead reads as a ratio from one run.
+//! without busline, so busline's overhead reads as a ratio from one run;
+//! and 1 MiB payloads, beside a plain memory copy.
+//!
+//! The limits of the machine are rows too: `raw/shm_spin` is two threads
+//! bouncing one cache line, as two processes on shared memory would, and
+//! `raw/memcpy` copies 1 MiB in one thread.
 //!
 //! Run: `cargo bench --bench rpc`; one group: `cargo bench --bench rpc -- round_trip`.
 
@@ -12,8 +17,8 @@ use std::time::Duration;
 
 use busline::{
     rpc::{Client, Router, Server, ServerHandle},
-    Address, CborCodec, Codec, FifoTransport, JsonLineCodec, JsonRpcCodec, MemoryTransport,
-    TcpTransport, Transport, UnixTransport,
+    Address, CborCodec, Codec, FifoTransport, JsonLineCodec, JsonRpcCodec, Listener,
+    MemoryTransport, ShmStream, ShmTransport, TcpTransport, Transport, UnixTransport,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::{join_all, BoxFuture};
@@ -66,6 +71,45 @@ async fn raw_tcp() -> TcpStream {
     client
 }
 
+async fn raw_shm() -> ShmStream {
+    let addr = Address::shm(format!("bench-raw-{}", std::process::id()));
+    let shm = ShmTransport::new();
+    let mut listener = shm.bind(&addr).await.expect("bind raw shm");
+    let client = shm.connect(&addr).await.expect("connect raw shm");
+    let (server, _) = listener.accept().await.expect("accept raw shm");
+    tokio::spawn(raw_echo(server));
+    client
+}
+
+/// The floor under any shared-memory transport: two threads handing a
+/// counter back and forth through one cache line, spinning, no runtime.
+fn spin_ping_pong(rounds: u64) -> Duration {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    };
+    let line = Arc::new(AtomicU64::new(0));
+    let peer = line.clone();
+    let echo = std::thread::spawn(move || {
+        for i in 0..rounds {
+            while peer.load(Ordering::Acquire) != 2 * i + 1 {
+                std::hint::spin_loop();
+            }
+            peer.store(2 * i + 2, Ordering::Release);
+        }
+    });
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        line.store(2 * i + 1, Ordering::Release);
+        while line.load(Ordering::Acquire) != 2 * i + 2 {
+            std::hint::spin_loop();
+        }
+    }
+    let elapsed = start.elapsed();
+    echo.join().expect("echo thread");
+    elapsed
+}
+
 async fn raw_round_trip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
     let mut buf = [7u8; RAW_MESSAGE];
     s.write_all(&buf).await.expect("write");
@@ -114,8 +158,23 @@ fn timed<S: Send + 'static>(rt: &Runtime, n: u64, state: &mut Option<S>, op: Op<
 }
 
 fn router() -> Router {
-    Router::new().unary("echo", |x: u64| async move { Ok::<_, String>(x) })
+    Router::new()
+        .unary("echo", |x: u64| async move { Ok::<_, String>(x) })
+        .unary("blob", |b: serde_bytes::ByteBuf| async move {
+            Ok::<_, String>(b.len())
+        })
 }
+
+const MIB: usize = 1 << 20;
+
+/// One call carrying 1 MiB (answered with its length).
+async fn one_mib_call(client: &mut Client) {
+    let blob = serde_bytes::Bytes::new(&BLOB);
+    let n: usize = client.call("blob", &blob).await.expect("call");
+    assert_eq!(n, MIB);
+}
+
+static BLOB: [u8; MIB] = [7u8; MIB];
 
 async fn one_call(client: &mut Client) {
     let x: u64 = client.call("echo", &42u64).await.expect("call");
@@ -164,7 +223,11 @@ async fn all_setups(group: &str) -> Vec<Setup> {
     let memory = |codec: &str| Address::memory(format!("bench-{group}-{codec}"));
     let tcp = || Address::tcp("127.0.0.1", 0);
     let fifo = |codec: &str| Address::fifo(socket_path(&format!("{group}-fifo-{codec}")));
+    let shm = |codec: &str| Address::shm(format!("bench-{group}-{codec}-{}", std::process::id()));
     vec![
+        setup(ShmTransport::new(), CborCodec::new(), shm("cbor")).await,
+        setup(ShmTransport::new(), JsonLineCodec::new(), shm("jsonline")).await,
+        setup(ShmTransport::new(), JsonRpcCodec::new(), shm("jsonrpc")).await,
         setup(UnixTransport::new(), CborCodec::new(), unix("cbor")).await,
         setup(UnixTransport::new(), JsonLineCodec::new(), unix("jsonline")).await,
         setup(UnixTransport::new(), JsonRpcCodec::new(), unix("jsonrpc")).await,
@@ -202,6 +265,13 @@ fn round_trip(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("raw", "tcp"), |b| {
         b.iter_custom(|n| timed(&rt, n, &mut tcp, |s| Box::pin(raw_round_trip(s))))
     });
+    let mut shm = Some(rt.block_on(raw_shm()));
+    group.bench_function(BenchmarkId::new("raw", "shm"), |b| {
+        b.iter_custom(|n| timed(&rt, n, &mut shm, |s| Box::pin(raw_round_trip(s))))
+    });
+    group.bench_function(BenchmarkId::new("raw", "shm_spin"), |b| {
+        b.iter_custom(spin_ping_pong)
+    });
 
     for s in rt.block_on(all_setups("rt")) {
         let mut client = Some(s.client.clone());
@@ -225,11 +295,51 @@ fn throughput(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("raw_unbatched", "tcp"), |b| {
         b.iter_custom(|n| timed(&rt, n, &mut tcp, |s| Box::pin(raw_pipelined(s))))
     });
+    let mut shm = Some(rt.block_on(raw_shm()));
+    group.bench_function(BenchmarkId::new("raw_unbatched", "shm"), |b| {
+        b.iter_custom(|n| timed(&rt, n, &mut shm, |s| Box::pin(raw_pipelined(s))))
+    });
 
     for s in rt.block_on(all_setups("tp")) {
         let mut client = Some(s.client.clone());
         group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
             b.iter_custom(|n| timed(&rt, n, &mut client, |c| Box::pin(many_calls(c))))
+        });
+    }
+    group.finish();
+}
+
+fn payload(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("payload_1mib");
+    group.throughput(Throughput::Bytes(MIB as u64));
+    let mut dst = vec![0u8; MIB];
+    group.bench_function(BenchmarkId::new("raw", "memcpy"), |b| {
+        b.iter(|| {
+            dst.copy_from_slice(std::hint::black_box(&BLOB));
+            std::hint::black_box(&dst);
+        })
+    });
+    let setups = rt.block_on(async {
+        vec![
+            setup(
+                ShmTransport::new(),
+                CborCodec::new(),
+                Address::shm(format!("bench-mib-{}", std::process::id())),
+            )
+            .await,
+            setup(
+                UnixTransport::new(),
+                CborCodec::new(),
+                Address::unix(socket_path("mib")),
+            )
+            .await,
+        ]
+    });
+    for s in setups {
+        let mut client = Some(s.client.clone());
+        group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
+            b.iter_custom(|n| timed(&rt, n, &mut client, |c| Box::pin(one_mib_call(c))))
         });
     }
     group.finish();
@@ -241,6 +351,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30);
-    targets = round_trip, throughput
+    targets = round_trip, throughput, payload
 }
 criterion_main!(benches);

@@ -55,6 +55,9 @@ pub struct ShmStream {
     read_watch: DeathWatch,
     write_watch: DeathWatch,
     spin: Duration,
+    /// When reading, and writing, last found nothing to do.
+    read_idle: Option<Instant>,
+    write_idle: Option<Instant>,
     shut: bool,
 }
 
@@ -78,6 +81,8 @@ impl ShmStream {
             peer_data: Notifier::new(ends.peer_data),
             peer_room: Notifier::new(ends.peer_room),
             spin: ends.spin,
+            read_idle: None,
+            write_idle: None,
             shut: false,
         })
     }
@@ -92,16 +97,35 @@ impl ShmStream {
     }
 }
 
-/// Whether to spin once more: true until `spin` has passed since the first
-/// call.
-fn keep_spinning(started: &mut Option<Instant>, spin: Duration) -> bool {
-    let start = *started.get_or_insert_with(Instant::now);
-    if start.elapsed() < spin {
+/// Busy-waiting inside a poll would hold a runtime thread, and with it the
+/// very task that is about to answer (on two cores, often the case). So a
+/// side with nothing to do looks a few times at once, then yields, waking
+/// itself to look again after other tasks have run, until `spin` has passed
+/// since it first found nothing; only then does it sleep on its eventfd.
+fn idle(since: &mut Option<Instant>, looks: &mut u32, spin: Duration) -> Spin {
+    /// Looks at the ring before yielding: a few hundred nanoseconds.
+    const LOOKS: u32 = 16;
+    if *looks < LOOKS {
+        *looks += 1;
         std::hint::spin_loop();
-        true
-    } else {
-        false
+        return Spin::Again;
     }
+    let start = *since.get_or_insert_with(Instant::now);
+    if start.elapsed() < spin {
+        Spin::Yield
+    } else {
+        Spin::Sleep
+    }
+}
+
+/// What a side with nothing to do does next.
+enum Spin {
+    /// Look at the ring again now.
+    Again,
+    /// Return `Pending` after waking itself.
+    Yield,
+    /// Sleep on the eventfd.
+    Sleep,
 }
 
 impl AsyncRead for ShmStream {
@@ -114,10 +138,11 @@ impl AsyncRead for ShmStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let mut spinning = None;
+        let mut looks = 0;
         loop {
             let n = this.rx.read(buf.initialize_unfilled()).map_err(corrupt)?;
             if n > 0 {
+                this.read_idle = None;
                 buf.advance(n);
                 if this.rx.producer_waiting() {
                     this.peer_room.signal();
@@ -130,8 +155,13 @@ impl AsyncRead for ShmStream {
                 }
                 continue;
             }
-            if keep_spinning(&mut spinning, this.spin) {
-                continue;
+            match idle(&mut this.read_idle, &mut looks, this.spin) {
+                Spin::Again => continue,
+                Spin::Yield => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Spin::Sleep => {}
             }
             this.rx.set_waiting(true);
             if this.rx.available().map_err(corrupt)? > 0 || this.rx.closed() {
@@ -140,6 +170,7 @@ impl AsyncRead for ShmStream {
             }
             if let Poll::Ready(woken) = this.data.poll(cx) {
                 this.rx.set_waiting(false);
+                this.read_idle = None;
                 woken?;
                 continue;
             }
@@ -177,17 +208,23 @@ impl AsyncWrite for ShmStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let mut spinning = None;
+        let mut looks = 0;
         loop {
             let n = this.tx.write(buf).map_err(corrupt)?;
             if n > 0 {
+                this.write_idle = None;
                 if this.tx.consumer_waiting() {
                     this.peer_data.signal();
                 }
                 return Poll::Ready(Ok(n));
             }
-            if keep_spinning(&mut spinning, this.spin) {
-                continue;
+            match idle(&mut this.write_idle, &mut looks, this.spin) {
+                Spin::Again => continue,
+                Spin::Yield => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Spin::Sleep => {}
             }
             this.tx.set_waiting(true);
             if this.tx.room().map_err(corrupt)? > 0 {
@@ -196,6 +233,7 @@ impl AsyncWrite for ShmStream {
             }
             if let Poll::Ready(woken) = this.room.poll(cx) {
                 this.tx.set_waiting(false);
+                this.write_idle = None;
                 woken?;
                 continue;
             }
