@@ -2,8 +2,9 @@
 //!
 //! One set of traits — [`Transport`], [`Codec`], [`Authenticator`] — plugs
 //! into one tower-based RPC and streaming layer ([`rpc`]). The same service
-//! code runs over a Unix socket, TCP or an in-memory pipe, with JSON-line or
-//! CBOR on the wire, with or without authentication.
+//! code runs over a Unix socket, FIFOs, shared memory, TCP, TLS or an
+//! in-memory pipe, with JSON-line, JSON-RPC or CBOR on the wire, with or
+//! without authentication.
 //!
 //! ```
 //! use busline::{rpc::{Client, Router, Server}, Address, CborCodec, MemoryTransport};
@@ -27,7 +28,7 @@
 //! # }).unwrap();
 //! ```
 //!
-//! Cargo features (all on by default): `unix`, `tcp`, `tls` (transports),
+//! Cargo features (all on by default): `unix`, `fifo`, `shm`, `tcp`, `tls` (transports),
 //! `jsonline`, `jsonrpc`, `cbor` (codecs), `cli` (the `busline` program).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]

@@ -459,7 +459,22 @@ fn one_broker_per_pidfile_and_a_killed_ones_files_are_reclaimed() {
 #[test]
 fn serve_call_and_broker_over_fifos() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("fifo://{}", dir.path().join("serve").display());
+    serve_call_and_broker_over(
+        format!("fifo://{}", dir.path().join("serve").display()),
+        format!("fifo://{}", dir.path().join("bus").display()),
+    );
+}
+
+#[test]
+fn serve_call_and_broker_over_shared_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = format!("?dir={}", dir.path().display());
+    serve_call_and_broker_over(format!("shm://serve{at}"), format!("shm://bus{at}"));
+}
+
+/// `busline serve` and `call` on `url`, then a broker on `bus` with a
+/// provider and a caller.
+fn serve_call_and_broker_over(url: String, bus: String) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_busline"))
         .args(["serve", &url])
         .stderr(Stdio::null())
@@ -471,8 +486,6 @@ fn serve_call_and_broker_over_fifos() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     drop(guard);
 
-    // A broker on a FIFO rendezvous, reached the same way.
-    let bus = format!("fifo://{}", dir.path().join("bus").display());
     let mut broker = Command::new(env!("CARGO_BIN_EXE_busline"))
         .args(["broker", "--listen", &bus])
         .stderr(Stdio::null())
@@ -481,7 +494,7 @@ fn serve_call_and_broker_over_fifos() {
     let _guard = KillOnDrop(&mut broker);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sum = runtime.block_on(async {
-        let (transport, addr) = (busline::FifoTransport::new(), bus.parse().unwrap());
+        let (transport, addr) = (busline::any_transport(), bus.parse().unwrap());
         let connect = || {
             busline::broker::BrokerClient::connect(
                 busline::rpc::Client::builder(busline::CborCodec::new())
