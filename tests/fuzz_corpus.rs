@@ -48,6 +48,12 @@ fn broker_survives_its_corpus() {
     assert!(replay("broker", checks::broker) > 0);
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[test]
+fn shared_memory_survives_hostile_memory() {
+    assert!(replay("shm_ring", checks::shm_ring) > 0);
+}
+
 #[test]
 fn addresses_survive_their_corpus() {
     assert!(replay("address", checks::address) > 0);

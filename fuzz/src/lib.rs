@@ -262,6 +262,99 @@ async fn calls(addr: &Address, script: &[u8]) {
     }
 }
 
+/// A hostile client of the shared-memory transport: it fills the memory it
+/// hands the server with `bytes` (ring positions, flags and data, from
+/// offset 0), completes the handshake and hangs up. The server must read
+/// and write through it to an end or a typed error, without a panic,
+/// a fault or a hang.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn shm_ring(bytes: &[u8]) {
+    use std::os::fd::AsFd;
+
+    use busline::{Listener, ShmTransport};
+    use rustix::{
+        fs::{MemfdFlags, SealFlags},
+        net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags},
+    };
+    use tokio::io::AsyncReadExt;
+
+    /// The ring size asked for: the smallest, so inputs cover it all.
+    const RING: u64 = 4096;
+    const REGION: usize = 2 * (4096 + RING as usize);
+
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!("busline-fuzz-shm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let name = format!("ring{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let addr = Address::shm(&name).with_param("dir", dir.display().to_string());
+
+    // The memory, filled with the input, sealed as the server demands.
+    let memfd = rustix::fs::memfd_create("fuzz", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .expect("memfd");
+    rustix::fs::ftruncate(&memfd, REGION as u64).expect("ftruncate");
+    let input = &bytes[..bytes.len().min(REGION)];
+    rustix::io::pwrite(&memfd, input, 0).expect("pwrite");
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )
+    .expect("seals");
+    let events = [
+        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"),
+        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"),
+    ];
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let shm = ShmTransport::new().spin(Duration::ZERO);
+        let mut listener = shm.bind(&addr).await.expect("bind");
+        let socket = std::os::unix::net::UnixStream::connect(dir.join(format!("{name}.shm")))
+            .expect("connect");
+        let mut hello = b"BSHM".to_vec();
+        hello.extend_from_slice(&1u32.to_le_bytes());
+        hello.extend_from_slice(&RING.to_le_bytes());
+        let fds = [memfd.as_fd(), events[0].as_fd(), events[1].as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        rustix::net::sendmsg(
+            &socket,
+            &[std::io::IoSlice::new(&hello)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .expect("hello sent");
+        let (mut server, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the handshake ends")
+            .expect("a valid hello is accepted");
+        // Hang up: the server now has only the memory and our death.
+        drop(socket);
+        let read = async {
+            let mut sink = vec![0u8; 8192];
+            while let Ok(n) = server.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("reading ends: data, then an end or an error");
+        let write = tokio::io::AsyncWriteExt::write_all(&mut server, &[1u8; 3 * RING as usize]);
+        let written = tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("writing ends: room, or an error once the peer is gone");
+        assert!(
+            written.is_err(),
+            "wrote 12 KiB into a 4 KiB ring nobody reads"
+        );
+    });
+}
+
 /// Parse `bytes` as an address URL: an error or an address that prints as
 /// a URL parsing back to itself.
 pub fn address(bytes: &[u8]) {
