@@ -49,6 +49,11 @@ use rustix::{
     mm::{MapFlags, ProtFlags},
 };
 
+pub(crate) use std::sync::atomic::fence;
+
+/// The word type the rings use.
+pub(crate) type Word = AtomicU64;
+
 /// A byte region shared with another process (or, in tests, with another
 /// thread).
 #[derive(Debug)]
