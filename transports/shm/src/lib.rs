@@ -76,4 +76,6 @@ mod wake;
 // Under loom (`--cfg busline_loom`) only the rings and a model of their memory
 // are built, for the model checker.
 #[cfg(not(busline_loom))]
-pub use crate::{listener::ShmListener, stream::ShmStream, transport::ShmTransport};
+pub use crate::{
+    listener::ShmListener, region::RingBytes, stream::ShmStream, transport::ShmTransport,
+};

@@ -22,6 +22,8 @@
 //!    bytes concurrently can make the copy come out torn (garbage), which
 //!    the protocol above treats as untrusted input; it cannot make this
 //!    process read or write outside the region.
+//!    The one exception is [`RingBytes::as_slices`], an `unsafe fn` whose
+//!    caller takes on that promise for a peer it trusts.
 //! 5. [`async_fd`] registers an `OwnedFd` with tokio's reactor, which
 //!    requires the descriptor to stay open and the same until the
 //!    `AsyncFd` is dropped: an `OwnedFd` moved into the `AsyncFd` is closed
@@ -195,6 +197,78 @@ impl Region {
             "{len} bytes at {offset} outside a {} byte region",
             self.len
         );
+    }
+}
+
+/// Bytes lent in place from a shared-memory ring by
+/// [`ShmStream::read_in_place`](crate::ShmStream::read_in_place): one or
+/// two runs of the ring (two where they wrap around its end).
+#[derive(Debug, Clone, Copy)]
+pub struct RingBytes<'a> {
+    region: &'a Region,
+    pieces: [(usize, usize); 2],
+}
+
+impl<'a> RingBytes<'a> {
+    /// `pieces` are (offset, length) runs inside `region`.
+    pub(crate) fn new(region: &'a Region, pieces: [(usize, usize); 2]) -> Self {
+        for (offset, len) in pieces {
+            region.check(offset, len);
+        }
+        RingBytes { region, pieces }
+    }
+
+    /// How many bytes are lent.
+    pub fn len(&self) -> usize {
+        self.pieces[0].1 + self.pieces[1].1
+    }
+
+    /// Whether none are (the end of the stream).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copy the first `dst.len()` bytes into `dst`.
+    ///
+    /// Panics if fewer than `dst.len()` bytes are lent.
+    pub fn copy_to_slice(&self, dst: &mut [u8]) {
+        assert!(
+            dst.len() <= self.len(),
+            "{} bytes wanted, {} lent",
+            dst.len(),
+            self.len()
+        );
+        let mut done = 0;
+        for (offset, len) in self.pieces {
+            let take = len.min(dst.len() - done);
+            self.region.read(offset, &mut dst[done..done + take]);
+            done += take;
+        }
+    }
+
+    /// All the lent bytes, copied.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.len()];
+        self.copy_to_slice(&mut out);
+        out
+    }
+
+    /// The lent bytes as plain slices, with no copy at all.
+    ///
+    /// # Safety
+    ///
+    /// The peer process can write to this memory at any time. The caller
+    /// must trust it to follow the ring protocol (which never writes lent
+    /// bytes) for as long as the slices live; a peer that does not makes
+    /// the slices change under the caller, which Rust's rules for `&[u8]`
+    /// do not allow.
+    pub unsafe fn as_slices(&self) -> (&'a [u8], &'a [u8]) {
+        let slice = |(offset, len): (usize, usize)| {
+            // SAFETY: inside the region (checked in `new`), alive for 'a
+            // (invariant 1); immutability is the caller's promise above.
+            unsafe { std::slice::from_raw_parts(self.region.ptr.as_ptr().add(offset), len) }
+        };
+        (slice(self.pieces[0]), slice(self.pieces[1]))
     }
 }
 

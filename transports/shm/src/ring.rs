@@ -194,6 +194,21 @@ impl Consumer {
         Ok(n)
     }
 
+    /// Lend up to `max` readable bytes, in place, to `f`; consume as many
+    /// as it returns (at most what it was lent).
+    #[cfg(not(busline_loom))]
+    pub(crate) fn lend<R>(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(crate::region::RingBytes<'_>) -> (usize, R),
+    ) -> Result<R, Corrupt> {
+        let n = max.min(self.available()?);
+        let pieces = self.place.pieces(self.tail, n);
+        let (used, result) = f(crate::region::RingBytes::new(&self.place.region, pieces));
+        self.consume(used.min(n));
+        Ok(result)
+    }
+
     fn consume(&mut self, n: usize) {
         self.tail = self.tail.wrapping_add(n as u64);
         self.place.word(TAIL).store(self.tail, Release);

@@ -11,6 +11,7 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
+    region::RingBytes,
     ring::{Consumer, Corrupt, Producer},
     wake::{DeathWatch, Notifier, Waiter},
 };
@@ -128,6 +129,103 @@ enum Spin {
     Sleep,
 }
 
+impl ShmStream {
+    /// Ready with `true` once there are bytes to read, `false` at the end
+    /// of the stream.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut looks = 0;
+        loop {
+            if self.rx.available().map_err(corrupt)? > 0 {
+                self.read_idle = None;
+                return Poll::Ready(Ok(true));
+            }
+            if self.rx.closed() {
+                // The last bytes were published before the flag.
+                let more = self.rx.available().map_err(corrupt)? > 0;
+                return Poll::Ready(Ok(more));
+            }
+            match idle(&mut self.read_idle, &mut looks, self.spin) {
+                Spin::Again => continue,
+                Spin::Yield => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Spin::Sleep => {}
+            }
+            self.rx.set_waiting(true);
+            if self.rx.available().map_err(corrupt)? > 0 || self.rx.closed() {
+                self.rx.set_waiting(false);
+                continue;
+            }
+            if let Poll::Ready(woken) = self.data.poll(cx) {
+                self.rx.set_waiting(false);
+                self.read_idle = None;
+                woken?;
+                continue;
+            }
+            if self.read_watch.poll_gone(cx).is_ready() {
+                self.rx.set_waiting(false);
+                if self.rx.available().map_err(corrupt)? > 0 {
+                    continue;
+                }
+                if self.rx.closed() {
+                    return Poll::Ready(Ok(false));
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the peer process exited without closing the shared-memory connection",
+                )));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// After consuming: wake a writer waiting for room.
+    fn consumed(&self) {
+        if self.rx.producer_waiting() {
+            self.peer_room.signal();
+        }
+    }
+
+    /// Receive without copying: wait until there are bytes to read, lend
+    /// up to `max` of them, in place in the ring, to `f`, and consume as
+    /// many as `f` says it used (the rest stay for the next read). At the
+    /// end of the stream `f` gets an empty view.
+    ///
+    /// The view ([`RingBytes`]) reads the shared memory itself: parse a
+    /// header, look at a length, copy out just the part you keep. Bytes the
+    /// writer published cannot change while lent, as long as the writer
+    /// follows the protocol; a hostile writer could still scribble on
+    /// them, which is why the view hands out copies and a plain `&[u8]`
+    /// only through the `unsafe` [`RingBytes::as_slices`].
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut busline_shm::ShmStream) -> std::io::Result<()> {
+    /// // A 4-byte length prefix, then that many bytes.
+    /// let header = stream
+    ///     .read_in_place(4, |bytes| {
+    ///         if bytes.len() < 4 {
+    ///             return (0, None); // wait for the whole prefix
+    ///         }
+    ///         let mut len = [0u8; 4];
+    ///         bytes.copy_to_slice(&mut len);
+    ///         (4, Some(u32::from_le_bytes(len)))
+    ///     })
+    ///     .await?;
+    /// # let _ = header; Ok(()) }
+    /// ```
+    pub async fn read_in_place<R>(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(RingBytes<'_>) -> (usize, R),
+    ) -> io::Result<R> {
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await?;
+        let result = self.rx.lend(max, f).map_err(corrupt)?;
+        self.consumed();
+        Ok(result)
+    }
+}
+
 impl AsyncRead for ShmStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -138,57 +236,13 @@ impl AsyncRead for ShmStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let mut looks = 0;
-        loop {
-            let n = this.rx.read(buf.initialize_unfilled()).map_err(corrupt)?;
-            if n > 0 {
-                this.read_idle = None;
-                buf.advance(n);
-                if this.rx.producer_waiting() {
-                    this.peer_room.signal();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if this.rx.closed() {
-                if this.rx.available().map_err(corrupt)? == 0 {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            match idle(&mut this.read_idle, &mut looks, this.spin) {
-                Spin::Again => continue,
-                Spin::Yield => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Spin::Sleep => {}
-            }
-            this.rx.set_waiting(true);
-            if this.rx.available().map_err(corrupt)? > 0 || this.rx.closed() {
-                this.rx.set_waiting(false);
-                continue;
-            }
-            if let Poll::Ready(woken) = this.data.poll(cx) {
-                this.rx.set_waiting(false);
-                this.read_idle = None;
-                woken?;
-                continue;
-            }
-            if this.read_watch.poll_gone(cx).is_ready() {
-                this.rx.set_waiting(false);
-                if this.rx.available().map_err(corrupt)? > 0 {
-                    continue;
-                }
-                if this.rx.closed() {
-                    return Poll::Ready(Ok(()));
-                }
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "the peer process exited without closing the shared-memory connection",
-                )));
-            }
-            return Poll::Pending;
+        if !std::task::ready!(this.poll_readable(cx))? {
+            return Poll::Ready(Ok(()));
         }
+        let n = this.rx.read(buf.initialize_unfilled()).map_err(corrupt)?;
+        buf.advance(n);
+        this.consumed();
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -231,3 +231,42 @@ fn busline_entries_in_dev_shm() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_in_place_lends_the_ring_across_its_end() {
+    let (_dir, mut client, mut server) = pair("lend").await;
+    // Move the ring's positions near its end, so the next frame wraps.
+    client.write_all(&vec![1u8; RING - 10]).await.unwrap();
+    let mut skip = vec![0u8; RING - 10];
+    server.read_exact(&mut skip).await.unwrap();
+
+    let frame: Vec<u8> = (0..100u8).collect();
+    client.write_all(&frame).await.unwrap();
+    // Lent whole, in two pieces (10 before the end, 90 after); take 60.
+    let (lent, first) = server
+        .read_in_place(usize::MAX, |bytes| {
+            assert!(!bytes.is_empty());
+            // SAFETY: the peer is this test's own, well-behaved client.
+            let (a, b) = unsafe { bytes.as_slices() };
+            assert_eq!((a.len(), b.len()), (10, 90), "split at the ring's end");
+            let mut first = [0u8; 60];
+            bytes.copy_to_slice(&mut first);
+            (60, (bytes.to_vec(), first))
+        })
+        .await
+        .unwrap();
+    assert_eq!(lent, frame);
+    assert_eq!(&first[..], &frame[..60]);
+    // What was not taken is read next.
+    let rest = server
+        .read_in_place(1000, |b| (b.len(), b.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(rest, &frame[60..]);
+    // At the end of the stream the view is empty.
+    client.shutdown().await.unwrap();
+    assert!(server
+        .read_in_place(10, |b| (0, b.is_empty()))
+        .await
+        .unwrap());
+}
