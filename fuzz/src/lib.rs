@@ -299,10 +299,19 @@ pub fn shm_ring(bytes: &[u8]) {
         SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
     )
     .expect("seals");
-    let events = [
-        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"),
-        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"),
-    ];
+    let wake = || {
+        rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair")
+    };
+    let (events, _kept) = {
+        let ((a, b), (c, d)) = (wake(), wake());
+        ([b, d], (a, c))
+    };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -3,7 +3,7 @@
 //! Each connection is one region of shared memory holding two lock-free
 //! single-producer single-consumer byte rings, one each way. Bytes move by
 //! one copy into the ring and one copy out, with no system call while
-//! both sides are busy; an idle side sleeps on an eventfd. Frames of any
+//! both sides are busy; an idle side sleeps on a socket. Frames of any
 //! size stream through the rings, so nothing is refused for being larger
 //! than a ring.
 //!
@@ -11,8 +11,8 @@
 //!
 //! There are no named shared-memory objects. A client connects to a Unix
 //! socket (`<dir>/<name>.shm`, private to the user), makes an anonymous
-//! memfd and two eventfds, and passes them over the socket
-//! (`SCM_RIGHTS`); the server passes back its own two eventfds. The kernel
+//! memfd and two wake-up sockets, and passes them over the socket
+//! (`SCM_RIGHTS`); the server passes back its own two wake-up sockets. The kernel
 //! frees the memory when both ends have closed it, however they exit, and
 //! the socket doubles as the liveness signal: when the peer dies, its end
 //! of the socket closes and the stream ends with an error instead of

@@ -88,7 +88,11 @@ async fn accept_loop(
         let done = done.clone();
         tokio::spawn(async move {
             let shaken = tokio::time::timeout(timeout, rendezvous::server(socket, spin)).await;
-            drop(permit);
+            // The permit goes once the connection is handed over (or
+            // refused): connections nobody has accepted yet count against
+            // the limit, so a slow `accept` slows new handshakes instead of
+            // piling up open connections.
+            let _permit = permit;
             match shaken {
                 Ok(Ok(stream)) => {
                     let peer = PeerInfo {

@@ -16,12 +16,17 @@
 //!    values read out of the region).
 //! 4. The region is never seen as a Rust reference to plain bytes
 //!    (`&[u8]`/`&mut [u8]`): the peer may write to it at any time. Words are
-//!    accessed as `AtomicU64`, whose contract allows concurrent writers; bulk
-//!    bytes move with `ptr::copy_nonoverlapping` through raw pointers into
-//!    and out of memory this process owns. A hostile peer writing the same
-//!    bytes concurrently can make the copy come out torn (garbage), which
-//!    the protocol above treats as untrusted input; it cannot make this
-//!    process read or write outside the region.
+//!    accessed as `AtomicU64`. Bulk bytes move with
+//!    `ptr::copy_nonoverlapping` through raw pointers into and out of
+//!    memory this process owns; the ring protocol never has both sides on
+//!    the same bytes at once. A hostile peer that writes the bytes being
+//!    copied anyway races with the copy, which Rust's memory model does not
+//!    define even across processes. In practice the copy is a `memcpy` of
+//!    memory the compiler cannot see written, so the worst outcome is torn
+//!    bytes, which the protocol treats as untrusted input; it cannot make
+//!    this process read or write outside the region. This is the one
+//!    assumption here beyond the language's rules, as for every
+//!    shared-memory transport.
 //!    The one exception is [`RingBytes::as_slices`], an `unsafe fn` whose
 //!    caller takes on that promise for a peer it trusts.
 //! 5. [`async_fd`] registers an `OwnedFd` with tokio's reactor, which

@@ -1,14 +1,16 @@
 //! The handshake over the Unix socket that hands the shared memory and the
-//! eventfds from one process to the other (`SCM_RIGHTS`).
+//! wake-up sockets from one process to the other (`SCM_RIGHTS`).
 //!
 //! The client makes the memory: a memfd of two rings, sealed so it can
-//! never shrink under the server (which would make the server fault), and
-//! two eventfds it sleeps on. It sends `HELLO` = `b"BSHM"`, version (u32
-//! LE), ring capacity (u64 LE) with those three descriptors. The server
-//! checks everything (capacity, memfd size and seals, that the eventfds
-//! are eventfds), maps the memory, and answers `b"BSHM"`, status (u32 LE,
-//! 0 = accepted), reason length (u32 LE) and reason, with its own two
-//! eventfds when it accepts.
+//! never shrink under the server (which would make the server fault). Each
+//! side makes two socket pairs it sleeps on (data to read, room to write)
+//! and hands the other end of each to its peer, to be woken through. The
+//! client sends `HELLO` = `b"BSHM"`, version (u32 LE), ring capacity (u64
+//! LE) with the memfd and its two wake ends. The server checks everything
+//! (capacity, memfd size and seals, that the wake ends are sockets), maps
+//! the memory, and answers `b"BSHM"`, status (u32 LE, 0 = accepted),
+//! reason length (u32 LE) and reason, with its own two wake ends when it
+//! accepts.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -33,7 +35,7 @@ use crate::{
     region::Region,
     ring::{ring, HEADER},
     stream::{Ends, ShmStream},
-    wake::{check_eventfd, new_eventfd},
+    wake::{check_wake_fd, new_wake_pair},
 };
 
 const MAGIC: &[u8; 4] = b"BSHM";
@@ -128,14 +130,14 @@ pub(crate) async fn client(
     rustix::fs::ftruncate(&memfd, region_len(capacity) as u64)?;
     rustix::fs::fcntl_add_seals(&memfd, Region::SEALS)?;
     let region = Arc::new(Region::map(&memfd, region_len(capacity))?);
-    let (data, room) = (new_eventfd()?, new_eventfd()?);
+    let ((data, data_give), (room, room_give)) = (new_wake_pair()?, new_wake_pair()?);
 
     let mut hello = Vec::with_capacity(16);
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&VERSION.to_le_bytes());
     hello.extend_from_slice(&(capacity as u64).to_le_bytes());
-    send_with_fds(&socket, &hello, &[&memfd, &data, &room]).await?;
-    drop(memfd);
+    send_with_fds(&socket, &hello, &[&memfd, &data_give, &room_give]).await?;
+    drop((memfd, data_give, room_give));
 
     let (answer, fds) = recv_with_fds::<12>(&mut socket).await?;
     if &answer[..4] != MAGIC {
@@ -156,8 +158,8 @@ pub(crate) async fn client(
     let [peer_data, peer_room]: [OwnedFd; 2] = fds
         .try_into()
         .map_err(|_| invalid("the server sent the wrong number of descriptors"))?;
-    check_eventfd(&peer_data)?;
-    check_eventfd(&peer_room)?;
+    check_wake_fd(&peer_data)?;
+    check_wake_fd(&peer_room)?;
     let (tx, _) = ring(region.clone(), 0, capacity);
     let (_, rx) = ring(region, HEADER + capacity, capacity);
     ShmStream::new(Ends {
@@ -179,7 +181,7 @@ pub(crate) async fn server(
 ) -> io::Result<ShmStream> {
     let accepted = accept(&mut socket).await;
     let (answer, fds) = match &accepted {
-        Ok((_, data, room, _)) => (answer(0, ""), vec![data, room]),
+        Ok(a) => (answer(0, ""), vec![&a.data_give, &a.room_give]),
         Err(e) => (answer(1, &e.to_string()), vec![]),
     };
     if fds.is_empty() {
@@ -187,7 +189,15 @@ pub(crate) async fn server(
     } else {
         send_with_fds(&socket, &answer, &fds).await?;
     }
-    let (region, data, room, (capacity, peer_data, peer_room)) = accepted?;
+    let Accepted {
+        region,
+        capacity,
+        data,
+        room,
+        peer_data,
+        peer_room,
+        ..
+    } = accepted?;
     let (_, rx) = ring(region.clone(), 0, capacity);
     let (tx, _) = ring(region, HEADER + capacity, capacity);
     ShmStream::new(Ends {
@@ -202,7 +212,19 @@ pub(crate) async fn server(
     })
 }
 
-type Accepted = (Arc<Region>, OwnedFd, OwnedFd, (usize, OwnedFd, OwnedFd));
+/// What the server has once it accepts a client's hello.
+struct Accepted {
+    region: Arc<Region>,
+    capacity: usize,
+    /// Where the server sleeps, and the ends it hands the client.
+    data: OwnedFd,
+    room: OwnedFd,
+    data_give: OwnedFd,
+    room_give: OwnedFd,
+    /// The client's ends, to wake it.
+    peer_data: OwnedFd,
+    peer_room: OwnedFd,
+}
 
 async fn accept(socket: &mut UnixStream) -> io::Result<Accepted> {
     let (hello, fds) = recv_with_fds::<16>(socket).await?;
@@ -227,15 +249,20 @@ async fn accept(socket: &mut UnixStream) -> io::Result<Accepted> {
     let [memfd, peer_data, peer_room]: [OwnedFd; 3] = fds
         .try_into()
         .map_err(|_| invalid("the client sent the wrong number of descriptors"))?;
-    check_eventfd(&peer_data)?;
-    check_eventfd(&peer_room)?;
+    check_wake_fd(&peer_data)?;
+    check_wake_fd(&peer_room)?;
     let region = Arc::new(Region::map(&memfd, region_len(capacity))?);
-    Ok((
+    let ((data, data_give), (room, room_give)) = (new_wake_pair()?, new_wake_pair()?);
+    Ok(Accepted {
         region,
-        new_eventfd()?,
-        new_eventfd()?,
-        (capacity, peer_data, peer_room),
-    ))
+        capacity,
+        data,
+        room,
+        data_give,
+        room_give,
+        peer_data,
+        peer_room,
+    })
 }
 
 fn answer(status: u32, reason: &str) -> Vec<u8> {
@@ -290,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_refuses_memory_it_cannot_trust() {
-        let (data, room) = (new_eventfd().unwrap(), new_eventfd().unwrap());
+        let ((_, data), (_, room)) = (new_wake_pair().unwrap(), new_wake_pair().unwrap());
         let ok_len = region_len(MIN_RING);
 
         // Unsealed: the client could shrink it and make the server fault.
@@ -312,13 +339,13 @@ mod tests {
             let err = hostile(&hello(capacity), &[&memfd(ok_len, true), &data, &room]).await;
             assert!(err.to_string().contains("power of two"), "{err}");
         }
-        // Something else where an eventfd belongs.
+        // Something else where a wake-up socket belongs.
         let err = hostile(
             &hello(MIN_RING as u64),
             &[&memfd(ok_len, true), &memfd(8, false), &room],
         )
         .await;
-        assert!(err.to_string().contains("eventfd"), "{err}");
+        assert!(err.to_string().contains("socket"), "{err}");
         // Too few descriptors, a wrong magic, a wrong version.
         let err = hostile(&hello(MIN_RING as u64), &[&memfd(ok_len, true)]).await;
         assert!(err.to_string().contains("number of descriptors"), "{err}");

@@ -176,6 +176,11 @@ impl Producer {
 }
 
 impl Consumer {
+    /// The ring's size in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.place.capacity
+    }
+
     /// Bytes that can be read now.
     pub(crate) fn available(&self) -> Result<usize, Corrupt> {
         let head = self.place.word(HEAD).load(Acquire);

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::{
     region::RingBytes,
     ring::{Consumer, Corrupt, Producer},
-    wake::{DeathWatch, Notifier, Waiter},
+    wake::{DeathWatch, Notifier, Waiter, Woken},
 };
 
 /// What the handshake hands over to make a stream.
@@ -21,10 +21,10 @@ pub(crate) struct Ends {
     /// This side's writing end, and the ring it reads.
     pub(crate) tx: Producer,
     pub(crate) rx: Consumer,
-    /// Eventfds this side sleeps on: data to read, room to write.
+    /// Wake-up sockets this side sleeps on: data to read, room to write.
     pub(crate) data: OwnedFd,
     pub(crate) room: OwnedFd,
-    /// The peer's eventfds.
+    /// The peer's wake-up sockets.
     pub(crate) peer_data: OwnedFd,
     pub(crate) peer_room: OwnedFd,
     /// The rendezvous socket, kept open as the liveness signal.
@@ -38,7 +38,7 @@ pub(crate) struct Ends {
 /// Reading and writing copy straight between your buffer and the ring,
 /// with no system call while the other side is busy: a side that finds
 /// nothing to do spins for a moment (see [`crate::ShmTransport::spin`])
-/// before it sleeps on an eventfd, and the other side signals that eventfd
+/// before it sleeps on a wake-up socket, and the other side signals it
 /// only when it sees it asleep. So an idle connection costs no CPU, and a
 /// busy one pays no system call per message.
 ///
@@ -59,6 +59,10 @@ pub struct ShmStream {
     /// When reading, and writing, last found nothing to do.
     read_idle: Option<Instant>,
     write_idle: Option<Instant>,
+    /// Whether this side's "waiting" flag is up in the ring it reads, and
+    /// in the ring it writes.
+    read_sleeping: bool,
+    write_sleeping: bool,
     shut: bool,
 }
 
@@ -84,6 +88,8 @@ impl ShmStream {
             spin: ends.spin,
             read_idle: None,
             write_idle: None,
+            read_sleeping: false,
+            write_sleeping: false,
             shut: false,
         })
     }
@@ -102,7 +108,8 @@ impl ShmStream {
 /// very task that is about to answer (on two cores, often the case). So a
 /// side with nothing to do looks a few times at once, then yields, waking
 /// itself to look again after other tasks have run, until `spin` has passed
-/// since it first found nothing; only then does it sleep on its eventfd.
+/// since it first found nothing; only then does it sleep on its wake-up
+/// socket.
 fn idle(since: &mut Option<Instant>, looks: &mut u32, spin: Duration) -> Spin {
     /// Looks at the ring before yielding: a few hundred nanoseconds.
     const LOOKS: u32 = 16;
@@ -125,24 +132,42 @@ enum Spin {
     Again,
     /// Return `Pending` after waking itself.
     Yield,
-    /// Sleep on the eventfd.
+    /// Sleep on the wake-up socket.
     Sleep,
 }
 
 impl ShmStream {
-    /// Ready with `true` once there are bytes to read, `false` at the end
-    /// of the stream.
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    /// Ready with `true` once at least `min` bytes can be read, `false`
+    /// at the end of the stream; an error if it ends with fewer than `min`
+    /// (but some) left, or the peer dies.
+    fn poll_readable(&mut self, cx: &mut Context<'_>, min: usize) -> Poll<io::Result<bool>> {
+        let result = self.poll_readable_inner(cx, min);
+        if result.is_ready() && self.read_sleeping {
+            // Awake again: the writer need not signal every write.
+            self.read_sleeping = false;
+            self.rx.set_waiting(false);
+        }
+        result
+    }
+
+    fn poll_readable_inner(&mut self, cx: &mut Context<'_>, min: usize) -> Poll<io::Result<bool>> {
         let mut looks = 0;
         loop {
-            if self.rx.available().map_err(corrupt)? > 0 {
+            let available = self.rx.available().map_err(corrupt)?;
+            if available >= min {
                 self.read_idle = None;
                 return Poll::Ready(Ok(true));
             }
             if self.rx.closed() {
                 // The last bytes were published before the flag.
-                let more = self.rx.available().map_err(corrupt)? > 0;
-                return Poll::Ready(Ok(more));
+                return Poll::Ready(match self.rx.available().map_err(corrupt)? {
+                    0 => Ok(false),
+                    n if n >= min => Ok(true),
+                    n => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the stream ended with {n} bytes, fewer than the {min} awaited"),
+                    )),
+                });
             }
             match idle(&mut self.read_idle, &mut looks, self.spin) {
                 Spin::Again => continue,
@@ -152,28 +177,68 @@ impl ShmStream {
                 }
                 Spin::Sleep => {}
             }
-            self.rx.set_waiting(true);
-            if self.rx.available().map_err(corrupt)? > 0 || self.rx.closed() {
-                self.rx.set_waiting(false);
-                continue;
+            if !self.read_sleeping {
+                self.read_sleeping = true;
+                self.rx.set_waiting(true);
+                continue; // look once more, after the fence
             }
-            if let Poll::Ready(woken) = self.data.poll(cx) {
-                self.rx.set_waiting(false);
-                self.read_idle = None;
-                woken?;
-                continue;
-            }
-            if self.read_watch.poll_gone(cx).is_ready() {
-                self.rx.set_waiting(false);
-                if self.rx.available().map_err(corrupt)? > 0 {
+            let gone = match self.data.poll(cx)? {
+                Poll::Ready(Woken::Signalled) => {
+                    self.read_idle = None;
                     continue;
                 }
-                if self.rx.closed() {
-                    return Poll::Ready(Ok(false));
+                Poll::Ready(Woken::Gone) => true,
+                Poll::Pending => self.read_watch.poll_gone(cx).is_ready(),
+            };
+            if gone {
+                if self.rx.available().map_err(corrupt)? >= min || self.rx.closed() {
+                    continue;
                 }
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionReset,
                     "the peer process exited without closing the shared-memory connection",
+                )));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn poll_write_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut looks = 0;
+        loop {
+            let n = self.tx.write(buf).map_err(corrupt)?;
+            if n > 0 {
+                self.write_idle = None;
+                if self.tx.consumer_waiting() {
+                    self.peer_data.signal();
+                }
+                return Poll::Ready(Ok(n));
+            }
+            match idle(&mut self.write_idle, &mut looks, self.spin) {
+                Spin::Again => continue,
+                Spin::Yield => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Spin::Sleep => {}
+            }
+            if !self.write_sleeping {
+                self.write_sleeping = true;
+                self.tx.set_waiting(true);
+                continue; // look once more, after the fence
+            }
+            let gone = match self.room.poll(cx)? {
+                Poll::Ready(Woken::Signalled) => {
+                    self.write_idle = None;
+                    continue;
+                }
+                Poll::Ready(Woken::Gone) => true,
+                Poll::Pending => self.write_watch.poll_gone(cx).is_ready(),
+            };
+            if gone {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the peer closed the shared-memory connection",
                 )));
             }
             return Poll::Pending;
@@ -187,10 +252,13 @@ impl ShmStream {
         }
     }
 
-    /// Receive without copying: wait until there are bytes to read, lend
-    /// up to `max` of them, in place in the ring, to `f`, and consume as
-    /// many as `f` says it used (the rest stay for the next read). At the
-    /// end of the stream `f` gets an empty view.
+    /// Receive without copying: wait until at least `min` bytes can be
+    /// read (1 if `min` is 0), lend up to `max` of them, in place in the
+    /// ring, to `f`, and consume as many as `f` says it used (the rest stay
+    /// for the next read). At the end of the stream `f` gets an empty view;
+    /// a stream that ends with fewer than `min` bytes left is an
+    /// `UnexpectedEof` error, and a `min` larger than the ring an
+    /// `InvalidInput` one (it could never be met).
     ///
     /// The view ([`RingBytes`]) reads the shared memory itself: parse a
     /// header, look at a length, copy out just the part you keep. Bytes the
@@ -202,24 +270,32 @@ impl ShmStream {
     /// ```no_run
     /// # async fn demo(stream: &mut busline_shm::ShmStream) -> std::io::Result<()> {
     /// // A 4-byte length prefix, then that many bytes.
-    /// let header = stream
-    ///     .read_in_place(4, |bytes| {
-    ///         if bytes.len() < 4 {
-    ///             return (0, None); // wait for the whole prefix
-    ///         }
+    /// let len = stream
+    ///     .read_in_place(4, 4, |bytes| {
     ///         let mut len = [0u8; 4];
     ///         bytes.copy_to_slice(&mut len);
-    ///         (4, Some(u32::from_le_bytes(len)))
+    ///         (4, u32::from_le_bytes(len))
     ///     })
     ///     .await?;
-    /// # let _ = header; Ok(()) }
+    /// # let _ = len; Ok(()) }
     /// ```
     pub async fn read_in_place<R>(
         &mut self,
+        min: usize,
         max: usize,
         f: impl FnOnce(RingBytes<'_>) -> (usize, R),
     ) -> io::Result<R> {
-        std::future::poll_fn(|cx| self.poll_readable(cx)).await?;
+        let min = min.max(1);
+        if min > self.rx.capacity() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot wait for {min} bytes in a {} byte ring; read them in parts",
+                    self.rx.capacity()
+                ),
+            ));
+        }
+        std::future::poll_fn(|cx| self.poll_readable(cx, min)).await?;
         let result = self.rx.lend(max, f).map_err(corrupt)?;
         self.consumed();
         Ok(result)
@@ -236,7 +312,7 @@ impl AsyncRead for ShmStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if !std::task::ready!(this.poll_readable(cx))? {
+        if !std::task::ready!(this.poll_readable(cx, 1))? {
             return Poll::Ready(Ok(()));
         }
         let n = this.rx.read(buf.initialize_unfilled()).map_err(corrupt)?;
@@ -262,44 +338,13 @@ impl AsyncWrite for ShmStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let mut looks = 0;
-        loop {
-            let n = this.tx.write(buf).map_err(corrupt)?;
-            if n > 0 {
-                this.write_idle = None;
-                if this.tx.consumer_waiting() {
-                    this.peer_data.signal();
-                }
-                return Poll::Ready(Ok(n));
-            }
-            match idle(&mut this.write_idle, &mut looks, this.spin) {
-                Spin::Again => continue,
-                Spin::Yield => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Spin::Sleep => {}
-            }
-            this.tx.set_waiting(true);
-            if this.tx.room().map_err(corrupt)? > 0 {
-                this.tx.set_waiting(false);
-                continue;
-            }
-            if let Poll::Ready(woken) = this.room.poll(cx) {
-                this.tx.set_waiting(false);
-                this.write_idle = None;
-                woken?;
-                continue;
-            }
-            if this.write_watch.poll_gone(cx).is_ready() {
-                this.tx.set_waiting(false);
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the peer closed the shared-memory connection",
-                )));
-            }
-            return Poll::Pending;
+        let result = this.poll_write_inner(cx, buf);
+        if result.is_ready() && this.write_sleeping {
+            // Awake again: the reader need not signal every read.
+            this.write_sleeping = false;
+            this.tx.set_waiting(false);
         }
+        result
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

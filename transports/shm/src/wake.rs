@@ -1,5 +1,12 @@
-//! Sleeping and waking across processes: eventfds for "there is data" and
-//! "there is room", and the rendezvous socket for "the peer is gone".
+//! Sleeping and waking across processes: a socket pair per direction of
+//! wake-up ("there is data", "there is room"), and the rendezvous socket for
+//! "the peer is gone".
+//!
+//! Wake-ups go over sockets, not eventfds, because the peer shares the open
+//! file description of whatever it is sent, and with it the `O_NONBLOCK`
+//! flag: it could make a blocking eventfd of ours and stall a runtime
+//! thread in `read`. `send` and `recv` with `MSG_DONTWAIT` never block,
+//! whatever the peer does to the flags.
 
 use std::{
     io,
@@ -7,34 +14,61 @@ use std::{
     task::{Context, Poll},
 };
 
-use rustix::event::{eventfd, EventfdFlags};
+use rustix::net::{RecvFlags, SendFlags};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::region::async_fd;
 
-/// Make an eventfd for this process to sleep on.
-pub(crate) fn new_eventfd() -> io::Result<OwnedFd> {
-    Ok(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+/// A pair of connected sockets: this process waits on the first, and hands
+/// the second to the peer to wake it with.
+pub(crate) fn new_wake_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )?)
 }
 
-/// Check that `fd`, received from the peer, is an eventfd, so that
-/// signalling it can neither block nor write into something else.
-pub(crate) fn check_eventfd(fd: &OwnedFd) -> io::Result<()> {
-    let link = rustix::fs::readlinkat(
-        rustix::fs::CWD,
-        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)),
-        Vec::new(),
-    )?;
-    if link.as_bytes() != b"anon_inode:[eventfd]" {
+/// Check that `fd`, received from the peer, is a socket, so that waking the
+/// peer through it is a `send` that cannot block or write elsewhere.
+pub(crate) fn check_wake_fd(fd: &OwnedFd) -> io::Result<()> {
+    let stat = rustix::fs::fstat(fd)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the peer sent {link:?} where an eventfd belongs"),
+            "the peer sent something else than a socket to wake it with",
         ));
     }
     Ok(())
 }
 
-/// An eventfd this process sleeps on.
+/// What a wake-up socket had to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// The peer signalled.
+    Signalled,
+    /// The peer closed its end: it is gone.
+    Gone,
+}
+
+/// Receive whatever is waiting on `fd` without blocking: `None` if there
+/// was nothing.
+fn drain(fd: impl AsFd) -> io::Result<Option<Woken>> {
+    let mut sink = [0u8; 64];
+    let mut any = false;
+    loop {
+        match rustix::net::recv(fd.as_fd(), &mut sink, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Ok(Some(Woken::Gone)),
+            Ok((n, _)) if n < sink.len() => return Ok(Some(Woken::Signalled)),
+            Ok(_) => any = true,
+            Err(rustix::io::Errno::AGAIN) => return Ok(any.then_some(Woken::Signalled)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The socket this process sleeps on.
 #[derive(Debug)]
 pub(crate) struct Waiter(AsyncFd<OwnedFd>);
 
@@ -43,25 +77,22 @@ impl Waiter {
         Ok(Waiter(async_fd(fd, Interest::READABLE)?))
     }
 
-    /// Ready once the peer has signalled since the last time; resets the
-    /// count.
-    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Ready once the peer has signalled since the last time, or is gone.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<io::Result<Woken>> {
         loop {
             let mut guard = match self.0.poll_read_ready(cx) {
                 Poll::Ready(ready) => ready?,
                 Poll::Pending => return Poll::Pending,
             };
-            let mut count = [0u8; 8];
-            match rustix::io::read(guard.get_inner().as_fd(), &mut count) {
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
-                Err(e) => return Poll::Ready(Err(e.into())),
+            if let Some(woken) = drain(guard.get_inner())? {
+                return Poll::Ready(Ok(woken));
             }
+            guard.clear_ready();
         }
     }
 }
 
-/// The peer's eventfd, signalled to wake it.
+/// The peer's socket, signalled to wake it.
 #[derive(Debug)]
 pub(crate) struct Notifier(OwnedFd);
 
@@ -70,13 +101,12 @@ impl Notifier {
         Notifier(fd)
     }
 
-    /// Wake the peer. A full counter (2^64 - 2 signals unread) already
-    /// wakes it, so a failure needs no handling.
+    /// Wake the peer. If its socket buffer is full, wake-ups are already
+    /// waiting for it, so a failure needs no handling.
     pub(crate) fn signal(&self) {
-        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+        let _ = rustix::net::send(&self.0, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
     }
 }
-
 /// Watches the rendezvous socket, which carries nothing after the
 /// handshake: readable means the peer closed it or died.
 #[derive(Debug)]

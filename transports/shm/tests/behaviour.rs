@@ -244,7 +244,7 @@ async fn read_in_place_lends_the_ring_across_its_end() {
     client.write_all(&frame).await.unwrap();
     // Lent whole, in two pieces (10 before the end, 90 after); take 60.
     let (lent, first) = server
-        .read_in_place(usize::MAX, |bytes| {
+        .read_in_place(100, usize::MAX, |bytes| {
             assert!(!bytes.is_empty());
             // SAFETY: the peer is this test's own, well-behaved client.
             let (a, b) = unsafe { bytes.as_slices() };
@@ -259,14 +259,27 @@ async fn read_in_place_lends_the_ring_across_its_end() {
     assert_eq!(&first[..], &frame[..60]);
     // What was not taken is read next.
     let rest = server
-        .read_in_place(1000, |b| (b.len(), b.to_vec()))
+        .read_in_place(1, 1000, |b| (b.len(), b.to_vec()))
         .await
         .unwrap();
     assert_eq!(rest, &frame[60..]);
-    // At the end of the stream the view is empty.
-    client.shutdown().await.unwrap();
-    assert!(server
-        .read_in_place(10, |b| (0, b.is_empty()))
+    // Waiting for more than the ring holds could never end: refused.
+    let err = server
+        .read_in_place(RING + 1, RING + 1, |_| (0, ()))
         .await
-        .unwrap());
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    // A stream that ends inside what was awaited is an error, not a spin.
+    client.write_all(&[1, 2, 3]).await.unwrap();
+    client.shutdown().await.unwrap();
+    let err = server.read_in_place(4, 4, |_| (0, ())).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
+    // The three bytes are still there; then the view is empty.
+    let three = server
+        .read_in_place(1, 8, |b| (b.len(), b.len()))
+        .await
+        .unwrap();
+    assert_eq!(three, 3);
+    let end = server.read_in_place(1, 10, |b| (0, b.is_empty())).await;
+    assert!(end.unwrap());
 }
