@@ -160,8 +160,36 @@ pub(crate) async fn client(
         .map_err(|_| invalid("the server sent the wrong number of descriptors"))?;
     check_wake_fd(&peer_data)?;
     check_wake_fd(&peer_room)?;
-    let (tx, _) = ring(region.clone(), 0, capacity);
-    let (_, rx) = ring(region, HEADER + capacity, capacity);
+    let wake = [data, room, peer_data, peer_room];
+    open_stream(Side::Client, region, capacity, wake, socket, spin)
+}
+
+/// Which end of the connection: the client writes the first ring and reads
+/// the second, the server the other way round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// This side's stream over `region`; `wake` is this side's data and room
+/// sockets, then the peer's.
+fn open_stream(
+    side: Side,
+    region: Arc<Region>,
+    capacity: usize,
+    wake: [OwnedFd; 4],
+    socket: UnixStream,
+    spin: std::time::Duration,
+) -> io::Result<ShmStream> {
+    let (first, second) = (0, HEADER + capacity);
+    let (outbound, inbound) = match side {
+        Side::Client => (first, second),
+        Side::Server => (second, first),
+    };
+    let (tx, _) = ring(region.clone(), outbound, capacity);
+    let (_, rx) = ring(region, inbound, capacity);
+    let [data, room, peer_data, peer_room] = wake;
     ShmStream::new(Ends {
         tx,
         rx,
@@ -198,18 +226,8 @@ pub(crate) async fn server(
         peer_room,
         ..
     } = accepted?;
-    let (_, rx) = ring(region.clone(), 0, capacity);
-    let (tx, _) = ring(region, HEADER + capacity, capacity);
-    ShmStream::new(Ends {
-        tx,
-        rx,
-        data,
-        room,
-        peer_data,
-        peer_room,
-        socket: socket.into_std()?.into(),
-        spin,
-    })
+    let wake = [data, room, peer_data, peer_room];
+    open_stream(Side::Server, region, capacity, wake, socket, spin)
 }
 
 /// What the server has once it accepts a client's hello.
