@@ -4,6 +4,8 @@
 //! everyone else. (Codec-level garbage and oversized frames are covered
 //! for every transport × codec in `tests/rpc.rs`.)
 
+mod support;
+
 use std::time::Duration;
 
 use busline::{
@@ -11,6 +13,7 @@ use busline::{
     rpc::Client,
     Address, CborCodec, Error, JsonLineCodec, MemoryTransport, Payload,
 };
+use support::provide_add;
 
 /// Every method the broker itself answers.
 const CONTROL: &[&str] = &[
@@ -95,12 +98,7 @@ async fn every_control_message_refuses_bad_arguments_and_the_broker_lives_on() {
     .await
     .unwrap();
     let math = bystander.open("math").await.unwrap();
-    math.provide(
-        "add",
-        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-    )
-    .await
-    .unwrap();
+    provide_add(&math).await;
 
     let attacker = Client::builder(JsonLineCodec::new())
         .connect(&transport, &addr)
@@ -181,16 +179,7 @@ async fn bad_arguments_to_a_provider_are_its_typed_errors_not_its_end() {
     let provider = BrokerClient::connect(Client::builder(JsonLineCodec::new()), &transport, &addr)
         .await
         .unwrap();
-    provider
-        .open("math")
-        .await
-        .unwrap()
-        .provide(
-            "add",
-            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-        )
-        .await
-        .unwrap();
+    provide_add(&provider.open("math").await.unwrap()).await;
     let caller = BrokerClient::connect(Client::builder(JsonLineCodec::new()), &transport, &addr)
         .await
         .unwrap()

@@ -1,6 +1,8 @@
 //! The broker with three listeners at once (memory + CBOR, Unix +
 //! JSON-line, TCP + JSON-RPC): clients on any of them reach each other.
 
+mod support;
+
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -16,6 +18,7 @@ use busline::{
     MemoryTransport, Payload, TcpTransport, UnixTransport,
 };
 use futures::{stream, StreamExt};
+use support::provide_add;
 use tokio::sync::oneshot;
 
 struct Setup {
@@ -101,15 +104,6 @@ async fn cbor_client(addr: &Address) -> BrokerClient {
     )
     .await
     .unwrap()
-}
-
-async fn provide_add(ch: &Channel) {
-    ch.provide(
-        "add",
-        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-    )
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,12 +752,7 @@ async fn protected_channels_sign_end_to_end() {
     let early_bus = s.client(0).await;
     let early = early_bus.open("signed").await.unwrap(); // joins before the password
     ch.set_password(Some("pw")).await.unwrap();
-    ch.provide(
-        "add",
-        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-    )
-    .await
-    .unwrap();
+    provide_add(&ch).await;
     ch.provide_stream("count", |n: u64| stream::iter((0..n).map(Ok::<_, String>)))
         .await
         .unwrap();

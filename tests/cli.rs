@@ -1,7 +1,11 @@
 //! The `busline` program as a user runs it: bad input gets a clear message
 //! and exit code 1, and `serve` + `call` work together.
 
+mod support;
+
 use std::process::{Command, Output, Stdio};
+
+use support::provide_add;
 
 fn busline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_busline"))
@@ -293,15 +297,7 @@ fn broker_and_call_through_a_channel() {
         )
         .await
         .expect("provider connects");
-        bus.open("math")
-            .await
-            .unwrap()
-            .provide(
-                "add",
-                |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-            )
-            .await
-            .unwrap();
+        provide_add(&bus.open("math").await.unwrap()).await;
         bus
     });
 
@@ -504,16 +500,7 @@ fn serve_call_and_broker_over(url: String, bus: String) {
             )
         };
         let provider = connect().await.expect("provider connects");
-        provider
-            .open("math")
-            .await
-            .unwrap()
-            .provide(
-                "add",
-                |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-            )
-            .await
-            .unwrap();
+        provide_add(&provider.open("math").await.unwrap()).await;
         let caller = connect().await.expect("caller connects");
         caller
             .open("math")

@@ -2,6 +2,7 @@
 //! they held.
 
 mod common;
+mod support;
 
 use std::{
     sync::{
@@ -18,6 +19,7 @@ use busline::{
 };
 use common::DropSignal;
 use futures::StreamExt;
+use support::provide_add;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -174,16 +176,7 @@ async fn a_broker_drops_a_frozen_provider_and_its_methods() {
         .unwrap()
     };
     let provider = connect(proxy.addr.clone()).await;
-    provider
-        .open("math")
-        .await
-        .unwrap()
-        .provide(
-            "add",
-            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-        )
-        .await
-        .unwrap();
+    provide_add(&provider.open("math").await.unwrap()).await;
     let caller = connect(direct).await.open("math").await.unwrap();
     assert_eq!(caller.call::<_, i64>("add", &(1, 1)).await.unwrap(), 2);
 
@@ -332,12 +325,7 @@ async fn a_restarted_broker_gets_everything_back_without_application_code() {
         .await
         .unwrap();
     let math = provider.open_with_password("math", "s3cret").await.unwrap();
-    math.provide(
-        "add",
-        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-    )
-    .await
-    .unwrap();
+    provide_add(&math).await;
     math.set_balance("add", busline::broker::Balance::RoundRobin)
         .await
         .unwrap();

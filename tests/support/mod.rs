@@ -1,5 +1,9 @@
 //! What several behaviour tests share: the `busline broker` program as a
-//! child process, and what Linux tells about a process's resources.
+//! child process, what Linux tells about a process's resources, and the
+//! provider most tests put on a channel.
+
+// Each test crate uses only some of these.
+#![allow(dead_code)]
 
 use std::{
     path::Path,
@@ -35,13 +39,11 @@ impl BrokerProcess {
     }
 
     /// Its process id.
-    #[allow(dead_code)] // not every test reads it
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
 
     /// Kill it with SIGKILL and reap it.
-    #[allow(dead_code)]
     pub fn kill(mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
@@ -56,7 +58,6 @@ impl Drop for BrokerProcess {
 }
 
 /// Resident memory of process `pid`, in KiB (Linux).
-#[allow(dead_code)]
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc is mounted");
     status
@@ -67,9 +68,19 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// File descriptors process `pid` has open (Linux).
-#[allow(dead_code)]
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("/proc is mounted")
         .count()
+}
+
+/// Serve `add(a, b) = a + b` on `channel`.
+pub async fn provide_add(channel: &busline::broker::Channel) {
+    channel
+        .provide(
+            "add",
+            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+        )
+        .await
+        .unwrap();
 }
