@@ -4,7 +4,7 @@ use std::{
     io,
     os::fd::OwnedFd,
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -49,20 +49,12 @@ pub(crate) struct Ends {
 pub struct ShmStream {
     tx: Producer,
     rx: Consumer,
-    data: Waiter,
-    room: Waiter,
+    /// Waiting for data to read, and for room to write.
+    reading: Wait,
+    writing: Wait,
     peer_data: Notifier,
     peer_room: Notifier,
-    read_watch: DeathWatch,
-    write_watch: DeathWatch,
     spin: Duration,
-    /// When reading, and writing, last found nothing to do.
-    read_idle: Option<Instant>,
-    write_idle: Option<Instant>,
-    /// Whether this side's "waiting" flag is up in the ring it reads, and
-    /// in the ring it writes.
-    read_sleeping: bool,
-    write_sleeping: bool,
     shut: bool,
 }
 
@@ -75,21 +67,15 @@ fn corrupt(e: Corrupt) -> io::Error {
 
 impl ShmStream {
     pub(crate) fn new(ends: Ends) -> io::Result<ShmStream> {
-        let read_watch = DeathWatch::new(ends.socket)?;
+        let watch = DeathWatch::new(ends.socket)?;
         Ok(ShmStream {
-            write_watch: read_watch.try_clone()?,
-            read_watch,
+            writing: Wait::new(Waiter::new(ends.room)?, watch.try_clone()?),
+            reading: Wait::new(Waiter::new(ends.data)?, watch),
             tx: ends.tx,
             rx: ends.rx,
-            data: Waiter::new(ends.data)?,
-            room: Waiter::new(ends.room)?,
             peer_data: Notifier::new(ends.peer_data),
             peer_room: Notifier::new(ends.peer_room),
             spin: ends.spin,
-            read_idle: None,
-            write_idle: None,
-            read_sleeping: false,
-            write_sleeping: false,
             shut: false,
         })
     }
@@ -104,36 +90,87 @@ impl ShmStream {
     }
 }
 
-/// Busy-waiting inside a poll would hold a runtime thread, and with it the
-/// very task that is about to answer (on two cores, often the case). So a
-/// side with nothing to do looks a few times at once, then yields, waking
-/// itself to look again after other tasks have run, until `spin` has passed
-/// since it first found nothing; only then does it sleep on its wake-up
-/// socket.
-fn idle(since: &mut Option<Instant>, looks: &mut u32, spin: Duration) -> Spin {
-    /// Looks at the ring before yielding: a few hundred nanoseconds.
-    const LOOKS: u32 = 16;
-    if *looks < LOOKS {
-        *looks += 1;
-        std::hint::spin_loop();
-        return Spin::Again;
-    }
-    let start = *since.get_or_insert_with(Instant::now);
-    if start.elapsed() < spin {
-        Spin::Yield
-    } else {
-        Spin::Sleep
-    }
+/// One direction's waiting: since when it has found nothing to do,
+/// whether its "waiting" flag is up in the ring, and what it sleeps on.
+#[derive(Debug)]
+struct Wait {
+    idle: Option<Instant>,
+    sleeping: bool,
+    waiter: Waiter,
+    watch: DeathWatch,
 }
 
-/// What a side with nothing to do does next.
-enum Spin {
+/// What a direction that found nothing to do does next.
+enum Idle {
     /// Look at the ring again now.
     Again,
-    /// Return `Pending` after waking itself.
-    Yield,
-    /// Sleep on the wake-up socket.
-    Sleep,
+    /// The peer is gone.
+    Gone,
+}
+
+impl Wait {
+    fn new(waiter: Waiter, watch: DeathWatch) -> Wait {
+        Wait {
+            idle: None,
+            sleeping: false,
+            waiter,
+            watch,
+        }
+    }
+
+    /// The ring had nothing for us.
+    ///
+    /// Busy-waiting inside a poll would hold a runtime thread, and with it
+    /// the very task that is about to answer (on two cores, often the
+    /// case). So look a few times at once, then yield, waking ourselves to
+    /// look again after other tasks have run, until `spin` has passed since
+    /// we first found nothing; then `raise` the waiting flag (after which
+    /// the caller looks once more), and only then sleep on the wake-up
+    /// socket, or learn that the peer is gone.
+    fn poll_idle(
+        &mut self,
+        cx: &mut Context<'_>,
+        looks: &mut u32,
+        spin: Duration,
+        raise: impl FnOnce(),
+    ) -> Poll<io::Result<Idle>> {
+        /// Looks at the ring before yielding: a few hundred nanoseconds.
+        const LOOKS: u32 = 16;
+        if *looks < LOOKS {
+            *looks += 1;
+            std::hint::spin_loop();
+            return Poll::Ready(Ok(Idle::Again));
+        }
+        let start = *self.idle.get_or_insert_with(Instant::now);
+        if start.elapsed() < spin {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if !self.sleeping {
+            self.sleeping = true;
+            raise();
+            return Poll::Ready(Ok(Idle::Again));
+        }
+        match self.waiter.poll(cx)? {
+            Poll::Ready(Woken::Signalled) => {
+                self.idle = None;
+                Poll::Ready(Ok(Idle::Again))
+            }
+            Poll::Ready(Woken::Gone) => Poll::Ready(Ok(Idle::Gone)),
+            Poll::Pending if self.watch.poll_gone(cx).is_ready() => Poll::Ready(Ok(Idle::Gone)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The ring had something: stop counting idle time, and `lower` the
+    /// waiting flag if it is up, so the peer need not signal every time.
+    fn busy(&mut self, lower: impl FnOnce()) {
+        self.idle = None;
+        if self.sleeping {
+            self.sleeping = false;
+            lower();
+        }
+    }
 }
 
 impl ShmStream {
@@ -142,10 +179,8 @@ impl ShmStream {
     /// (but some) left, or the peer dies.
     fn poll_readable(&mut self, cx: &mut Context<'_>, min: usize) -> Poll<io::Result<bool>> {
         let result = self.poll_readable_inner(cx, min);
-        if result.is_ready() && self.read_sleeping {
-            // Awake again: the writer need not signal every write.
-            self.read_sleeping = false;
-            self.rx.set_waiting(false);
+        if result.is_ready() {
+            self.reading.busy(|| self.rx.set_waiting(false));
         }
         result
     }
@@ -153,9 +188,7 @@ impl ShmStream {
     fn poll_readable_inner(&mut self, cx: &mut Context<'_>, min: usize) -> Poll<io::Result<bool>> {
         let mut looks = 0;
         loop {
-            let available = self.rx.available().map_err(corrupt)?;
-            if available >= min {
-                self.read_idle = None;
+            if self.rx.available().map_err(corrupt)? >= min {
                 return Poll::Ready(Ok(true));
             }
             if self.rx.closed() {
@@ -169,37 +202,21 @@ impl ShmStream {
                     )),
                 });
             }
-            match idle(&mut self.read_idle, &mut looks, self.spin) {
-                Spin::Again => continue,
-                Spin::Yield => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+            let rx = &self.rx;
+            match ready!(self
+                .reading
+                .poll_idle(cx, &mut looks, self.spin, || rx.set_waiting(true)))?
+            {
+                Idle::Again => {}
+                // What it wrote before it went is still ours to read.
+                Idle::Gone if rx.available().map_err(corrupt)? >= min || rx.closed() => {}
+                Idle::Gone => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "the peer process exited without closing the shared-memory connection",
+                    )))
                 }
-                Spin::Sleep => {}
             }
-            if !self.read_sleeping {
-                self.read_sleeping = true;
-                self.rx.set_waiting(true);
-                continue; // look once more, after the fence
-            }
-            let gone = match self.data.poll(cx)? {
-                Poll::Ready(Woken::Signalled) => {
-                    self.read_idle = None;
-                    continue;
-                }
-                Poll::Ready(Woken::Gone) => true,
-                Poll::Pending => self.read_watch.poll_gone(cx).is_ready(),
-            };
-            if gone {
-                if self.rx.available().map_err(corrupt)? >= min || self.rx.closed() {
-                    continue;
-                }
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "the peer process exited without closing the shared-memory connection",
-                )));
-            }
-            return Poll::Pending;
         }
     }
 
@@ -208,40 +225,24 @@ impl ShmStream {
         loop {
             let n = self.tx.write(buf).map_err(corrupt)?;
             if n > 0 {
-                self.write_idle = None;
                 if self.tx.consumer_waiting() {
                     self.peer_data.signal();
                 }
                 return Poll::Ready(Ok(n));
             }
-            match idle(&mut self.write_idle, &mut looks, self.spin) {
-                Spin::Again => continue,
-                Spin::Yield => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+            let tx = &self.tx;
+            match ready!(self
+                .writing
+                .poll_idle(cx, &mut looks, self.spin, || tx.set_waiting(true)))?
+            {
+                Idle::Again => {}
+                Idle::Gone => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the peer closed the shared-memory connection",
+                    )))
                 }
-                Spin::Sleep => {}
             }
-            if !self.write_sleeping {
-                self.write_sleeping = true;
-                self.tx.set_waiting(true);
-                continue; // look once more, after the fence
-            }
-            let gone = match self.room.poll(cx)? {
-                Poll::Ready(Woken::Signalled) => {
-                    self.write_idle = None;
-                    continue;
-                }
-                Poll::Ready(Woken::Gone) => true,
-                Poll::Pending => self.write_watch.poll_gone(cx).is_ready(),
-            };
-            if gone {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the peer closed the shared-memory connection",
-                )));
-            }
-            return Poll::Pending;
         }
     }
 
@@ -339,10 +340,8 @@ impl AsyncWrite for ShmStream {
             return Poll::Ready(Ok(0));
         }
         let result = this.poll_write_inner(cx, buf);
-        if result.is_ready() && this.write_sleeping {
-            // Awake again: the reader need not signal every read.
-            this.write_sleeping = false;
-            this.tx.set_waiting(false);
+        if result.is_ready() {
+            this.writing.busy(|| this.tx.set_waiting(false));
         }
         result
     }
