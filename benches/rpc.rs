@@ -7,11 +7,15 @@
 //! bouncing one cache line, as two processes on shared memory would, and
 //! `raw/memcpy` copies 1 MiB in one thread.
 //!
+//! Each side runs on its own one-thread runtime, as two processes would
+//! (see `support::Sides`; `BUSLINE_BENCH_RUNTIME=shared` runs both on one
+//! two-worker runtime instead).
+//!
 //! Run: `cargo bench --bench rpc`; one group: `cargo bench --bench rpc -- round_trip`.
 
 mod support;
 
-use support::{runtime, socket_path};
+use support::{socket_path, Sides};
 
 use std::time::Duration;
 
@@ -42,43 +46,66 @@ async fn raw_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     }
 }
 
-/// A connected raw pair over Unix or TCP, with its echo server running.
-async fn raw_unix() -> UnixStream {
+/// A connected raw pair over Unix, TCP or shared memory, its echo server
+/// running on the server side.
+fn raw_unix(sides: &Sides) -> UnixStream {
     let path = socket_path("raw");
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).expect("bind raw unix");
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.expect("accept");
-        raw_echo(s).await;
+    let listener = sides.on_server({
+        let path = path.clone();
+        async move { UnixListener::bind(&path).expect("bind raw unix") }
     });
-    let client = UnixStream::connect(&path).await.expect("connect raw unix");
+    sides.on_server(async move {
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            raw_echo(s).await;
+        });
+    });
+    let client = sides
+        .client
+        .block_on(UnixStream::connect(&path))
+        .expect("connect raw unix");
     let _ = std::fs::remove_file(&path);
     client
 }
 
-async fn raw_tcp() -> TcpStream {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind raw tcp");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.expect("accept");
-        s.set_nodelay(true).expect("nodelay");
-        raw_echo(s).await;
+fn raw_tcp(sides: &Sides) -> TcpStream {
+    let addr = sides.on_server(async {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw tcp");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            s.set_nodelay(true).expect("nodelay");
+            raw_echo(s).await;
+        });
+        addr
     });
-    let client = TcpStream::connect(addr).await.expect("connect raw tcp");
+    let client = sides
+        .client
+        .block_on(TcpStream::connect(addr))
+        .expect("connect raw tcp");
     client.set_nodelay(true).expect("nodelay");
     client
 }
 
-async fn raw_shm() -> ShmStream {
+fn raw_shm(sides: &Sides) -> ShmStream {
     let addr = Address::shm(format!("bench-raw-{}", std::process::id()));
-    let shm = ShmTransport::new();
-    let mut listener = shm.bind(&addr).await.expect("bind raw shm");
-    let client = shm.connect(&addr).await.expect("connect raw shm");
-    let (server, _) = listener.accept().await.expect("accept raw shm");
-    tokio::spawn(raw_echo(server));
-    client
+    sides.on_server({
+        let addr = addr.clone();
+        async move {
+            let mut listener = ShmTransport::new().bind(&addr).await.expect("bind raw shm");
+            tokio::spawn(async move {
+                let (server, _) = listener.accept().await.expect("accept raw shm");
+                raw_echo(server).await;
+            });
+        }
+    });
+    sides
+        .client
+        .block_on(ShmTransport::new().connect(&addr))
+        .expect("connect raw shm")
 }
 
 /// The floor under any shared-memory transport: two threads handing a
@@ -138,10 +165,10 @@ async fn raw_pipelined<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
 /// One benchmark operation on some per-benchmark state.
 type Op<S> = for<'a> fn(&'a mut S) -> BoxFuture<'a, ()>;
 
-/// Run `n` iterations of `op` in a task on the runtime's workers (where a
-/// server's connection tasks run too), and time them there. Running the
-/// loop on the `block_on` thread instead would charge every message a
-/// cross-thread wake-up.
+/// Run `n` iterations of `op` in a task on the client's runtime (where the
+/// client's connection tasks run too), and time them there. Running the
+/// loop on the `block_on` thread of a multi-thread runtime instead would
+/// charge every message a cross-thread wake-up.
 fn timed<S: Send + 'static>(rt: &Runtime, n: u64, state: &mut Option<S>, op: Op<S>) -> Duration {
     let mut s = state.take().expect("state is put back after each run");
     let (s, elapsed) = rt
@@ -196,18 +223,28 @@ struct Setup {
     _server: ServerHandle,
 }
 
-async fn setup<T: Transport, C: Codec>(transport: T, codec: C, addr: Address) -> Setup {
+fn setup<T: Transport + Clone + 'static, C: Codec>(
+    sides: &Sides,
+    transport: T,
+    codec: C,
+    addr: Address,
+) -> Setup {
     let name = format!("{}+{}", addr.scheme(), codec.name());
     if let busline::Endpoint::Unix(p) = addr.endpoint() {
         let _ = std::fs::remove_file(p);
     }
-    let server = Server::builder(router(), codec.clone())
-        .bind(&transport, &addr)
-        .await
-        .expect("server binds");
-    let client = Client::builder(codec)
-        .connect(&transport, server.local_addr())
-        .await
+    let server = sides.on_server({
+        let (transport, codec) = (transport.clone(), codec.clone());
+        async move {
+            Server::builder(router(), codec)
+                .bind(&transport, &addr)
+                .await
+                .expect("server binds")
+        }
+    });
+    let client = sides
+        .client
+        .block_on(Client::builder(codec).connect(&transport, server.local_addr()))
         .expect("client connects");
     Setup {
         name,
@@ -218,99 +255,113 @@ async fn setup<T: Transport, C: Codec>(transport: T, codec: C, addr: Address) ->
 
 /// Every transport × codec, on addresses unique to `group` (a previous
 /// group's servers may still be releasing theirs).
-async fn all_setups(group: &str) -> Vec<Setup> {
+fn all_setups(sides: &Sides, group: &str) -> Vec<Setup> {
     let unix = |codec: &str| Address::unix(socket_path(&format!("{group}-{codec}")));
     let memory = |codec: &str| Address::memory(format!("bench-{group}-{codec}"));
     let tcp = || Address::tcp("127.0.0.1", 0);
     let fifo = |codec: &str| Address::fifo(socket_path(&format!("{group}-fifo-{codec}")));
     let shm = |codec: &str| Address::shm(format!("bench-{group}-{codec}-{}", std::process::id()));
+    let (cbor, jsonline, jsonrpc) = (CborCodec::new(), JsonLineCodec::new(), JsonRpcCodec::new());
     vec![
-        setup(ShmTransport::new(), CborCodec::new(), shm("cbor")).await,
-        setup(ShmTransport::new(), JsonLineCodec::new(), shm("jsonline")).await,
-        setup(ShmTransport::new(), JsonRpcCodec::new(), shm("jsonrpc")).await,
-        setup(UnixTransport::new(), CborCodec::new(), unix("cbor")).await,
-        setup(UnixTransport::new(), JsonLineCodec::new(), unix("jsonline")).await,
-        setup(UnixTransport::new(), JsonRpcCodec::new(), unix("jsonrpc")).await,
-        setup(FifoTransport::new(), CborCodec::new(), fifo("cbor")).await,
-        setup(FifoTransport::new(), JsonLineCodec::new(), fifo("jsonline")).await,
-        setup(TcpTransport::new(), CborCodec::new(), tcp()).await,
-        setup(TcpTransport::new(), JsonLineCodec::new(), tcp()).await,
-        setup(TcpTransport::new(), JsonRpcCodec::new(), tcp()).await,
-        setup(MemoryTransport::new(), CborCodec::new(), memory("cbor")).await,
+        setup(sides, ShmTransport::new(), cbor.clone(), shm("cbor")),
         setup(
-            MemoryTransport::new(),
-            JsonLineCodec::new(),
-            memory("jsonline"),
-        )
-        .await,
+            sides,
+            ShmTransport::new(),
+            jsonline.clone(),
+            shm("jsonline"),
+        ),
+        setup(sides, ShmTransport::new(), jsonrpc.clone(), shm("jsonrpc")),
+        setup(sides, UnixTransport::new(), cbor.clone(), unix("cbor")),
         setup(
-            MemoryTransport::new(),
-            JsonRpcCodec::new(),
-            memory("jsonrpc"),
-        )
-        .await,
+            sides,
+            UnixTransport::new(),
+            jsonline.clone(),
+            unix("jsonline"),
+        ),
+        setup(
+            sides,
+            UnixTransport::new(),
+            jsonrpc.clone(),
+            unix("jsonrpc"),
+        ),
+        setup(sides, FifoTransport::new(), cbor.clone(), fifo("cbor")),
+        setup(
+            sides,
+            FifoTransport::new(),
+            jsonline.clone(),
+            fifo("jsonline"),
+        ),
+        setup(sides, TcpTransport::new(), cbor.clone(), tcp()),
+        setup(sides, TcpTransport::new(), jsonline.clone(), tcp()),
+        setup(sides, TcpTransport::new(), jsonrpc.clone(), tcp()),
+        setup(sides, MemoryTransport::new(), cbor, memory("cbor")),
+        setup(sides, MemoryTransport::new(), jsonline, memory("jsonline")),
+        setup(sides, MemoryTransport::new(), jsonrpc, memory("jsonrpc")),
     ]
 }
 
 fn round_trip(c: &mut Criterion) {
-    let rt = runtime();
+    let sides = Sides::new();
+    let rt = &sides.client;
     let mut group = c.benchmark_group("round_trip");
     group.throughput(Throughput::Elements(1));
 
-    let mut unix = Some(rt.block_on(raw_unix()));
+    let mut unix = Some(raw_unix(&sides));
     group.bench_function(BenchmarkId::new("raw", "unix"), |b| {
-        b.iter_custom(|n| timed(&rt, n, &mut unix, |s| Box::pin(raw_round_trip(s))))
+        b.iter_custom(|n| timed(rt, n, &mut unix, |s| Box::pin(raw_round_trip(s))))
     });
-    let mut tcp = Some(rt.block_on(raw_tcp()));
+    let mut tcp = Some(raw_tcp(&sides));
     group.bench_function(BenchmarkId::new("raw", "tcp"), |b| {
-        b.iter_custom(|n| timed(&rt, n, &mut tcp, |s| Box::pin(raw_round_trip(s))))
+        b.iter_custom(|n| timed(rt, n, &mut tcp, |s| Box::pin(raw_round_trip(s))))
     });
-    let mut shm = Some(rt.block_on(raw_shm()));
+    let mut shm = Some(raw_shm(&sides));
     group.bench_function(BenchmarkId::new("raw", "shm"), |b| {
-        b.iter_custom(|n| timed(&rt, n, &mut shm, |s| Box::pin(raw_round_trip(s))))
+        b.iter_custom(|n| timed(rt, n, &mut shm, |s| Box::pin(raw_round_trip(s))))
     });
     group.bench_function(BenchmarkId::new("raw", "shm_spin"), |b| {
         b.iter_custom(spin_ping_pong)
     });
 
-    for s in rt.block_on(all_setups("rt")) {
+    for s in all_setups(&sides, "rt") {
         let mut client = Some(s.client.clone());
         group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
-            b.iter_custom(|n| timed(&rt, n, &mut client, |c| Box::pin(one_call(c))))
+            b.iter_custom(|n| timed(rt, n, &mut client, |c| Box::pin(one_call(c))))
         });
     }
     group.finish();
 }
 
 fn throughput(c: &mut Criterion) {
-    let rt = runtime();
+    let sides = Sides::new();
+    let rt = &sides.client;
     let mut group = c.benchmark_group("in_flight_64");
     group.throughput(Throughput::Elements(IN_FLIGHT as u64));
 
-    let mut unix = Some(rt.block_on(raw_unix()));
+    let mut unix = Some(raw_unix(&sides));
     group.bench_function(BenchmarkId::new("raw_unbatched", "unix"), |b| {
-        b.iter_custom(|n| timed(&rt, n, &mut unix, |s| Box::pin(raw_pipelined(s))))
+        b.iter_custom(|n| timed(rt, n, &mut unix, |s| Box::pin(raw_pipelined(s))))
     });
-    let mut tcp = Some(rt.block_on(raw_tcp()));
+    let mut tcp = Some(raw_tcp(&sides));
     group.bench_function(BenchmarkId::new("raw_unbatched", "tcp"), |b| {
-        b.iter_custom(|n| timed(&rt, n, &mut tcp, |s| Box::pin(raw_pipelined(s))))
+        b.iter_custom(|n| timed(rt, n, &mut tcp, |s| Box::pin(raw_pipelined(s))))
     });
-    let mut shm = Some(rt.block_on(raw_shm()));
+    let mut shm = Some(raw_shm(&sides));
     group.bench_function(BenchmarkId::new("raw_unbatched", "shm"), |b| {
-        b.iter_custom(|n| timed(&rt, n, &mut shm, |s| Box::pin(raw_pipelined(s))))
+        b.iter_custom(|n| timed(rt, n, &mut shm, |s| Box::pin(raw_pipelined(s))))
     });
 
-    for s in rt.block_on(all_setups("tp")) {
+    for s in all_setups(&sides, "tp") {
         let mut client = Some(s.client.clone());
         group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
-            b.iter_custom(|n| timed(&rt, n, &mut client, |c| Box::pin(many_calls(c))))
+            b.iter_custom(|n| timed(rt, n, &mut client, |c| Box::pin(many_calls(c))))
         });
     }
     group.finish();
 }
 
 fn payload(c: &mut Criterion) {
-    let rt = runtime();
+    let sides = Sides::new();
+    let rt = &sides.client;
     let mut group = c.benchmark_group("payload_1mib");
     group.throughput(Throughput::Bytes(MIB as u64));
     let mut dst = vec![0u8; MIB];
@@ -320,26 +371,24 @@ fn payload(c: &mut Criterion) {
             std::hint::black_box(&dst);
         })
     });
-    let setups = rt.block_on(async {
-        vec![
-            setup(
-                ShmTransport::new(),
-                CborCodec::new(),
-                Address::shm(format!("bench-mib-{}", std::process::id())),
-            )
-            .await,
-            setup(
-                UnixTransport::new(),
-                CborCodec::new(),
-                Address::unix(socket_path("mib")),
-            )
-            .await,
-        ]
-    });
+    let setups = [
+        setup(
+            &sides,
+            ShmTransport::new(),
+            CborCodec::new(),
+            Address::shm(format!("bench-mib-{}", std::process::id())),
+        ),
+        setup(
+            &sides,
+            UnixTransport::new(),
+            CborCodec::new(),
+            Address::unix(socket_path("mib")),
+        ),
+    ];
     for s in setups {
         let mut client = Some(s.client.clone());
         group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
-            b.iter_custom(|n| timed(&rt, n, &mut client, |c| Box::pin(one_mib_call(c))))
+            b.iter_custom(|n| timed(rt, n, &mut client, |c| Box::pin(one_mib_call(c))))
         });
     }
     group.finish();

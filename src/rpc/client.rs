@@ -1,6 +1,7 @@
 //! The calling side: a cheap, clonable handle to one connection.
 
 use std::{
+    borrow::Borrow,
     fmt,
     future::Future,
     sync::{
@@ -125,17 +126,21 @@ impl fmt::Debug for Client {
     }
 }
 
-/// Sends a cancel for its call if dropped before the call finished.
-pub(crate) struct CancelGuard {
+/// Sends a cancel for its call if dropped before the call finished; holds
+/// the command channel owned (a stream) or borrowed (a unary call, which
+/// need not pay for a clone).
+pub(crate) struct CancelGuard<
+    S: Borrow<mpsc::UnboundedSender<Command>> = mpsc::UnboundedSender<Command>,
+> {
     pub(crate) id: u64,
-    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) commands: S,
     pub(crate) armed: bool,
 }
 
-impl Drop for CancelGuard {
+impl<S: Borrow<mpsc::UnboundedSender<Command>>> Drop for CancelGuard<S> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.commands.send(Command::Cancel { id: self.id });
+            let _ = self.commands.borrow().send(Command::Cancel { id: self.id });
         }
     }
 }
@@ -215,7 +220,15 @@ impl Client {
         payload: Payload,
         deadline: Option<Instant>,
     ) -> Result<Payload> {
-        let _permit = self.permit().await?;
+        if self.is_closed() {
+            return Err(self.gone());
+        }
+        let _permit = self
+            .shared
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| self.gone())?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let msg = Message::Request {
@@ -233,7 +246,7 @@ impl Client {
         // the server is told to stop.
         let mut guard = CancelGuard {
             id,
-            commands: self.shared.commands.clone(),
+            commands: &self.shared.commands,
             armed: true,
         };
         let answer = answer.await;

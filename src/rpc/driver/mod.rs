@@ -24,6 +24,7 @@ use futures::{
     stream::FuturesUnordered,
     Stream, StreamExt,
 };
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::{
     codec::Framed,
@@ -88,7 +89,9 @@ pub(crate) struct Driver<I, C> {
     shutting_down: bool,
 
     outbox: VecDeque<Message>,
-    pending: HashMap<u64, Pending>,
+    /// Keyed by ids this side chose, in sequence: a fast hash is safe here
+    /// (ids from the peer keep the default, collision-resistant one).
+    pending: FxHashMap<u64, Pending>,
     calls: FuturesUnordered<CallFuture>,
     call_aborts: HashMap<u64, AbortHandle>,
     notifications: FuturesUnordered<BoxFuture<'static, ()>>,
@@ -129,7 +132,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             shutdown: Box::pin(setup.shutdown.cancelled_owned()),
             shutting_down: false,
             outbox: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             calls: FuturesUnordered::new(),
             call_aborts: HashMap::new(),
             notifications: FuturesUnordered::new(),
@@ -294,13 +297,19 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         let mut budget = BUDGET;
+        // Once per wake-up is enough: it stays ready once it is, and the
+        // waker it registered holds until then. (Polling a source again
+        // in every round below would re-register its waker each time: on
+        // a busy connection that bookkeeping costs more than the frames.)
+        if !this.shutting_down && this.shutdown.as_mut().poll(cx).is_ready() {
+            this.shutting_down = true;
+        }
+        // Likewise, a source that said `Pending` in this poll wakes the task
+        // when that changes: the rounds below need not ask it again.
+        let (mut commands_pending, mut reader_pending) = (false, false);
         loop {
             let mut progress = false;
 
-            if !this.shutting_down && this.shutdown.as_mut().poll(cx).is_ready() {
-                this.shutting_down = true;
-                progress = true;
-            }
             if this.shutting_down && this.closing.is_none() {
                 // Drain: no new calls, finish the ones running, then close.
                 this.reading = false;
@@ -312,14 +321,17 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 }
             }
 
-            while let Poll::Ready(cmd) = this.commands.poll_recv(cx) {
-                match cmd {
-                    Some(cmd) => this.on_command(cmd),
-                    None if this.owned_by_handles => {
+            while !commands_pending {
+                match this.commands.poll_recv(cx) {
+                    Poll::Ready(Some(cmd)) => this.on_command(cmd),
+                    Poll::Ready(None) if this.owned_by_handles => {
                         this.close(Error::Disconnected("client closed".into()), true);
                         break;
                     }
-                    None => break,
+                    Poll::Ready(None) | Poll::Pending => {
+                        commands_pending = true;
+                        break;
+                    }
                 }
                 progress = true;
             }
@@ -344,7 +356,8 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             } else {
                 this.keepalive = None;
             }
-            while this.reading
+            while !reader_pending
+                && this.reading
                 && this.handlers() < this.max_handlers
                 && this.outbox.len() < OUTBOX_HIGH_WATER
                 && budget > 0
@@ -369,20 +382,30 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                         Error::Disconnected("the peer closed the connection".into()),
                         false,
                     ),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        reader_pending = true;
+                        break;
+                    }
                 }
                 budget -= 1;
                 progress = true;
             }
 
-            while let Poll::Ready(Some((id, msg))) = this.calls.poll_next_unpin(cx) {
+            // Empty sets have nothing to wake us for: skip registering.
+            while !this.calls.is_empty() {
+                let Poll::Ready(Some((id, msg))) = this.calls.poll_next_unpin(cx) else {
+                    break;
+                };
                 this.call_aborts.remove(&id);
                 if let Some(msg) = msg {
                     this.outbox.push_back(msg);
                 }
                 progress = true;
             }
-            while let Poll::Ready(Some(())) = this.notifications.poll_next_unpin(cx) {
+            while !this.notifications.is_empty() {
+                if this.notifications.poll_next_unpin(cx).is_pending() {
+                    break;
+                }
                 progress = true;
             }
 

@@ -35,9 +35,9 @@ impl Region {
         &self.words[offset / 8]
     }
 
-    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = self.bytes[offset + i].load(Relaxed);
+    pub(crate) fn read_into(&self, offset: usize, len: usize, buf: &mut tokio::io::ReadBuf<'_>) {
+        for i in 0..len {
+            buf.put_slice(&[self.bytes[offset + i].load(Relaxed)]);
         }
     }
 

@@ -42,7 +42,7 @@ use std::{
     sync::atomic::AtomicU64,
 };
 
-use tokio::io::{unix::AsyncFd, Interest};
+use tokio::io::{unix::AsyncFd, Interest, ReadBuf};
 
 /// `fd`, registered with the current tokio reactor for `interest`.
 pub(crate) fn async_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
@@ -182,6 +182,31 @@ impl Region {
                 dst.len(),
             )
         }
+    }
+
+    /// Append `len` bytes from the region at `offset` to `buf`'s filled
+    /// part, without zeroing its spare room first (for large reads that
+    /// would cost as much as the copy).
+    ///
+    /// Panics if the range is outside the region or `buf` lacks the room.
+    pub(crate) fn read_into(&self, offset: usize, len: usize, buf: &mut ReadBuf<'_>) {
+        self.check(offset, len);
+        assert!(len <= buf.remaining(), "no room for {len} bytes");
+        // SAFETY: the source range is inside the mapping (checked), the
+        // destination is `buf`'s own spare room (at least `len`, checked),
+        // which cannot overlap the mapping. Exactly those `len` bytes are
+        // written before they are declared initialised, and nothing is
+        // de-initialised.
+        unsafe {
+            let room = buf.unfilled_mut();
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                room.as_mut_ptr().cast::<u8>(),
+                len,
+            );
+            buf.assume_init(len);
+        }
+        buf.advance(len);
     }
 
     /// Copy `src` into the region at `offset`.
@@ -325,5 +350,28 @@ mod tests {
         }
         assert!(std::panic::catch_unwind(|| Region::heap(16).write(12, b"12345")).is_err());
         assert!(std::panic::catch_unwind(|| Region::heap(16).read(usize::MAX, &mut [0])).is_err());
+    }
+
+    #[test]
+    fn read_into_appends_to_spare_room_and_stays_inside() {
+        let r = Region::heap(64);
+        r.write(8, b"abcdef");
+        let mut room = [std::mem::MaybeUninit::<u8>::uninit(); 8];
+        let mut buf = ReadBuf::uninit(&mut room);
+        r.read_into(8, 2, &mut buf);
+        r.read_into(10, 4, &mut buf);
+        assert_eq!(buf.filled(), b"abcdef");
+        assert_eq!(buf.remaining(), 2);
+        // Past the region, or more than the buffer holds: refused.
+        let outside = std::panic::catch_unwind(|| {
+            let mut room = [0u8; 8];
+            Region::heap(64).read_into(60, 8, &mut ReadBuf::new(&mut room));
+        });
+        assert!(outside.is_err());
+        let too_much = std::panic::catch_unwind(|| {
+            let mut room = [0u8; 4];
+            Region::heap(64).read_into(0, 8, &mut ReadBuf::new(&mut room));
+        });
+        assert!(too_much.is_err());
     }
 }

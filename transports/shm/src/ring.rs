@@ -35,6 +35,7 @@ use std::sync::{
 };
 
 use crate::region::{fence, Region, Word};
+use tokio::io::ReadBuf;
 
 /// Bytes of header before each ring's data.
 pub(crate) const HEADER: usize = 4096;
@@ -177,6 +178,7 @@ impl Producer {
 
 impl Consumer {
     /// The ring's size in bytes.
+    #[cfg(not(busline_loom))]
     pub(crate) fn capacity(&self) -> usize {
         self.place.capacity
     }
@@ -187,13 +189,11 @@ impl Consumer {
         self.place.used(head, self.tail)
     }
 
-    /// Read up to `dst.len()` bytes; returns how many were read.
-    pub(crate) fn read(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
-        let n = dst.len().min(self.available()?);
-        let mut done = 0;
+    /// Append up to `dst.remaining()` bytes to `dst`; returns how many.
+    pub(crate) fn read(&mut self, dst: &mut ReadBuf<'_>) -> Result<usize, Corrupt> {
+        let n = dst.remaining().min(self.available()?);
         for (offset, len) in self.place.pieces(self.tail, n) {
-            self.place.region.read(offset, &mut dst[done..done + len]);
-            done += len;
+            self.place.region.read_into(offset, len, dst);
         }
         self.consume(n);
         Ok(n)
@@ -245,7 +245,7 @@ impl Consumer {
 }
 
 /// The words a hostile peer would scribble on, for tests.
-#[cfg(test)]
+#[cfg(all(test, not(busline_loom)))]
 pub(crate) fn words_of(consumer: &Consumer) -> (&Word, &Word) {
     (consumer.place.word(HEAD), consumer.place.word(TAIL))
 }
@@ -264,13 +264,13 @@ mod tests {
         let (mut p, mut c) = one_ring(16);
         assert_eq!(p.write(b"0123456789").unwrap(), 10);
         let mut buf = [0u8; 6];
-        assert_eq!(c.read(&mut buf).unwrap(), 6);
+        assert_eq!(c.read(&mut ReadBuf::new(&mut buf)).unwrap(), 6);
         assert_eq!(&buf, b"012345");
         // 4 left; 12 of room, across the end of the ring.
         assert_eq!(p.write(b"abcdefghijklmnop").unwrap(), 12);
         assert_eq!(p.room().unwrap(), 0);
         let mut all = [0u8; 32];
-        assert_eq!(c.read(&mut all).unwrap(), 16);
+        assert_eq!(c.read(&mut ReadBuf::new(&mut all)).unwrap(), 16);
         assert_eq!(&all[..16], b"6789abcdefghijkl");
         assert_eq!(c.available().unwrap(), 0);
     }
@@ -317,7 +317,7 @@ mod tests {
             let mut sizes = reads.iter().cycle();
             loop {
                 let mut buf = vec![0u8; *sizes.next().unwrap()];
-                let n = c.read(&mut buf).unwrap();
+                let n = c.read(&mut ReadBuf::new(&mut buf)).unwrap();
                 got.extend_from_slice(&buf[..n]);
                 if n == 0 && c.closed() && c.available().unwrap() == 0 {
                     break;
@@ -386,7 +386,7 @@ mod loom_model {
             let mut got = Vec::new();
             loop {
                 let mut buf = [0u8; 3];
-                let n = consumer.read(&mut buf).unwrap();
+                let n = consumer.read(&mut ReadBuf::new(&mut buf)).unwrap();
                 if n > 0 {
                     got.extend_from_slice(&buf[..n]);
                     if consumer.producer_waiting() {

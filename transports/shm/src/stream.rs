@@ -316,8 +316,7 @@ impl AsyncRead for ShmStream {
         if !std::task::ready!(this.poll_readable(cx, 1))? {
             return Poll::Ready(Ok(()));
         }
-        let n = this.rx.read(buf.initialize_unfilled()).map_err(corrupt)?;
-        buf.advance(n);
+        this.rx.read(buf).map_err(corrupt)?;
         this.consumed();
         Poll::Ready(Ok(()))
     }
