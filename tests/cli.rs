@@ -90,6 +90,10 @@ fn bad_options_and_files_are_clear_errors() {
         ),
         (vec!["broker"], "--listen <URL>"),
         (
+            vec!["broker", "--listen", &unix, "--id", "two words"],
+            "broker id",
+        ),
+        (
             vec![
                 "broker",
                 "--listen",

@@ -131,6 +131,7 @@ impl Channel {
             channel: self.name.clone(),
             method: method.to_owned(),
             schema: schema.clone(),
+            via: Vec::new(),
         };
         self.control(protocol::PROVIDE, &args).await?;
         self.record(|joined| {
@@ -176,6 +177,7 @@ impl Channel {
             channel: self.name.clone(),
             method: method.to_owned(),
             schema: None,
+            via: Vec::new(),
         };
         self.control(protocol::UNPROVIDE, &args).await?;
         self.record(|joined| {

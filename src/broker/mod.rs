@@ -62,7 +62,7 @@ use outlet::QueueBounds;
 pub use outlet::SlowSubscriber;
 pub use protocol::{
     check_channel_name, Balance, BrokerStatus, ChannelEvent, ChannelInfo, MethodSchema,
-    OwnerPolicy, MAX_CHANNEL_NAME, MAX_CLIENT_ID,
+    OwnerPolicy, MAX_BROKER_ID, MAX_CHANNEL_NAME, MAX_CLIENT_ID, MAX_HOPS,
 };
 pub use state::{DEFAULT_SUBSCRIBER_QUEUE, DEFAULT_SUBSCRIBER_QUEUE_BYTES, MAX_PER_CLIENT};
 pub use subscription::{Event, Publication, Subscription};
@@ -92,6 +92,7 @@ impl Broker {
     /// Configure a broker: add listeners, then [`BrokerBuilder::start`].
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
+            id: random_id(),
             listeners: Vec::new(),
             subscriber_queue: QueueBounds {
                 publications: DEFAULT_SUBSCRIBER_QUEUE,
@@ -110,6 +111,7 @@ impl Broker {
 
 /// Listeners of a broker about to start.
 pub struct BrokerBuilder {
+    id: String,
     listeners: Vec<StartListener>,
     subscriber_queue: QueueBounds,
     slow_subscriber: SlowSubscriber,
@@ -126,7 +128,31 @@ impl fmt::Debug for BrokerBuilder {
     }
 }
 
+/// A fresh broker id: 16 random hex digits.
+fn random_id() -> String {
+    let mut bytes = [0u8; 8];
+    // Without the system's randomness, fall back to what differs between
+    // processes and moments: ids only need to differ among bridged brokers.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
 impl BrokerBuilder {
+    /// The broker's id, which bridges carry in the path of every
+    /// registration they pass on, so that none comes back around a ring:
+    /// it must differ between brokers bridged together. Default: 16 random
+    /// hex digits. 1 to [`MAX_BROKER_ID`] ASCII letters, digits,
+    /// `.`, `_` or `-` ([`BrokerBuilder::start`] refuses others).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
     /// Publications queued for one subscriber connection before further
     /// ones are dropped for it (and counted in a lagged notice). Default:
     /// [`DEFAULT_SUBSCRIBER_QUEUE`].
@@ -221,6 +247,7 @@ impl BrokerBuilder {
     /// Bind every listener and start serving. If one fails to bind, the
     /// ones already bound are shut down and the error is returned.
     pub async fn start(self) -> Result<BrokerHandle> {
+        protocol::check_broker_id(&self.id)?;
         let mut system_keys = Vec::new();
         for (channel, password) in self.system_passwords {
             if !is_system(&channel) {
@@ -237,6 +264,7 @@ impl BrokerBuilder {
             system_keys.push((channel, keys.join_key()));
         }
         let state = Arc::new(State::new(
+            self.id.clone(),
             self.subscriber_queue,
             self.slow_subscriber,
             &system_keys,
@@ -254,17 +282,26 @@ impl BrokerBuilder {
                 }
             }
         }
-        Ok(BrokerHandle { servers })
+        Ok(BrokerHandle {
+            id: self.id,
+            servers,
+        })
     }
 }
 
 /// A running broker.
 #[derive(Debug)]
 pub struct BrokerHandle {
+    id: String,
     servers: Vec<ServerHandle>,
 }
 
 impl BrokerHandle {
+    /// The broker's id (see [`BrokerBuilder::id`]).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The address of each listener, in the order they were added.
     pub fn local_addrs(&self) -> Vec<&Address> {
         self.servers.iter().map(ServerHandle::local_addr).collect()

@@ -110,6 +110,36 @@ pub(crate) struct MethodArgs {
     /// JSON Schemas of its params and result, if the provider gives them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) schema: Option<MethodSchema>,
+    /// For a provider on another broker, reached through bridges: the ids
+    /// of the brokers the registration came through, the provider's own
+    /// first. Empty for a provider connected here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) via: Vec<String>,
+}
+
+/// Most brokers a registration may pass through (its `via`).
+pub const MAX_HOPS: usize = 16;
+
+/// Longest broker id accepted.
+pub const MAX_BROKER_ID: usize = 64;
+
+/// Check a broker id: 1 to [`MAX_BROKER_ID`] bytes of ASCII letters,
+/// digits, `.`, `_` and `-`.
+pub(crate) fn check_broker_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_BROKER_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Protocol(format!(
+            "a broker id has 1 to {MAX_BROKER_ID} ASCII letters, digits, '.', '_' or '-'; \
+             got {:?}",
+            id.chars().take(MAX_BROKER_ID + 8).collect::<String>()
+        )))
+    }
 }
 
 /// Set how a method's calls are shared (a provider of it only).
@@ -181,6 +211,9 @@ pub const MAX_CLIENT_ID: usize = 256;
 /// The broker as [`BrokerClient::status`](super::BrokerClient::status) reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrokerStatus {
+    /// The broker's id, unique among the brokers bridged together.
+    #[serde(default)]
+    pub id: String,
     /// Connections that have joined a channel.
     pub clients: usize,
     /// Every channel without a password, by name; protected ones are only
@@ -264,6 +297,12 @@ pub struct ChannelInfo {
     pub schemas: Vec<(String, MethodSchema)>,
     /// The methods shared round-robin (the others go to the least busy).
     pub round_robin: Vec<String>,
+    /// Providers on other brokers, reached through bridges: connection id
+    /// of the bridge here, method, and the brokers the registration came
+    /// through (the provider's first). Calls go to the provider with the
+    /// fewest hops; the others stand by.
+    #[serde(default)]
+    pub routes: Vec<(u64, String, Vec<String>)>,
     /// Each subscription: connection id and pattern.
     pub subscriptions: Vec<(u64, String)>,
     /// Whether joining takes the password.

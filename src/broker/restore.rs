@@ -64,6 +64,7 @@ pub(super) async fn restore(
                 channel: channel.clone(),
                 method: method.clone(),
                 schema: schema.clone(),
+                via: Vec::new(),
             };
             if !confirm(client, link, protocol::PROVIDE, &args, || {
                 format!("provider of {method:?} on channel {channel:?}")

@@ -72,6 +72,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                     &args.method,
                     peer.connection_id(),
                     args.schema,
+                    args.via,
                 )
             }),
         )

@@ -123,6 +123,10 @@ pub(crate) struct BrokerArgs {
     /// that listener's codec.
     #[arg(long = "listen", value_name = "URL", required = true)]
     listen: Vec<String>,
+    /// This broker's id among brokers bridged together (letters, digits,
+    /// '.', '_', '-'); default: 16 random hex digits.
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
     /// Drop clients that go silent (a vanished machine, a frozen process):
     /// probe one idle this many milliseconds, drop it if it does not answer
     /// within as many again. Every busline client answers probes.
@@ -178,6 +182,9 @@ pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Re
         eprintln!("busline: cannot raise the open file limit: {e}");
     }
     let mut builder = Broker::builder();
+    if let Some(id) = &args.id {
+        builder = builder.id(id);
+    }
     if let Some(ms) = args.heartbeat {
         builder = builder.heartbeat(Duration::from_millis(ms));
     }
@@ -188,7 +195,7 @@ pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Re
     }
     let broker = builder.start().await?;
     for addr in broker.local_addrs() {
-        eprintln!("busline: broker listening on {addr}");
+        eprintln!("busline: broker {} listening on {addr}", broker.id());
     }
     eprintln!("busline: Ctrl-C to stop");
     shutdown_signal().await;

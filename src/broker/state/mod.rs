@@ -49,6 +49,8 @@ pub const DEFAULT_SUBSCRIBER_QUEUE_BYTES: usize = 8 << 20;
 /// Everything the broker knows.
 #[derive(Debug)]
 pub(crate) struct State {
+    /// This broker's id among bridged brokers.
+    id: String,
     inner: Mutex<Inner>,
     subscriber_queue: QueueBounds,
     slow_subscriber: SlowSubscriber,
@@ -111,6 +113,9 @@ struct Providers {
     /// As the latest provider described the method, if one did.
     schema: Option<protocol::MethodSchema>,
     conns: Vec<u64>,
+    /// The brokers between this one and each provider reached through a
+    /// bridge (the provider's first); no entry for a local provider.
+    via: HashMap<u64, Vec<String>>,
     /// Round-robin position.
     next: usize,
     balance: protocol::Balance,
@@ -119,6 +124,7 @@ struct Providers {
 impl State {
     /// Tables with the system channels, protected by the given join keys.
     pub(crate) fn new(
+        id: String,
         subscriber_queue: QueueBounds,
         slow_subscriber: SlowSubscriber,
         system_keys: &[(String, [u8; 32])],
@@ -131,6 +137,7 @@ impl State {
             inner.channels.insert(name.to_owned(), ch);
         }
         State {
+            id,
             inner: Mutex::new(inner),
             subscriber_queue,
             slow_subscriber,
@@ -317,6 +324,7 @@ impl State {
         client_ids.sort();
         let system = system::SYSTEM_CHANNELS.len();
         BrokerStatus {
+            id: self.id.clone(),
             clients: inner.peers.len(),
             protected_channels: inner.channels.len() - channels.len() - system,
             channels,
@@ -351,6 +359,12 @@ fn info(channel: &str, ch: &Channel) -> ChannelInfo {
         .map(|(m, _)| m.clone())
         .collect();
     round_robin.sort();
+    let mut routes: Vec<(u64, String, Vec<String>)> = ch
+        .methods
+        .iter()
+        .flat_map(|(m, p)| p.via.iter().map(|(c, v)| (*c, m.clone(), v.clone())))
+        .collect();
+    routes.sort();
     ChannelInfo {
         name: channel.to_owned(),
         owner: ch.owner,
@@ -358,6 +372,7 @@ fn info(channel: &str, ch: &Channel) -> ChannelInfo {
         methods,
         schemas,
         round_robin,
+        routes,
         subscriptions: ch.subscriptions.clone(),
         protected: ch.key.is_some(),
         policy: ch.policy,

@@ -60,7 +60,9 @@ impl State {
         method: &str,
         id: u64,
         schema: Option<protocol::MethodSchema>,
+        via: Vec<String>,
     ) -> Result<()> {
+        self.check_route(channel, method, &via)?;
         if let Some(schema) = &schema {
             let size = serde_json::to_string(schema).map_or(usize::MAX, |t| t.len());
             if size > protocol::MAX_SCHEMA {
@@ -94,10 +96,44 @@ impl State {
             providers.schema = schema;
         }
 
-        if !providers.conns.contains(&id) {
+        let added = !providers.conns.contains(&id);
+        if added {
             providers.conns.push(id);
-            let body = json!({"channel": channel, "method": method, "client": id});
+        }
+        let mut body = json!({"channel": channel, "method": method, "client": id});
+        if via.is_empty() {
+            providers.via.remove(&id);
+        } else {
+            body["via"] = json!(via);
+            providers.via.insert(id, via);
+        }
+        if added {
             announce(&inner, Happening::new("provider.added", body));
+        }
+        Ok(())
+    }
+
+    /// A registration that came through bridges: within [`protocol::MAX_HOPS`]
+    /// brokers with valid ids, none of them this one (which would make a
+    /// loop).
+    fn check_route(&self, channel: &str, method: &str, via: &[String]) -> Result<()> {
+        if via.len() > protocol::MAX_HOPS {
+            return Err(busline_core::Error::Protocol(format!(
+                "the provider of {method:?} on channel {channel:?} is {} brokers away; \
+                 at most {} are followed (protocol::MAX_HOPS)",
+                via.len(),
+                protocol::MAX_HOPS
+            )));
+        }
+        for id in via {
+            protocol::check_broker_id(id)?;
+        }
+        if via.contains(&self.id) {
+            return Err(busline_core::Error::Protocol(format!(
+                "a loop: the registration of {method:?} on channel {channel:?} already came \
+                 through this broker ({}), by way of {via:?}",
+                self.id
+            )));
         }
         Ok(())
     }
@@ -155,11 +191,20 @@ impl State {
             ..
         } = &mut *inner;
         let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
+        // The nearest providers take the calls (a local one before one
+        // behind a bridge, one bridge before two); the others stand by.
+        let hops = |id: &u64| providers.via.get(id).map_or(0, Vec::len);
+        let nearest = providers
+            .conns
+            .iter()
+            .filter(|id| !tried.contains(id))
+            .map(hops)
+            .min()?;
         let n = providers.conns.len();
         let mut candidates = (0..n)
             .map(|k| (providers.next + k) % n)
             .map(|i| (i, providers.conns[i]))
-            .filter(|(_, id)| !tried.contains(id));
+            .filter(|(_, id)| !tried.contains(id) && hops(id) == nearest);
         let (turn, id) = match providers.balance {
             protocol::Balance::RoundRobin => candidates.next()?,
             protocol::Balance::LeastActive => {
@@ -187,6 +232,7 @@ pub(super) fn remove_provider(ch: &mut Channel, method: &str, id: u64) -> bool {
     };
     let before = providers.conns.len();
     providers.conns.retain(|&p| p != id);
+    providers.via.remove(&id);
     let removed = providers.conns.len() < before;
     if providers.conns.is_empty() {
         ch.methods.remove(method);

@@ -1,0 +1,139 @@
+//! What a broker knows of providers on other brokers, which bridges
+//! register with the path they came by: its own id, loops refused, the
+//! nearest provider answering and the farther ones standing by.
+
+use busline::{
+    broker::{Broker, BrokerClient, BrokerHandle, MAX_HOPS},
+    rpc::Client,
+    Address, CborCodec, Error, MemoryTransport,
+};
+use serde_json::json;
+
+async fn broker(id: &str) -> (BrokerHandle, Address) {
+    let addr = Address::memory(format!("routes-{id}"));
+    let broker = Broker::builder()
+        .id(id)
+        .listen(MemoryTransport::new(), addr.clone(), CborCodec::new())
+        .start()
+        .await
+        .unwrap();
+    (broker, addr)
+}
+
+async fn client(addr: &Address) -> BrokerClient {
+    BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &MemoryTransport::new(),
+        addr,
+    )
+    .await
+    .unwrap()
+}
+
+/// A client providing `whoami` on channel `ch`, answering `name`, and
+/// registered as reached through the brokers in `via`.
+async fn provider(addr: &Address, name: &'static str, via: &[&str]) -> BrokerClient {
+    let bus = client(addr).await;
+    let ch = bus.open("ch").await.unwrap();
+    ch.provide("whoami", move |()| async move { Ok::<_, String>(name) })
+        .await
+        .unwrap();
+    if !via.is_empty() {
+        register(&bus, via).await.unwrap();
+    }
+    bus
+}
+
+/// Register (again) as the provider of `whoami` on `ch`, through `via`.
+async fn register(bus: &BrokerClient, via: &[&str]) -> busline::Result<()> {
+    let args = json!({"channel": "ch", "method": "whoami", "via": via});
+    bus.client().call::<_, ()>("busline.provide", &args).await
+}
+
+async fn whoami(caller: &BrokerClient) -> String {
+    let ch = caller.open("ch").await.unwrap();
+    ch.call("whoami", &()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_broker_has_the_id_it_was_given_or_a_random_one() {
+    let (named, addr) = broker("alpha").await;
+    assert_eq!(named.id(), "alpha");
+    assert_eq!(client(&addr).await.status().await.unwrap().id, "alpha");
+
+    let a = Broker::builder().start().await.unwrap();
+    let b = Broker::builder().start().await.unwrap();
+    assert_eq!(a.id().len(), 16);
+    assert!(a.id().bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a.id(), b.id());
+
+    for bad in ["", "has space", "slash/y", &"x".repeat(65)] {
+        let err = Broker::builder().id(bad).start().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Protocol(m) if m.contains("broker id")),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_registration_that_already_came_through_this_broker_is_a_loop() {
+    let (_broker, addr) = broker("beta").await;
+    let bus = provider(&addr, "p", &[]).await;
+
+    let err = register(&bus, &["alpha", "beta", "gamma"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("loop") && m.contains("beta")),
+        "{err}"
+    );
+    let too_far: Vec<String> = (0..=MAX_HOPS).map(|i| format!("b{i}")).collect();
+    let too_far: Vec<&str> = too_far.iter().map(String::as_str).collect();
+    let err = register(&bus, &too_far).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("MAX_HOPS")),
+        "{err}"
+    );
+    let err = register(&bus, &["ok", "not ok"]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("broker id")),
+        "{err}"
+    );
+
+    // Refusals change nothing; a good path is recorded, and shown.
+    register(&bus, &["alpha", "gamma"]).await.unwrap();
+    let info = bus.open("ch").await.unwrap().describe().await.unwrap();
+    assert_eq!(info.routes.len(), 1, "{info:?}");
+    let (_, method, via) = &info.routes[0];
+    assert_eq!(method, "whoami");
+    assert_eq!(via, &["alpha", "gamma"]);
+    // Registered again without a path, it is a local provider again.
+    register(&bus, &[]).await.unwrap();
+    let info = bus.open("ch").await.unwrap().describe().await.unwrap();
+    assert!(info.routes.is_empty(), "{info:?}");
+}
+
+#[tokio::test]
+async fn the_nearest_provider_answers_and_the_others_stand_by() {
+    let (_broker, addr) = broker("hub").await;
+    let caller = client(&addr).await;
+    let two_hops = provider(&addr, "two hops", &["far", "near"]).await;
+    assert_eq!(whoami(&caller).await, "two hops");
+    let one_hop = provider(&addr, "one hop", &["near"]).await;
+    let local = provider(&addr, "local", &[]).await;
+
+    for _ in 0..8 {
+        assert_eq!(whoami(&caller).await, "local");
+    }
+    // Each one gone, the next nearest takes over.
+    local.close();
+    drop(local);
+    for _ in 0..8 {
+        assert_eq!(whoami(&caller).await, "one hop");
+    }
+    one_hop.close();
+    drop(one_hop);
+    assert_eq!(whoami(&caller).await, "two hops");
+    drop(two_hops);
+}
