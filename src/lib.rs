@@ -33,6 +33,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod broker;
 pub mod codec;
 #[cfg(unix)]

@@ -47,6 +47,14 @@ enum Command {
         #[command(flatten)]
         auth: cli::AuthArgs,
     },
+    /// Join two brokers: the providers of each answer the callers of the
+    /// other, until Ctrl-C or SIGTERM.
+    Bridge {
+        #[command(flatten)]
+        args: cli::bridge::BridgeArgs,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
     /// Publish a JSON message on a broker channel's topic.
     Pub {
         #[command(flatten)]
@@ -100,6 +108,7 @@ fn main() -> ExitCode {
                 cli::serve(&url, &codec, auth.authenticator()?).await
             }
             Command::Broker { broker, auth } => cli::broker(broker, auth.authenticator()?).await,
+            Command::Bridge { args, auth } => cli::bridge::run(args, auth.authenticator()?).await,
             Command::Pub { args, auth } => cli::bus::publish(args, auth.authenticator()?).await,
             Command::Sub { args, auth } => cli::bus::subscribe(args, auth.authenticator()?).await,
             Command::Status { args, auth } => cli::bus::status(args, auth.authenticator()?).await,

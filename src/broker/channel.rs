@@ -64,7 +64,7 @@ impl Channel {
         Ret: Serialize + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        self.serve(method, UnaryFn::new(f), None).await
+        self.serve(method, UnaryFn::new(f), None, Vec::new()).await
     }
 
     /// As [`Channel::provide`], and describe the method to the broker with
@@ -82,7 +82,8 @@ impl Channel {
             params: schema_of::<Args>()?,
             result: schema_of::<Ret>()?,
         };
-        self.serve(method, UnaryFn::new(f), Some(schema)).await
+        self.serve(method, UnaryFn::new(f), Some(schema), Vec::new())
+            .await
     }
 
     /// Serve `method` on this channel with a function returning a stream
@@ -95,7 +96,7 @@ impl Channel {
         T: Serialize + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        self.serve(method, StreamFn::new(f), None).await
+        self.serve(method, StreamFn::new(f), None, Vec::new()).await
     }
 
     /// Serve `method` with any handler service (as [`Router::route`]), for
@@ -109,12 +110,19 @@ impl Channel {
             + 'static,
         S::Future: Send + 'static,
     {
-        self.serve(method, service, None).await
+        self.serve(method, service, None, Vec::new()).await
     }
 
     /// Install `service` for `method` (checking signatures on a protected
-    /// channel), then tell the broker.
-    async fn serve<S>(&self, method: &str, service: S, schema: Option<MethodSchema>) -> Result<()>
+    /// channel), then tell the broker, which reaches it through the brokers
+    /// in `via` (a bridge's registration; empty for a provider here).
+    pub(crate) async fn serve<S>(
+        &self,
+        method: &str,
+        service: S,
+        schema: Option<MethodSchema>,
+        via: Vec<String>,
+    ) -> Result<()>
     where
         S: tower::Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
@@ -131,11 +139,11 @@ impl Channel {
             channel: self.name.clone(),
             method: method.to_owned(),
             schema: schema.clone(),
-            via: Vec::new(),
+            via: via.clone(),
         };
         self.control(protocol::PROVIDE, &args).await?;
         self.record(|joined| {
-            joined.methods.insert(method.to_owned(), schema);
+            joined.methods.insert(method.to_owned(), (schema, via));
         });
         Ok(())
     }

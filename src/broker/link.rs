@@ -100,7 +100,9 @@ pub(crate) struct Joined {
     /// Set by this client as the owner; set again if it owns the channel
     /// once more.
     pub(crate) policy: Option<OwnerPolicy>,
-    pub(crate) methods: BTreeMap<String, Option<MethodSchema>>,
+    /// Each provided method: its schema, and the brokers it came through
+    /// (a bridge's registration; empty for this client's own).
+    pub(crate) methods: BTreeMap<String, (Option<MethodSchema>, Vec<String>)>,
     pub(crate) balances: BTreeMap<String, Balance>,
     pub(crate) topics: Vec<String>,
 }

@@ -59,12 +59,12 @@ pub(super) async fn restore(
                 link.record().joined(channel).policy = None;
             }
         }
-        for (method, schema) in &joined.methods {
+        for (method, (schema, via)) in &joined.methods {
             let args = MethodArgs {
                 channel: channel.clone(),
                 method: method.clone(),
                 schema: schema.clone(),
-                via: Vec::new(),
+                via: via.clone(),
             };
             if !confirm(client, link, protocol::PROVIDE, &args, || {
                 format!("provider of {method:?} on channel {channel:?}")

@@ -257,35 +257,7 @@ async fn forward(state: &Arc<State>, channel: &str, method: &str, req: &Request)
                 )),
             });
         };
-        let provider = match req.deadline {
-            Some(at) => provider.with_timeout(at.saturating_duration_since(Instant::now())),
-            None => provider,
-        };
-        let sent = match req.kind {
-            CallKind::Unary => provider
-                .call_raw(&req.method, req.payload.clone())
-                .await
-                .map(Reply::Unary),
-            // The provider counts as busy for as long as the stream runs.
-            CallKind::Stream => provider
-                .stream_payloads(&req.method, req.payload.clone())
-                .await
-                .map(|items| {
-                    Reply::Stream(Box::pin(items.map(move |item| {
-                        let _busy = &busy;
-                        item
-                    })))
-                }),
-            // Written before the next is taken from the sender: backpressure,
-            // not a queue without bound, for a provider that does not read.
-            CallKind::Notify => match provider.notify_unqueued(&req.method, req.payload.clone()) {
-                Ok(()) => provider
-                    .flush()
-                    .await
-                    .map(|()| Reply::Unary(Payload::unit())),
-                Err(e) => Err(e),
-            },
-        };
+        let sent = pass_on(&provider, req, busy).await;
         match sent {
             // Failover is decided by the provider's connection, not by the
             // error: a handler that returns `Disconnected` itself ran, and
@@ -297,5 +269,41 @@ async fn forward(state: &Arc<State>, channel: &str, method: &str, req: &Request)
             }
             other => return other,
         }
+    }
+}
+
+/// Send `req` on to `to` under the same name, its payload untouched, within
+/// what is left of the caller's deadline; `busy` is held until the answer
+/// (for a stream: until its last item).
+pub(crate) async fn pass_on<B: Send + Sync + 'static>(
+    to: &Client,
+    req: &Request,
+    busy: B,
+) -> Result<Reply> {
+    let to = match req.deadline {
+        Some(at) => to.with_timeout(at.saturating_duration_since(Instant::now())),
+        None => to.clone(),
+    };
+    match req.kind {
+        CallKind::Unary => to
+            .call_raw(&req.method, req.payload.clone())
+            .await
+            .map(Reply::Unary),
+        // The provider counts as busy for as long as the stream runs.
+        CallKind::Stream => to
+            .stream_payloads(&req.method, req.payload.clone())
+            .await
+            .map(|items| {
+                Reply::Stream(Box::pin(items.map(move |item| {
+                    let _busy = &busy;
+                    item
+                })))
+            }),
+        // Written before the next is taken from the sender: backpressure,
+        // not a queue without bound, for a provider that does not read.
+        CallKind::Notify => match to.notify_unqueued(&req.method, req.payload.clone()) {
+            Ok(()) => to.flush().await.map(|()| Reply::Unary(Payload::unit())),
+            Err(e) => Err(e),
+        },
     }
 }

@@ -2,6 +2,7 @@
 //! picks the transport ([`busline::any_transport`]) and the codec
 //! ([`AnyCodec`]).
 
+pub(crate) mod bridge;
 pub(crate) mod bus;
 pub(crate) mod demo;
 mod service;
@@ -127,6 +128,10 @@ pub(crate) struct BrokerArgs {
     /// '.', '_', '-'); default: 16 random hex digits.
     #[arg(long, value_name = "ID")]
     id: Option<String>,
+    /// Bridge this broker to the broker at URL (repeatable): the providers
+    /// of each answer the callers of the other (see `busline bridge`).
+    #[arg(long = "bridge", value_name = "URL")]
+    bridges: Vec<String>,
     /// Drop clients that go silent (a vanished machine, a frozen process):
     /// probe one idle this many milliseconds, drop it if it does not answer
     /// within as many again. Every busline client answers probes.
@@ -197,9 +202,11 @@ pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Re
     for addr in broker.local_addrs() {
         eprintln!("busline: broker {} listening on {addr}", broker.id());
     }
+    let mut bridges = bridge::to_peers(broker.local_addrs()[0], &args.bridges, auth);
     eprintln!("busline: Ctrl-C to stop");
     shutdown_signal().await;
     eprintln!("busline: shutting down");
+    bridges.shutdown().await;
     broker.shutdown().await;
     Ok(())
 }

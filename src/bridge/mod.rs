@@ -1,0 +1,340 @@
+//! Bridges: two brokers joined so that the providers of each answer the
+//! callers of the other, over whatever transports, codecs and
+//! authenticators their clients use.
+//!
+//! A bridge is a client of both brokers. For every method provided on one
+//! side it provides the same method on the other, and passes each call it
+//! gets there on to the first side under the same name with the payload
+//! untouched (so end-to-end signatures and streams pass through as they
+//! are). Each such registration carries its path: the ids of the brokers
+//! it came through. A bridge never offers a provider back to a broker on
+//! its path, and brokers refuse registrations that would loop, so lines,
+//! rings and meshes of brokers are safe; where several paths lead to one
+//! provider, each broker sends calls the shortest way and keeps the others
+//! for failover.
+//!
+//! The bridge follows each broker's `busline.system` events (providers and
+//! channels coming and going) and also looks again every
+//! [`BridgeBuilder::resync`], so a broker whose system channel it cannot
+//! read is still followed. When the bridge stops, it closes both clients,
+//! which withdraws everything it offered.
+//!
+//! Not yet carried across (issue 8 continues): publications and
+//! subscriptions, and channels with a password (a broker does not list
+//! them).
+//!
+//! ```
+//! use busline::{bridge::Bridge, broker::{Broker, BrokerClient}, rpc::Client,
+//!     Address, CborCodec, MemoryTransport};
+//!
+//! # tokio_test::block_on(async {
+//! let (a, b) = (Address::memory("bridge-doc-a"), Address::memory("bridge-doc-b"));
+//! let _broker_a = Broker::builder().listen(MemoryTransport::new(), a.clone(), CborCodec::new()).start().await?;
+//! let _broker_b = Broker::builder().listen(MemoryTransport::new(), b.clone(), CborCodec::new()).start().await?;
+//! let connect = |addr: Address| async move {
+//!     BrokerClient::connect(Client::builder(CborCodec::new()), &MemoryTransport::new(), &addr).await
+//! };
+//!
+//! // A provider on broker A…
+//! let provider = connect(a.clone()).await?;
+//! provider.open("math").await?.provide("add", |(x, y): (i64, i64)| async move { Ok::<_, String>(x + y) }).await?;
+//! // …answers a caller on broker B once a bridge joins them.
+//! let bridge = Bridge::builder().start(connect(a).await?, connect(b.clone()).await?).await?;
+//! let caller = connect(b).await?;
+//! assert_eq!(caller.open("math").await?.call::<_, i64>("add", &(2, 40)).await?, 42);
+//! bridge.shutdown().await;
+//! # Ok::<(), busline::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod routes;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use busline_core::{Error, Result};
+use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{BrokerClient, Channel, ConnectionEvent, SYSTEM},
+    rpc::{Reply, Request},
+};
+use routes::Offers;
+
+/// Entry point: [`Bridge::builder`].
+#[derive(Debug)]
+pub struct Bridge;
+
+impl Bridge {
+    /// Configure a bridge, then [`BridgeBuilder::start`] it between two
+    /// broker clients.
+    pub fn builder() -> BridgeBuilder {
+        BridgeBuilder {
+            channels: None,
+            resync: DEFAULT_RESYNC,
+        }
+    }
+}
+
+/// How often a bridge looks at both brokers again even without events.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(2);
+
+/// How long a bridge lets events gather before it acts on them: a burst of
+/// registrations costs one look, not one each.
+const SETTLE: Duration = Duration::from_millis(10);
+
+/// A bridge about to start.
+#[derive(Debug, Clone)]
+pub struct BridgeBuilder {
+    channels: Option<BTreeSet<String>>,
+    resync: Duration,
+}
+
+impl BridgeBuilder {
+    /// Carry only these channels across (default: every channel without a
+    /// password).
+    pub fn channels<I, S>(mut self, channels: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.channels = Some(channels.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Look at both brokers again this often even when no event says
+    /// anything changed. Default: [`DEFAULT_RESYNC`].
+    pub fn resync(mut self, every: Duration) -> Self {
+        self.resync = every.max(SETTLE);
+        self
+    }
+
+    /// Join the brokers of `a` and `b` (clients of two different brokers;
+    /// give them [`BrokerClientBuilder::reconnect`] to ride out restarts).
+    /// Returns once each side offers what the other provides now.
+    ///
+    /// [`BrokerClientBuilder::reconnect`]: crate::broker::BrokerClientBuilder::reconnect
+    pub async fn start(self, a: BrokerClient, b: BrokerClient) -> Result<BridgeHandle> {
+        let mut mirror = Mirror {
+            a: Side::new(a.clone()),
+            b: Side::new(b.clone()),
+            allow: self.channels,
+        };
+        let (id_a, id_b) = (a.status().await?.id, b.status().await?.id);
+        if id_a == id_b {
+            return Err(Error::Protocol(format!(
+                "both sides of the bridge are broker {id_a:?}: a bridge joins two brokers \
+                 (or two with the same id; give each its own with BrokerBuilder::id)"
+            )));
+        }
+        let feed = changes(&a, &b).await;
+        mirror.sync().await?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(mirror, feed, self.resync, stop.clone()));
+        Ok(BridgeHandle { stop, task, a, b })
+    }
+}
+
+/// A running bridge; dropping it stops the bridge too.
+#[derive(Debug)]
+pub struct BridgeHandle {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    a: BrokerClient,
+    b: BrokerClient,
+}
+
+impl BridgeHandle {
+    /// Stop the bridge: both clients close, and each broker withdraws what
+    /// the bridge offered it (callers there fail over to another path, or
+    /// get a typed error).
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for BridgeHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.a.close();
+        self.b.close();
+    }
+}
+
+/// One broker as the bridge sees it: its client, the channels joined
+/// there, and what the bridge offers there.
+struct Side {
+    bus: BrokerClient,
+    joined: HashMap<String, Channel>,
+    offered: Offers,
+}
+
+impl Side {
+    fn new(bus: BrokerClient) -> Side {
+        Side {
+            bus,
+            joined: HashMap::new(),
+            offered: Offers::new(),
+        }
+    }
+
+    async fn join(&mut self, channel: &str) -> Result<Channel> {
+        if let Some(joined) = self.joined.get(channel) {
+            return Ok(joined.clone());
+        }
+        let joined = self.bus.open(channel).await?;
+        self.joined.insert(channel.to_owned(), joined.clone());
+        Ok(joined)
+    }
+
+    /// Leave the channels no longer needed here: neither offered here nor
+    /// called through from the other side.
+    async fn leave_all_but(&mut self, needed: &BTreeSet<&str>) -> Result<()> {
+        let gone: Vec<String> = self
+            .joined
+            .keys()
+            .filter(|ch| !needed.contains(ch.as_str()))
+            .cloned()
+            .collect();
+        for channel in gone {
+            if let Some(joined) = self.joined.remove(&channel) {
+                joined.leave().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Both sides, and what may cross.
+struct Mirror {
+    a: Side,
+    b: Side,
+    allow: Option<BTreeSet<String>>,
+}
+
+impl Mirror {
+    /// Look at both brokers and make each side offer what the other
+    /// provides now, and nothing else.
+    async fn sync(&mut self) -> Result<()> {
+        let (status_a, status_b) = (self.a.bus.status().await?, self.b.bus.status().await?);
+        let allow = self.allow.as_ref();
+        let to_b = routes::offers(&status_a, &status_b.id, allow);
+        let to_a = routes::offers(&status_b, &status_a.id, allow);
+        offer(&mut self.b, &mut self.a, &to_b).await?;
+        offer(&mut self.a, &mut self.b, &to_a).await?;
+        let needed: BTreeSet<&str> = routes::channels(&to_a)
+            .union(&routes::channels(&to_b))
+            .copied()
+            .collect();
+        self.a.leave_all_but(&needed).await?;
+        self.b.leave_all_but(&needed).await
+    }
+}
+
+/// Make `to` offer exactly `offers`, each passing its calls to `from`.
+async fn offer(to: &mut Side, from: &mut Side, offers: &Offers) -> Result<()> {
+    let withdrawn: Vec<(String, String)> = to
+        .offered
+        .keys()
+        .filter(|key| !offers.contains_key(*key))
+        .cloned()
+        .collect();
+    for (channel, method) in withdrawn {
+        to.offered.remove(&(channel.clone(), method.clone()));
+        if let Some(joined) = to.joined.get(&channel) {
+            joined.unprovide(&method).await?;
+        }
+    }
+    for ((channel, method), path) in offers {
+        let key = (channel.clone(), method.clone());
+        if to.offered.get(&key) == Some(path) {
+            continue;
+        }
+        // Calls through the bridge come from a member of the channel.
+        from.join(channel).await?;
+        let relay = Relay {
+            to: from.bus.clone(),
+        };
+        to.join(channel)
+            .await?
+            .serve(method, relay, None, path.clone())
+            .await?;
+        to.offered.insert(key, path.clone());
+    }
+    Ok(())
+}
+
+/// Passes the calls a bridge gets on one side to the other side's broker.
+#[derive(Clone)]
+struct Relay {
+    to: BrokerClient,
+}
+
+impl tower::Service<Request> for Relay {
+    type Response = Reply;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Reply>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let to = self.to.clone();
+        Box::pin(async move { crate::broker::pass_on(&to.client(), &req, ()).await })
+    }
+}
+
+/// What tells the bridge to look again: providers and channels coming and
+/// going on either broker, and either client reconnecting.
+async fn changes(a: &BrokerClient, b: &BrokerClient) -> BoxStream<'static, ()> {
+    let mut feeds: Vec<BoxStream<'static, ()>> = Vec::new();
+    for bus in [a, b] {
+        feeds.push(
+            bus.connection_events()
+                .filter(|e| std::future::ready(matches!(e, ConnectionEvent::Restored)))
+                .map(|_| ())
+                .boxed(),
+        );
+        // A system channel behind a password is left to the periodic look.
+        if let Ok(system) = bus.open(SYSTEM).await {
+            for pattern in ["provider.*", "channel.*"] {
+                if let Ok(events) = system.subscribe(pattern).await {
+                    feeds.push(events.map(|_| ()).boxed());
+                }
+            }
+        }
+    }
+    futures::stream::select_all(feeds).boxed()
+}
+
+async fn run(
+    mut mirror: Mirror,
+    mut feed: BoxStream<'static, ()>,
+    resync: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            next = tokio::time::timeout(resync, feed.next()) => {
+                if let Ok(None) = next {
+                    // Both clients are gone: only the periodic look is left.
+                    feed = futures::stream::pending().boxed();
+                }
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+        while let Some(Some(())) = feed.next().now_or_never() {}
+        if let Err(err) = mirror.sync().await {
+            tracing::warn!(error = %err, "bridge: could not bring the brokers in line; trying again");
+        }
+    }
+    mirror.a.bus.close();
+    mirror.b.bus.close();
+}

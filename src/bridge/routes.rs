@@ -1,0 +1,166 @@
+//! Which providers a bridge offers from one broker to the other, and by
+//! what path: pure functions of what the brokers report, tested alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::broker::{BrokerStatus, ChannelInfo, MAX_HOPS};
+
+/// What one side should offer on the other: channel and method, and the
+/// path to register it with (the brokers it comes through, the provider's
+/// first).
+pub(crate) type Offers = BTreeMap<(String, String), Vec<String>>;
+
+/// The offers of broker `from` (as its status reports it) to broker `to`,
+/// limited to `allow` if given.
+pub(crate) fn offers(from: &BrokerStatus, to: &str, allow: Option<&BTreeSet<String>>) -> Offers {
+    from.channels
+        .iter()
+        .filter(|ch| allow.map_or(true, |allow| allow.contains(&ch.name)))
+        .flat_map(|ch| {
+            channel_offers(ch, &from.id, to)
+                .into_iter()
+                .map(|(method, path)| ((ch.name.clone(), method), path))
+        })
+        .collect()
+}
+
+/// The methods of channel `info` on broker `from` worth offering on broker
+/// `to`, each by its shortest path. A provider whose registration already
+/// came through `to` is left out: offered back, it would make a loop (and
+/// `to` would refuse it).
+fn channel_offers(info: &ChannelInfo, from: &str, to: &str) -> BTreeMap<String, Vec<String>> {
+    let mut best: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (method, providers) in &info.methods {
+        for conn in providers {
+            let via = info
+                .routes
+                .iter()
+                .find(|(c, m, _)| c == conn && m == method)
+                .map_or(&[][..], |(_, _, via)| via.as_slice());
+            if via.iter().any(|broker| broker == to || broker == from) || via.len() >= MAX_HOPS {
+                continue;
+            }
+            let shorter = best
+                .get(method)
+                .map_or(true, |path| via.len() + 1 < path.len());
+            if shorter {
+                let mut path = via.to_vec();
+                path.push(from.to_owned());
+                best.insert(method.clone(), path);
+            }
+        }
+    }
+    best
+}
+
+/// The channels named in `offers`.
+pub(crate) fn channels(offers: &Offers) -> BTreeSet<&str> {
+    offers.keys().map(|(channel, _)| channel.as_str()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::OwnerPolicy;
+
+    fn channel(
+        name: &str,
+        methods: &[(&str, &[u64])],
+        routes: &[(u64, &str, &[&str])],
+    ) -> ChannelInfo {
+        ChannelInfo {
+            name: name.into(),
+            owner: 1,
+            members: vec![1],
+            methods: methods
+                .iter()
+                .map(|(m, c)| (m.to_string(), c.to_vec()))
+                .collect(),
+            schemas: vec![],
+            round_robin: vec![],
+            routes: routes
+                .iter()
+                .map(|(c, m, via)| {
+                    (
+                        *c,
+                        m.to_string(),
+                        via.iter().map(|b| b.to_string()).collect(),
+                    )
+                })
+                .collect(),
+            subscriptions: vec![],
+            protected: false,
+            policy: OwnerPolicy::default(),
+        }
+    }
+
+    fn status(id: &str, channels: Vec<ChannelInfo>) -> BrokerStatus {
+        BrokerStatus {
+            id: id.into(),
+            clients: 1,
+            channels,
+            protected_channels: 0,
+            client_ids: vec![],
+        }
+    }
+
+    fn path(p: &[&str]) -> Vec<String> {
+        p.iter().map(|b| b.to_string()).collect()
+    }
+
+    #[test]
+    fn local_providers_go_one_hop_and_bridged_ones_one_more() {
+        let a = status(
+            "a",
+            vec![channel(
+                "math",
+                &[("add", &[1]), ("mul", &[2])],
+                &[(2, "mul", &["w"])],
+            )],
+        );
+        let offers = offers(&a, "b", None);
+        assert_eq!(offers[&("math".into(), "add".into())], path(&["a"]));
+        assert_eq!(offers[&("math".into(), "mul".into())], path(&["w", "a"]));
+    }
+
+    #[test]
+    fn nothing_goes_back_where_it_came_from_and_the_shortest_path_wins() {
+        let a = status(
+            "a",
+            vec![channel(
+                "math",
+                &[("add", &[7, 8, 9]), ("echo", &[5])],
+                &[
+                    (7, "add", &["x", "y"]),
+                    (8, "add", &["x"]),
+                    (9, "add", &["x", "y", "z"]),
+                    (5, "echo", &["b"]),
+                ],
+            )],
+        );
+        let offers = offers(&a, "b", None);
+        assert_eq!(offers.len(), 1, "{offers:?}");
+        assert_eq!(offers[&("math".into(), "add".into())], path(&["x", "a"]));
+        // Offered to x instead, every path of add came through x.
+        assert!(!super::offers(&a, "x", None).contains_key(&("math".into(), "add".into())));
+    }
+
+    #[test]
+    fn only_allowed_channels_and_paths_within_the_hop_limit() {
+        let long: Vec<String> = (0..MAX_HOPS).map(|i| format!("h{i}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let a = status(
+            "a",
+            vec![
+                channel("open", &[("m", &[1])], &[]),
+                channel("closed", &[("m", &[2])], &[]),
+                channel("far", &[("m", &[3])], &[(3, "m", &long)]),
+            ],
+        );
+        let allow: BTreeSet<String> = ["open".to_string(), "far".to_string()].into();
+        let offers = offers(&a, "b", Some(&allow));
+        assert_eq!(offers.len(), 1, "{offers:?}");
+        assert!(offers.contains_key(&("open".into(), "m".into())));
+        assert_eq!(channels(&offers), BTreeSet::from(["open"]));
+    }
+}

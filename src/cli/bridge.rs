@@ -1,0 +1,104 @@
+//! `busline bridge URL-A URL-B`, and the bridges `busline broker --bridge`
+//! starts to its peers.
+
+use std::{sync::Arc, time::Duration};
+
+use busline::{
+    bridge::{Bridge, BridgeHandle},
+    broker::{BrokerClient, Reconnect},
+    codec::AnyCodec,
+    rpc::Client,
+    Address, Authenticator, Result,
+};
+
+/// What `busline bridge` was asked to do.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BridgeArgs {
+    /// One broker, e.g. unix:///run/busline.sock (its ?codec= picks the codec).
+    a: String,
+    /// The other, e.g. tcp://10.0.0.2:7400.
+    b: String,
+    /// Carry only this channel across (repeatable; default: every channel
+    /// without a password).
+    #[arg(long = "channel", value_name = "NAME")]
+    channels: Vec<String>,
+}
+
+/// How long a bridge keeps trying to reach a broker that is not up yet.
+const FIRST_CONNECT: Duration = Duration::from_secs(30);
+
+/// A client of the broker at `url` for a bridge: it reconnects for as long
+/// as the bridge runs, and waits up to [`FIRST_CONNECT`] for the broker to
+/// come up.
+pub(crate) async fn side(url: &str, auth: Arc<dyn Authenticator>) -> Result<BrokerClient> {
+    let addr: Address = url.parse()?;
+    let codec = AnyCodec::for_address(&addr)?;
+    BrokerClient::builder(
+        Client::builder(codec)
+            .auth(auth)
+            .retry_connect(FIRST_CONNECT),
+    )
+    .client_id(&format!("busline.bridge.{}", std::process::id()))
+    .reconnect(Reconnect::default())
+    .connect(&busline::any_transport(), &addr)
+    .await
+}
+
+/// Start a bridge between the brokers at `a` and `b`.
+pub(crate) async fn start(
+    a: &str,
+    b: &str,
+    channels: &[String],
+    auth: Arc<dyn Authenticator>,
+) -> Result<BridgeHandle> {
+    let (side_a, side_b) = (side(a, auth.clone()).await?, side(b, auth).await?);
+    let mut builder = Bridge::builder();
+    if !channels.is_empty() {
+        builder = builder.channels(channels.iter().cloned());
+    }
+    builder.start(side_a, side_b).await
+}
+
+/// `busline bridge A B`: until Ctrl-C or SIGTERM.
+pub(crate) async fn run(args: BridgeArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
+    let bridge = start(&args.a, &args.b, &args.channels, auth).await?;
+    eprintln!(
+        "busline: bridging {} and {}; Ctrl-C to stop",
+        args.a, args.b
+    );
+    super::shutdown_signal().await;
+    eprintln!("busline: stopping the bridge");
+    bridge.shutdown().await;
+    Ok(())
+}
+
+/// Bridges from the broker at `local` to each of `peers`, started in the
+/// background (a peer may come up later; one that never does is reported,
+/// and tried again).
+pub(crate) fn to_peers(
+    local: &Address,
+    peers: &[String],
+    auth: Arc<dyn Authenticator>,
+) -> tokio::task::JoinSet<()> {
+    let mut bridges = tokio::task::JoinSet::new();
+    for peer in peers {
+        let (local, peer, auth) = (local.to_string(), peer.clone(), auth.clone());
+        bridges.spawn(async move {
+            loop {
+                match start(&local, &peer, &[], auth.clone()).await {
+                    Ok(bridge) => {
+                        eprintln!("busline: bridged to {peer}");
+                        // Runs until this task is aborted at shutdown.
+                        std::future::pending::<()>().await;
+                        drop(bridge);
+                    }
+                    Err(e) => {
+                        eprintln!("busline: cannot bridge to {peer} yet: {e}");
+                        tokio::time::sleep(FIRST_CONNECT / 10).await;
+                    }
+                }
+            }
+        });
+    }
+    bridges
+}

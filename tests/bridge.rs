@@ -1,0 +1,322 @@
+//! Brokers joined by bridges, in one process over the in-memory transport:
+//! a line, a ring, withdrawal and failover, allow-lists.
+
+use std::{future::Future, time::Duration};
+
+use busline::{
+    bridge::{Bridge, BridgeHandle},
+    broker::{Broker, BrokerClient, BrokerHandle, Channel},
+    rpc::Client,
+    Address, CborCodec, Error, JsonLineCodec, MemoryTransport,
+};
+use futures::StreamExt;
+
+/// A broker with id `id`, listening on `bridge-<id>`.
+async fn broker(id: &str) -> BrokerHandle {
+    Broker::builder()
+        .id(id)
+        .listen(MemoryTransport::new(), address(id), CborCodec::new())
+        .listen(
+            MemoryTransport::new(),
+            Address::memory(format!("bridge-{id}-json")),
+            JsonLineCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
+fn address(id: &str) -> Address {
+    Address::memory(format!("bridge-{id}"))
+}
+
+async fn client(id: &str) -> BrokerClient {
+    BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &MemoryTransport::new(),
+        &address(id),
+    )
+    .await
+    .unwrap()
+}
+
+/// A bridge between brokers `a` and `b` (its side on `b` speaks JSON-line:
+/// the codecs of the two sides need not match).
+async fn bridge(a: &str, b: &str) -> BridgeHandle {
+    let b_side = BrokerClient::connect(
+        Client::builder(JsonLineCodec::new()),
+        &MemoryTransport::new(),
+        &Address::memory(format!("bridge-{b}-json")),
+    )
+    .await
+    .unwrap();
+    Bridge::builder()
+        .resync(Duration::from_millis(200))
+        .start(client(a).await, b_side)
+        .await
+        .unwrap()
+}
+
+/// A client of broker `at` providing `math/add` and the stream
+/// `math/count`.
+async fn provider(at: &str) -> BrokerClient {
+    let bus = client(at).await;
+    let math = bus.open("math").await.unwrap();
+    math.provide(
+        "add",
+        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+    )
+    .await
+    .unwrap();
+    math.provide_stream("count", |n: u64| {
+        futures::stream::iter((1..=n).map(Ok::<_, String>))
+    })
+    .await
+    .unwrap();
+    bus
+}
+
+/// Wait (up to 10 s) until `check` is true.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn add(math: &Channel) -> busline::Result<i64> {
+    math.call("add", &(2, 40)).await
+}
+
+/// The route paths to `add` that broker `at` knows.
+async fn routes(math: &Channel) -> Vec<Vec<String>> {
+    let info = math.describe().await.unwrap();
+    let mut paths: Vec<Vec<String>> = info
+        .routes
+        .into_iter()
+        .filter(|(_, m, _)| m == "add")
+        .map(|(_, _, via)| via)
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[tokio::test]
+async fn along_a_line_calls_and_streams_reach_the_far_end_both_ways() {
+    let _brokers = (
+        broker("l-a").await,
+        broker("l-b").await,
+        broker("l-c").await,
+    );
+    let _bridges = (bridge("l-a", "l-b").await, bridge("l-b", "l-c").await);
+    let _far = provider("l-c").await;
+
+    let caller = client("l-a").await;
+    let math = caller.open("math").await.unwrap();
+    eventually("a call from A reaches C", || async {
+        add(&math).await.is_ok()
+    })
+    .await;
+    assert_eq!(add(&math).await.unwrap(), 42);
+    assert_eq!(routes(&math).await, vec![vec!["l-c", "l-b"]]);
+    let items: Vec<u64> = math
+        .stream::<_, u64>("count", &3u64)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(items, [1, 2, 3]);
+
+    // And the other way: a provider on A, a caller on C.
+    let near = client("l-a").await;
+    near.open("echo")
+        .await
+        .unwrap()
+        .provide("say", |s: String| async move { Ok::<_, String>(s) })
+        .await
+        .unwrap();
+    let echo = client("l-c").await.open("echo").await.unwrap();
+    eventually("a call from C reaches A", || async {
+        echo.call::<_, String>("say", &"hi").await.is_ok()
+    })
+    .await;
+    assert_eq!(echo.call::<_, String>("say", &"hi").await.unwrap(), "hi");
+}
+
+#[tokio::test]
+async fn in_a_ring_the_short_way_answers_and_the_long_way_takes_over() {
+    let _brokers = (
+        broker("r-a").await,
+        broker("r-b").await,
+        broker("r-c").await,
+    );
+    let (ab, bc, ca) = (
+        bridge("r-a", "r-b").await,
+        bridge("r-b", "r-c").await,
+        bridge("r-c", "r-a").await,
+    );
+    let _provider = provider("r-a").await;
+
+    let caller = client("r-c").await;
+    let math = caller.open("math").await.unwrap();
+    let both = vec![vec!["r-a".to_string()], vec!["r-a".into(), "r-b".into()]];
+    eventually("C knows both ways to A", || async {
+        routes(&math).await == both
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(add(&math).await.unwrap(), 42);
+    }
+    // Nothing went round the ring back to A, whose provider is its own.
+    let at_a = client("r-a").await.open("math").await.unwrap();
+    assert!(routes(&at_a).await.is_empty());
+
+    // The direct bridge goes down: C calls A the long way round.
+    ca.shutdown().await;
+    eventually("C falls back to the way through B", || async {
+        routes(&math).await == vec![vec!["r-a".to_string(), "r-b".into()]]
+    })
+    .await;
+    assert_eq!(add(&math).await.unwrap(), 42);
+    drop((ab, bc));
+}
+
+#[tokio::test]
+async fn a_provider_that_leaves_is_withdrawn_everywhere() {
+    let _brokers = (broker("w-a").await, broker("w-b").await);
+    let _bridge = bridge("w-a", "w-b").await;
+    let far = provider("w-a").await;
+    let math = client("w-b").await.open("math").await.unwrap();
+    eventually("B offers A's add", || async { add(&math).await.is_ok() }).await;
+
+    far.close();
+    eventually("B no longer offers it", || async {
+        matches!(add(&math).await, Err(Error::MethodNotFound(_)))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bridge_carries_only_the_channels_it_is_allowed() {
+    let _brokers = (broker("f-a").await, broker("f-b").await);
+    let _bridge = Bridge::builder()
+        .channels(["math"])
+        .resync(Duration::from_millis(200))
+        .start(client("f-a").await, client("f-b").await)
+        .await
+        .unwrap();
+    let _provider = provider("f-a").await;
+    let other = client("f-a").await;
+    other
+        .open("secret")
+        .await
+        .unwrap()
+        .provide(
+            "add",
+            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+        )
+        .await
+        .unwrap();
+
+    let caller = client("f-b").await;
+    let math = caller.open("math").await.unwrap();
+    eventually("math crosses", || async { add(&math).await.is_ok() }).await;
+    let secret = caller.open("secret").await.unwrap();
+    assert!(matches!(add(&secret).await, Err(Error::MethodNotFound(_))));
+}
+
+#[tokio::test]
+async fn both_sides_on_one_broker_is_refused() {
+    let _broker = broker("same").await;
+    let err = Bridge::builder()
+        .start(client("same").await, client("same").await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("two brokers")),
+        "{err}"
+    );
+}
+
+/// A `busline` process, killed when dropped.
+struct Process(std::process::Child);
+
+impl Process {
+    fn start(args: &[&str]) -> Process {
+        Process(
+            std::process::Command::new(env!("CARGO_BIN_EXE_busline"))
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("busline starts"),
+        )
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_brokers_on_unix_and_tcp_joined_by_flag_and_by_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!("unix://{}", dir.path().join("a.sock").display());
+    let c = format!("unix://{}", dir.path().join("c.sock").display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = format!("tcp://127.0.0.1:{port}?codec=jsonline");
+    // A bridges itself to B (which comes up after it), and a `busline
+    // bridge` joins B and C: a line A - B - C of separate processes.
+    let _a = Process::start(&["broker", "--listen", &a, "--id", "p-a", "--bridge", &b]);
+    let _b = Process::start(&["broker", "--listen", &b, "--id", "p-b"]);
+    let _c = Process::start(&["broker", "--listen", &c, "--id", "p-c"]);
+    let _bc = Process::start(&["bridge", &b, &c]);
+
+    let provider = BrokerClient::connect(
+        Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
+        &busline::any_transport(),
+        &c.parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let math = provider.open("math").await.unwrap();
+    math.provide(
+        "add",
+        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+    )
+    .await
+    .unwrap();
+
+    let caller = BrokerClient::connect(
+        Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
+        &busline::any_transport(),
+        &a.parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let far = caller.open("math").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while add(&far).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a call on A never reached the provider on C"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(routes(&far).await, vec![vec!["p-c", "p-b"]]);
+}
