@@ -1,6 +1,7 @@
 //! The broker's cost: a call through it against the same call made
 //! directly, with 1 and 64 in flight, and publications fanned out to 1, 10
-//! and 100 subscribers (messages delivered per second, drops counted).
+//! and 100 subscribers (messages delivered per second, drops counted); and
+//! the same call from brokers one and two bridges away from the provider.
 //! Everything over Unix sockets with CBOR, measured in one run.
 //!
 //! Run: `cargo bench --bench broker`.
@@ -12,6 +13,7 @@ use support::{runtime, socket_path};
 use std::time::Duration;
 
 use busline::{
+    bridge::{Bridge, BridgeHandle},
     broker::{Broker, BrokerClient, BrokerHandle, Channel, Event},
     rpc::{Client, Router, Server, ServerHandle},
     Address, CborCodec, UnixTransport,
@@ -42,13 +44,37 @@ async fn bus(addr: &Address) -> BrokerClient {
     .expect("connects to the broker")
 }
 
-/// A direct server and client, and a broker with a provider and a caller.
+/// A direct server and client, a broker with a provider and a caller, and
+/// two more brokers in a line behind it, joined by bridges, with a caller
+/// each.
 struct Rig {
     direct: Client,
-    brokered: Channel,
+    /// Callers by name: through the broker, one bridge away, two.
+    brokered: Vec<(&'static str, Channel)>,
     _server: ServerHandle,
-    _broker: BrokerHandle,
+    _brokers: Vec<BrokerHandle>,
+    _bridges: Vec<BridgeHandle>,
     _provider: BrokerClient,
+}
+
+async fn start_broker(name: &str) -> (BrokerHandle, Address) {
+    let broker = Broker::builder()
+        .id(name)
+        .listen(UnixTransport::new(), socket(name), CborCodec::new())
+        .start()
+        .await
+        .expect("broker starts");
+    let addr = broker.local_addrs()[0].clone();
+    (broker, addr)
+}
+
+/// A caller on the broker at `addr`, once calls from there get through.
+async fn caller(addr: &Address) -> Channel {
+    let channel = bus(addr).await.open("bench").await.expect("opens");
+    while channel.call::<_, u64>("echo", &1).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    channel
 }
 
 async fn rig() -> Rig {
@@ -61,12 +87,7 @@ async fn rig() -> Rig {
         .connect(&UnixTransport::new(), server.local_addr())
         .await
         .expect("client connects");
-    let broker = Broker::builder()
-        .listen(UnixTransport::new(), socket("broker"), CborCodec::new())
-        .start()
-        .await
-        .expect("broker starts");
-    let addr = broker.local_addrs()[0].clone();
+    let (broker, addr) = start_broker("broker").await;
     let provider = bus(&addr).await;
     provider
         .open("bench")
@@ -75,12 +96,24 @@ async fn rig() -> Rig {
         .provide("echo", echo)
         .await
         .expect("provides");
-    let brokered = bus(&addr).await.open("bench").await.expect("opens");
+    let (one, one_addr) = start_broker("one-hop").await;
+    let (two, two_addr) = start_broker("two-hops").await;
+    let mut bridges = Vec::new();
+    for (x, y) in [(&addr, &one_addr), (&one_addr, &two_addr)] {
+        let bridge = Bridge::builder().start(bus(x).await, bus(y).await).await;
+        bridges.push(bridge.expect("bridge starts"));
+    }
+    let brokered = vec![
+        ("through_broker", caller(&addr).await),
+        ("one_bridge_hop", caller(&one_addr).await),
+        ("two_bridge_hops", caller(&two_addr).await),
+    ];
     Rig {
         direct,
         brokered,
         _server: server,
-        _broker: broker,
+        _brokers: vec![broker, one, two],
+        _bridges: bridges,
         _provider: provider,
     }
 }
@@ -125,24 +158,25 @@ fn calls(c: &mut Criterion) {
                 })
             })
         });
-        let brokered = rig.brokered.clone();
-        group.bench_function(BenchmarkId::new("through_broker", label), |b| {
-            b.iter_custom(|n| {
-                let channel = brokered.clone();
-                timed(&rt, n, move || {
+        for (name, channel) in &rig.brokered {
+            group.bench_function(BenchmarkId::new(*name, label), |b| {
+                b.iter_custom(|n| {
                     let channel = channel.clone();
-                    async move {
-                        let calls = (0..in_flight as u64).map(|i| {
-                            let channel = channel.clone();
-                            async move { channel.call::<_, u64>("echo", &i).await }
-                        });
-                        for answer in join_all(calls).await {
-                            answer.expect("call");
+                    timed(&rt, n, move || {
+                        let channel = channel.clone();
+                        async move {
+                            let calls = (0..in_flight as u64).map(|i| {
+                                let channel = channel.clone();
+                                async move { channel.call::<_, u64>("echo", &i).await }
+                            });
+                            for answer in join_all(calls).await {
+                                answer.expect("call");
+                            }
                         }
-                    }
+                    })
                 })
-            })
-        });
+            });
+        }
     }
     group.finish();
 }
