@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 
 use busline::{
     bridge::{Bridge, BridgeHandle},
-    broker::{Broker, BrokerClient, BrokerHandle, Channel},
+    broker::{Broker, BrokerClient, BrokerHandle, Channel, Reconnect},
     rpc::Client,
     Address, CborCodec, Error, JsonLineCodec, MemoryTransport,
 };
@@ -245,6 +245,141 @@ async fn both_sides_on_one_broker_is_refused() {
         matches!(&err, Error::Protocol(m) if m.contains("two brokers")),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn in_a_full_mesh_of_four_every_broker_reaches_every_other_and_converges_after_churn() {
+    let ids = ["m-1", "m-2", "m-3", "m-4"];
+    let mut brokers = Vec::new();
+    let mut providers = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        brokers.push(broker(id).await);
+        let bus = client(id).await;
+        bus.open("mesh")
+            .await
+            .unwrap()
+            .provide(
+                &format!("at-{i}"),
+                move |()| async move { Ok::<_, String>(i) },
+            )
+            .await
+            .unwrap();
+        providers.push(bus);
+    }
+    let mut bridges = std::collections::HashMap::new();
+    for i in 0..ids.len() {
+        for j in i + 1..ids.len() {
+            bridges.insert((i, j), bridge(ids[i], ids[j]).await);
+        }
+    }
+    let mut callers = Vec::new();
+    for id in ids {
+        callers.push(client(id).await.open("mesh").await.unwrap());
+    }
+    let all_answer = |callers: Vec<Channel>| async move {
+        for caller in &callers {
+            for j in 0..ids.len() {
+                match caller.call::<_, usize>(&format!("at-{j}"), &()).await {
+                    Ok(n) if n == j => {}
+                    _ => return false,
+                }
+            }
+        }
+        true
+    };
+    eventually("every broker reaches every provider", || {
+        all_answer(callers.clone())
+    })
+    .await;
+    // Each remote provider is one bridge away, by the direct bridge; the
+    // ways through a third broker stand by.
+    let info = callers[0].describe().await.unwrap();
+    for j in 1..ids.len() {
+        let method = format!("at-{j}");
+        let shortest = info
+            .routes
+            .iter()
+            .filter(|(_, m, _)| *m == method)
+            .map(|(_, _, via)| via.len())
+            .min();
+        assert_eq!(shortest, Some(1), "{method}: {:?}", info.routes);
+    }
+
+    // Churn: the bridge 1-2 goes down and comes back; meanwhile 1 and 2
+    // still reach each other through 3 or 4.
+    bridges.remove(&(0, 1)).unwrap().shutdown().await;
+    eventually("m-1 reaches m-2 the long way", || async {
+        let info = callers[0].describe().await.unwrap();
+        let ways: Vec<usize> = info
+            .routes
+            .iter()
+            .filter(|(_, m, _)| m == "at-1")
+            .map(|(_, _, via)| via.len())
+            .collect();
+        !ways.is_empty() && ways.iter().all(|&n| n == 2)
+    })
+    .await;
+    assert!(all_answer(callers.clone()).await);
+    bridges.insert((0, 1), bridge(ids[0], ids[1]).await);
+    eventually("the direct way is back", || async {
+        let info = callers[0].describe().await.unwrap();
+        info.routes
+            .iter()
+            .any(|(_, m, via)| m == "at-1" && via.len() == 1)
+    })
+    .await;
+    assert!(all_answer(callers.clone()).await);
+}
+
+/// A client of broker `id` that reconnects when it restarts.
+async fn steady_client(id: &str) -> BrokerClient {
+    BrokerClient::builder(Client::builder(CborCodec::new()))
+        .reconnect(Reconnect {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            ..Reconnect::default()
+        })
+        .connect(&MemoryTransport::new(), &address(id))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_broker_that_goes_down_is_routed_around_and_back_when_it_returns() {
+    let (a, b, c) = (
+        broker("d-a").await,
+        broker("d-b").await,
+        broker("d-c").await,
+    );
+    let start = |x: &'static str, y: &'static str| async move {
+        Bridge::builder()
+            .resync(Duration::from_millis(200))
+            .start(steady_client(x).await, steady_client(y).await)
+            .await
+            .unwrap()
+    };
+    let _bridges = (start("d-a", "d-b").await, start("d-b", "d-c").await);
+    let _provider = provider("d-c").await;
+    let math = client("d-a").await.open("math").await.unwrap();
+    eventually("A reaches C through B", || async {
+        add(&math).await.is_ok()
+    })
+    .await;
+
+    // B goes down: A no longer offers what only B led to, so a call fails
+    // at once with a typed error instead of waiting.
+    b.shutdown().await;
+    eventually("A withdraws the way through B", || async {
+        matches!(add(&math).await, Err(Error::MethodNotFound(_)))
+    })
+    .await;
+
+    // B comes back (same id, same address): the bridges reconnect and the
+    // way is offered again.
+    let _b = broker("d-b").await;
+    eventually("A reaches C again", || async { add(&math).await.is_ok() }).await;
+    assert_eq!(routes(&math).await, vec![vec!["d-c", "d-b"]]);
+    drop((a, c));
 }
 
 /// A `busline` process, killed when dropped.

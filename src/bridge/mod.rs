@@ -183,6 +183,11 @@ impl Side {
         }
     }
 
+    /// Whether the connection to this broker is up now.
+    fn is_up(&self) -> bool {
+        !self.bus.client().is_closed()
+    }
+
     async fn join(&mut self, channel: &str) -> Result<Channel> {
         if let Some(joined) = self.joined.get(channel) {
             return Ok(joined.clone());
@@ -221,6 +226,21 @@ impl Mirror {
     /// Look at both brokers and make each side offer what the other
     /// provides now, and nothing else.
     async fn sync(&mut self) -> Result<()> {
+        let (a_up, b_up) = (self.a.is_up(), self.b.is_up());
+        if !(a_up && b_up) {
+            // Calls relayed to a broker out of reach cannot be answered:
+            // withdraw them at once, so that callers fail over to another
+            // way or get a typed error instead of waiting. (They are
+            // offered again once it is back.)
+            let none = Offers::new();
+            if a_up {
+                offer(&mut self.a, &mut self.b, &none).await?;
+            }
+            if b_up {
+                offer(&mut self.b, &mut self.a, &none).await?;
+            }
+            return Ok(());
+        }
         let (status_a, status_b) = (self.a.bus.status().await?, self.b.bus.status().await?);
         let allow = self.allow.as_ref();
         let to_b = routes::offers(&status_a, &status_b.id, allow);
@@ -291,13 +311,20 @@ impl tower::Service<Request> for Relay {
 }
 
 /// What tells the bridge to look again: providers and channels coming and
-/// going on either broker, and either client reconnecting.
+/// going on either broker, and either connection dropping or coming back.
 async fn changes(a: &BrokerClient, b: &BrokerClient) -> BoxStream<'static, ()> {
     let mut feeds: Vec<BoxStream<'static, ()>> = Vec::new();
     for bus in [a, b] {
+        // A client without reconnection tells nothing but its end.
+        let first = bus.client();
+        feeds.push(
+            futures::stream::once(async move { first.closed().await })
+                .map(|_| ())
+                .boxed(),
+        );
         feeds.push(
             bus.connection_events()
-                .filter(|e| std::future::ready(matches!(e, ConnectionEvent::Restored)))
+                .filter(|e| std::future::ready(!matches!(e, ConnectionEvent::Reconnecting(_))))
                 .map(|_| ())
                 .boxed(),
         );
@@ -331,8 +358,13 @@ async fn run(
         }
         tokio::time::sleep(SETTLE).await;
         while let Some(Some(())) = feed.next().now_or_never() {}
-        if let Err(err) = mirror.sync().await {
-            tracing::warn!(error = %err, "bridge: could not bring the brokers in line; trying again");
+        // A broker that stops answering must not stall the bridge.
+        match tokio::time::timeout(resync, mirror.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "bridge: could not bring the brokers in line; trying again")
+            }
+            Err(_) => tracing::warn!("bridge: a broker did not answer in time; trying again"),
         }
     }
     mirror.a.bus.close();
