@@ -331,6 +331,108 @@ async fn in_a_full_mesh_of_four_every_broker_reaches_every_other_and_converges_a
     assert!(all_answer(callers.clone()).await);
 }
 
+/// Count the `count.*` publications `sub` gets until `quiet` passes
+/// without one (after at least `expect` have come, or 10 s).
+async fn count_until_quiet(sub: &mut busline::broker::Subscription, expect: usize) -> usize {
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let quiet = if seen >= expect {
+            Duration::from_millis(300)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(quiet, sub.next()).await {
+            Ok(Some(Ok(busline::broker::Event::Message(p)))) if p.topic.starts_with("count.") => {
+                seen += 1
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
+            Ok(None) | Err(_) => return seen,
+        }
+    }
+}
+
+/// Subscribers on each of `ids` (to everything on `news`), once
+/// publications from `publisher` reach every one of them.
+async fn subscribers_reached_from(
+    ids: &[&str],
+    publisher: &Channel,
+) -> (Vec<BrokerClient>, Vec<busline::broker::Subscription>) {
+    let mut clients = Vec::new();
+    let mut subs = Vec::new();
+    for id in ids {
+        let bus = client(id).await;
+        subs.push(
+            bus.open("news")
+                .await
+                .unwrap()
+                .subscribe(">")
+                .await
+                .unwrap(),
+        );
+        clients.push(bus);
+    }
+    for sub in &mut subs {
+        loop {
+            publisher.publish("warmup", &0u32).await.unwrap();
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+                break;
+            }
+        }
+    }
+    (clients, subs)
+}
+
+#[tokio::test]
+async fn in_a_ring_every_subscriber_gets_each_publication_exactly_once() {
+    let _brokers = (
+        broker("p-a").await,
+        broker("p-b").await,
+        broker("p-c").await,
+    );
+    let _bridges = (
+        bridge("p-a", "p-b").await,
+        bridge("p-b", "p-c").await,
+        bridge("p-c", "p-a").await,
+    );
+    let publisher = client("p-a").await.open("news").await.unwrap();
+    let (_clients, mut subs) =
+        subscribers_reached_from(&["p-a", "p-b", "p-c", "p-c"], &publisher).await;
+    const N: usize = 200;
+    for i in 0..N {
+        publisher.publish(&format!("count.{i}"), &i).await.unwrap();
+    }
+    for (k, sub) in subs.iter_mut().enumerate() {
+        assert_eq!(count_until_quiet(sub, N).await, N, "subscriber {k}");
+    }
+}
+
+#[tokio::test]
+async fn along_a_line_publications_reach_the_far_end_and_demand_is_withdrawn() {
+    let _brokers = (
+        broker("q-a").await,
+        broker("q-b").await,
+        broker("q-c").await,
+    );
+    let _bridges = (bridge("q-a", "q-b").await, bridge("q-b", "q-c").await);
+    let publisher = client("q-a").await.open("news").await.unwrap();
+    let (clients, mut subs) = subscribers_reached_from(&["q-c"], &publisher).await;
+    const N: usize = 100;
+    for i in 0..N {
+        publisher.publish(&format!("count.{i}"), &i).await.unwrap();
+    }
+    assert_eq!(count_until_quiet(&mut subs[0], N).await, N);
+
+    // The subscriber leaves: the bridges stop asking for the channel.
+    drop(subs);
+    clients[0].close();
+    eventually("A no longer relays news", || async {
+        publisher.describe().await.unwrap().relays.is_empty()
+    })
+    .await;
+}
+
 /// A client of broker `id` that reconnects when it restarts.
 async fn steady_client(id: &str) -> BrokerClient {
     BrokerClient::builder(Client::builder(CborCodec::new()))

@@ -7,6 +7,7 @@ use busline::{
     rpc::Client,
     Address, CborCodec, Error, MemoryTransport,
 };
+use futures::StreamExt;
 use serde_json::json;
 
 async fn broker(id: &str) -> (BrokerHandle, Address) {
@@ -136,4 +137,83 @@ async fn the_nearest_provider_answers_and_the_others_stand_by() {
     drop(one_hop);
     assert_eq!(whoami(&caller).await, "two hops");
     drop(two_hops);
+}
+
+#[tokio::test]
+async fn relayed_publications_are_checked_like_any_input() {
+    let (_broker, addr) = broker("gamma").await;
+    let owner = client(&addr).await;
+    let news = owner.open("news").await.unwrap();
+    news.own_topic("official").await.unwrap();
+    let reader = client(&addr).await;
+    let mut sub = reader
+        .open("news")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+
+    let forger = client(&addr).await;
+    let raw = forger.client();
+    let one = busline::Payload::cbor(&1u32).unwrap();
+    // Not a member of the channel yet.
+    let err = raw
+        .call_raw("busline.relay:x:1:x:news#t", one.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(_) | Error::Protocol(_)),
+        "{err}"
+    );
+    forger.open("news").await.unwrap();
+    for (name, kind) in [
+        ("busline.relay:x:one:x:news#t", "malformed"),
+        ("busline.relay:x:1::news#t", "malformed"),
+        ("busline.relay:bad id:1:x:news#t", "broker id"),
+        ("busline.relay:x:1:x:news#bad..topic", "topic"),
+    ] {
+        let err = raw.call_raw(name, one.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Protocol(m) if m.contains(kind)),
+            "{name}: {err}"
+        );
+    }
+    let far: Vec<String> = (0..=MAX_HOPS).map(|i| format!("b{i}")).collect();
+    let name = format!("busline.relay:b0:1:{}:news#t", far.join(","));
+    let err = raw.call_raw(&name, one.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("MAX_HOPS")),
+        "{err}"
+    );
+    // A topic whose one publisher is here cannot be relayed in.
+    let err = raw
+        .call_raw("busline.relay:x:1:x:news#official", one.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+    // One that already went through this broker is dropped, quietly; a
+    // repeat of one delivered before too. The first of each is delivered.
+    raw.call_raw("busline.relay:x:1:x,gamma:news#t", one.clone())
+        .await
+        .unwrap();
+    raw.call_raw("busline.relay:x:7:x:news#first", one.clone())
+        .await
+        .unwrap();
+    raw.call_raw("busline.relay:x:7:x,y:news#first", one.clone())
+        .await
+        .unwrap();
+    raw.call_raw("busline.relay:x:8:x:news#second", one.clone())
+        .await
+        .unwrap();
+    let mut topics = Vec::new();
+    while topics.len() < 2 {
+        match sub.next().await.unwrap().unwrap() {
+            busline::broker::Event::Message(p) => topics.push(p.topic),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(topics, ["first", "second"]);
+    // And the forger still works.
+    assert!(forger.status().await.is_ok());
 }

@@ -13,15 +13,20 @@
 //! provider, each broker sends calls the shortest way and keeps the others
 //! for failover.
 //!
-//! The bridge follows each broker's `busline.system` events (providers and
-//! channels coming and going) and also looks again every
+//! Publications cross the same way: the bridge subscribes on each broker
+//! on behalf of the other's subscribers (with the path the demand came
+//! by), and passes what it gets on with its origin, its number there and
+//! the brokers it went through, so that each broker delivers a publication
+//! once however many ways it arrives, and none goes round a loop.
+//!
+//! The bridge follows each broker's `busline.system` events (providers,
+//! subscriptions and channels coming and going) and also looks again every
 //! [`BridgeBuilder::resync`], so a broker whose system channel it cannot
 //! read is still followed. When the bridge stops, it closes both clients,
 //! which withdraws everything it offered.
 //!
-//! Not yet carried across (issue 8 continues): publications and
-//! subscriptions, and channels with a password (a broker does not list
-//! them).
+//! Not yet carried across (issue 8 continues): channels with a password (a
+//! broker does not list them).
 //!
 //! ```
 //! use busline::{bridge::Bridge, broker::{Broker, BrokerClient}, rpc::Client,
@@ -63,7 +68,7 @@ use crate::{
     broker::{BrokerClient, Channel, ConnectionEvent, SYSTEM},
     rpc::{Reply, Request},
 };
-use routes::Offers;
+use routes::{Demand, Offers};
 
 /// Entry point: [`Bridge::builder`].
 #[derive(Debug)]
@@ -86,6 +91,10 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(2);
 /// How long a bridge lets events gather before it acts on them: a burst of
 /// registrations costs one look, not one each.
 const SETTLE: Duration = Duration::from_millis(10);
+
+/// Publications a bridge holds on their way to the other broker; past
+/// this, it drops them (and logs how many) rather than grow.
+const RELAY_QUEUE: usize = 8192;
 
 /// A bridge about to start.
 #[derive(Debug, Clone)]
@@ -132,8 +141,10 @@ impl BridgeBuilder {
             )));
         }
         let feed = changes(&a, &b).await;
-        mirror.sync().await?;
         let stop = CancellationToken::new();
+        a.on_relayed(forwarder(b.clone(), stop.clone()));
+        b.on_relayed(forwarder(a.clone(), stop.clone()));
+        mirror.sync().await?;
         let task = tokio::spawn(run(mirror, feed, self.resync, stop.clone()));
         Ok(BridgeHandle { stop, task, a, b })
     }
@@ -172,6 +183,8 @@ struct Side {
     bus: BrokerClient,
     joined: HashMap<String, Channel>,
     offered: Offers,
+    /// What the bridge subscribed to here for the other side.
+    subscribed: Demand,
 }
 
 impl Side {
@@ -180,6 +193,7 @@ impl Side {
             bus,
             joined: HashMap::new(),
             offered: Offers::new(),
+            subscribed: Demand::new(),
         }
     }
 
@@ -243,17 +257,94 @@ impl Mirror {
         }
         let (status_a, status_b) = (self.a.bus.status().await?, self.b.bus.status().await?);
         let allow = self.allow.as_ref();
-        let to_b = routes::offers(&status_a, &status_b.id, allow);
-        let to_a = routes::offers(&status_b, &status_a.id, allow);
+        let (to_b, to_a) = (
+            routes::offers(&status_a, &status_b.id, allow),
+            routes::offers(&status_b, &status_a.id, allow),
+        );
+        let (on_a, on_b) = (
+            routes::demand(&status_b, &status_a.id, allow),
+            routes::demand(&status_a, &status_b.id, allow),
+        );
         offer(&mut self.b, &mut self.a, &to_b).await?;
         offer(&mut self.a, &mut self.b, &to_a).await?;
-        let needed: BTreeSet<&str> = routes::channels(&to_a)
-            .union(&routes::channels(&to_b))
-            .copied()
-            .collect();
+        subscribe(&mut self.a, &mut self.b, &on_a).await?;
+        subscribe(&mut self.b, &mut self.a, &on_b).await?;
+        let needed: BTreeSet<&str> = [
+            routes::channels(&to_a),
+            routes::channels(&to_b),
+            routes::channels(&on_a),
+            routes::channels(&on_b),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         self.a.leave_all_but(&needed).await?;
         self.b.leave_all_but(&needed).await
     }
+}
+
+/// Make the bridge subscribe on `on` to exactly `demand`, for the
+/// subscribers of `to`, where it passes the publications on.
+async fn subscribe(on: &mut Side, to: &mut Side, demand: &Demand) -> Result<()> {
+    let gone: Vec<(String, String)> = on
+        .subscribed
+        .keys()
+        .filter(|key| !demand.contains_key(*key))
+        .cloned()
+        .collect();
+    for (channel, pattern) in gone {
+        on.subscribed.remove(&(channel.clone(), pattern.clone()));
+        if let Some(joined) = on.joined.get(&channel) {
+            joined.relay_unsubscribe(&pattern).await?;
+        }
+    }
+    for ((channel, pattern), path) in demand {
+        let key = (channel.clone(), pattern.clone());
+        if on.subscribed.get(&key) == Some(path) {
+            continue;
+        }
+        // Publications passed on come from a member of the channel.
+        to.join(channel).await?;
+        on.join(channel)
+            .await?
+            .relay_subscribe(pattern, path.clone())
+            .await?;
+        on.subscribed.insert(key, path.clone());
+    }
+    Ok(())
+}
+
+/// Where the publications one broker relays to the bridge go: on to the
+/// other broker, in order, through a bounded queue.
+fn forwarder(to: BrokerClient, stop: CancellationToken) -> crate::broker::RelaySink {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, crate::Payload)>(RELAY_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let (name, payload) = tokio::select! {
+                () = stop.cancelled() => return,
+                next = rx.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
+            if let Err(err) = to.client().notify_raw(&name, payload).await {
+                tracing::debug!(error = %err, "bridge: a publication could not be passed on");
+            }
+        }
+    });
+    let dropped = std::sync::atomic::AtomicU64::new(0);
+    Box::new(move |name: &str, payload: &crate::Payload| {
+        if tx.try_send((name.to_owned(), payload.clone())).is_err() {
+            let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n,
+                    "bridge: the other broker takes publications slower than they come; \
+                     dropping (RELAY_QUEUE is {RELAY_QUEUE})"
+                );
+            }
+        }
+    })
 }
 
 /// Make `to` offer exactly `offers`, each passing its calls to `from`.
@@ -330,7 +421,12 @@ async fn changes(a: &BrokerClient, b: &BrokerClient) -> BoxStream<'static, ()> {
         );
         // A system channel behind a password is left to the periodic look.
         if let Ok(system) = bus.open(SYSTEM).await {
-            for pattern in ["provider.*", "channel.*"] {
+            for pattern in [
+                "provider.*",
+                "subscription.*",
+                "channel.*",
+                "client.disconnected",
+            ] {
                 if let Ok(events) = system.subscribe(pattern).await {
                     feeds.push(events.map(|_| ()).boxed());
                 }

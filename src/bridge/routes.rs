@@ -53,9 +53,44 @@ fn channel_offers(info: &ChannelInfo, from: &str, to: &str) -> BTreeMap<String, 
     best
 }
 
-/// The channels named in `offers`.
-pub(crate) fn channels(offers: &Offers) -> BTreeSet<&str> {
-    offers.keys().map(|(channel, _)| channel.as_str()).collect()
+/// What a bridge subscribes to on one broker for the subscribers of the
+/// other: channel and pattern, and the path of the demand (the brokers it
+/// comes through, the subscribers' first).
+pub(crate) type Demand = BTreeMap<(String, String), Vec<String>>;
+
+/// The subscriptions of broker `of` (as its status reports them) to make
+/// on broker `on`, limited to `allow` if given: its own subscribers' one
+/// hop away, those it relays for one more, none that came through `on`.
+pub(crate) fn demand(of: &BrokerStatus, on: &str, allow: Option<&BTreeSet<String>>) -> Demand {
+    let mut best = Demand::new();
+    let channels = of
+        .channels
+        .iter()
+        .filter(|ch| allow.map_or(true, |allow| allow.contains(&ch.name)));
+    for ch in channels {
+        let local = ch.subscriptions.iter().map(|(_, p)| (p, &[][..]));
+        let relayed = ch.relays.iter().map(|(_, p, via)| (p, via.as_slice()));
+        for (pattern, via) in local.chain(relayed) {
+            if via.iter().any(|broker| broker == on || *broker == of.id) || via.len() >= MAX_HOPS {
+                continue;
+            }
+            let key = (ch.name.clone(), pattern.clone());
+            if best
+                .get(&key)
+                .map_or(true, |path| via.len() + 1 < path.len())
+            {
+                let mut path = via.to_vec();
+                path.push(of.id.clone());
+                best.insert(key, path);
+            }
+        }
+    }
+    best
+}
+
+/// The channels named in offers or demand.
+pub(crate) fn channels<V>(of: &BTreeMap<(String, String), V>) -> BTreeSet<&str> {
+    of.keys().map(|(channel, _)| channel.as_str()).collect()
 }
 
 #[cfg(test)]
@@ -78,6 +113,7 @@ mod tests {
                 .collect(),
             schemas: vec![],
             round_robin: vec![],
+            relays: vec![],
             routes: routes
                 .iter()
                 .map(|(c, m, via)| {
@@ -143,6 +179,27 @@ mod tests {
         assert_eq!(offers[&("math".into(), "add".into())], path(&["x", "a"]));
         // Offered to x instead, every path of add came through x.
         assert!(!super::offers(&a, "x", None).contains_key(&("math".into(), "add".into())));
+    }
+
+    #[test]
+    fn demand_goes_one_hop_further_and_never_back() {
+        let mut news = channel("news", &[], &[]);
+        news.subscriptions = vec![(1, "sport.>".into()), (2, "sport.>".into())];
+        news.relays = vec![
+            (3, "weather".into(), path(&["x"])),
+            (4, "weather".into(), path(&["x", "y"])),
+            (5, "echo".into(), path(&["a"])),
+        ];
+        let b = status("b", vec![news]);
+        let demand = demand(&b, "a", None);
+        assert_eq!(demand.len(), 2, "{demand:?}");
+        assert_eq!(demand[&("news".into(), "sport.>".into())], path(&["b"]));
+        assert_eq!(
+            demand[&("news".into(), "weather".into())],
+            path(&["x", "b"])
+        );
+        let allow: BTreeSet<String> = ["other".to_string()].into();
+        assert!(super::demand(&b, "a", Some(&allow)).is_empty());
     }
 
     #[test]

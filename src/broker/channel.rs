@@ -368,9 +368,39 @@ impl Channel {
         let args = PatternArgs {
             channel: self.name.clone(),
             pattern: pattern.to_owned(),
+            via: Vec::new(),
         };
         self.control(protocol::SUBSCRIBE, &args).await?;
         Ok(subscription)
+    }
+
+    /// Subscribe as a bridge, for subscribers on the brokers in `via`: the
+    /// publications come to [`BrokerClient::on_relayed`] with their path.
+    pub(crate) async fn relay_subscribe(&self, pattern: &str, via: Vec<String>) -> Result<()> {
+        let args = PatternArgs {
+            channel: self.name.clone(),
+            pattern: pattern.to_owned(),
+            via: via.clone(),
+        };
+        self.control(protocol::SUBSCRIBE, &args).await?;
+        self.record(|joined| {
+            joined.relays.insert(pattern.to_owned(), via);
+        });
+        Ok(())
+    }
+
+    /// Undo [`Channel::relay_subscribe`].
+    pub(crate) async fn relay_unsubscribe(&self, pattern: &str) -> Result<()> {
+        let args = PatternArgs {
+            channel: self.name.clone(),
+            pattern: pattern.to_owned(),
+            via: Vec::new(),
+        };
+        self.control(protocol::UNSUBSCRIBE, &args).await?;
+        self.record(|joined| {
+            joined.relays.remove(pattern);
+        });
+        Ok(())
     }
 
     /// Protect the channel with `password` (or lift the protection with
@@ -430,7 +460,11 @@ impl Channel {
 /// Tell the broker, without waiting (for a drop), that `(channel,
 /// pattern)` is no longer wanted; best effort on a closing connection.
 pub(super) fn unsubscribe_now(client: &Client, channel: String, pattern: String) {
-    let args = PatternArgs { channel, pattern };
+    let args = PatternArgs {
+        channel,
+        pattern,
+        via: Vec::new(),
+    };
     if let Ok(payload) = Payload::encode(client.encoding(), &args) {
         let _ = client.notify_unqueued(protocol::UNSUBSCRIBE, payload);
     }

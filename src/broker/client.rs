@@ -3,7 +3,7 @@
 
 use std::{
     fmt,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
 };
 
 use busline_core::{Address, Authenticator, Codec, Error, Payload, Result, Transport};
@@ -30,7 +30,12 @@ pub struct BrokerClient {
     provided: Arc<RwLock<Router>>,
     pub(super) subscribers: Arc<Subscribers>,
     events: tokio::sync::broadcast::Sender<ChannelEvent>,
+    /// Where publications relayed between brokers go (a bridge's client).
+    relays: Arc<OnceLock<RelaySink>>,
 }
+
+/// Takes the publications a broker relays to a bridge: name and payload.
+pub(crate) type RelaySink = Box<dyn Fn(&str, &Payload) + Send + Sync>;
 
 /// Channel events kept for a slow [`BrokerClient::events`] reader (the
 /// number in its docs).
@@ -149,6 +154,7 @@ struct Parts {
     subscribers: Arc<Subscribers>,
     events: tokio::sync::broadcast::Sender<ChannelEvent>,
     record: Arc<Mutex<Record>>,
+    relays: Arc<OnceLock<RelaySink>>,
 }
 
 impl Parts {
@@ -158,19 +164,25 @@ impl Parts {
             subscribers: Arc::new(Subscribers::default()),
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             record,
+            relays: Arc::new(OnceLock::new()),
         }
     }
 
     /// What the connection serves: the broker's pushes, handled in place
     /// (they come at publication rate), and calls to provided methods.
     fn router(&self) -> Router {
-        let (subs, told, record) = (
+        let (subs, told, record, relays) = (
             self.subscribers.clone(),
             self.events.clone(),
             self.record.clone(),
+            self.relays.clone(),
         );
         let pushed = Arc::new(move |method: &str, payload: &Payload| {
-            if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(method) {
+            if method.starts_with(protocol::RELAYED) {
+                if let Some(sink) = relays.get() {
+                    sink(method, payload);
+                }
+            } else if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(method) {
                 subs.deliver(channel, topic, payload);
             } else if method == protocol::EVENT {
                 match payload.decode_params::<ChannelEvent>() {
@@ -225,6 +237,7 @@ impl Parts {
             provided: self.provided,
             subscribers: self.subscribers,
             events: self.events,
+            relays: self.relays,
         }
     }
 }
@@ -373,6 +386,12 @@ impl BrokerClient {
     /// Every client and unprotected channel of the broker.
     pub async fn status(&self) -> Result<super::BrokerStatus> {
         self.link.client().await?.call(protocol::STATUS, &()).await
+    }
+
+    /// Hand the publications the broker relays to this client (a bridge's)
+    /// to `sink`; only the first call takes effect.
+    pub(crate) fn on_relayed(&self, sink: RelaySink) {
+        let _ = self.relays.set(sink);
     }
 
     /// The underlying RPC client: the current connection (a reconnecting

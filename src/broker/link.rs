@@ -105,6 +105,9 @@ pub(crate) struct Joined {
     pub(crate) methods: BTreeMap<String, (Option<MethodSchema>, Vec<String>)>,
     pub(crate) balances: BTreeMap<String, Balance>,
     pub(crate) topics: Vec<String>,
+    /// Subscriptions made as a bridge: pattern, and the brokers the demand
+    /// came through.
+    pub(crate) relays: BTreeMap<String, Vec<String>>,
 }
 
 impl Record {

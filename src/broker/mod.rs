@@ -54,6 +54,7 @@ use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Transport};
 use futures::future::BoxFuture;
 
 pub use channel::Channel;
+pub(crate) use client::RelaySink;
 pub use client::{BrokerClient, BrokerClientBuilder};
 pub use group::Group;
 pub use keys::ChannelKeys;

@@ -183,6 +183,11 @@ pub(crate) const MAX_SCHEMA: usize = 64 * 1024;
 pub(crate) struct PatternArgs {
     pub(crate) channel: String,
     pub(crate) pattern: String,
+    /// For a bridge subscribing on behalf of subscribers on other brokers:
+    /// the brokers the demand came through, the subscribers' first. Such a
+    /// subscription gets publications as [`RELAYED`] names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) via: Vec<String>,
 }
 
 /// The broker's [`LAGGED`] notice.
@@ -305,6 +310,11 @@ pub struct ChannelInfo {
     pub routes: Vec<(u64, String, Vec<String>)>,
     /// Each subscription: connection id and pattern.
     pub subscriptions: Vec<(u64, String)>,
+    /// Subscriptions on behalf of subscribers on other brokers, reached
+    /// through bridges: connection id of the bridge here, pattern, and the
+    /// brokers the demand came through (the subscribers' first).
+    #[serde(default)]
+    pub relays: Vec<(u64, String, Vec<String>)>,
     /// Whether joining takes the password.
     pub protected: bool,
     /// What happens when the owner leaves.
@@ -348,6 +358,50 @@ pub(crate) fn published(channel: &str, topic: &str) -> String {
     format!("{channel}#{topic}")
 }
 
+/// The prefix of a publication on its way between brokers, as a bridge
+/// receives and passes it on: `busline.relay:<origin>:<seq>:<via>:<channel>#<topic>`,
+/// with the id of the broker it was first published on, its number there,
+/// and the brokers it was delivered on so far (origin first, comma
+/// separated). The payload is the publisher's, untouched.
+pub(crate) const RELAYED: &str = "busline.relay:";
+
+/// A publication on its way between brokers (see [`RELAYED`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Relayed<'a> {
+    pub(crate) origin: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) via: Vec<&'a str>,
+    pub(crate) channel: &'a str,
+    pub(crate) topic: &'a str,
+}
+
+/// The [`RELAYED`] name of a publication.
+pub(crate) fn relayed(origin: &str, seq: u64, via: &[&str], channel: &str, topic: &str) -> String {
+    format!(
+        "{RELAYED}{origin}:{seq}:{}:{channel}#{topic}",
+        via.join(",")
+    )
+}
+
+/// Split a [`RELAYED`] name; `None` if it is not one, or malformed.
+pub(crate) fn parse_relayed(name: &str) -> Option<Relayed<'_>> {
+    let rest = name.strip_prefix(RELAYED)?;
+    let mut parts = rest.splitn(4, ':');
+    let (origin, seq, via, published) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (channel, topic) = published.split_once('#')?;
+    if origin.is_empty() || via.is_empty() || channel.is_empty() || topic.is_empty() {
+        return None;
+    }
+    Some(Relayed {
+        origin,
+        seq: seq.parse().ok()?,
+        via: via.split(',').collect(),
+        channel,
+        topic,
+    })
+}
+
 /// What a routed name addresses.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Routed<'a> {
@@ -385,6 +439,32 @@ pub(crate) fn parse_routed(name: &str) -> Option<Routed<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_names_round_trip_and_malformed_ones_are_none() {
+        let name = relayed("b-1", 42, &["b-1", "b-2"], "news", "sport.ski");
+        assert_eq!(
+            parse_relayed(&name),
+            Some(Relayed {
+                origin: "b-1",
+                seq: 42,
+                via: vec!["b-1", "b-2"],
+                channel: "news",
+                topic: "sport.ski",
+            })
+        );
+        for bad in [
+            "news#sport",
+            "busline.relay:",
+            "busline.relay:b:x:b:news#t",
+            "busline.relay:b:1::news#t",
+            "busline.relay:b:1:b:news",
+            "busline.relay::1:b:news#t",
+            "busline.relay:b:1:b:#t",
+        ] {
+            assert_eq!(parse_relayed(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn channel_names_are_checked_and_routed_names_split() {

@@ -88,6 +88,20 @@ pub(super) async fn restore(
                 link.record().joined(channel).balances.remove(method);
             }
         }
+        for (pattern, via) in &joined.relays {
+            let args = PatternArgs {
+                channel: channel.clone(),
+                pattern: pattern.clone(),
+                via: via.clone(),
+            };
+            if !confirm(client, link, protocol::SUBSCRIBE, &args, || {
+                format!("relayed subscription to {pattern:?} on channel {channel:?}")
+            })
+            .await?
+            {
+                link.record().joined(channel).relays.remove(pattern);
+            }
+        }
         for topic in &joined.topics {
             let args = TopicArgs {
                 channel: channel.clone(),
@@ -108,6 +122,7 @@ pub(super) async fn restore(
         let args = PatternArgs {
             channel: channel.clone(),
             pattern: pattern.clone(),
+            via: Vec::new(),
         };
         if confirm(client, link, protocol::SUBSCRIBE, &args, what).await? {
             subscribed.push((channel, pattern));

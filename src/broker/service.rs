@@ -102,7 +102,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route(
             protocol::SUBSCRIBE,
             control(&state, |state, peer, args: PatternArgs| {
-                state.subscribe(&args.channel, &args.pattern, peer)
+                state.subscribe(&args.channel, &args.pattern, peer, args.via)
             }),
         )
         .route(
@@ -193,6 +193,13 @@ fn caller(req: &Request) -> Result<Client> {
 
 /// Deliver a routed call or publication.
 async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
+    if req.method.starts_with(protocol::RELAYED) {
+        let relayed = protocol::parse_relayed(&req.method).ok_or_else(|| {
+            Error::Protocol(format!("a malformed relayed publication: {:?}", req.method))
+        })?;
+        state.relay(&relayed, caller(&req)?.connection_id(), &req.payload)?;
+        return Ok(Reply::Unary(Payload::unit()));
+    }
     match protocol::parse_routed(&req.method) {
         Some(Routed::Method { channel, method }) => {
             let closing = state.check_member(channel, caller(&req)?.connection_id())?;

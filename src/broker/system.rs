@@ -3,7 +3,8 @@
 //! - `busline.system`: structured events, on topics `client.connected`,
 //!   `client.disconnected`, `channel.opened`, `channel.closed`,
 //!   `owner.changed`, `provider.added`, `provider.removed`,
-//!   `policy.changed`, `password.changed`;
+//!   `subscription.added`, `subscription.removed`, `policy.changed`,
+//!   `password.changed`;
 //! - `busline.logs`: the same, as readable lines (topic `info`);
 //! - `busline.errors`: refused operations (topic `refused`), with who
 //!   asked and why.

@@ -66,6 +66,7 @@ fn leave(inner: &mut Inner, channel: &str, id: u64) {
     };
     ch.members.retain(|&m| m != id);
     ch.subscriptions.retain(|(c, _)| *c != id);
+    ch.relays.retain(|(c, _, _)| *c != id);
     ch.topics.retain(|_, (owner, _)| *owner != id);
     let methods: Vec<String> = ch.methods.keys().cloned().collect();
     let removed: Vec<String> = methods

@@ -51,6 +51,10 @@ pub const DEFAULT_SUBSCRIBER_QUEUE_BYTES: usize = 8 << 20;
 pub(crate) struct State {
     /// This broker's id among bridged brokers.
     id: String,
+    /// The number of the next publication first published here, as it
+    /// travels between brokers: starts from the clock, so that a broker
+    /// restarted under the same id does not reuse numbers others saw.
+    next_seq: std::sync::atomic::AtomicU64,
     inner: Mutex<Inner>,
     subscriber_queue: QueueBounds,
     slow_subscriber: SlowSubscriber,
@@ -70,6 +74,8 @@ struct Inner {
     /// Client ids claimed by live connections, both ways.
     client_ids: HashMap<String, u64>,
     ids_of: HashMap<u64, String>,
+    /// The publications from other brokers seen lately, by origin.
+    seen: HashMap<String, pubsub::Seen>,
 }
 
 impl Channel {
@@ -79,6 +85,7 @@ impl Channel {
             members: Vec::new(),
             methods: HashMap::new(),
             subscriptions: Vec::new(),
+            relays: Vec::new(),
             key,
             policy: OwnerPolicy::default(),
             system: false,
@@ -96,6 +103,9 @@ struct Channel {
     methods: HashMap<String, Providers>,
     /// Connection and pattern of each subscription.
     subscriptions: Vec<(u64, String)>,
+    /// Connection, pattern and path of each subscription a bridge made on
+    /// behalf of subscribers on other brokers (see [`protocol::RELAYED`]).
+    relays: Vec<(u64, String, Vec<String>)>,
     /// The join key, if the channel takes a password.
     key: Option<[u8; 32]>,
     policy: OwnerPolicy,
@@ -136,12 +146,39 @@ impl State {
             ch.system = true;
             inner.channels.insert(name.to_owned(), ch);
         }
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
         State {
             id,
+            next_seq: std::sync::atomic::AtomicU64::new(clock),
             inner: Mutex::new(inner),
             subscriber_queue,
             slow_subscriber,
         }
+    }
+
+    /// Something that came through bridges (`what`): within
+    /// [`protocol::MAX_HOPS`] brokers with valid ids, none of them this one
+    /// (which would make a loop).
+    fn check_route(&self, what: &str, via: &[String]) -> Result<()> {
+        if via.len() > protocol::MAX_HOPS {
+            return Err(Error::Protocol(format!(
+                "{what} is {} brokers away; at most {} are followed (protocol::MAX_HOPS)",
+                via.len(),
+                protocol::MAX_HOPS
+            )));
+        }
+        for id in via {
+            protocol::check_broker_id(id)?;
+        }
+        if via.contains(&self.id) {
+            return Err(Error::Protocol(format!(
+                "a loop: {what} already came through this broker ({}), by way of {via:?}",
+                self.id
+            )));
+        }
+        Ok(())
     }
 
     /// A connection was authenticated.
@@ -374,6 +411,7 @@ fn info(channel: &str, ch: &Channel) -> ChannelInfo {
         round_robin,
         routes,
         subscriptions: ch.subscriptions.clone(),
+        relays: ch.relays.clone(),
         protected: ch.key.is_some(),
         policy: ch.policy,
     }

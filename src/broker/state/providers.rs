@@ -62,7 +62,10 @@ impl State {
         schema: Option<protocol::MethodSchema>,
         via: Vec<String>,
     ) -> Result<()> {
-        self.check_route(channel, method, &via)?;
+        self.check_route(
+            &format!("the provider of {method:?} on channel {channel:?}"),
+            &via,
+        )?;
         if let Some(schema) = &schema {
             let size = serde_json::to_string(schema).map_or(usize::MAX, |t| t.len());
             if size > protocol::MAX_SCHEMA {
@@ -109,31 +112,6 @@ impl State {
         }
         if added {
             announce(&inner, Happening::new("provider.added", body));
-        }
-        Ok(())
-    }
-
-    /// A registration that came through bridges: within [`protocol::MAX_HOPS`]
-    /// brokers with valid ids, none of them this one (which would make a
-    /// loop).
-    fn check_route(&self, channel: &str, method: &str, via: &[String]) -> Result<()> {
-        if via.len() > protocol::MAX_HOPS {
-            return Err(busline_core::Error::Protocol(format!(
-                "the provider of {method:?} on channel {channel:?} is {} brokers away; \
-                 at most {} are followed (protocol::MAX_HOPS)",
-                via.len(),
-                protocol::MAX_HOPS
-            )));
-        }
-        for id in via {
-            protocol::check_broker_id(id)?;
-        }
-        if via.contains(&self.id) {
-            return Err(busline_core::Error::Protocol(format!(
-                "a loop: the registration of {method:?} on channel {channel:?} already came \
-                 through this broker ({}), by way of {via:?}",
-                self.id
-            )));
         }
         Ok(())
     }

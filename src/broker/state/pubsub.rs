@@ -1,11 +1,13 @@
 //! Publications and who wants them.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use busline_core::{Payload, Result};
 use serde_json::Value;
 
-use super::{lifecycle::tell, member_of, only_the_broker, too_many, Inner, State, MAX_PER_CLIENT};
+use super::{
+    lifecycle::tell, member_of, only_the_broker, too_many, Channel, Inner, State, MAX_PER_CLIENT,
+};
 use crate::{
     broker::{
         outlet::Outlet,
@@ -38,10 +40,7 @@ impl State {
             Some(_) => return Ok(()),
             None => {}
         }
-        let wanted = ch
-            .subscriptions
-            .iter()
-            .any(|(_, p)| topic::matches(p, topic_name));
+        let wanted = wants(ch, topic_name);
         ch.topics.insert(topic_name.to_owned(), (id, wanted));
         let event = ChannelEvent::Demand {
             channel: channel.to_owned(),
@@ -53,18 +52,49 @@ impl State {
     }
 
     /// Connection `peer` receives publications on `channel` whose topic
-    /// matches `pattern`.
-    pub(crate) fn subscribe(&self, channel: &str, pattern: &str, peer: &Client) -> Result<()> {
+    /// matches `pattern`: as they are, or, for a bridge subscribing on
+    /// behalf of subscribers on the brokers in `via`, as [`protocol::RELAYED`]
+    /// names.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        pattern: &str,
+        peer: &Client,
+        via: Vec<String>,
+    ) -> Result<()> {
         topic::check_pattern(pattern)?;
+        if !via.is_empty() {
+            let what = format!("the subscription to {pattern:?} on channel {channel:?}");
+            self.check_route(&what, &via)?;
+        }
         let mut inner = self.lock();
         let id = peer.connection_id();
         let ch = member_of(&mut inner, channel, id)?;
-        let mine = ch.subscriptions.iter().filter(|(c, _)| *c == id);
-        if mine.clone().count() >= MAX_PER_CLIENT {
+        if ch.system && !via.is_empty() {
+            return Err(only_the_broker(channel));
+        }
+        let mine = ch.subscriptions.iter().filter(|(c, _)| *c == id).count()
+            + ch.relays.iter().filter(|(c, _, _)| *c == id).count();
+        let known = ch
+            .subscriptions
+            .iter()
+            .any(|(c, p)| *c == id && p == pattern)
+            || ch.relays.iter().any(|(c, p, _)| *c == id && p == pattern);
+        if mine >= MAX_PER_CLIENT && !known {
             return Err(too_many("subscriptions per channel"));
         }
-        if !mine.clone().any(|(_, p)| p == pattern) {
+        ch.subscriptions
+            .retain(|(c, p)| !(*c == id && p == pattern));
+        ch.relays.retain(|(c, p, _)| !(*c == id && p == pattern));
+        let mut body = serde_json::json!({"channel": channel, "pattern": pattern, "client": id});
+        if via.is_empty() {
             ch.subscriptions.push((id, pattern.to_owned()));
+        } else {
+            body["via"] = serde_json::json!(via);
+            ch.relays.push((id, pattern.to_owned(), via));
+        }
+        if !known && !ch.system {
+            announce(&inner, Happening::new("subscription.added", body));
         }
         let (bounds, policy) = (self.subscriber_queue, self.slow_subscriber);
         inner
@@ -79,8 +109,15 @@ impl State {
     pub(crate) fn unsubscribe(&self, channel: &str, pattern: &str, id: u64) {
         let mut inner = self.lock();
         if let Some(ch) = inner.channels.get_mut(channel) {
+            let before = ch.subscriptions.len() + ch.relays.len();
             ch.subscriptions
                 .retain(|(c, p)| !(*c == id && p == pattern));
+            ch.relays.retain(|(c, p, _)| !(*c == id && p == pattern));
+            if ch.subscriptions.len() + ch.relays.len() < before && !ch.system {
+                let body =
+                    serde_json::json!({"channel": channel, "pattern": pattern, "client": id});
+                announce(&inner, Happening::new("subscription.removed", body));
+            }
         }
         refresh_demand(&mut inner, channel);
     }
@@ -110,7 +147,168 @@ impl State {
             }
         }
         offer(&inner, channel, topic, name, payload);
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        offer_relays(
+            &inner,
+            &self.id,
+            channel,
+            topic,
+            payload,
+            &self.id,
+            seq,
+            &[],
+        );
         Ok(())
+    }
+
+    /// A publication from another broker, passed on by a bridge (a member
+    /// of `channel`, connection `from`): delivered here once, however many
+    /// ways it came, and passed on to other bridges that want it. One that
+    /// already came through here is dropped: it went round a loop.
+    pub(crate) fn relay(
+        &self,
+        relayed: &protocol::Relayed<'_>,
+        from: u64,
+        payload: &Payload,
+    ) -> Result<()> {
+        let protocol::Relayed {
+            origin,
+            seq,
+            via,
+            channel,
+            topic,
+        } = relayed;
+        topic::check_topic(topic)?;
+        protocol::check_broker_id(origin)?;
+        if via.len() > protocol::MAX_HOPS {
+            return Err(busline_core::Error::Protocol(format!(
+                "a publication that passed {} brokers; at most {} are followed \
+                 (protocol::MAX_HOPS)",
+                via.len(),
+                protocol::MAX_HOPS
+            )));
+        }
+        let mut inner = self.lock();
+        let ch = member_of(&mut inner, channel, from)?;
+        if ch.system {
+            return Err(only_the_broker(channel));
+        }
+        if let Some((owner, _)) = ch.topics.get(*topic) {
+            if *owner != from {
+                // Its one publisher is here: this one is forged.
+                return Err(busline_core::Error::Unauthorized(format!(
+                    "topic {topic:?} on channel {channel:?} has another publisher"
+                )));
+            }
+        }
+        if *origin == self.id || via.contains(&self.id.as_str()) {
+            return Ok(());
+        }
+        if inner.seen.len() >= MAX_ORIGINS && !inner.seen.contains_key(*origin) {
+            // Bounded: forget the origins seen so far (a duplicate may get
+            // through once, nothing grows without limit).
+            inner.seen.clear();
+        }
+        if !inner
+            .seen
+            .entry((*origin).to_owned())
+            .or_default()
+            .first_time(*seq)
+        {
+            return Ok(());
+        }
+        let name: Arc<str> = protocol::published(channel, topic).into();
+        offer(&inner, channel, topic, &name, payload);
+        offer_relays(&inner, &self.id, channel, topic, payload, origin, *seq, via);
+        Ok(())
+    }
+}
+
+/// Most brokers whose publications are remembered at once, for dropping
+/// duplicates.
+const MAX_ORIGINS: usize = 4096;
+/// How many recent publications of one origin are remembered.
+const WINDOW: usize = 4096;
+
+/// The publications of one origin seen lately: the numbers of the last
+/// [`WINDOW`]; once that many were seen, anything older than all of them
+/// counts as seen too (a publication that late, coming a long way round, is
+/// a duplicate or too old).
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    recent: BTreeSet<u64>,
+}
+
+impl Seen {
+    fn first_time(&mut self, seq: u64) -> bool {
+        let full = self.recent.len() >= WINDOW;
+        if full && self.recent.first().is_some_and(|&oldest| seq < oldest) {
+            return false;
+        }
+        if !self.recent.insert(seq) {
+            return false;
+        }
+        if self.recent.len() > WINDOW {
+            self.recent.pop_first();
+        }
+        true
+    }
+}
+
+/// Whether anyone, here or through a bridge, wants `topic_name`.
+fn wants(ch: &Channel, topic_name: &str) -> bool {
+    ch.subscriptions
+        .iter()
+        .any(|(_, p)| topic::matches(p, topic_name))
+        || ch
+            .relays
+            .iter()
+            .any(|(_, p, _)| topic::matches(p, topic_name))
+}
+
+/// Offer a publication (first published on `origin`, as its number `seq`,
+/// delivered before on the brokers `via`, and now on `here`) to the bridges
+/// subscribed to its topic, each once, but not to one whose subscribers'
+/// side already had it.
+#[allow(clippy::too_many_arguments)]
+fn offer_relays(
+    inner: &Inner,
+    here: &str,
+    channel: &str,
+    topic_name: &str,
+    payload: &Payload,
+    origin: &str,
+    seq: u64,
+    via: &[&str],
+) {
+    let Some(ch) = inner.channels.get(channel) else {
+        return;
+    };
+    let mut path: Vec<&str> = via.to_vec();
+    path.push(here);
+    let mut conns: Vec<u64> = ch
+        .relays
+        .iter()
+        .filter(|(_, pattern, _)| topic::matches(pattern, topic_name))
+        .filter(|(_, _, demand)| {
+            demand
+                .last()
+                .map_or(true, |next| !path.contains(&next.as_str()))
+        })
+        .map(|(c, _, _)| *c)
+        .collect();
+    if conns.is_empty() {
+        return;
+    }
+    conns.sort_unstable();
+    conns.dedup();
+    let name: Arc<str> = protocol::relayed(origin, seq, &path, channel, topic_name).into();
+    for conn in conns {
+        if let Some(outlet) = inner.outlets.get(&conn) {
+            outlet.offer(channel, name.clone(), payload.clone());
+        }
     }
 }
 
@@ -170,11 +368,8 @@ pub(super) fn refresh_demand(inner: &mut Inner, channel: &str) {
         return;
     };
     let mut changed = Vec::new();
-    for (topic_name, (owner, wanted)) in ch.topics.iter_mut() {
-        let now = ch
-            .subscriptions
-            .iter()
-            .any(|(_, p)| topic::matches(p, topic_name));
+    let wanted_now: Vec<bool> = ch.topics.keys().map(|t| wants(ch, t)).collect();
+    for ((topic_name, (owner, wanted)), now) in ch.topics.iter_mut().zip(wanted_now) {
         if now != *wanted {
             *wanted = now;
             changed.push((*owner, topic_name.clone(), now));
@@ -187,5 +382,26 @@ pub(super) fn refresh_demand(inner: &mut Inner, channel: &str) {
             wanted,
         };
         tell(inner, owner, &event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_number_is_new_once_and_the_window_forgets_the_oldest() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time(10));
+        assert!(!seen.first_time(10));
+        assert!(seen.first_time(5), "late but not yet forgotten");
+        for n in 100..100 + WINDOW as u64 {
+            assert!(seen.first_time(n));
+        }
+        // 5 and 10 fell out of the window: anything that old counts as seen.
+        assert!(!seen.first_time(5));
+        assert!(!seen.first_time(11));
+        assert!(seen.first_time(100 + WINDOW as u64));
+        assert_eq!(seen.recent.len(), WINDOW);
     }
 }
