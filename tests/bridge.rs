@@ -557,3 +557,71 @@ async fn real_brokers_on_unix_and_tcp_joined_by_flag_and_by_command() {
     }
     assert_eq!(routes(&far).await, vec![vec!["p-c", "p-b"]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_processes_in_a_ring_survive_a_killed_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = |name: &str| format!("unix://{}", dir.path().join(name).display());
+    let (a, c) = (unix("a.sock"), unix("c.sock"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = format!("tcp://127.0.0.1:{port}");
+    let _brokers = (
+        Process::start(&["broker", "--listen", &a, "--id", "k-a"]),
+        Process::start(&["broker", "--listen", &b, "--id", "k-b"]),
+        Process::start(&["broker", "--listen", &c, "--id", "k-c"]),
+    );
+    let _ab = Process::start(&["bridge", &a, &b]);
+    let _bc = Process::start(&["bridge", &b, &c]);
+    let mut ca = Process::start(&["bridge", &c, &a]);
+
+    let connect = |url: String| async move {
+        BrokerClient::connect(
+            Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
+            &busline::any_transport(),
+            &url.parse().unwrap(),
+        )
+        .await
+        .unwrap()
+    };
+    let provider = connect(a.clone()).await;
+    provider
+        .open("math")
+        .await
+        .unwrap()
+        .provide(
+            "add",
+            |(x, y): (i64, i64)| async move { Ok::<_, String>(x + y) },
+        )
+        .await
+        .unwrap();
+    let math = connect(c.clone()).await.open("math").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while routes(&math).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "C never learned both ways to A: {:?}",
+            routes(&math).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(add(&math).await.unwrap(), 42);
+
+    // SIGKILL the direct bridge: its connections drop, C and A forget
+    // what it offered, and C calls A through B.
+    ca.0.kill().unwrap();
+    ca.0.wait().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while routes(&math).await != vec![vec!["k-a".to_string(), "k-b".into()]] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "C never fell back to the way through B: {:?}",
+            routes(&math).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(add(&math).await.unwrap(), 42);
+}
