@@ -625,3 +625,99 @@ async fn real_processes_in_a_ring_survive_a_killed_bridge() {
     }
     assert_eq!(add(&math).await.unwrap(), 42);
 }
+
+#[tokio::test]
+async fn a_protected_channel_crosses_only_with_its_password_and_stays_protected() {
+    let _brokers = (broker("s-a").await, broker("s-b").await);
+    let owner = client("s-a").await;
+    let vault = owner.open_with_password("vault", "hunter22").await.unwrap();
+    vault
+        .provide(
+            "add",
+            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+        )
+        .await
+        .unwrap();
+
+    // A bridge without the password carries nothing of it.
+    let blind = Bridge::builder()
+        .resync(Duration::from_millis(100))
+        .start(client("s-a").await, client("s-b").await)
+        .await
+        .unwrap();
+    let early = client("s-b").await;
+    let early = early.open_with_password("vault", "hunter22").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(add(&early).await, Err(Error::MethodNotFound(_))));
+    early.leave().await.unwrap();
+    blind.shutdown().await;
+
+    // With it: the channel crosses, still signed end to end, and still
+    // closed to whoever lacks the password.
+    let _bridge = Bridge::builder()
+        .channel_password("vault", "hunter22")
+        .resync(Duration::from_millis(100))
+        .start(client("s-a").await, client("s-b").await)
+        .await
+        .unwrap();
+    let caller = client("s-b").await;
+    let far = caller
+        .open_with_password("vault", "hunter22")
+        .await
+        .unwrap();
+    eventually("the vault's add answers on B", || async {
+        add(&far).await.is_ok()
+    })
+    .await;
+    assert_eq!(add(&far).await.unwrap(), 42);
+    for (who, result) in [
+        (
+            "no password",
+            client("s-b").await.open("vault").await.map(|_| ()),
+        ),
+        (
+            "a wrong one",
+            client("s-b")
+                .await
+                .open_with_password("vault", "letmein1")
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        assert!(
+            matches!(result, Err(Error::Unauthorized(_))),
+            "{who}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_protected_channel_never_crosses_to_a_broker_where_it_is_open() {
+    let _brokers = (broker("o-a").await, broker("o-b").await);
+    let owner = client("o-a").await;
+    owner
+        .open_with_password("vault", "hunter22")
+        .await
+        .unwrap()
+        .provide(
+            "add",
+            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+        )
+        .await
+        .unwrap();
+    // On B, someone opened "vault" without a password first.
+    let squatter = client("o-b").await;
+    let open_vault = squatter.open("vault").await.unwrap();
+    let _bridge = Bridge::builder()
+        .channel_password("vault", "hunter22")
+        .resync(Duration::from_millis(100))
+        .start(client("o-a").await, client("o-b").await)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(
+        add(&open_vault).await,
+        Err(Error::MethodNotFound(_))
+    ));
+    assert!(open_vault.describe().await.unwrap().routes.is_empty());
+}

@@ -94,6 +94,20 @@ fn bad_options_and_files_are_clear_errors() {
             "broker id",
         ),
         (
+            vec!["bridge", &unix, &unix, "--channel-password-file", "vault"],
+            "CHANNEL=FILE",
+        ),
+        (
+            vec![
+                "bridge",
+                &unix,
+                &unix,
+                "--channel-password-file",
+                "vault=/nonexistent/pw",
+            ],
+            "password file",
+        ),
+        (
             vec![
                 "broker",
                 "--listen",

@@ -25,8 +25,15 @@
 //! read is still followed. When the bridge stops, it closes both clients,
 //! which withdraws everything it offered.
 //!
-//! Not yet carried across (issue 8 continues): channels with a password (a
-//! broker does not list them).
+//! A channel with a password crosses only if the bridge is given it
+//! ([`BridgeBuilder::channel_password`]), and only to a broker where the
+//! channel takes the same password (the bridge creates it so if it is
+//! missing there; one open without a password is refused, as it would
+//! let anyone in). The bridge joins such channels without signing or
+//! checking anything itself: what it relays stays signed by its sender and
+//! is checked by its receiver, end to end. A bridge thus never gives
+//! anyone rights they did not have: without the password nothing of a
+//! protected channel crosses.
 //!
 //! ```
 //! use busline::{bridge::Bridge, broker::{Broker, BrokerClient}, rpc::Client,
@@ -65,7 +72,7 @@ use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{BrokerClient, Channel, ConnectionEvent, SYSTEM},
+    broker::{BrokerClient, Channel, ChannelKeys, ConnectionEvent, SYSTEM},
     rpc::{Reply, Request},
 };
 use routes::{Demand, Offers};
@@ -80,6 +87,7 @@ impl Bridge {
     pub fn builder() -> BridgeBuilder {
         BridgeBuilder {
             channels: None,
+            passwords: Vec::new(),
             resync: DEFAULT_RESYNC,
         }
     }
@@ -100,6 +108,7 @@ const RELAY_QUEUE: usize = 8192;
 #[derive(Debug, Clone)]
 pub struct BridgeBuilder {
     channels: Option<BTreeSet<String>>,
+    passwords: Vec<(String, String)>,
     resync: Duration,
 }
 
@@ -112,6 +121,17 @@ impl BridgeBuilder {
         S: Into<String>,
     {
         self.channels = Some(channels.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Carry the protected `channel`, whose password this is (repeatable,
+    /// one per channel). See the module docs for what that allows.
+    pub fn channel_password(
+        mut self,
+        channel: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.passwords.push((channel.into(), password.into()));
         self
     }
 
@@ -128,10 +148,25 @@ impl BridgeBuilder {
     ///
     /// [`BrokerClientBuilder::reconnect`]: crate::broker::BrokerClientBuilder::reconnect
     pub async fn start(self, a: BrokerClient, b: BrokerClient) -> Result<BridgeHandle> {
+        let mut allow = self.channels;
+        let mut keys = HashMap::new();
+        for (channel, password) in &self.passwords {
+            // Given its password, a channel is meant to cross.
+            if let Some(allow) = &mut allow {
+                allow.insert(channel.clone());
+            }
+            crate::broker::check_channel_name(channel)?;
+            keys.insert(
+                channel.clone(),
+                crate::broker::derive(channel, password).await?,
+            );
+        }
         let mut mirror = Mirror {
             a: Side::new(a.clone()),
             b: Side::new(b.clone()),
-            allow: self.channels,
+            allow,
+            keys,
+            refused: BTreeSet::new(),
         };
         let (id_a, id_b) = (a.status().await?.id, b.status().await?.id);
         if id_a == id_b {
@@ -202,11 +237,28 @@ impl Side {
         !self.bus.client().is_closed()
     }
 
-    async fn join(&mut self, channel: &str) -> Result<Channel> {
+    async fn join(
+        &mut self,
+        channel: &str,
+        keys: &HashMap<String, ChannelKeys>,
+    ) -> Result<Channel> {
         if let Some(joined) = self.joined.get(channel) {
             return Ok(joined.clone());
         }
-        let joined = self.bus.open(channel).await?;
+        let joined = match keys.get(channel) {
+            None => self.bus.open(channel).await?,
+            Some(keys) => {
+                let joined = self.bus.open_relay(channel, keys.clone()).await?;
+                if !joined.describe().await?.protected {
+                    joined.leave().await?;
+                    return Err(Error::Unauthorized(format!(
+                        "channel {channel:?} takes no password on one side: a bridge carries a \
+                         protected channel only between brokers where it is protected"
+                    )));
+                }
+                joined
+            }
+        };
         self.joined.insert(channel.to_owned(), joined.clone());
         Ok(joined)
     }
@@ -234,6 +286,10 @@ struct Mirror {
     a: Side,
     b: Side,
     allow: Option<BTreeSet<String>>,
+    /// The keys of the protected channels the bridge carries.
+    keys: HashMap<String, ChannelKeys>,
+    /// Protected channels it could not join on both sides (told once).
+    refused: BTreeSet<String>,
 }
 
 impl Mirror {
@@ -248,14 +304,34 @@ impl Mirror {
             // offered again once it is back.)
             let none = Offers::new();
             if a_up {
-                offer(&mut self.a, &mut self.b, &none).await?;
+                offer(&mut self.a, &mut self.b, &none, &self.keys).await?;
             }
             if b_up {
-                offer(&mut self.b, &mut self.a, &none).await?;
+                offer(&mut self.b, &mut self.a, &none, &self.keys).await?;
             }
             return Ok(());
         }
-        let (status_a, status_b) = (self.a.bus.status().await?, self.b.bus.status().await?);
+        let (mut status_a, mut status_b) = (self.a.bus.status().await?, self.b.bus.status().await?);
+        // Brokers keep protected channels out of their status: describe
+        // those the bridge carries, where it can join them on both sides.
+        for channel in self.keys.keys() {
+            let joined = (
+                self.a.join(channel, &self.keys).await,
+                self.b.join(channel, &self.keys).await,
+            );
+            match joined {
+                (Ok(on_a), Ok(on_b)) => {
+                    status_a.channels.push(on_a.describe().await?);
+                    status_b.channels.push(on_b.describe().await?);
+                    self.refused.remove(channel);
+                }
+                (Err(err), _) | (_, Err(err)) => {
+                    if self.refused.insert(channel.clone()) {
+                        tracing::warn!(%channel, error = %err, "bridge: not carried");
+                    }
+                }
+            }
+        }
         let allow = self.allow.as_ref();
         let (to_b, to_a) = (
             routes::offers(&status_a, &status_b.id, allow),
@@ -265,15 +341,21 @@ impl Mirror {
             routes::demand(&status_b, &status_a.id, allow),
             routes::demand(&status_a, &status_b.id, allow),
         );
-        offer(&mut self.b, &mut self.a, &to_b).await?;
-        offer(&mut self.a, &mut self.b, &to_a).await?;
-        subscribe(&mut self.a, &mut self.b, &on_a).await?;
-        subscribe(&mut self.b, &mut self.a, &on_b).await?;
+        let keys = &self.keys;
+        offer(&mut self.b, &mut self.a, &to_b, keys).await?;
+        offer(&mut self.a, &mut self.b, &to_a, keys).await?;
+        subscribe(&mut self.a, &mut self.b, &on_a, keys).await?;
+        subscribe(&mut self.b, &mut self.a, &on_b, keys).await?;
+        // The protected channels carried stay joined: leaving one would
+        // close it on a side where the bridge is its only member (and
+        // joining it again at the next look would make churn).
+        let carried = keys.keys().map(String::as_str).collect();
         let needed: BTreeSet<&str> = [
             routes::channels(&to_a),
             routes::channels(&to_b),
             routes::channels(&on_a),
             routes::channels(&on_b),
+            carried,
         ]
         .into_iter()
         .flatten()
@@ -285,7 +367,12 @@ impl Mirror {
 
 /// Make the bridge subscribe on `on` to exactly `demand`, for the
 /// subscribers of `to`, where it passes the publications on.
-async fn subscribe(on: &mut Side, to: &mut Side, demand: &Demand) -> Result<()> {
+async fn subscribe(
+    on: &mut Side,
+    to: &mut Side,
+    demand: &Demand,
+    keys: &HashMap<String, ChannelKeys>,
+) -> Result<()> {
     let gone: Vec<(String, String)> = on
         .subscribed
         .keys()
@@ -304,8 +391,8 @@ async fn subscribe(on: &mut Side, to: &mut Side, demand: &Demand) -> Result<()> 
             continue;
         }
         // Publications passed on come from a member of the channel.
-        to.join(channel).await?;
-        on.join(channel)
+        to.join(channel, keys).await?;
+        on.join(channel, keys)
             .await?
             .relay_subscribe(pattern, path.clone())
             .await?;
@@ -348,7 +435,12 @@ fn forwarder(to: BrokerClient, stop: CancellationToken) -> crate::broker::RelayS
 }
 
 /// Make `to` offer exactly `offers`, each passing its calls to `from`.
-async fn offer(to: &mut Side, from: &mut Side, offers: &Offers) -> Result<()> {
+async fn offer(
+    to: &mut Side,
+    from: &mut Side,
+    offers: &Offers,
+    keys: &HashMap<String, ChannelKeys>,
+) -> Result<()> {
     let withdrawn: Vec<(String, String)> = to
         .offered
         .keys()
@@ -367,11 +459,11 @@ async fn offer(to: &mut Side, from: &mut Side, offers: &Offers) -> Result<()> {
             continue;
         }
         // Calls through the bridge come from a member of the channel.
-        from.join(channel).await?;
+        from.join(channel, keys).await?;
         let relay = Relay {
             to: from.bus.clone(),
         };
-        to.join(channel)
+        to.join(channel, keys)
             .await?
             .serve(method, relay, None, path.clone())
             .await?;

@@ -478,7 +478,7 @@ fn schema_of<T: schemars::JsonSchema>() -> Result<serde_json::Value> {
 
 /// Derive a channel's keys on a blocking thread: it takes milliseconds of
 /// CPU on purpose.
-pub(super) async fn derive(channel: &str, password: &str) -> Result<ChannelKeys> {
+pub(crate) async fn derive(channel: &str, password: &str) -> Result<ChannelKeys> {
     let (channel, password) = (channel.to_owned(), password.to_owned());
     tokio::task::spawn_blocking(move || ChannelKeys::derive(&channel, &password))
         .await

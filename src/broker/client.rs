@@ -321,7 +321,7 @@ impl BrokerClient {
     /// to open a channel owns it). Returns once the broker confirms; a
     /// channel that takes a password refuses with [`Error::Unauthorized`].
     pub async fn open(&self, channel: &str) -> Result<Channel> {
-        self.join(channel, None).await
+        self.join(channel, None, true).await
     }
 
     /// Join `channel` with its password, or create it protected by
@@ -330,10 +330,17 @@ impl BrokerClient {
     pub async fn open_with_password(&self, channel: &str, password: &str) -> Result<Channel> {
         protocol::check_channel_name(channel)?;
         let keys = super::channel::derive(channel, password).await?;
-        self.join(channel, Some(keys)).await
+        self.join(channel, Some(keys), true).await
     }
 
-    async fn join(&self, channel: &str, keys: Option<ChannelKeys>) -> Result<Channel> {
+    /// Join a protected channel with its keys, as a bridge does: what it
+    /// sends and serves there is not signed or checked here, because it
+    /// passes on what others signed, to be checked at the far end.
+    pub(crate) async fn open_relay(&self, channel: &str, keys: ChannelKeys) -> Result<Channel> {
+        self.join(channel, Some(keys), false).await
+    }
+
+    async fn join(&self, channel: &str, keys: Option<ChannelKeys>, sign: bool) -> Result<Channel> {
         protocol::check_channel_name(channel)?;
         let client = self.link.client().await?;
         let opened = open_on(&client, channel, keys.as_ref()).await?;
@@ -344,7 +351,7 @@ impl BrokerClient {
             owner: opened.owner,
             // The broker itself speaks on system channels, unsigned.
             signer: keys
-                .filter(|_| !super::is_system(channel))
+                .filter(|_| sign && !super::is_system(channel))
                 .map(|k| Arc::new(Signer::new(&k, channel))),
         })
     }

@@ -53,6 +53,7 @@ use std::{fmt, sync::Arc};
 use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Transport};
 use futures::future::BoxFuture;
 
+pub(crate) use channel::derive;
 pub use channel::Channel;
 pub(crate) use client::RelaySink;
 pub use client::{BrokerClient, BrokerClientBuilder};

@@ -1,14 +1,14 @@
 //! `busline bridge URL-A URL-B`, and the bridges `busline broker --bridge`
 //! starts to its peers.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use busline::{
-    bridge::{Bridge, BridgeHandle},
+    bridge::{Bridge, BridgeBuilder, BridgeHandle},
     broker::{BrokerClient, Reconnect},
     codec::AnyCodec,
     rpc::Client,
-    Address, Authenticator, Result,
+    Address, Authenticator, Error, Result,
 };
 
 /// What `busline bridge` was asked to do.
@@ -22,6 +22,12 @@ pub(crate) struct BridgeArgs {
     /// without a password).
     #[arg(long = "channel", value_name = "NAME")]
     channels: Vec<String>,
+    /// Carry the protected CHANNEL too, whose password is the first line of
+    /// FILE (repeatable). Without it nothing of a protected channel
+    /// crosses; with it, only to a broker where the channel takes the same
+    /// password.
+    #[arg(long = "channel-password-file", value_name = "CHANNEL=FILE")]
+    channel_passwords: Vec<String>,
 }
 
 /// How long a bridge keeps trying to reach a broker that is not up yet.
@@ -44,24 +50,34 @@ pub(crate) async fn side(url: &str, auth: Arc<dyn Authenticator>) -> Result<Brok
     .await
 }
 
-/// Start a bridge between the brokers at `a` and `b`.
+/// Start `bridge` between the brokers at `a` and `b`.
 pub(crate) async fn start(
+    bridge: BridgeBuilder,
     a: &str,
     b: &str,
-    channels: &[String],
     auth: Arc<dyn Authenticator>,
 ) -> Result<BridgeHandle> {
     let (side_a, side_b) = (side(a, auth.clone()).await?, side(b, auth).await?);
-    let mut builder = Bridge::builder();
-    if !channels.is_empty() {
-        builder = builder.channels(channels.iter().cloned());
-    }
-    builder.start(side_a, side_b).await
+    bridge.start(side_a, side_b).await
 }
 
 /// `busline bridge A B`: until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: BridgeArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
-    let bridge = start(&args.a, &args.b, &args.channels, auth).await?;
+    let mut bridge = Bridge::builder();
+    if !args.channels.is_empty() {
+        bridge = bridge.channels(args.channels.iter().cloned());
+    }
+    // Read before connecting: a missing file fails fast.
+    for given in &args.channel_passwords {
+        let (channel, file) = given.split_once('=').ok_or_else(|| {
+            Error::Protocol(format!(
+                "--channel-password-file takes CHANNEL=FILE, not {given:?}"
+            ))
+        })?;
+        let password = super::bus::password(Some(Path::new(file)))?.unwrap_or_default();
+        bridge = bridge.channel_password(channel, password);
+    }
+    let bridge = start(bridge, &args.a, &args.b, auth).await?;
     eprintln!(
         "busline: bridging {} and {}; Ctrl-C to stop",
         args.a, args.b
@@ -85,7 +101,7 @@ pub(crate) fn to_peers(
         let (local, peer, auth) = (local.to_string(), peer.clone(), auth.clone());
         bridges.spawn(async move {
             loop {
-                match start(&local, &peer, &[], auth.clone()).await {
+                match start(Bridge::builder(), &local, &peer, auth.clone()).await {
                     Ok(bridge) => {
                         eprintln!("busline: bridged to {peer}");
                         // Runs until this task is aborted at shutdown.
