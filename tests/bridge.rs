@@ -248,22 +248,25 @@ async fn both_sides_on_one_broker_is_refused() {
 }
 
 #[tokio::test]
-async fn in_a_full_mesh_of_four_every_broker_reaches_every_other_and_converges_after_churn() {
+async fn in_a_full_mesh_of_four_calls_and_streams_reach_every_broker_and_converge_after_churn() {
     let ids = ["m-1", "m-2", "m-3", "m-4"];
     let mut brokers = Vec::new();
     let mut providers = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         brokers.push(broker(id).await);
         let bus = client(id).await;
-        bus.open("mesh")
-            .await
-            .unwrap()
-            .provide(
-                &format!("at-{i}"),
-                move |()| async move { Ok::<_, String>(i) },
-            )
-            .await
-            .unwrap();
+        let mesh = bus.open("mesh").await.unwrap();
+        mesh.provide(
+            &format!("at-{i}"),
+            move |()| async move { Ok::<_, String>(i) },
+        )
+        .await
+        .unwrap();
+        mesh.provide_stream(&format!("count-{i}"), move |n: usize| {
+            futures::stream::iter((i..i + n).map(Ok::<_, String>))
+        })
+        .await
+        .unwrap();
         providers.push(bus);
     }
     let mut bridges = std::collections::HashMap::new();
@@ -282,6 +285,16 @@ async fn in_a_full_mesh_of_four_every_broker_reaches_every_other_and_converges_a
                 match caller.call::<_, usize>(&format!("at-{j}"), &()).await {
                     Ok(n) if n == j => {}
                     _ => return false,
+                }
+                let Ok(items) = caller
+                    .stream::<_, usize>(&format!("count-{j}"), &3usize)
+                    .await
+                else {
+                    return false;
+                };
+                let items: Vec<usize> = items.filter_map(|i| async move { i.ok() }).collect().await;
+                if items != [j, j + 1, j + 2] {
+                    return false;
                 }
             }
         }
@@ -720,4 +733,78 @@ async fn a_protected_channel_never_crosses_to_a_broker_where_it_is_open() {
         Err(Error::MethodNotFound(_))
     ));
     assert!(open_vault.describe().await.unwrap().routes.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_processes_in_a_full_mesh_of_four_on_unix_and_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("tcp://127.0.0.1:{port}?codec=jsonline")
+    };
+    let urls = [
+        format!("unix://{}", dir.path().join("m1.sock").display()),
+        tcp(),
+        format!("unix://{}", dir.path().join("m3.sock").display()),
+        tcp(),
+    ];
+    let mut processes = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let id = format!("rm-{i}");
+        processes.push(Process::start(&["broker", "--listen", url, "--id", &id]));
+    }
+    for i in 0..urls.len() {
+        for j in i + 1..urls.len() {
+            processes.push(Process::start(&["bridge", &urls[i], &urls[j]]));
+        }
+    }
+    let connect = |url: String| async move {
+        let addr: Address = url.parse().unwrap();
+        let codec = busline::codec::AnyCodec::for_address(&addr).unwrap();
+        BrokerClient::connect(
+            Client::builder(codec).retry_connect(Duration::from_secs(10)),
+            &busline::any_transport(),
+            &addr,
+        )
+        .await
+        .unwrap()
+    };
+    let mut keep = Vec::new();
+    let mut callers = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let bus = connect(url.clone()).await;
+        bus.open("mesh")
+            .await
+            .unwrap()
+            .provide(
+                &format!("at-{i}"),
+                move |()| async move { Ok::<_, String>(i) },
+            )
+            .await
+            .unwrap();
+        keep.push(bus);
+        callers.push(connect(url.clone()).await.open("mesh").await.unwrap());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for (i, caller) in callers.iter().enumerate() {
+        for j in 0..urls.len() {
+            loop {
+                match caller.call::<_, usize>(&format!("at-{j}"), &()).await {
+                    Ok(n) => {
+                        assert_eq!(n, j);
+                        break;
+                    }
+                    Err(e) => assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "broker {i} never reached the provider on {j}: {e}"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
