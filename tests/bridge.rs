@@ -808,3 +808,38 @@ async fn real_processes_in_a_full_mesh_of_four_on_unix_and_tcp() {
         }
     }
 }
+
+#[tokio::test]
+async fn publications_lost_behind_a_bridge_are_told_to_the_far_subscribers() {
+    // Broker A keeps only 4 publications queued per subscriber, and the
+    // bridge is one: a burst overflows it there.
+    let _a = Broker::builder()
+        .id("g-a")
+        .subscriber_queue(4)
+        .listen(MemoryTransport::new(), address("g-a"), CborCodec::new())
+        .start()
+        .await
+        .unwrap();
+    let _b = broker("g-b").await;
+    let _bridge = bridge("g-a", "g-b").await;
+    let publisher = client("g-a").await.open("news").await.unwrap();
+    let (_clients, mut subs) = subscribers_reached_from(&["g-b"], &publisher).await;
+    let sub = &mut subs[0];
+    // Let the warm-up drain.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {}
+
+    const N: u64 = 3000;
+    for i in 0..N {
+        publisher.publish(&format!("count.{i}"), &i).await.unwrap();
+    }
+    let (mut got, mut lost) = (0u64, 0u64);
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+        match event.unwrap() {
+            busline::broker::Event::Message(_) => got += 1,
+            busline::broker::Event::Lagged(n) => lost += n,
+            busline::broker::Event::Interrupted => panic!("interrupted"),
+        }
+    }
+    assert!(lost > 0, "the burst was expected to overflow A's queue");
+    assert_eq!(got + lost, N, "got {got}, told of {lost} lost");
+}

@@ -217,3 +217,56 @@ async fn relayed_publications_are_checked_like_any_input() {
     // And the forger still works.
     assert!(forger.status().await.is_ok());
 }
+
+#[tokio::test]
+async fn word_of_lost_publications_is_checked_and_reaches_the_subscribers() {
+    let (_broker, addr) = broker("delta").await;
+    let reader = client(&addr).await;
+    let mut sub = reader
+        .open("news")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let bridge = client(&addr).await;
+    let raw = bridge.client();
+    let notice =
+        |missed: u64, via: Vec<String>| json!({"channel": "news", "missed": missed, "via": via});
+    let err = raw
+        .call::<_, ()>("busline.relay_lagged", &notice(5, vec!["x".into()]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(_) | Error::Protocol(_)),
+        "{err}"
+    );
+    bridge.open("news").await.unwrap();
+    let far: Vec<String> = (0..=MAX_HOPS).map(|i| format!("b{i}")).collect();
+    for (via, kind) in [(far, "MAX_HOPS"), (vec!["bad id".into()], "broker id")] {
+        let err = raw
+            .call::<_, ()>("busline.relay_lagged", &notice(5, via))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Protocol(m) if m.contains(kind)),
+            "{err}"
+        );
+    }
+    // Back where it was told before: dropped. Then a real one arrives.
+    raw.call::<_, ()>(
+        "busline.relay_lagged",
+        &notice(7, vec!["x".into(), "delta".into()]),
+    )
+    .await
+    .unwrap();
+    raw.call::<_, ()>("busline.relay_lagged", &notice(5, vec!["x".into()]))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event, busline::broker::Event::Lagged(5));
+}

@@ -17,7 +17,10 @@
 //! on behalf of the other's subscribers (with the path the demand came
 //! by), and passes what it gets on with its origin, its number there and
 //! the brokers it went through, so that each broker delivers a publication
-//! once however many ways it arrives, and none goes round a loop.
+//! once however many ways it arrives, and none goes round a loop. What is
+//! lost on the way (the bridge, or the broker it reads from, could not
+//! keep up) is counted and told to the subscribers on the far side, who
+//! see it as [`Event::Lagged`](crate::broker::Event::Lagged).
 //!
 //! The bridge follows each broker's `busline.system` events (providers,
 //! subscriptions and channels coming and going) and also looks again every
@@ -59,22 +62,19 @@
 //! # }).unwrap();
 //! ```
 
+mod relay;
 mod routes;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use busline_core::{Error, Result};
-use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
+use futures::{stream::BoxStream, FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    broker::{BrokerClient, Channel, ChannelKeys, ConnectionEvent, SYSTEM},
-    rpc::{Reply, Request},
-};
+use crate::broker::{BrokerClient, Channel, ChannelKeys, ConnectionEvent, SYSTEM};
 use routes::{Demand, Offers};
 
 /// Entry point: [`Bridge::builder`].
@@ -99,10 +99,6 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(2);
 /// How long a bridge lets events gather before it acts on them: a burst of
 /// registrations costs one look, not one each.
 const SETTLE: Duration = Duration::from_millis(10);
-
-/// Publications a bridge holds on their way to the other broker; past
-/// this, it drops them (and logs how many) rather than grow.
-const RELAY_QUEUE: usize = 8192;
 
 /// A bridge about to start.
 #[derive(Debug, Clone)]
@@ -177,8 +173,8 @@ impl BridgeBuilder {
         }
         let feed = changes(&a, &b).await;
         let stop = CancellationToken::new();
-        a.on_relayed(forwarder(b.clone(), stop.clone()));
-        b.on_relayed(forwarder(a.clone(), stop.clone()));
+        a.on_relayed(relay::forwarder(&id_a, b.clone(), stop.clone()));
+        b.on_relayed(relay::forwarder(&id_b, a.clone(), stop.clone()));
         mirror.sync().await?;
         let task = tokio::spawn(run(mirror, feed, self.resync, stop.clone()));
         Ok(BridgeHandle { stop, task, a, b })
@@ -401,39 +397,6 @@ async fn subscribe(
     Ok(())
 }
 
-/// Where the publications one broker relays to the bridge go: on to the
-/// other broker, in order, through a bounded queue.
-fn forwarder(to: BrokerClient, stop: CancellationToken) -> crate::broker::RelaySink {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, crate::Payload)>(RELAY_QUEUE);
-    tokio::spawn(async move {
-        loop {
-            let (name, payload) = tokio::select! {
-                () = stop.cancelled() => return,
-                next = rx.recv() => match next {
-                    Some(next) => next,
-                    None => return,
-                },
-            };
-            if let Err(err) = to.client().notify_raw(&name, payload).await {
-                tracing::debug!(error = %err, "bridge: a publication could not be passed on");
-            }
-        }
-    });
-    let dropped = std::sync::atomic::AtomicU64::new(0);
-    Box::new(move |name: &str, payload: &crate::Payload| {
-        if tx.try_send((name.to_owned(), payload.clone())).is_err() {
-            let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    dropped = n,
-                    "bridge: the other broker takes publications slower than they come; \
-                     dropping (RELAY_QUEUE is {RELAY_QUEUE})"
-                );
-            }
-        }
-    })
-}
-
 /// Make `to` offer exactly `offers`, each passing its calls to `from`.
 async fn offer(
     to: &mut Side,
@@ -460,9 +423,7 @@ async fn offer(
         }
         // Calls through the bridge come from a member of the channel.
         from.join(channel, keys).await?;
-        let relay = Relay {
-            to: from.bus.clone(),
-        };
+        let relay = relay::Calls::to(from.bus.clone());
         to.join(channel, keys)
             .await?
             .serve(method, relay, None, path.clone())
@@ -470,27 +431,6 @@ async fn offer(
         to.offered.insert(key, path.clone());
     }
     Ok(())
-}
-
-/// Passes the calls a bridge gets on one side to the other side's broker.
-#[derive(Clone)]
-struct Relay {
-    to: BrokerClient,
-}
-
-impl tower::Service<Request> for Relay {
-    type Response = Reply;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<Reply>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let to = self.to.clone();
-        Box::pin(async move { crate::broker::pass_on(&to.client(), &req, ()).await })
-    }
 }
 
 /// What tells the bridge to look again: providers and channels coming and

@@ -178,7 +178,7 @@ impl Parts {
             self.relays.clone(),
         );
         let pushed = Arc::new(move |method: &str, payload: &Payload| {
-            if method.starts_with(protocol::RELAYED) {
+            if method.starts_with(protocol::RELAYED) || method == protocol::RELAY_LAGGED {
                 if let Some(sink) = relays.get() {
                     sink(method, payload);
                 }
@@ -204,6 +204,10 @@ impl Parts {
             } else if method == protocol::LAGGED {
                 if let Ok(notice) = payload.decode_params::<Lagged>() {
                     subs.lagged(&notice.channel, notice.missed);
+                }
+                // A bridge that fell behind tells the subscribers it serves.
+                if let Some(sink) = relays.get() {
+                    sink(method, payload);
                 }
             } else {
                 return false;

@@ -77,6 +77,24 @@ impl Outlet {
 
     /// Queue `payload` under the routed name `method`; if the queue is
     /// full, count it missed or disconnect the subscriber, as configured.
+    /// Tell the subscriber, with its next publications (or at once if
+    /// none are queued), that it missed `count` of `channel`'s.
+    pub(crate) fn lagged(&self, channel: &str, count: u64) {
+        let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
+        *missed.entry(channel.to_owned()).or_default() += count;
+        drop(missed);
+        // An empty name wakes the delivery with nothing to deliver; if the
+        // queue is full, what is in it carries the notice soon anyway.
+        let nudge = Payload::unit();
+        let len = nudge.len();
+        let _ = self.bytes.try_send(&self.tx, (Arc::from(""), nudge), len);
+    }
+
+    /// The encoding the subscriber reads.
+    pub(crate) fn encoding(&self) -> busline_core::Encoding {
+        self.peer.encoding()
+    }
+
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
         let len = payload.len();
         if !self.bytes.try_send(&self.tx, (method, payload), len) {
@@ -107,6 +125,7 @@ async fn deliver(
         bytes.give(queued.iter().map(|(_, payload)| payload.len()).sum());
         let mut batch: Vec<Message> = queued
             .drain(..)
+            .filter(|(method, _)| !method.is_empty())
             .map(|(method, payload)| Message::Notify {
                 method: String::from(&*method),
                 payload,

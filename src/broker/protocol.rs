@@ -197,6 +197,22 @@ pub(crate) struct Lagged {
     pub(crate) missed: u64,
 }
 
+/// Publications of a channel lost on their way between brokers (a bridge
+/// or a broker on the way could not keep up): a bridge tells the broker it
+/// passes publications to, which tells the channel's subscribers (in their
+/// [`LAGGED`] notices) and passes it on towards farther subscribers, like
+/// a publication.
+pub(crate) const RELAY_LAGGED: &str = "busline.relay_lagged";
+
+/// Arguments of [`RELAY_LAGGED`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RelayLagged {
+    pub(crate) channel: String,
+    pub(crate) missed: u64,
+    /// The brokers it was told on so far, first where they were lost.
+    pub(crate) via: Vec<String>,
+}
+
 /// Arguments of [`OWN_TOPIC`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TopicArgs {

@@ -106,6 +106,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             }),
         )
         .route(
+            protocol::RELAY_LAGGED,
+            control(&state, |state, peer, args: protocol::RelayLagged| {
+                state.relay_lagged(args, peer.connection_id())
+            }),
+        )
+        .route(
             protocol::UNSUBSCRIBE,
             control(&state, |state, peer, args: PatternArgs| {
                 state.check_member(&args.channel, peer.connection_id())?;

@@ -226,6 +226,63 @@ impl State {
     }
 }
 
+impl State {
+    /// Publications of a channel were lost on their way here (a bridge,
+    /// connection `from`, says so): tell the channel's subscribers here, and
+    /// pass it on to the bridges that subscribe here for others, unless it
+    /// already came through where they lead.
+    pub(crate) fn relay_lagged(&self, notice: protocol::RelayLagged, from: u64) -> Result<()> {
+        let what = format!(
+            "a notice of lost publications on channel {:?}",
+            notice.channel
+        );
+        if notice.via.contains(&self.id) {
+            return Ok(()); // it went round a loop
+        }
+        self.check_route(&what, &notice.via)?;
+        let mut inner = self.lock();
+        let ch = member_of(&mut inner, &notice.channel, from)?;
+        if ch.system {
+            return Err(only_the_broker(&notice.channel));
+        }
+        if notice.missed == 0 {
+            return Ok(());
+        }
+        let mut local: Vec<u64> = ch.subscriptions.iter().map(|(c, _)| *c).collect();
+        local.sort_unstable();
+        local.dedup();
+        let mut path = notice.via.clone();
+        path.push(self.id.clone());
+        let mut farther: Vec<u64> = ch
+            .relays
+            .iter()
+            .filter(|(_, _, demand)| demand.last().map_or(true, |next| !path.contains(next)))
+            .map(|(c, _, _)| *c)
+            .collect();
+        farther.sort_unstable();
+        farther.dedup();
+        let onward = protocol::RelayLagged {
+            channel: notice.channel.clone(),
+            missed: notice.missed,
+            via: path,
+        };
+        let name: Arc<str> = Arc::from(protocol::RELAY_LAGGED);
+        for conn in local {
+            if let Some(outlet) = inner.outlets.get(&conn) {
+                outlet.lagged(&notice.channel, notice.missed);
+            }
+        }
+        for conn in farther {
+            if let Some(outlet) = inner.outlets.get(&conn) {
+                if let Ok(payload) = Payload::encode(outlet.encoding(), &onward) {
+                    outlet.offer(&notice.channel, name.clone(), payload);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Most brokers whose publications are remembered at once, for dropping
 /// duplicates.
 const MAX_ORIGINS: usize = 4096;

@@ -1,0 +1,133 @@
+//! What passes through a bridge: calls, publications, and word of
+//! publications lost on the way.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use busline_core::{Error, Payload, Result};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{self, BrokerClient, Lagged, RelayLagged, RelaySink, LAGGED, RELAY_LAGGED},
+    rpc::{Reply, Request},
+};
+
+/// Publications a bridge holds on their way to the other broker; past
+/// this, it drops them and tells the subscribers over there how many.
+pub(super) const RELAY_QUEUE: usize = 8192;
+
+/// How soon word of lost publications goes out when nothing else does.
+const TELL_LOST_EVERY: Duration = Duration::from_millis(100);
+
+/// Passes the calls a bridge gets on one side to the other side's broker,
+/// under the same name, payload untouched.
+#[derive(Clone)]
+pub(super) struct Calls {
+    to: BrokerClient,
+}
+
+impl Calls {
+    pub(super) fn to(to: BrokerClient) -> Calls {
+        Calls { to }
+    }
+}
+
+impl tower::Service<Request> for Calls {
+    type Response = Reply;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Reply>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let to = self.to.clone();
+        Box::pin(async move { broker::pass_on(&to.client(), &req, ()).await })
+    }
+}
+
+/// Publications lost per channel, not yet told.
+type Lost = Arc<Mutex<HashMap<String, u64>>>;
+
+/// Where what broker `from` relays to the bridge goes: on to the other
+/// broker (`to`), in order, through a bounded queue. What cannot be passed
+/// on (the queue is full, or `from` dropped some for the bridge) is counted
+/// per channel and told to `to` as lost, for its subscribers to know.
+pub(super) fn forwarder(from: &str, to: BrokerClient, stop: CancellationToken) -> RelaySink {
+    let (tx, rx) = tokio::sync::mpsc::channel::<(String, Payload)>(RELAY_QUEUE);
+    let lost: Lost = Arc::default();
+    tokio::spawn(pass_on(rx, to, from.to_owned(), lost.clone(), stop));
+    Box::new(move |name: &str, payload: &Payload| {
+        if name == LAGGED {
+            // The bridge itself fell behind on `from`.
+            if let Ok(notice) = payload.decode_params::<Lagged>() {
+                count(&lost, &notice.channel, notice.missed);
+            }
+            return;
+        }
+        if tx.try_send((name.to_owned(), payload.clone())).is_err() {
+            let channel = if name == RELAY_LAGGED {
+                payload
+                    .decode_params::<RelayLagged>()
+                    .map(|n| (n.channel, n.missed))
+                    .ok()
+            } else {
+                broker::parse_relayed(name).map(|r| (r.channel.to_owned(), 1))
+            };
+            if let Some((channel, missed)) = channel {
+                count(&lost, &channel, missed);
+            }
+        }
+    })
+}
+
+fn count(lost: &Lost, channel: &str, missed: u64) {
+    let mut lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+    *lost.entry(channel.to_owned()).or_default() += missed;
+}
+
+async fn pass_on(
+    mut queue: tokio::sync::mpsc::Receiver<(String, Payload)>,
+    to: BrokerClient,
+    from: String,
+    lost: Lost,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(TELL_LOST_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            next = queue.recv() => match next {
+                Some((name, payload)) => {
+                    if let Err(err) = to.client().notify_raw(&name, payload).await {
+                        tracing::debug!(error = %err, "bridge: a publication could not be passed on");
+                    }
+                }
+                None => return,
+            },
+        }
+        let told: Vec<(String, u64)> =
+            std::mem::take(&mut *lost.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        for (channel, missed) in told {
+            tracing::warn!(%channel, missed, "bridge: publications lost on the way; telling the subscribers");
+            let notice = RelayLagged {
+                channel,
+                missed,
+                via: vec![from.clone()],
+            };
+            let client = to.client();
+            if let Ok(payload) = Payload::encode(client.encoding(), &notice) {
+                let _ = client.notify_raw(RELAY_LAGGED, payload).await;
+            }
+        }
+    }
+}
