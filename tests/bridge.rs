@@ -843,3 +843,53 @@ async fn publications_lost_behind_a_bridge_are_told_to_the_far_subscribers() {
     assert!(lost > 0, "the burst was expected to overflow A's queue");
     assert_eq!(got + lost, N, "got {got}, told of {lost} lost");
 }
+
+#[tokio::test]
+async fn a_stream_dropped_two_bridges_away_is_cancelled_at_its_provider() {
+    let _brokers = (
+        broker("x-a").await,
+        broker("x-b").await,
+        broker("x-c").await,
+    );
+    let _bridges = (bridge("x-a", "x-b").await, bridge("x-b", "x-c").await);
+
+    /// Sets its flag when dropped: the provider's stream was cancelled.
+    struct Dropped(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cancelled.clone();
+    let provider = client("x-a").await;
+    provider
+        .open("ticks")
+        .await
+        .unwrap()
+        .provide_stream("forever", move |()| {
+            let guard = Dropped(flag.clone());
+            futures::stream::unfold((0u64, guard), |(n, guard)| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((Ok::<_, String>(n), (n + 1, guard)))
+            })
+        })
+        .await
+        .unwrap();
+    let ticks = client("x-c").await.open("ticks").await.unwrap();
+    let mut stream = loop {
+        let mut stream = ticks.stream::<_, u64>("forever", &()).await.unwrap();
+        if let Some(Ok(0)) = stream.next().await {
+            break stream;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for expected in 1..3 {
+        assert_eq!(stream.next().await.unwrap().unwrap(), expected);
+    }
+    drop(stream);
+    eventually("the provider's stream is cancelled", || async {
+        cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+}
