@@ -1,5 +1,9 @@
-//! Brokers joined by bridges, in one process over the in-memory transport:
-//! a line, a ring, withdrawal and failover, allow-lists.
+//! Brokers joined by bridges: lines, rings and a full mesh, in one process
+//! over the in-memory transport and as real `busline` processes over Unix
+//! and TCP; calls, streams and publications across them, exactly once;
+//! withdrawal, failover and recovery; allow-lists and protected channels.
+
+mod support;
 
 use std::{future::Future, time::Duration};
 
@@ -10,6 +14,7 @@ use busline::{
     Address, CborCodec, Error, JsonLineCodec, MemoryTransport,
 };
 use futures::StreamExt;
+use support::provide_add;
 
 /// A broker with id `id`, listening on `bridge-<id>`.
 async fn broker(id: &str) -> BrokerHandle {
@@ -62,12 +67,7 @@ async fn bridge(a: &str, b: &str) -> BridgeHandle {
 async fn provider(at: &str) -> BrokerClient {
     let bus = client(at).await;
     let math = bus.open("math").await.unwrap();
-    math.provide(
-        "add",
-        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-    )
-    .await
-    .unwrap();
+    provide_add(&math).await;
     math.provide_stream("count", |n: u64| {
         futures::stream::iter((1..=n).map(Ok::<_, String>))
     })
@@ -216,16 +216,7 @@ async fn a_bridge_carries_only_the_channels_it_is_allowed() {
         .unwrap();
     let _provider = provider("f-a").await;
     let other = client("f-a").await;
-    other
-        .open("secret")
-        .await
-        .unwrap()
-        .provide(
-            "add",
-            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-        )
-        .await
-        .unwrap();
+    provide_add(&other.open("secret").await.unwrap()).await;
 
     let caller = client("f-b").await;
     let math = caller.open("math").await.unwrap();
@@ -545,12 +536,7 @@ async fn real_brokers_on_unix_and_tcp_joined_by_flag_and_by_command() {
     .await
     .unwrap();
     let math = provider.open("math").await.unwrap();
-    math.provide(
-        "add",
-        |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-    )
-    .await
-    .unwrap();
+    provide_add(&math).await;
 
     let caller = BrokerClient::connect(
         Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
@@ -601,16 +587,7 @@ async fn real_processes_in_a_ring_survive_a_killed_bridge() {
         .unwrap()
     };
     let provider = connect(a.clone()).await;
-    provider
-        .open("math")
-        .await
-        .unwrap()
-        .provide(
-            "add",
-            |(x, y): (i64, i64)| async move { Ok::<_, String>(x + y) },
-        )
-        .await
-        .unwrap();
+    provide_add(&provider.open("math").await.unwrap()).await;
     let math = connect(c.clone()).await.open("math").await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while routes(&math).await.len() < 2 {
@@ -644,13 +621,7 @@ async fn a_protected_channel_crosses_only_with_its_password_and_stays_protected(
     let _brokers = (broker("s-a").await, broker("s-b").await);
     let owner = client("s-a").await;
     let vault = owner.open_with_password("vault", "hunter22").await.unwrap();
-    vault
-        .provide(
-            "add",
-            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-        )
-        .await
-        .unwrap();
+    provide_add(&vault).await;
 
     // A bridge without the password carries nothing of it.
     let blind = Bridge::builder()
@@ -708,16 +679,7 @@ async fn a_protected_channel_crosses_only_with_its_password_and_stays_protected(
 async fn a_protected_channel_never_crosses_to_a_broker_where_it_is_open() {
     let _brokers = (broker("o-a").await, broker("o-b").await);
     let owner = client("o-a").await;
-    owner
-        .open_with_password("vault", "hunter22")
-        .await
-        .unwrap()
-        .provide(
-            "add",
-            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
-        )
-        .await
-        .unwrap();
+    provide_add(&owner.open_with_password("vault", "hunter22").await.unwrap()).await;
     // On B, someone opened "vault" without a password first.
     let squatter = client("o-b").await;
     let open_vault = squatter.open("vault").await.unwrap();
