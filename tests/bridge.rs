@@ -855,3 +855,16 @@ async fn a_stream_dropped_two_bridges_away_is_cancelled_at_its_provider() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_channel_that_cannot_cross_does_not_hold_up_the_others() {
+    let _brokers = (broker("h-a").await, broker("h-b").await);
+    let far = provider("h-a").await;
+    provide_add(&far.open("clash").await.unwrap()).await;
+    // On B, "clash" takes a password: the bridge cannot join it there.
+    let owner = client("h-b").await;
+    let _clash = owner.open_with_password("clash", "hunter22").await.unwrap();
+    let _bridge = bridge("h-a", "h-b").await;
+    let math = client("h-b").await.open("math").await.unwrap();
+    eventually("math crosses anyway", || async { add(&math).await.is_ok() }).await;
+}

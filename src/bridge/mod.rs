@@ -100,6 +100,11 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(2);
 /// registrations costs one look, not one each.
 const SETTLE: Duration = Duration::from_millis(10);
 
+/// The least time one look at both brokers may take before it is given up
+/// and tried again (at least the resync interval). What it did until then
+/// stays done, so a large look still completes over a few.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A bridge about to start.
 #[derive(Debug, Clone)]
 pub struct BridgeBuilder {
@@ -175,7 +180,13 @@ impl BridgeBuilder {
         let stop = CancellationToken::new();
         a.on_relayed(relay::forwarder(&id_a, b.clone(), stop.clone()));
         b.on_relayed(relay::forwarder(&id_b, a.clone(), stop.clone()));
-        mirror.sync().await?;
+        if let Err(err) = mirror.sync().await {
+            // Nothing may outlive a bridge that did not start.
+            stop.cancel();
+            a.close();
+            b.close();
+            return Err(err);
+        }
         let task = tokio::spawn(run(mirror, feed, self.resync, stop.clone()));
         Ok(BridgeHandle { stop, task, a, b })
     }
@@ -261,7 +272,7 @@ impl Side {
 
     /// Leave the channels no longer needed here: neither offered here nor
     /// called through from the other side.
-    async fn leave_all_but(&mut self, needed: &BTreeSet<&str>) -> Result<()> {
+    async fn leave_all_but(&mut self, needed: &BTreeSet<&str>) {
         let gone: Vec<String> = self
             .joined
             .keys()
@@ -270,10 +281,22 @@ impl Side {
             .collect();
         for channel in gone {
             if let Some(joined) = self.joined.remove(&channel) {
-                joined.leave().await?;
+                if let Err(err) = joined.leave().await {
+                    tracing::debug!(%channel, error = %err, "bridge: cannot leave");
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Forget what the bridge did on channels that are gone here (closed
+    /// by their owner, or lost with a broker that restarted), so that it is
+    /// done again on the new ones.
+    fn forget_all_but(&mut self, present: &BTreeSet<&str>) {
+        self.joined.retain(|ch, _| present.contains(ch.as_str()));
+        self.offered
+            .retain(|(ch, _), _| present.contains(ch.as_str()));
+        self.subscribed
+            .retain(|(ch, _), _| present.contains(ch.as_str()));
     }
 }
 
@@ -300,10 +323,10 @@ impl Mirror {
             // offered again once it is back.)
             let none = Offers::new();
             if a_up {
-                offer(&mut self.a, &mut self.b, &none, &self.keys).await?;
+                offer(&mut self.a, &mut self.b, &none, &self.keys).await;
             }
             if b_up {
-                offer(&mut self.b, &mut self.a, &none, &self.keys).await?;
+                offer(&mut self.b, &mut self.a, &none, &self.keys).await;
             }
             return Ok(());
         }
@@ -315,18 +338,29 @@ impl Mirror {
                 self.a.join(channel, &self.keys).await,
                 self.b.join(channel, &self.keys).await,
             );
-            match joined {
-                (Ok(on_a), Ok(on_b)) => {
-                    status_a.channels.push(on_a.describe().await?);
-                    status_b.channels.push(on_b.describe().await?);
+            let described = match joined {
+                (Ok(on_a), Ok(on_b)) => match (on_a.describe().await, on_b.describe().await) {
+                    (Ok(a), Ok(b)) => Ok((a, b)),
+                    (Err(err), _) | (_, Err(err)) => Err(err),
+                },
+                (Err(err), _) | (_, Err(err)) => Err(err),
+            };
+            match described {
+                Ok((a, b)) => {
+                    status_a.channels.push(a);
+                    status_b.channels.push(b);
                     self.refused.remove(channel);
                 }
-                (Err(err), _) | (_, Err(err)) => {
+                Err(err) => {
                     if self.refused.insert(channel.clone()) {
                         tracing::warn!(%channel, error = %err, "bridge: not carried");
                     }
                 }
             }
+        }
+        for (side, status) in [(&mut self.a, &status_a), (&mut self.b, &status_b)] {
+            let present = status.channels.iter().map(|ch| ch.name.as_str()).collect();
+            side.forget_all_but(&present);
         }
         let allow = self.allow.as_ref();
         let (to_b, to_a) = (
@@ -338,10 +372,10 @@ impl Mirror {
             routes::demand(&status_a, &status_b.id, allow),
         );
         let keys = &self.keys;
-        offer(&mut self.b, &mut self.a, &to_b, keys).await?;
-        offer(&mut self.a, &mut self.b, &to_a, keys).await?;
-        subscribe(&mut self.a, &mut self.b, &on_a, keys).await?;
-        subscribe(&mut self.b, &mut self.a, &on_b, keys).await?;
+        offer(&mut self.b, &mut self.a, &to_b, keys).await;
+        offer(&mut self.a, &mut self.b, &to_a, keys).await;
+        subscribe(&mut self.a, &mut self.b, &on_a, keys).await;
+        subscribe(&mut self.b, &mut self.a, &on_b, keys).await;
         // The protected channels carried stay joined: leaving one would
         // close it on a side where the bridge is its only member (and
         // joining it again at the next look would make churn).
@@ -356,29 +390,37 @@ impl Mirror {
         .into_iter()
         .flatten()
         .collect();
-        self.a.leave_all_but(&needed).await?;
-        self.b.leave_all_but(&needed).await
+        self.a.leave_all_but(&needed).await;
+        self.b.leave_all_but(&needed).await;
+        Ok(())
     }
 }
 
 /// Make the bridge subscribe on `on` to exactly `demand`, for the
-/// subscribers of `to`, where it passes the publications on.
+/// subscribers of `to`, where it passes the publications on. Each item on
+/// its own: one that fails is told and tried again at the next look.
 async fn subscribe(
     on: &mut Side,
     to: &mut Side,
     demand: &Demand,
     keys: &HashMap<String, ChannelKeys>,
-) -> Result<()> {
+) {
     let gone: Vec<(String, String)> = on
         .subscribed
         .keys()
         .filter(|key| !demand.contains_key(*key))
         .cloned()
         .collect();
-    for (channel, pattern) in gone {
-        on.subscribed.remove(&(channel.clone(), pattern.clone()));
-        if let Some(joined) = on.joined.get(&channel) {
-            joined.relay_unsubscribe(&pattern).await?;
+    for key in gone {
+        let undone = match on.joined.get(&key.0) {
+            Some(joined) => joined.relay_unsubscribe(&key.1).await,
+            None => Ok(()),
+        };
+        match undone {
+            Ok(()) => drop(on.subscribed.remove(&key)),
+            Err(err) => {
+                tracing::warn!(channel = %key.0, pattern = %key.1, error = %err, "bridge: cannot unsubscribe")
+            }
         }
     }
     for ((channel, pattern), path) in demand {
@@ -387,33 +429,47 @@ async fn subscribe(
             continue;
         }
         // Publications passed on come from a member of the channel.
-        to.join(channel, keys).await?;
-        on.join(channel, keys)
-            .await?
-            .relay_subscribe(pattern, path.clone())
-            .await?;
-        on.subscribed.insert(key, path.clone());
+        let done = async {
+            to.join(channel, keys).await?;
+            on.join(channel, keys)
+                .await?
+                .relay_subscribe(pattern, path.clone())
+                .await
+        };
+        match done.await {
+            Ok(()) => drop(on.subscribed.insert(key, path.clone())),
+            Err(err) => {
+                tracing::warn!(%channel, %pattern, error = %err, "bridge: cannot subscribe")
+            }
+        }
     }
-    Ok(())
 }
 
-/// Make `to` offer exactly `offers`, each passing its calls to `from`.
+/// Make `to` offer exactly `offers`, each passing its calls to `from`. Each
+/// item on its own: one that fails is told and tried again at the next
+/// look.
 async fn offer(
     to: &mut Side,
     from: &mut Side,
     offers: &Offers,
     keys: &HashMap<String, ChannelKeys>,
-) -> Result<()> {
+) {
     let withdrawn: Vec<(String, String)> = to
         .offered
         .keys()
         .filter(|key| !offers.contains_key(*key))
         .cloned()
         .collect();
-    for (channel, method) in withdrawn {
-        to.offered.remove(&(channel.clone(), method.clone()));
-        if let Some(joined) = to.joined.get(&channel) {
-            joined.unprovide(&method).await?;
+    for key in withdrawn {
+        let undone = match to.joined.get(&key.0) {
+            Some(joined) => joined.unprovide(&key.1).await,
+            None => Ok(()),
+        };
+        match undone {
+            Ok(()) | Err(Error::MethodNotFound(_)) => drop(to.offered.remove(&key)),
+            Err(err) => {
+                tracing::warn!(channel = %key.0, method = %key.1, error = %err, "bridge: cannot withdraw")
+            }
         }
     }
     for ((channel, method), path) in offers {
@@ -422,15 +478,19 @@ async fn offer(
             continue;
         }
         // Calls through the bridge come from a member of the channel.
-        from.join(channel, keys).await?;
-        let relay = relay::Calls::to(from.bus.clone());
-        to.join(channel, keys)
-            .await?
-            .serve(method, relay, None, path.clone())
-            .await?;
-        to.offered.insert(key, path.clone());
+        let done = async {
+            from.join(channel, keys).await?;
+            let relay = relay::Calls::to(from.bus.clone());
+            to.join(channel, keys)
+                .await?
+                .serve(method, relay, None, path.clone())
+                .await
+        };
+        match done.await {
+            Ok(()) => drop(to.offered.insert(key, path.clone())),
+            Err(err) => tracing::warn!(%channel, %method, error = %err, "bridge: cannot offer"),
+        }
     }
-    Ok(())
 }
 
 /// What tells the bridge to look again: providers and channels coming and
@@ -484,10 +544,17 @@ async fn run(
                 }
             }
         }
-        tokio::time::sleep(SETTLE).await;
-        while let Some(Some(())) = feed.next().now_or_never() {}
-        // A broker that stops answering must not stall the bridge.
-        match tokio::time::timeout(resync, mirror.sync()).await {
+        let settled = async {
+            tokio::time::sleep(SETTLE).await;
+            while let Some(Some(())) = feed.next().now_or_never() {}
+            // A broker that stops answering must not stall the bridge.
+            tokio::time::timeout(resync.max(SYNC_TIMEOUT), mirror.sync()).await
+        };
+        let synced = tokio::select! {
+            () = stop.cancelled() => break,
+            synced = settled => synced,
+        };
+        match synced {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "bridge: could not bring the brokers in line; trying again")

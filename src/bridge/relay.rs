@@ -72,24 +72,30 @@ pub(super) fn forwarder(from: &str, to: BrokerClient, stop: CancellationToken) -
             return;
         }
         if tx.try_send((name.to_owned(), payload.clone())).is_err() {
-            let channel = if name == RELAY_LAGGED {
-                payload
-                    .decode_params::<RelayLagged>()
-                    .map(|n| (n.channel, n.missed))
-                    .ok()
-            } else {
-                broker::parse_relayed(name).map(|r| (r.channel.to_owned(), 1))
-            };
-            if let Some((channel, missed)) = channel {
+            if let Some((channel, missed)) = lost_with(name, payload) {
                 count(&lost, &channel, missed);
             }
         }
     })
 }
 
+/// The channel and number of publications lost if this relayed message
+/// (a publication, or word of lost ones) is.
+fn lost_with(name: &str, payload: &Payload) -> Option<(String, u64)> {
+    if name == RELAY_LAGGED {
+        payload
+            .decode_params::<RelayLagged>()
+            .map(|n| (n.channel, n.missed))
+            .ok()
+    } else {
+        broker::parse_relayed(name).map(|r| (r.channel.to_owned(), 1))
+    }
+}
+
 fn count(lost: &Lost, channel: &str, missed: u64) {
     let mut lost = lost.lock().unwrap_or_else(|p| p.into_inner());
-    *lost.entry(channel.to_owned()).or_default() += missed;
+    let total = lost.entry(channel.to_owned()).or_default();
+    *total = total.saturating_add(missed);
 }
 
 async fn pass_on(
@@ -106,8 +112,12 @@ async fn pass_on(
             _ = tick.tick() => {}
             next = queue.recv() => match next {
                 Some((name, payload)) => {
+                    let missed = lost_with(&name, &payload);
                     if let Err(err) = to.client().notify_raw(&name, payload).await {
                         tracing::debug!(error = %err, "bridge: a publication could not be passed on");
+                        if let Some((channel, missed)) = missed {
+                            count(&lost, &channel, missed);
+                        }
                     }
                 }
                 None => return,
@@ -118,15 +128,21 @@ async fn pass_on(
                 .into_iter()
                 .collect();
         for (channel, missed) in told {
-            tracing::warn!(%channel, missed, "bridge: publications lost on the way; telling the subscribers");
             let notice = RelayLagged {
                 channel,
                 missed,
                 via: vec![from.clone()],
             };
             let client = to.client();
-            if let Ok(payload) = Payload::encode(client.encoding(), &notice) {
-                let _ = client.notify_raw(RELAY_LAGGED, payload).await;
+            let told = match Payload::encode(client.encoding(), &notice) {
+                Ok(payload) => client.notify_raw(RELAY_LAGGED, payload).await.is_ok(),
+                Err(_) => false,
+            };
+            if told {
+                tracing::warn!(channel = %notice.channel, missed, "bridge: publications lost on the way; told the subscribers");
+            } else {
+                // Kept for the next time the other broker can be told.
+                count(&lost, &notice.channel, notice.missed);
             }
         }
     }

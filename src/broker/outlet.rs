@@ -75,13 +75,12 @@ impl Outlet {
         }
     }
 
-    /// Queue `payload` under the routed name `method`; if the queue is
-    /// full, count it missed or disconnect the subscriber, as configured.
     /// Tell the subscriber, with its next publications (or at once if
     /// none are queued), that it missed `count` of `channel`'s.
     pub(crate) fn lagged(&self, channel: &str, count: u64) {
         let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
-        *missed.entry(channel.to_owned()).or_default() += count;
+        let total = missed.entry(channel.to_owned()).or_default();
+        *total = total.saturating_add(count);
         drop(missed);
         // An empty name wakes the delivery with nothing to deliver; if the
         // queue is full, what is in it carries the notice soon anyway.
@@ -95,6 +94,8 @@ impl Outlet {
         self.peer.encoding()
     }
 
+    /// Queue `payload` under the routed name `method`; if the queue is
+    /// full, count it missed or disconnect the subscriber, as configured.
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
         let len = payload.len();
         if !self.bytes.try_send(&self.tx, (method, payload), len) {

@@ -208,9 +208,10 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
     }
     match protocol::parse_routed(&req.method) {
         Some(Routed::Method { channel, method }) => {
-            let closing = state.check_member(channel, caller(&req)?.connection_id())?;
+            let from = caller(&req)?.connection_id();
+            let closing = state.check_member(channel, from)?;
             let answer = tokio::select! {
-                answer = forward(state, channel, method, &req) => answer,
+                answer = forward(state, channel, method, from, &req) => answer,
                 () = closing.cancelled() => Err(Error::Disconnected(format!(
                     "channel {channel:?} was closed while the call was in flight"
                 ))),
@@ -257,11 +258,20 @@ fn until_closed(items: PayloadStream, closing: CancellationToken, channel: &str)
 
 /// Forward a call to a provider, its payload untouched; if the provider's
 /// connection drops before it answers, try the next one.
-async fn forward(state: &Arc<State>, channel: &str, method: &str, req: &Request) -> Result<Reply> {
-    let mut tried = Vec::new();
+async fn forward(
+    state: &Arc<State>,
+    channel: &str,
+    method: &str,
+    from: u64,
+    req: &Request,
+) -> Result<Reply> {
+    // A bridge relaying a call here never gets it back: while routes
+    // settle, that could bounce it between brokers.
+    let mut tried = state.bridging(channel, method, from);
+    let excluded = tried.len();
     loop {
         let Some((provider, busy)) = state.pick(channel, method, &tried) else {
-            return Err(match tried.is_empty() {
+            return Err(match tried.len() == excluded {
                 true => Error::MethodNotFound(format!(
                     "no provider of {method:?} on channel {channel:?}"
                 )),

@@ -39,12 +39,15 @@ const FIRST_CONNECT: Duration = Duration::from_secs(30);
 pub(crate) async fn side(url: &str, auth: Arc<dyn Authenticator>) -> Result<BrokerClient> {
     let addr: Address = url.parse()?;
     let codec = AnyCodec::for_address(&addr)?;
+    // Client ids are unique per broker: one per bridge side of this process.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     BrokerClient::builder(
         Client::builder(codec)
             .auth(auth)
             .retry_connect(FIRST_CONNECT),
     )
-    .client_id(&format!("busline.bridge.{}", std::process::id()))
+    .client_id(&format!("busline.bridge.{}.{n}", std::process::id()))
     .reconnect(Reconnect::default())
     .connect(&busline::any_transport(), &addr)
     .await

@@ -74,8 +74,9 @@ struct Inner {
     /// Client ids claimed by live connections, both ways.
     client_ids: HashMap<String, u64>,
     ids_of: HashMap<u64, String>,
-    /// The publications from other brokers seen lately, by origin.
-    seen: HashMap<String, pubsub::Seen>,
+    /// The publications from other brokers seen lately, by origin and
+    /// channel.
+    seen: HashMap<(String, String), pubsub::Seen>,
 }
 
 impl Channel {

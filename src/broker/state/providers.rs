@@ -152,6 +152,23 @@ impl State {
         Ok(())
     }
 
+    /// `id` alone if it provides `method` on `channel` through bridges
+    /// (it is a bridge), else nothing: the providers a call from `id` must
+    /// not go to.
+    pub(crate) fn bridging(&self, channel: &str, method: &str, id: u64) -> Vec<u64> {
+        let inner = self.lock();
+        let relays = inner
+            .channels
+            .get(channel)
+            .and_then(|ch| ch.methods.get(method))
+            .is_some_and(|p| p.via.contains_key(&id));
+        if relays {
+            vec![id]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The provider of `method` on `channel` with the fewest calls in
     /// progress (round-robin among equals), skipping `tried`, marked busy
     /// until the guard drops; `None` when there is none (left).

@@ -1,6 +1,6 @@
 //! Publications and who wants them.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use busline_core::{Payload, Result};
 use serde_json::Value;
@@ -182,6 +182,9 @@ impl State {
         } = relayed;
         topic::check_topic(topic)?;
         protocol::check_broker_id(origin)?;
+        for id in via {
+            protocol::check_broker_id(id)?;
+        }
         if via.len() > protocol::MAX_HOPS {
             return Err(busline_core::Error::Protocol(format!(
                 "a publication that passed {} brokers; at most {} are followed \
@@ -195,6 +198,9 @@ impl State {
         if ch.system {
             return Err(only_the_broker(channel));
         }
+        if *origin == self.id || via.contains(&self.id.as_str()) {
+            return Ok(()); // it went round a loop
+        }
         if let Some((owner, _)) = ch.topics.get(*topic) {
             if *owner != from {
                 // Its one publisher is here: this one is forged.
@@ -203,20 +209,13 @@ impl State {
                 )));
             }
         }
-        if *origin == self.id || via.contains(&self.id.as_str()) {
-            return Ok(());
-        }
-        if inner.seen.len() >= MAX_ORIGINS && !inner.seen.contains_key(*origin) {
-            // Bounded: forget the origins seen so far (a duplicate may get
-            // through once, nothing grows without limit).
+        let key = ((*origin).to_owned(), (*channel).to_owned());
+        if inner.seen.len() >= MAX_ORIGINS && !inner.seen.contains_key(&key) {
+            // Bounded: forget what was seen so far (a duplicate may get
+            // through once; nothing grows without limit).
             inner.seen.clear();
         }
-        if !inner
-            .seen
-            .entry((*origin).to_owned())
-            .or_default()
-            .first_time(*seq)
-        {
+        if !inner.seen.entry(key).or_default().first_time(*seq) {
             return Ok(());
         }
         let name: Arc<str> = protocol::published(channel, topic).into();
@@ -283,34 +282,65 @@ impl State {
     }
 }
 
-/// Most brokers whose publications are remembered at once, for dropping
-/// duplicates.
+/// Most (origin broker, channel) pairs whose publications are remembered
+/// at once, for dropping duplicates: about 1 KiB each.
 const MAX_ORIGINS: usize = 4096;
-/// How many recent publications of one origin are remembered.
-const WINDOW: usize = 4096;
+/// How many recent publication numbers of one origin and channel are
+/// remembered.
+const WINDOW: u64 = 1024;
 
-/// The publications of one origin seen lately: the numbers of the last
-/// [`WINDOW`]; once that many were seen, anything older than all of them
-/// counts as seen too (a publication that late, coming a long way round, is
-/// a duplicate or too old).
+/// The publications of one origin on one channel seen lately, as a
+/// sliding window below the newest number: within it each number counts
+/// once; anything older than the window counts as seen (a publication
+/// that late, coming a long way round, is a duplicate or too old). Keyed
+/// by channel too, so that a member of one channel, who could relay junk
+/// into it, cannot disturb what crosses on another.
 #[derive(Debug, Default)]
 pub(super) struct Seen {
-    recent: BTreeSet<u64>,
+    newest: Option<u64>,
+    /// `recent[i]`: whether `newest - i` was seen.
+    recent: std::collections::VecDeque<bool>,
 }
 
 impl Seen {
     fn first_time(&mut self, seq: u64) -> bool {
-        let full = self.recent.len() >= WINDOW;
-        if full && self.recent.first().is_some_and(|&oldest| seq < oldest) {
-            return false;
+        let Some(newest) = self.newest else {
+            self.newest = Some(seq);
+            self.recent.push_front(true);
+            return true;
+        };
+        if seq > newest {
+            let ahead = seq - newest;
+            if ahead >= WINDOW {
+                self.recent.clear();
+            } else {
+                for _ in 1..ahead {
+                    self.recent.push_front(false);
+                }
+            }
+            self.recent.push_front(true);
+            self.recent.truncate(WINDOW as usize);
+            self.newest = Some(seq);
+            return true;
         }
-        if !self.recent.insert(seq) {
-            return false;
+        let behind = newest - seq;
+        match self
+            .recent
+            .get_mut(usize::try_from(behind).unwrap_or(usize::MAX))
+        {
+            Some(seen) if !*seen => {
+                *seen = true;
+                true
+            }
+            Some(_) => false,
+            // Within the window but before the first one seen: new.
+            None if behind < WINDOW => {
+                self.recent.resize(behind as usize, false);
+                self.recent.push_back(true);
+                true
+            }
+            None => false,
         }
-        if self.recent.len() > WINDOW {
-            self.recent.pop_first();
-        }
-        true
     }
 }
 
@@ -451,14 +481,18 @@ mod tests {
         let mut seen = Seen::default();
         assert!(seen.first_time(10));
         assert!(!seen.first_time(10));
-        assert!(seen.first_time(5), "late but not yet forgotten");
-        for n in 100..100 + WINDOW as u64 {
-            assert!(seen.first_time(n));
-        }
-        // 5 and 10 fell out of the window: anything that old counts as seen.
+        assert!(seen.first_time(5), "late but within the window");
         assert!(!seen.first_time(5));
+        assert!(seen.first_time(12));
+        assert!(seen.first_time(11), "a gap filled later");
         assert!(!seen.first_time(11));
-        assert!(seen.first_time(100 + WINDOW as u64));
-        assert_eq!(seen.recent.len(), WINDOW);
+        assert!(seen.first_time(12 + WINDOW - 1));
+        // 10 and below fell out of the window: that old counts as seen.
+        assert!(!seen.first_time(12));
+        assert!(!seen.first_time(3));
+        assert!(seen.first_time(14), "still inside, never seen");
+        assert!(seen.first_time(u64::MAX));
+        assert!(!seen.first_time(u64::MAX));
+        assert!(seen.recent.len() <= WINDOW as usize);
     }
 }
