@@ -62,6 +62,7 @@
 //! # }).unwrap();
 //! ```
 
+mod mirror;
 mod relay;
 mod routes;
 
@@ -74,8 +75,8 @@ use busline_core::{Error, Result};
 use futures::{stream::BoxStream, FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerClient, Channel, ChannelKeys, ConnectionEvent, SYSTEM};
-use routes::{Demand, Offers};
+use crate::broker::{BrokerClient, ConnectionEvent, SYSTEM};
+use mirror::Mirror;
 
 /// Entry point: [`Bridge::builder`].
 #[derive(Debug)]
@@ -162,13 +163,7 @@ impl BridgeBuilder {
                 crate::broker::derive(channel, password).await?,
             );
         }
-        let mut mirror = Mirror {
-            a: Side::new(a.clone()),
-            b: Side::new(b.clone()),
-            allow,
-            keys,
-            refused: BTreeSet::new(),
-        };
+        let mut mirror = Mirror::new(a.clone(), b.clone(), allow, keys);
         let (id_a, id_b) = (a.status().await?.id, b.status().await?.id);
         if id_a == id_b {
             return Err(Error::Protocol(format!(
@@ -216,280 +211,6 @@ impl Drop for BridgeHandle {
         self.stop.cancel();
         self.a.close();
         self.b.close();
-    }
-}
-
-/// One broker as the bridge sees it: its client, the channels joined
-/// there, and what the bridge offers there.
-struct Side {
-    bus: BrokerClient,
-    joined: HashMap<String, Channel>,
-    offered: Offers,
-    /// What the bridge subscribed to here for the other side.
-    subscribed: Demand,
-}
-
-impl Side {
-    fn new(bus: BrokerClient) -> Side {
-        Side {
-            bus,
-            joined: HashMap::new(),
-            offered: Offers::new(),
-            subscribed: Demand::new(),
-        }
-    }
-
-    /// Whether the connection to this broker is up now.
-    fn is_up(&self) -> bool {
-        !self.bus.client().is_closed()
-    }
-
-    async fn join(
-        &mut self,
-        channel: &str,
-        keys: &HashMap<String, ChannelKeys>,
-    ) -> Result<Channel> {
-        if let Some(joined) = self.joined.get(channel) {
-            return Ok(joined.clone());
-        }
-        let joined = match keys.get(channel) {
-            None => self.bus.open(channel).await?,
-            Some(keys) => {
-                let joined = self.bus.open_relay(channel, keys.clone()).await?;
-                if !joined.describe().await?.protected {
-                    joined.leave().await?;
-                    return Err(Error::Unauthorized(format!(
-                        "channel {channel:?} takes no password on one side: a bridge carries a \
-                         protected channel only between brokers where it is protected"
-                    )));
-                }
-                joined
-            }
-        };
-        self.joined.insert(channel.to_owned(), joined.clone());
-        Ok(joined)
-    }
-
-    /// Leave the channels no longer needed here: neither offered here nor
-    /// called through from the other side.
-    async fn leave_all_but(&mut self, needed: &BTreeSet<&str>) {
-        let gone: Vec<String> = self
-            .joined
-            .keys()
-            .filter(|ch| !needed.contains(ch.as_str()))
-            .cloned()
-            .collect();
-        for channel in gone {
-            if let Some(joined) = self.joined.remove(&channel) {
-                if let Err(err) = joined.leave().await {
-                    tracing::debug!(%channel, error = %err, "bridge: cannot leave");
-                }
-            }
-        }
-    }
-
-    /// Forget what the bridge did on channels that are gone here (closed
-    /// by their owner, or lost with a broker that restarted), so that it is
-    /// done again on the new ones.
-    fn forget_all_but(&mut self, present: &BTreeSet<&str>) {
-        self.joined.retain(|ch, _| present.contains(ch.as_str()));
-        self.offered
-            .retain(|(ch, _), _| present.contains(ch.as_str()));
-        self.subscribed
-            .retain(|(ch, _), _| present.contains(ch.as_str()));
-    }
-}
-
-/// Both sides, and what may cross.
-struct Mirror {
-    a: Side,
-    b: Side,
-    allow: Option<BTreeSet<String>>,
-    /// The keys of the protected channels the bridge carries.
-    keys: HashMap<String, ChannelKeys>,
-    /// Protected channels it could not join on both sides (told once).
-    refused: BTreeSet<String>,
-}
-
-impl Mirror {
-    /// Look at both brokers and make each side offer what the other
-    /// provides now, and nothing else.
-    async fn sync(&mut self) -> Result<()> {
-        let (a_up, b_up) = (self.a.is_up(), self.b.is_up());
-        if !(a_up && b_up) {
-            // Calls relayed to a broker out of reach cannot be answered:
-            // withdraw them at once, so that callers fail over to another
-            // way or get a typed error instead of waiting. (They are
-            // offered again once it is back.)
-            let none = Offers::new();
-            if a_up {
-                offer(&mut self.a, &mut self.b, &none, &self.keys).await;
-            }
-            if b_up {
-                offer(&mut self.b, &mut self.a, &none, &self.keys).await;
-            }
-            return Ok(());
-        }
-        let (mut status_a, mut status_b) = (self.a.bus.status().await?, self.b.bus.status().await?);
-        // Brokers keep protected channels out of their status: describe
-        // those the bridge carries, where it can join them on both sides.
-        for channel in self.keys.keys() {
-            let joined = (
-                self.a.join(channel, &self.keys).await,
-                self.b.join(channel, &self.keys).await,
-            );
-            let described = match joined {
-                (Ok(on_a), Ok(on_b)) => match (on_a.describe().await, on_b.describe().await) {
-                    (Ok(a), Ok(b)) => Ok((a, b)),
-                    (Err(err), _) | (_, Err(err)) => Err(err),
-                },
-                (Err(err), _) | (_, Err(err)) => Err(err),
-            };
-            match described {
-                Ok((a, b)) => {
-                    status_a.channels.push(a);
-                    status_b.channels.push(b);
-                    self.refused.remove(channel);
-                }
-                Err(err) => {
-                    if self.refused.insert(channel.clone()) {
-                        tracing::warn!(%channel, error = %err, "bridge: not carried");
-                    }
-                }
-            }
-        }
-        for (side, status) in [(&mut self.a, &status_a), (&mut self.b, &status_b)] {
-            let present = status.channels.iter().map(|ch| ch.name.as_str()).collect();
-            side.forget_all_but(&present);
-        }
-        let allow = self.allow.as_ref();
-        let (to_b, to_a) = (
-            routes::offers(&status_a, &status_b.id, allow),
-            routes::offers(&status_b, &status_a.id, allow),
-        );
-        let (on_a, on_b) = (
-            routes::demand(&status_b, &status_a.id, allow),
-            routes::demand(&status_a, &status_b.id, allow),
-        );
-        let keys = &self.keys;
-        offer(&mut self.b, &mut self.a, &to_b, keys).await;
-        offer(&mut self.a, &mut self.b, &to_a, keys).await;
-        subscribe(&mut self.a, &mut self.b, &on_a, keys).await;
-        subscribe(&mut self.b, &mut self.a, &on_b, keys).await;
-        // The protected channels carried stay joined: leaving one would
-        // close it on a side where the bridge is its only member (and
-        // joining it again at the next look would make churn).
-        let carried = keys.keys().map(String::as_str).collect();
-        let needed: BTreeSet<&str> = [
-            routes::channels(&to_a),
-            routes::channels(&to_b),
-            routes::channels(&on_a),
-            routes::channels(&on_b),
-            carried,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        self.a.leave_all_but(&needed).await;
-        self.b.leave_all_but(&needed).await;
-        Ok(())
-    }
-}
-
-/// Make the bridge subscribe on `on` to exactly `demand`, for the
-/// subscribers of `to`, where it passes the publications on. Each item on
-/// its own: one that fails is told and tried again at the next look.
-async fn subscribe(
-    on: &mut Side,
-    to: &mut Side,
-    demand: &Demand,
-    keys: &HashMap<String, ChannelKeys>,
-) {
-    let gone: Vec<(String, String)> = on
-        .subscribed
-        .keys()
-        .filter(|key| !demand.contains_key(*key))
-        .cloned()
-        .collect();
-    for key in gone {
-        let undone = match on.joined.get(&key.0) {
-            Some(joined) => joined.relay_unsubscribe(&key.1).await,
-            None => Ok(()),
-        };
-        match undone {
-            Ok(()) => drop(on.subscribed.remove(&key)),
-            Err(err) => {
-                tracing::warn!(channel = %key.0, pattern = %key.1, error = %err, "bridge: cannot unsubscribe")
-            }
-        }
-    }
-    for ((channel, pattern), path) in demand {
-        let key = (channel.clone(), pattern.clone());
-        if on.subscribed.get(&key) == Some(path) {
-            continue;
-        }
-        // Publications passed on come from a member of the channel.
-        let done = async {
-            to.join(channel, keys).await?;
-            on.join(channel, keys)
-                .await?
-                .relay_subscribe(pattern, path.clone())
-                .await
-        };
-        match done.await {
-            Ok(()) => drop(on.subscribed.insert(key, path.clone())),
-            Err(err) => {
-                tracing::warn!(%channel, %pattern, error = %err, "bridge: cannot subscribe")
-            }
-        }
-    }
-}
-
-/// Make `to` offer exactly `offers`, each passing its calls to `from`. Each
-/// item on its own: one that fails is told and tried again at the next
-/// look.
-async fn offer(
-    to: &mut Side,
-    from: &mut Side,
-    offers: &Offers,
-    keys: &HashMap<String, ChannelKeys>,
-) {
-    let withdrawn: Vec<(String, String)> = to
-        .offered
-        .keys()
-        .filter(|key| !offers.contains_key(*key))
-        .cloned()
-        .collect();
-    for key in withdrawn {
-        let undone = match to.joined.get(&key.0) {
-            Some(joined) => joined.unprovide(&key.1).await,
-            None => Ok(()),
-        };
-        match undone {
-            Ok(()) | Err(Error::MethodNotFound(_)) => drop(to.offered.remove(&key)),
-            Err(err) => {
-                tracing::warn!(channel = %key.0, method = %key.1, error = %err, "bridge: cannot withdraw")
-            }
-        }
-    }
-    for ((channel, method), path) in offers {
-        let key = (channel.clone(), method.clone());
-        if to.offered.get(&key) == Some(path) {
-            continue;
-        }
-        // Calls through the bridge come from a member of the channel.
-        let done = async {
-            from.join(channel, keys).await?;
-            let relay = relay::Calls::to(from.bus.clone());
-            to.join(channel, keys)
-                .await?
-                .serve(method, relay, None, path.clone())
-                .await
-        };
-        match done.await {
-            Ok(()) => drop(to.offered.insert(key, path.clone())),
-            Err(err) => tracing::warn!(%channel, %method, error = %err, "bridge: cannot offer"),
-        }
     }
 }
 
@@ -562,6 +283,5 @@ async fn run(
             Err(_) => tracing::warn!("bridge: a broker did not answer in time; trying again"),
         }
     }
-    mirror.a.bus.close();
-    mirror.b.bus.close();
+    mirror.close();
 }
