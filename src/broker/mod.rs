@@ -40,6 +40,7 @@ mod keys;
 mod link;
 mod outlet;
 mod protocol;
+mod relayed;
 mod restore;
 mod service;
 mod signing;
