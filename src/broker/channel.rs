@@ -54,7 +54,7 @@ impl Channel {
     }
 
     /// Serve `method` on this channel with an async function (as
-    /// [`Router::unary`]). Several providers of one method share its calls.
+    /// [`Router::unary`](crate::rpc::Router::unary)). Several providers of one method share its calls.
     /// Returns once the broker confirms.
     pub async fn provide<F, Args, Fut, Ret, E>(&self, method: &str, f: F) -> Result<()>
     where
@@ -87,7 +87,7 @@ impl Channel {
     }
 
     /// Serve `method` on this channel with a function returning a stream
-    /// (as [`Router::stream`]); the caller's credit paces it end to end.
+    /// (as [`Router::stream`](crate::rpc::Router::stream)); the caller's credit paces it end to end.
     pub async fn provide_stream<F, Args, S, T, E>(&self, method: &str, f: F) -> Result<()>
     where
         F: Fn(Args) -> S + Clone + Send + Sync + 'static,
@@ -99,7 +99,7 @@ impl Channel {
         self.serve(method, StreamFn::new(f), None, Vec::new()).await
     }
 
-    /// Serve `method` with any handler service (as [`Router::route`]), for
+    /// Serve `method` with any handler service (as [`Router::route`](crate::rpc::Router::route)), for
     /// raw payloads or middleware.
     pub async fn provide_service<S>(&self, method: &str, service: S) -> Result<()>
     where
@@ -302,7 +302,7 @@ impl Channel {
     /// Publish `value` on `topic` (dot-separated tokens): every member
     /// subscribed to a matching pattern gets it. Fire and forget: returns
     /// once it is queued on the connection, after waiting for room if the
-    /// connection's queue is full ([`ClientBuilder::max_queued_notifications`]),
+    /// connection's queue is full ([`ClientBuilder::max_queued_notifications`](crate::rpc::ClientBuilder::max_queued_notifications)),
     /// so a fast publisher is paced by its connection rather than growing
     /// memory without bound.
     pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
@@ -327,7 +327,7 @@ impl Channel {
 
     /// Become the only publisher of `topic` here (others' publications on
     /// it are refused), and learn through [`BrokerClient::events`]
-    /// ([`ChannelEvent::Demand`]) whether anyone is subscribed: now, and
+    /// ([`ChannelEvent::Demand`](super::ChannelEvent::Demand)) whether anyone is subscribed: now, and
     /// whenever the first subscriber arrives or the last one leaves, so
     /// the topic can be published lazily. Returns once the broker confirms.
     pub async fn own_topic(&self, topic: &str) -> Result<()> {

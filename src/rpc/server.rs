@@ -25,7 +25,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves a [`Router`] on listeners.
 ///
-/// See [`Client`](super::Client) for a complete example.
+/// See [`Client`] for a complete example.
 #[derive(Debug)]
 pub struct Server;
 
