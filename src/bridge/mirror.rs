@@ -293,7 +293,7 @@ async fn offer(
         // Calls through the bridge come from a member of the channel.
         let done = async {
             from.join(channel, keys).await?;
-            let relay = relay::Calls::to(from.bus.clone());
+            let relay = relay::calls_to(from.bus.clone());
             to.join(channel, keys)
                 .await?
                 .serve(method, relay, None, path.clone())

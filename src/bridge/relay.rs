@@ -4,12 +4,10 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
-use busline_core::{Error, Payload, Result};
-use futures::future::BoxFuture;
+use busline_core::{Error, Payload};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -26,30 +24,17 @@ const TELL_LOST_EVERY: Duration = Duration::from_millis(100);
 
 /// Passes the calls a bridge gets on one side to the other side's broker,
 /// under the same name, payload untouched.
-#[derive(Clone)]
-pub(super) struct Calls {
+pub(super) fn calls_to(
     to: BrokerClient,
-}
-
-impl Calls {
-    pub(super) fn to(to: BrokerClient) -> Calls {
-        Calls { to }
-    }
-}
-
-impl tower::Service<Request> for Calls {
-    type Response = Reply;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<Reply>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let to = self.to.clone();
-        Box::pin(async move { broker::pass_on(&to.client(), &req, ()).await })
-    }
+) -> impl tower::Service<Request, Response = Reply, Error = Error, Future = impl Send>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    tower::service_fn(move |req: Request| {
+        let to = to.clone();
+        async move { broker::pass_on(&to.client(), &req, ()).await }
+    })
 }
 
 /// Publications lost per channel, not yet told.

@@ -5,82 +5,82 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::broker::{BrokerStatus, ChannelInfo, MAX_HOPS};
 
+/// What one broker should get from the other, by channel and name (a
+/// method to offer, a pattern to subscribe to), with the path to register
+/// it by: the brokers it comes through, the first where it is served or
+/// wanted.
+pub(crate) type Paths = BTreeMap<(String, String), Vec<String>>;
+
 /// What one side should offer on the other: channel and method, and the
-/// path to register it with (the brokers it comes through, the provider's
-/// first).
-pub(crate) type Offers = BTreeMap<(String, String), Vec<String>>;
-
-/// The offers of broker `from` (as its status reports it) to broker `to`,
-/// limited to `allow` if given.
-pub(crate) fn offers(from: &BrokerStatus, to: &str, allow: Option<&BTreeSet<String>>) -> Offers {
-    from.channels
-        .iter()
-        .filter(|ch| allow.map_or(true, |allow| allow.contains(&ch.name)))
-        .flat_map(|ch| {
-            channel_offers(ch, &from.id, to)
-                .into_iter()
-                .map(|(method, path)| ((ch.name.clone(), method), path))
-        })
-        .collect()
-}
-
-/// The methods of channel `info` on broker `from` worth offering on broker
-/// `to`, each by its shortest path. A provider whose registration already
-/// came through `to` is left out: offered back, it would make a loop (and
-/// `to` would refuse it).
-fn channel_offers(info: &ChannelInfo, from: &str, to: &str) -> BTreeMap<String, Vec<String>> {
-    let mut best: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (method, providers) in &info.methods {
-        for conn in providers {
-            let via = info
-                .routes
-                .iter()
-                .find(|(c, m, _)| c == conn && m == method)
-                .map_or(&[][..], |(_, _, via)| via.as_slice());
-            if via.iter().any(|broker| broker == to || broker == from) || via.len() >= MAX_HOPS {
-                continue;
-            }
-            let shorter = best
-                .get(method)
-                .map_or(true, |path| via.len() + 1 < path.len());
-            if shorter {
-                let mut path = via.to_vec();
-                path.push(from.to_owned());
-                best.insert(method.clone(), path);
-            }
-        }
-    }
-    best
-}
+/// path (the provider's broker first).
+pub(crate) type Offers = Paths;
 
 /// What a bridge subscribes to on one broker for the subscribers of the
-/// other: channel and pattern, and the path of the demand (the brokers it
-/// comes through, the subscribers' first).
-pub(crate) type Demand = BTreeMap<(String, String), Vec<String>>;
+/// other: channel and pattern, and the path of the demand (the
+/// subscribers' broker first).
+pub(crate) type Demand = Paths;
+
+/// The offers of broker `from` (as its status reports it) to broker `to`,
+/// limited to `allow` if given: each method by its shortest way.
+pub(crate) fn offers(from: &BrokerStatus, to: &str, allow: Option<&BTreeSet<String>>) -> Offers {
+    shortest(from, to, allow, |ch| {
+        ch.methods.iter().flat_map(move |(method, providers)| {
+            providers.iter().map(move |conn| {
+                let via = ch
+                    .routes
+                    .iter()
+                    .find(|(c, m, _)| c == conn && m == method)
+                    .map_or(&[][..], |(_, _, via)| via.as_slice());
+                (method, via)
+            })
+        })
+    })
+}
 
 /// The subscriptions of broker `of` (as its status reports them) to make
 /// on broker `on`, limited to `allow` if given: its own subscribers' one
-/// hop away, those it relays for one more, none that came through `on`.
+/// hop away, those it relays for one more.
 pub(crate) fn demand(of: &BrokerStatus, on: &str, allow: Option<&BTreeSet<String>>) -> Demand {
-    let mut best = Demand::new();
-    let channels = of
+    shortest(of, on, allow, |ch| {
+        let local = ch.subscriptions.iter().map(|(_, p)| (p, &[][..]));
+        let relayed = ch.relays.iter().map(|(_, p, via)| (p, via.as_slice()));
+        local.chain(relayed)
+    })
+}
+
+/// For each name `candidates` lists in an allowed channel of broker
+/// `from`, with the path it came to `from` by, the shortest path on to
+/// broker `to`. One that already came through `to` is left out: passed
+/// back, it would make a loop (and `to` would refuse it); so is one that
+/// would pass more than [`MAX_HOPS`] brokers.
+fn shortest<'a, C, I>(
+    from: &'a BrokerStatus,
+    to: &str,
+    allow: Option<&BTreeSet<String>>,
+    candidates: C,
+) -> Paths
+where
+    C: Fn(&'a ChannelInfo) -> I,
+    I: Iterator<Item = (&'a String, &'a [String])>,
+{
+    let mut best = Paths::new();
+    let channels = from
         .channels
         .iter()
         .filter(|ch| allow.map_or(true, |allow| allow.contains(&ch.name)));
     for ch in channels {
-        let local = ch.subscriptions.iter().map(|(_, p)| (p, &[][..]));
-        let relayed = ch.relays.iter().map(|(_, p, via)| (p, via.as_slice()));
-        for (pattern, via) in local.chain(relayed) {
-            if via.iter().any(|broker| broker == on || *broker == of.id) || via.len() >= MAX_HOPS {
+        for (name, via) in candidates(ch) {
+            if via.iter().any(|broker| broker == to || *broker == from.id) || via.len() >= MAX_HOPS
+            {
                 continue;
             }
-            let key = (ch.name.clone(), pattern.clone());
+            let key = (ch.name.clone(), name.clone());
             if best
                 .get(&key)
                 .map_or(true, |path| via.len() + 1 < path.len())
             {
                 let mut path = via.to_vec();
-                path.push(of.id.clone());
+                path.push(from.id.clone());
                 best.insert(key, path);
             }
         }
@@ -89,7 +89,7 @@ pub(crate) fn demand(of: &BrokerStatus, on: &str, allow: Option<&BTreeSet<String
 }
 
 /// The channels named in offers or demand.
-pub(crate) fn channels<V>(of: &BTreeMap<(String, String), V>) -> BTreeSet<&str> {
+pub(crate) fn channels(of: &Paths) -> BTreeSet<&str> {
     of.keys().map(|(channel, _)| channel.as_str()).collect()
 }
 

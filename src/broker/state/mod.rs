@@ -159,10 +159,9 @@ impl State {
         }
     }
 
-    /// Something that came through bridges (`what`): within
-    /// [`protocol::MAX_HOPS`] brokers with valid ids, none of them this one
-    /// (which would make a loop).
-    fn check_route(&self, what: &str, via: &[String]) -> Result<()> {
+    /// The path of something that came through bridges (`what`): within
+    /// [`protocol::MAX_HOPS`] brokers, each with a valid id.
+    fn check_path<S: AsRef<str>>(&self, what: &str, via: &[S]) -> Result<()> {
         if via.len() > protocol::MAX_HOPS {
             return Err(Error::Protocol(format!(
                 "{what} is {} brokers away; at most {} are followed (protocol::MAX_HOPS)",
@@ -170,10 +169,20 @@ impl State {
                 protocol::MAX_HOPS
             )));
         }
-        for id in via {
-            protocol::check_broker_id(id)?;
-        }
-        if via.contains(&self.id) {
+        via.iter()
+            .try_for_each(|id| protocol::check_broker_id(id.as_ref()))
+    }
+
+    /// Whether a path passes through this broker.
+    fn on_path<S: AsRef<str>>(&self, via: &[S]) -> bool {
+        via.iter().any(|id| id.as_ref() == self.id)
+    }
+
+    /// A registration that came through bridges (`what`): a valid path
+    /// ([`State::check_path`]) not through this broker (a loop).
+    fn check_route(&self, what: &str, via: &[String]) -> Result<()> {
+        self.check_path(what, via)?;
+        if self.on_path(via) {
             return Err(Error::Protocol(format!(
                 "a loop: {what} already came through this broker ({}), by way of {via:?}",
                 self.id

@@ -147,19 +147,16 @@ impl State {
             }
         }
         offer(&inner, channel, topic, name, payload);
-        let seq = self
-            .next_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        offer_relays(
-            &inner,
-            &self.id,
+        let first = protocol::Relayed {
+            origin: &self.id,
+            seq: self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            via: Vec::new(),
             channel,
             topic,
-            payload,
-            &self.id,
-            seq,
-            &[],
-        );
+        };
+        offer_relays(&inner, &self.id, &first, payload);
         Ok(())
     }
 
@@ -182,23 +179,13 @@ impl State {
         } = relayed;
         topic::check_topic(topic)?;
         protocol::check_broker_id(origin)?;
-        for id in via {
-            protocol::check_broker_id(id)?;
-        }
-        if via.len() > protocol::MAX_HOPS {
-            return Err(busline_core::Error::Protocol(format!(
-                "a publication that passed {} brokers; at most {} are followed \
-                 (protocol::MAX_HOPS)",
-                via.len(),
-                protocol::MAX_HOPS
-            )));
-        }
+        self.check_path("a relayed publication", via)?;
         let mut inner = self.lock();
         let ch = member_of(&mut inner, channel, from)?;
         if ch.system {
             return Err(only_the_broker(channel));
         }
-        if *origin == self.id || via.contains(&self.id.as_str()) {
+        if *origin == self.id || self.on_path(via) {
             return Ok(()); // it went round a loop
         }
         if let Some((owner, _)) = ch.topics.get(*topic) {
@@ -220,29 +207,23 @@ impl State {
         }
         let name: Arc<str> = protocol::published(channel, topic).into();
         offer(&inner, channel, topic, &name, payload);
-        offer_relays(&inner, &self.id, channel, topic, payload, origin, *seq, via);
+        offer_relays(&inner, &self.id, relayed, payload);
         Ok(())
     }
-}
 
-impl State {
     /// Publications of a channel were lost on their way here (a bridge,
     /// connection `from`, says so): tell the channel's subscribers here, and
     /// pass it on to the bridges that subscribe here for others, unless it
     /// already came through where they lead.
     pub(crate) fn relay_lagged(&self, notice: protocol::RelayLagged, from: u64) -> Result<()> {
-        let what = format!(
-            "a notice of lost publications on channel {:?}",
-            notice.channel
-        );
-        if notice.via.contains(&self.id) {
-            return Ok(()); // it went round a loop
-        }
-        self.check_route(&what, &notice.via)?;
+        self.check_path("a notice of lost publications", &notice.via)?;
         let mut inner = self.lock();
         let ch = member_of(&mut inner, &notice.channel, from)?;
         if ch.system {
             return Err(only_the_broker(&notice.channel));
+        }
+        if self.on_path(&notice.via) {
+            return Ok(()); // it went round a loop
         }
         if notice.missed == 0 {
             return Ok(());
@@ -252,14 +233,7 @@ impl State {
         local.dedup();
         let mut path = notice.via.clone();
         path.push(self.id.clone());
-        let mut farther: Vec<u64> = ch
-            .relays
-            .iter()
-            .filter(|(_, _, demand)| demand.last().map_or(true, |next| !path.contains(next)))
-            .map(|(c, _, _)| *c)
-            .collect();
-        farther.sort_unstable();
-        farther.dedup();
+        let farther = bridges_onward(ch, &path, |_| true);
         let onward = protocol::RelayLagged {
             channel: notice.channel.clone(),
             missed: notice.missed,
@@ -355,48 +329,55 @@ fn wants(ch: &Channel, topic_name: &str) -> bool {
             .any(|(_, p, _)| topic::matches(p, topic_name))
 }
 
-/// Offer a publication (first published on `origin`, as its number `seq`,
-/// delivered before on the brokers `via`, and now on `here`) to the bridges
-/// subscribed to its topic, each once, but not to one whose subscribers'
-/// side already had it.
-#[allow(clippy::too_many_arguments)]
-fn offer_relays(
-    inner: &Inner,
-    here: &str,
-    channel: &str,
-    topic_name: &str,
-    payload: &Payload,
-    origin: &str,
-    seq: u64,
-    via: &[&str],
-) {
-    let Some(ch) = inner.channels.get(channel) else {
+/// Offer a publication (as `relayed` came here, or as first published
+/// here), now delivered on `here` too, to the bridges subscribed to its
+/// topic, each once.
+fn offer_relays(inner: &Inner, here: &str, relayed: &protocol::Relayed<'_>, payload: &Payload) {
+    let Some(ch) = inner.channels.get(relayed.channel) else {
         return;
     };
-    let mut path: Vec<&str> = via.to_vec();
+    let mut path = relayed.via.clone();
     path.push(here);
-    let mut conns: Vec<u64> = ch
-        .relays
-        .iter()
-        .filter(|(_, pattern, _)| topic::matches(pattern, topic_name))
-        .filter(|(_, _, demand)| {
-            demand
-                .last()
-                .map_or(true, |next| !path.contains(&next.as_str()))
-        })
-        .map(|(c, _, _)| *c)
-        .collect();
+    let conns = bridges_onward(ch, &path, |pattern| topic::matches(pattern, relayed.topic));
     if conns.is_empty() {
         return;
     }
-    conns.sort_unstable();
-    conns.dedup();
-    let name: Arc<str> = protocol::relayed(origin, seq, &path, channel, topic_name).into();
+    let name: Arc<str> = protocol::relayed(
+        relayed.origin,
+        relayed.seq,
+        &path,
+        relayed.channel,
+        relayed.topic,
+    )
+    .into();
     for conn in conns {
         if let Some(outlet) = inner.outlets.get(&conn) {
-            outlet.offer(channel, name.clone(), payload.clone());
+            outlet.offer(relayed.channel, name.clone(), payload.clone());
         }
     }
+}
+
+/// The bridges subscribed on `ch` (each once) with a pattern `wanted`,
+/// except those whose subscribers' side is already on `path`.
+fn bridges_onward<S: AsRef<str>>(
+    ch: &Channel,
+    path: &[S],
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<u64> {
+    let mut conns: Vec<u64> = ch
+        .relays
+        .iter()
+        .filter(|(_, pattern, _)| wanted(pattern))
+        .filter(|(_, _, demand)| {
+            demand
+                .last()
+                .map_or(true, |next| !path.iter().any(|b| b.as_ref() == next))
+        })
+        .map(|(c, _, _)| *c)
+        .collect();
+    conns.sort_unstable();
+    conns.dedup();
+    conns
 }
 
 /// Offer `payload` to each connection subscribed to `topic_name` on
