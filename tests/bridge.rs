@@ -488,6 +488,20 @@ async fn a_broker_that_goes_down_is_routed_around_and_back_when_it_returns() {
     drop((a, c));
 }
 
+/// A client of the `busline` process listening at `url` (its `?codec=`
+/// picks the codec), once it is up.
+async fn process_client(url: &str) -> BrokerClient {
+    let addr: Address = url.parse().unwrap();
+    let codec = busline::codec::AnyCodec::for_address(&addr).unwrap();
+    BrokerClient::connect(
+        Client::builder(codec).retry_connect(Duration::from_secs(10)),
+        &busline::any_transport(),
+        &addr,
+    )
+    .await
+    .unwrap()
+}
+
 /// A `busline` process, killed when dropped.
 struct Process(std::process::Child);
 
@@ -528,23 +542,11 @@ async fn real_brokers_on_unix_and_tcp_joined_by_flag_and_by_command() {
     let _c = Process::start(&["broker", "--listen", &c, "--id", "p-c"]);
     let _bc = Process::start(&["bridge", &b, &c]);
 
-    let provider = BrokerClient::connect(
-        Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
-        &busline::any_transport(),
-        &c.parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let provider = process_client(&c).await;
     let math = provider.open("math").await.unwrap();
     provide_add(&math).await;
 
-    let caller = BrokerClient::connect(
-        Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
-        &busline::any_transport(),
-        &a.parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let caller = process_client(&a).await;
     let far = caller.open("math").await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while add(&far).await.is_err() {
@@ -577,18 +579,9 @@ async fn real_processes_in_a_ring_survive_a_killed_bridge() {
     let _bc = Process::start(&["bridge", &b, &c]);
     let mut ca = Process::start(&["bridge", &c, &a]);
 
-    let connect = |url: String| async move {
-        BrokerClient::connect(
-            Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
-            &busline::any_transport(),
-            &url.parse().unwrap(),
-        )
-        .await
-        .unwrap()
-    };
-    let provider = connect(a.clone()).await;
+    let provider = process_client(&a).await;
     provide_add(&provider.open("math").await.unwrap()).await;
-    let math = connect(c.clone()).await.open("math").await.unwrap();
+    let math = process_client(&c).await.open("math").await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while routes(&math).await.len() < 2 {
         assert!(
@@ -724,21 +717,10 @@ async fn real_processes_in_a_full_mesh_of_four_on_unix_and_tcp() {
             processes.push(Process::start(&["bridge", &urls[i], &urls[j]]));
         }
     }
-    let connect = |url: String| async move {
-        let addr: Address = url.parse().unwrap();
-        let codec = busline::codec::AnyCodec::for_address(&addr).unwrap();
-        BrokerClient::connect(
-            Client::builder(codec).retry_connect(Duration::from_secs(10)),
-            &busline::any_transport(),
-            &addr,
-        )
-        .await
-        .unwrap()
-    };
     let mut keep = Vec::new();
     let mut callers = Vec::new();
     for (i, url) in urls.iter().enumerate() {
-        let bus = connect(url.clone()).await;
+        let bus = process_client(url).await;
         bus.open("mesh")
             .await
             .unwrap()
@@ -749,7 +731,7 @@ async fn real_processes_in_a_full_mesh_of_four_on_unix_and_tcp() {
             .await
             .unwrap();
         keep.push(bus);
-        callers.push(connect(url.clone()).await.open("mesh").await.unwrap());
+        callers.push(process_client(url).await.open("mesh").await.unwrap());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for (i, caller) in callers.iter().enumerate() {

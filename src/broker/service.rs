@@ -265,13 +265,10 @@ async fn forward(
     from: u64,
     req: &Request,
 ) -> Result<Reply> {
-    // A bridge relaying a call here never gets it back: while routes
-    // settle, that could bounce it between brokers.
-    let mut tried = state.bridging(channel, method, from);
-    let excluded = tried.len();
+    let mut tried = Vec::new();
     loop {
-        let Some((provider, busy)) = state.pick(channel, method, &tried) else {
-            return Err(match tried.len() == excluded {
+        let Some((provider, busy)) = state.pick(channel, method, from, &tried) else {
+            return Err(match tried.is_empty() {
                 true => Error::MethodNotFound(format!(
                     "no provider of {method:?} on channel {channel:?}"
                 )),

@@ -152,30 +152,17 @@ impl State {
         Ok(())
     }
 
-    /// `id` alone if it provides `method` on `channel` through bridges
-    /// (it is a bridge), else nothing: the providers a call from `id` must
-    /// not go to.
-    pub(crate) fn bridging(&self, channel: &str, method: &str, id: u64) -> Vec<u64> {
-        let inner = self.lock();
-        let relays = inner
-            .channels
-            .get(channel)
-            .and_then(|ch| ch.methods.get(method))
-            .is_some_and(|p| p.via.contains_key(&id));
-        if relays {
-            vec![id]
-        } else {
-            Vec::new()
-        }
-    }
-
     /// The provider of `method` on `channel` with the fewest calls in
-    /// progress (round-robin among equals), skipping `tried`, marked busy
-    /// until the guard drops; `None` when there is none (left).
+    /// progress (round-robin among equals), skipping `tried`, and the
+    /// caller `from` if it is a bridge offering the method here (a call it
+    /// relays must not come back to it: while routes settle, that could
+    /// bounce it between brokers); marked busy until the guard drops; `None`
+    /// when there is none (left).
     pub(crate) fn pick(
         self: &Arc<Self>,
         channel: &str,
         method: &str,
+        from: u64,
         tried: &[u64],
     ) -> Option<(Client, Busy)> {
         let mut inner = self.lock();
@@ -189,17 +176,19 @@ impl State {
         // The nearest providers take the calls (a local one before one
         // behind a bridge, one bridge before two); the others stand by.
         let hops = |id: &u64| providers.via.get(id).map_or(0, Vec::len);
+        let skipped =
+            |id: &u64| tried.contains(id) || (*id == from && providers.via.contains_key(&from));
         let nearest = providers
             .conns
             .iter()
-            .filter(|id| !tried.contains(id))
+            .filter(|id| !skipped(id))
             .map(hops)
             .min()?;
         let n = providers.conns.len();
         let mut candidates = (0..n)
             .map(|k| (providers.next + k) % n)
             .map(|i| (i, providers.conns[i]))
-            .filter(|(_, id)| !tried.contains(id) && hops(id) == nearest);
+            .filter(|(_, id)| !skipped(id) && hops(id) == nearest);
         let (turn, id) = match providers.balance {
             protocol::Balance::RoundRobin => candidates.next()?,
             protocol::Balance::LeastActive => {
