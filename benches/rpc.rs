@@ -1,7 +1,9 @@
 //! Round trip (1 call in flight) and throughput (64 in flight) for every
 //! transport × codec, beside the raw socket doing the same byte ping-pong
 //! without busline, so busline's overhead reads as a ratio from one run;
-//! and 1 MiB payloads, beside a plain memory copy.
+//! and 1 MiB payloads, beside a plain memory copy: typed (a serde byte
+//! string, serialised and deserialised at the ends) and raw (bytes as they
+//! are, through `call_raw` and a `Request`'s payload).
 //!
 //! The limits of the machine are rows too: `raw/shm_spin` is two threads
 //! bouncing one cache line, as two processes on shared memory would, and
@@ -20,10 +22,11 @@ use support::{socket_path, Sides};
 use std::time::Duration;
 
 use busline::{
-    rpc::{Client, Router, Server, ServerHandle},
-    Address, CborCodec, Codec, FifoTransport, JsonLineCodec, JsonRpcCodec, Listener,
-    MemoryTransport, ShmStream, ShmTransport, TcpTransport, Transport, UnixTransport,
+    rpc::{Client, Reply, Request, Router, Server, ServerHandle},
+    Address, CborCodec, Codec, Encoding, FifoTransport, JsonLineCodec, JsonRpcCodec, Listener,
+    MemoryTransport, Payload, ShmStream, ShmTransport, TcpTransport, Transport, UnixTransport,
 };
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::{join_all, BoxFuture};
 use tokio::{
@@ -190,6 +193,12 @@ fn router() -> Router {
         .unary("blob", |b: serde_bytes::ByteBuf| async move {
             Ok::<_, String>(b.len())
         })
+        .route(
+            "bytes",
+            tower::service_fn(|req: Request| async move {
+                Payload::cbor(&req.payload.bytes().len()).map(Reply::Unary)
+            }),
+        )
 }
 
 const MIB: usize = 1 << 20;
@@ -202,6 +211,18 @@ async fn one_mib_call(client: &mut Client) {
 }
 
 static BLOB: [u8; MIB] = [7u8; MIB];
+
+/// The same 1 MiB as raw bytes: no serialising at either end, so the row
+/// shows what the transport and framing cost.
+async fn one_mib_raw(client: &mut Client) {
+    let blob = Payload::from_bytes(Encoding::Binary, Bytes::from_static(&BLOB));
+    let n: usize = client
+        .call_raw("bytes", blob)
+        .await
+        .and_then(|p| p.decode())
+        .expect("call");
+    assert_eq!(n, MIB);
+}
 
 async fn one_call(client: &mut Client) {
     let x: u64 = client.call("echo", &42u64).await.expect("call");
@@ -389,6 +410,9 @@ fn payload(c: &mut Criterion) {
         let mut client = Some(s.client.clone());
         group.bench_function(BenchmarkId::new("busline", &s.name), |b| {
             b.iter_custom(|n| timed(rt, n, &mut client, |c| Box::pin(one_mib_call(c))))
+        });
+        group.bench_function(BenchmarkId::new("busline_raw", &s.name), |b| {
+            b.iter_custom(|n| timed(rt, n, &mut client, |c| Box::pin(one_mib_raw(c))))
         });
     }
     group.finish();

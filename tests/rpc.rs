@@ -189,6 +189,36 @@ async fn thousand_concurrent_calls<T: Transport, C: Codec>(f: Fixture<T, C>) {
     server.shutdown().await;
 }
 
+/// Payloads around the size codecs stop copying at (`Splices::MIN_LEN`),
+/// all in flight at once both ways, come back byte for byte.
+async fn mixed_payload_sizes<T: Transport, C: Codec>(f: Fixture<T, C>) {
+    let server = f.serve(router()).await;
+    let client = f.connect(&server).await;
+    let edge = busline::Splices::MIN_LEN;
+    let sizes = [0, 1, edge - 1, edge, edge + 1, 70_000, 200_000];
+    let calls = sizes
+        .iter()
+        .cycle()
+        .take(3 * sizes.len())
+        .enumerate()
+        .map(|(i, &len)| {
+            let client = client.clone();
+            let sent: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            async move {
+                let got: serde_bytes::ByteBuf = client
+                    .call("echo", &serde_bytes::Bytes::new(&sent))
+                    .await
+                    .unwrap_or_else(|e| panic!("call {i} of {len} bytes: {e}"));
+                assert!(
+                    got[..] == sent[..],
+                    "call {i}: {len} bytes came back changed"
+                );
+            }
+        });
+    futures::future::join_all(calls).await;
+    server.shutdown().await;
+}
+
 async fn handler_error_and_panic<T: Transport, C: Codec>(f: Fixture<T, C>) {
     let server = f.serve(router()).await;
     let client = f.connect(&server).await;
@@ -559,6 +589,7 @@ matrix!(
     stream_of_10k,
     stream_cancellation,
     thousand_concurrent_calls,
+    mixed_payload_sizes,
     handler_error_and_panic,
     unknown_method,
     authentication,

@@ -38,7 +38,7 @@ pub use auth::{
     handshake, AuthChannel, Authenticator, Identity, NoAuth, PeerAllowList, SharedSecret,
     DEFAULT_HANDSHAKE_TIMEOUT,
 };
-pub use codec::{Codec, DEFAULT_MAX_FRAME_SIZE};
+pub use codec::{Codec, Splices, DEFAULT_MAX_FRAME_SIZE};
 pub use error::{Error, ErrorCode, RemoteError, Result};
 pub use memory::{MemoryListener, MemoryTransport};
 pub use message::{Message, PROTOCOL_VERSION};

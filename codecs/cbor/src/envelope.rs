@@ -30,7 +30,7 @@
 
 use std::convert::Infallible;
 
-use busline_core::{Encoding, Error, ErrorCode, Message, Payload, RemoteError};
+use busline_core::{Encoding, Error, ErrorCode, Message, Payload, RemoteError, Splices};
 use bytes::{Bytes, BytesMut};
 use minicbor::{
     data::Type,
@@ -40,9 +40,14 @@ use minicbor::{
 
 type Encoded = Result<(), cbor_encode::Error<Infallible>>;
 
-/// Append the CBOR form of `msg` to `dst`.
-pub(crate) fn encode(msg: &Message, dst: &mut BytesMut) -> Result<(), Error> {
-    write(msg, &mut Encoder::new(Sink(dst)))
+/// Append the CBOR form of `msg` to `dst`; with `splices`, leave large
+/// payloads' bytes out of it (see [`Splices`]).
+pub(crate) fn encode(
+    msg: &Message,
+    dst: &mut BytesMut,
+    splices: Option<&mut Splices>,
+) -> Result<(), Error> {
+    write(msg, &mut Encoder::new(Sink { dst, splices }))
         .map_err(|e| Error::Serialization(format!("CBOR encode: {e}")))
 }
 
@@ -137,8 +142,42 @@ fn write_payload(e: &mut Encoder<Sink<'_>>, p: &Payload) -> Encoded {
         Encoding::Cbor => 1,
         Encoding::Binary => 2,
     };
-    e.u8(encoding)?.bytes(p.bytes())?;
+    e.u8(encoding)?;
+    let bytes = p.bytes();
+    let sink = e.writer_mut();
+    match &mut sink.splices {
+        Some(splices) if bytes.len() >= Splices::MIN_LEN => {
+            // The byte string's head here, its contents spliced in after.
+            write_bytes_head(sink.dst, bytes.len() as u64);
+            splices.push(sink.dst.len(), bytes.clone());
+        }
+        _ => {
+            e.bytes(bytes)?;
+        }
+    }
     Ok(())
+}
+
+/// The head of a definite-length CBOR byte string (major type 2) of `len`
+/// bytes, in its shortest form as RFC 8949 §4.2.1 asks.
+fn write_bytes_head(dst: &mut BytesMut, len: u64) {
+    const MAJOR: u8 = 2 << 5;
+    match len {
+        0..=23 => dst.extend_from_slice(&[MAJOR | len as u8]),
+        24..=0xff => dst.extend_from_slice(&[MAJOR | 24, len as u8]),
+        0x100..=0xffff => {
+            dst.extend_from_slice(&[MAJOR | 25]);
+            dst.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            dst.extend_from_slice(&[MAJOR | 26]);
+            dst.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+        _ => {
+            dst.extend_from_slice(&[MAJOR | 27]);
+            dst.extend_from_slice(&len.to_be_bytes());
+        }
+    }
 }
 
 fn write_error(e: &mut Encoder<Sink<'_>>, err: &RemoteError) -> Encoded {
@@ -151,14 +190,18 @@ fn write_error(e: &mut Encoder<Sink<'_>>, err: &RemoteError) -> Encoded {
     Ok(())
 }
 
-/// Lets the encoder append to a `BytesMut`, which cannot fail.
-struct Sink<'a>(&'a mut BytesMut);
+/// Lets the encoder append to a `BytesMut`, which cannot fail; and
+/// where to leave large payloads out, if anywhere.
+struct Sink<'a> {
+    dst: &'a mut BytesMut,
+    splices: Option<&'a mut Splices>,
+}
 
 impl Write for Sink<'_> {
     type Error = Infallible;
 
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Infallible> {
-        self.0.extend_from_slice(buf);
+        self.dst.extend_from_slice(buf);
         Ok(())
     }
 }
@@ -364,8 +407,28 @@ mod tests {
 
     fn round_trip(msg: &Message) -> Message {
         let mut buf = BytesMut::new();
-        encode(msg, &mut buf).unwrap();
+        encode(msg, &mut buf, None).unwrap();
         decode(buf.freeze()).unwrap()
+    }
+
+    #[test]
+    fn spliced_byte_string_heads_are_minicbors() {
+        for len in [0usize, 23, 24, 255, 256, 65535, 65536] {
+            let mut ours = BytesMut::new();
+            write_bytes_head(&mut ours, len as u64);
+            let mut theirs = BytesMut::new();
+            Encoder::new(Sink {
+                dst: &mut theirs,
+                splices: None,
+            })
+            .bytes(&vec![0u8; len])
+            .unwrap();
+            assert_eq!(&ours[..], &theirs[..theirs.len() - len], "length {len}");
+        }
+        // Lengths past 4 GiB take the 8-byte form.
+        let mut ours = BytesMut::new();
+        write_bytes_head(&mut ours, 1 << 32);
+        assert_eq!(&ours[..], &[0x5b, 0, 0, 0, 1, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -415,6 +478,7 @@ mod tests {
                 }),
             },
             &mut buf,
+            None,
         )
         .unwrap();
         let at = buf.windows(7).position(|w| w == b"timeout").unwrap();

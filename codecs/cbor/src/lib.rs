@@ -22,7 +22,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
-use busline_core::{Codec, Encoding, Error, Message, DEFAULT_MAX_FRAME_SIZE};
+use busline_core::{Codec, Encoding, Error, Message, Splices, DEFAULT_MAX_FRAME_SIZE};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -60,24 +60,46 @@ impl Encoder<Message> for CborCodec {
     type Error = Error;
 
     fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
-        // Serialize straight into the output after a placeholder header,
-        // then patch the length in: one copy, and nothing left behind on error.
+        self.encode_frame(&msg, dst, None)
+    }
+}
+
+impl CborCodec {
+    /// Serialize straight into the output after a placeholder header, then
+    /// patch the length in: one copy (none for spliced payloads), and
+    /// nothing left behind on error.
+    fn encode_frame(
+        &self,
+        msg: &Message,
+        dst: &mut BytesMut,
+        mut splices: Option<&mut Splices>,
+    ) -> Result<(), Error> {
         let start = dst.len();
         dst.put_u32(0);
-        if let Err(e) = envelope::encode(&msg, dst) {
-            dst.truncate(start);
-            return Err(e);
+        let result = envelope::encode(msg, dst, splices.as_deref_mut()).and_then(|()| {
+            let spliced = splices.as_deref().map_or(0, |s| s.len_after(start));
+            let len = dst.len() - start - HEADER + spliced;
+            if len > self.max_frame_size {
+                return Err(Error::FrameTooLarge {
+                    size: len,
+                    limit: self.max_frame_size,
+                });
+            }
+            Ok(len)
+        });
+        match result {
+            Ok(len) => {
+                dst[start..start + HEADER].copy_from_slice(&(len as u32).to_be_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                dst.truncate(start);
+                if let Some(splices) = splices {
+                    splices.truncate_after(start);
+                }
+                Err(e)
+            }
         }
-        let len = dst.len() - start - HEADER;
-        if len > self.max_frame_size {
-            dst.truncate(start);
-            return Err(Error::FrameTooLarge {
-                size: len,
-                limit: self.max_frame_size,
-            });
-        }
-        dst[start..start + HEADER].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(())
     }
 }
 
@@ -128,5 +150,14 @@ impl Codec for CborCodec {
 
     fn max_frame_size(&self) -> usize {
         self.max_frame_size
+    }
+
+    fn encode_spliced(
+        &mut self,
+        msg: Message,
+        dst: &mut BytesMut,
+        splices: &mut Splices,
+    ) -> Result<(), Error> {
+        self.encode_frame(&msg, dst, Some(splices))
     }
 }

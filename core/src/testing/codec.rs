@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use proptest::{prelude::*, test_runner::TestRunner};
 
-use crate::{Codec, Encoding, Error, ErrorCode, Message, Payload, RemoteError};
+use crate::{Codec, Encoding, Error, ErrorCode, Message, Payload, RemoteError, Splices};
 
 /// Messages covering every variant and every payload shape a codec must carry
 /// unchanged: each encoding, empty, unicode, JSON that spans lines, bytes
@@ -217,6 +217,8 @@ pub fn codec_conformance_normalized<C: Codec>(
         assert_eq!(back, expected, "{name}: round trip in chunks {chunks:?}");
     }
 
+    spliced_encoding_makes_the_same_bytes(&make, &samples);
+
     // Encoding an oversized message fails before touching the buffer.
     let mut small = make(1024);
     let mut buf = BytesMut::from(&b"kept"[..]);
@@ -295,6 +297,86 @@ pub fn codec_conformance_normalized<C: Codec>(
     }
 
     codec_properties(&codec, &normalize);
+}
+
+/// `encode_spliced`, its splices put back, gives what `encode` gives:
+/// whatever the buffer held before, with large payloads mid-frame and at
+/// the end of frames back to back; and a frame refused for its size
+/// leaves the buffer and the splices as they were.
+fn spliced_encoding_makes_the_same_bytes<C: Codec>(
+    make: &impl Fn(usize) -> C,
+    samples: &[Message],
+) {
+    let big = |fill: u8| Payload::from_bytes(Encoding::Binary, vec![fill; Splices::MIN_LEN + 1]);
+    let mut msgs = samples.to_vec();
+    msgs.extend([
+        Message::Request {
+            id: 20,
+            method: "put".into(),
+            payload: big(1),
+            timeout_ms: Some(5),
+        },
+        Message::Reply {
+            id: 21,
+            payload: big(2),
+        },
+        Message::Item {
+            id: 22,
+            payload: big(3),
+        },
+        Message::OpenStream {
+            id: 23,
+            method: "feed".into(),
+            payload: big(4),
+            credit: 8,
+            timeout_ms: None,
+        },
+    ]);
+    let mut codec = make(4 << 20);
+    let name = codec.name();
+    let expected = encode(&mut codec, &msgs);
+    let mut buf = BytesMut::new();
+    let mut splices = Splices::default();
+    for msg in &msgs {
+        codec
+            .encode_spliced(msg.clone(), &mut buf, &mut splices)
+            .unwrap_or_else(|e| panic!("{name}: spliced encoding of {} failed: {e}", msg.kind()));
+    }
+    assert!(
+        splices.assemble(buf) == expected[..],
+        "{name}: spliced encoding differs from encode"
+    );
+
+    // A refused frame right after a spliced one leaves both untouched.
+    // (Room for the first frame even base64-encoded, not for the second.)
+    let mut small = make(2 * Splices::MIN_LEN);
+    let (mut buf, mut splices) = (BytesMut::new(), Splices::default());
+    let fits = Message::Item {
+        id: 1,
+        payload: big(5),
+    };
+    small
+        .encode_spliced(fits.clone(), &mut buf, &mut splices)
+        .unwrap_or_else(|e| panic!("{name}: spliced encoding failed: {e}"));
+    let kept = buf.clone();
+    let oversized = Message::Item {
+        id: 2,
+        payload: Payload::from_bytes(Encoding::Binary, vec![6; 4 * Splices::MIN_LEN]),
+    };
+    let refused = small.encode_spliced(oversized, &mut buf, &mut splices);
+    assert!(
+        matches!(refused, Err(Error::FrameTooLarge { .. })),
+        "{name}: oversized spliced encode gave {refused:?}"
+    );
+    assert_eq!(
+        buf, kept,
+        "{name}: a refused spliced frame left bytes behind"
+    );
+    assert_eq!(
+        splices.assemble(buf),
+        encode(&mut make(4 << 20), &[fits])[..],
+        "{name}: a refused spliced frame disturbed the splices before it"
+    );
 }
 
 fn codec_properties<C: Codec>(codec: &C, normalize: &impl Fn(Message) -> Message) {

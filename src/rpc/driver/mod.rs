@@ -109,6 +109,7 @@ pub(crate) struct Driver<I, C> {
     reading: bool,
     closing: Option<Error>,
     needs_flush: bool,
+    spliced: write::Spliced,
     heartbeat: Option<Heartbeat>,
     /// While at the handler limit: when to tell the peer this side lives.
     keepalive: Option<tokio::time::Interval>,
@@ -146,6 +147,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             reading: true,
             closing: None,
             needs_flush: false,
+            spliced: write::Spliced::default(),
             heartbeat: setup.heartbeat.map(Heartbeat::new),
             keepalive: None,
         }

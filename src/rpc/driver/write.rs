@@ -1,14 +1,30 @@
-//! Writing: batching every ready frame into one flush.
+//! Writing: batching every ready frame into one flush, large payloads
+//! written from where they are instead of copied into the write buffer.
 
 use std::{
+    collections::VecDeque,
+    io::IoSlice,
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
-use busline_core::{Codec, Error, Io, Message, Result};
+use busline_core::{Codec, Error, Io, Message, Result, Splices};
+use bytes::{Buf, Bytes};
 use futures::{Sink, Stream};
 
 use super::Driver;
+
+/// Frames encoded with large payloads left out of the write buffer
+/// ([`Codec::encode_spliced`]): what comes before the buffer's bytes, in
+/// order, as shared pieces of the buffer and the payloads themselves.
+#[derive(Default)]
+pub(super) struct Spliced {
+    splices: Splices,
+    chunks: VecDeque<Bytes>,
+}
+
+/// Pieces handed to one vectored write.
+const MAX_SLICES: usize = 64;
 
 impl<I: Io, C: Codec> Driver<I, C> {
     /// The error a [`Message::Close`] already received says, if one did.
@@ -25,24 +41,21 @@ impl<I: Io, C: Codec> Driver<I, C> {
     /// connection is broken.
     pub(super) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         while !self.outbox.is_empty() {
-            match Pin::new(&mut self.framed).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            // Spliced pieces go before the buffer, which `poll_ready` may
+            // flush.
+            ready!(self.poll_write_spliced(cx))?;
+            ready!(Pin::new(&mut self.framed).poll_ready(cx))?;
             let msg = self.outbox.pop_front().expect("outbox is not empty");
             let (kind, id) = (msg.kind(), msg.id());
-            if let Err(err) = Pin::new(&mut self.framed).start_send(msg) {
+            if let Err(err) = self.encode(msg) {
                 self.unsendable(kind, id, err);
             }
             self.needs_flush = true;
         }
         if self.needs_flush {
-            match Pin::new(&mut self.framed).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            ready!(self.poll_write_spliced(cx))?;
+            ready!(Pin::new(&mut self.framed).poll_flush(cx))?;
+            self.needs_flush = false;
         }
         for done in self.flushed.drain(..) {
             let _ = done.send(());
@@ -50,6 +63,56 @@ impl<I: Io, C: Codec> Driver<I, C> {
         if self.notifications_unwritten > 0 {
             self.notification_room
                 .add_permits(std::mem::take(&mut self.notifications_unwritten));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encode `msg` at the end of the write buffer; if the codec left
+    /// payloads out, cut the buffer before each and queue the pieces.
+    fn encode(&mut self, msg: Message) -> Result<()> {
+        let mut buf = std::mem::take(self.framed.write_buffer_mut());
+        let spliced = &mut self.spliced;
+        let result = self
+            .framed
+            .codec_mut()
+            .encode_spliced(msg, &mut buf, &mut spliced.splices);
+        let mut cut = 0;
+        for (at, payload) in spliced.splices.drain() {
+            spliced.chunks.push_back(buf.split_to(at - cut).freeze());
+            spliced.chunks.push_back(payload);
+            cut = at;
+        }
+        *self.framed.write_buffer_mut() = buf;
+        result
+    }
+
+    /// Write the queued spliced pieces, as many at once as the transport
+    /// takes.
+    fn poll_write_spliced(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let chunks = &mut self.spliced.chunks;
+        while !chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = chunks
+                .iter()
+                .zip(&mut slices)
+                .map(|(chunk, slice)| *slice = IoSlice::new(chunk))
+                .count();
+            let io = Pin::new(self.framed.get_mut());
+            let mut written = ready!(io.poll_write_vectored(cx, &slices[..n]))?;
+            if written == 0 {
+                return Poll::Ready(Err(Error::transport(std::io::Error::from(
+                    std::io::ErrorKind::WriteZero,
+                ))));
+            }
+            while written > 0 {
+                let front = chunks.front_mut().expect("wrote no more than queued");
+                let step = written.min(front.len());
+                front.advance(step);
+                written -= step;
+                if front.is_empty() {
+                    chunks.pop_front();
+                }
+            }
         }
         Poll::Ready(Ok(()))
     }

@@ -14,7 +14,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{rendezvous, ShmStream};
+use crate::{rendezvous, stream::Spin, ShmStream};
 
 /// Handshakes allowed to run at once; more clients wait in the socket's
 /// backlog.
@@ -41,7 +41,7 @@ impl ShmListener {
     pub(crate) fn new(
         unix: UnixListener,
         addr: Address,
-        spin: Duration,
+        spin: Spin,
         timeout: Duration,
     ) -> ShmListener {
         let unix = Arc::new(Mutex::new(Some(unix)));
@@ -61,7 +61,7 @@ type Accepted = Result<(ShmStream, PeerInfo)>;
 async fn accept_loop(
     unix: Arc<Mutex<Option<UnixListener>>>,
     done: mpsc::Sender<Accepted>,
-    spin: Duration,
+    spin: Spin,
     timeout: Duration,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES));

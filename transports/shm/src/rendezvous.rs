@@ -34,7 +34,7 @@ use tokio::{
 use crate::{
     region::Region,
     ring::{ring, HEADER},
-    stream::{Ends, ShmStream},
+    stream::{Ends, ShmStream, Spin},
     wake::{check_wake_fd, new_wake_pair},
 };
 
@@ -121,7 +121,7 @@ async fn recv_with_fds<const N: usize>(
 pub(crate) async fn client(
     mut socket: UnixStream,
     capacity: usize,
-    spin: std::time::Duration,
+    spin: Spin,
 ) -> io::Result<ShmStream> {
     let memfd = rustix::fs::memfd_create(
         "busline-shm",
@@ -180,7 +180,7 @@ fn open_stream(
     capacity: usize,
     wake: [OwnedFd; 4],
     socket: UnixStream,
-    spin: std::time::Duration,
+    spin: Spin,
 ) -> io::Result<ShmStream> {
     let (first, second) = (0, HEADER + capacity);
     let (outbound, inbound) = match side {
@@ -203,10 +203,7 @@ fn open_stream(
 }
 
 /// The server's side: check what the client sent, map it, answer.
-pub(crate) async fn server(
-    mut socket: UnixStream,
-    spin: std::time::Duration,
-) -> io::Result<ShmStream> {
+pub(crate) async fn server(mut socket: UnixStream, spin: Spin) -> io::Result<ShmStream> {
     let accepted = accept(&mut socket).await;
     let (answer, fds) = match &accepted {
         Ok(a) => (answer(0, ""), vec![&a.data_give, &a.room_give]),
@@ -294,14 +291,12 @@ fn answer(status: u32, reason: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// Send a hand-made hello to a server and return what it says.
     async fn hostile(hello: &[u8], fds: &[&OwnedFd]) -> io::Error {
         let (client, server_side) = UnixStream::pair().unwrap();
-        let server = tokio::spawn(super::server(server_side, Duration::ZERO));
+        let server = tokio::spawn(super::server(server_side, Spin::NONE));
         send_with_fds(&client, hello, fds).await.unwrap();
         let refused = server.await.unwrap().unwrap_err();
         let mut answer = Vec::new();
@@ -378,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_hangs_up_mid_hello_is_an_error() {
         let (mut client, server_side) = UnixStream::pair().unwrap();
-        let server = tokio::spawn(super::server(server_side, Duration::ZERO));
+        let server = tokio::spawn(super::server(server_side, Spin::NONE));
         client.write_all(b"BSH").await.unwrap();
         drop(client);
         assert!(server.await.unwrap().is_err());

@@ -29,7 +29,42 @@ pub(crate) struct Ends {
     pub(crate) peer_room: OwnedFd,
     /// The rendezvous socket, kept open as the liveness signal.
     pub(crate) socket: OwnedFd,
-    pub(crate) spin: Duration,
+    pub(crate) spin: Spin,
+}
+
+/// How long a side with nothing to do spins before it sleeps: adaptively,
+/// from `least` up to `most`.
+///
+/// A side whose waits end a little after it fell asleep (the peer answers,
+/// but later than the spin: a large frame to process, a handler that takes
+/// a while) pays a wake-up every time, tens of microseconds on a virtual
+/// machine. So each wait that ends within `most` sets the next spin to
+/// twice its length (a margin for jitter), and a wait longer than `most` (the
+/// peer was really idle) sets it back to `least`: a connection with work
+/// in flight stops sleeping, an idle one still costs no CPU once `most`
+/// has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spin {
+    pub(crate) least: Duration,
+    pub(crate) most: Duration,
+}
+
+impl Spin {
+    /// Every wait a sleep, for tests.
+    #[cfg(test)]
+    pub(crate) const NONE: Spin = Spin {
+        least: Duration::ZERO,
+        most: Duration::ZERO,
+    };
+
+    /// The spin for the next wait, after one that lasted `waited`.
+    fn after(self, waited: Duration) -> Duration {
+        if waited > self.most {
+            self.least
+        } else {
+            (waited * 2).clamp(self.least, self.most)
+        }
+    }
 }
 
 /// A connection over shared memory: two rings in one memory region, one
@@ -54,7 +89,6 @@ pub struct ShmStream {
     writing: Wait,
     peer_data: Notifier,
     peer_room: Notifier,
-    spin: Duration,
     shut: bool,
 }
 
@@ -69,13 +103,12 @@ impl ShmStream {
     pub(crate) fn new(ends: Ends) -> io::Result<ShmStream> {
         let watch = DeathWatch::new(ends.socket)?;
         Ok(ShmStream {
-            writing: Wait::new(Waiter::new(ends.room)?, watch.try_clone()?),
-            reading: Wait::new(Waiter::new(ends.data)?, watch),
+            writing: Wait::new(Waiter::new(ends.room)?, watch.try_clone()?, ends.spin),
+            reading: Wait::new(Waiter::new(ends.data)?, watch, ends.spin),
             tx: ends.tx,
             rx: ends.rx,
             peer_data: Notifier::new(ends.peer_data),
             peer_room: Notifier::new(ends.peer_room),
-            spin: ends.spin,
             shut: false,
         })
     }
@@ -90,11 +123,14 @@ impl ShmStream {
     }
 }
 
-/// One direction's waiting: since when it has found nothing to do,
-/// whether its "waiting" flag is up in the ring, and what it sleeps on.
+/// One direction's waiting: since when it has found nothing to do, how
+/// long it spins this time, whether its "waiting" flag is up in the ring,
+/// and what it sleeps on.
 #[derive(Debug)]
 struct Wait {
     idle: Option<Instant>,
+    spin: Duration,
+    bounds: Spin,
     sleeping: bool,
     waiter: Waiter,
     watch: DeathWatch,
@@ -109,9 +145,11 @@ enum Idle {
 }
 
 impl Wait {
-    fn new(waiter: Waiter, watch: DeathWatch) -> Wait {
+    fn new(waiter: Waiter, watch: DeathWatch, bounds: Spin) -> Wait {
         Wait {
             idle: None,
+            spin: bounds.least,
+            bounds,
             sleeping: false,
             waiter,
             watch,
@@ -123,15 +161,14 @@ impl Wait {
     /// Busy-waiting inside a poll would hold a runtime thread, and with it
     /// the very task that is about to answer (on two cores, often the
     /// case). So look a few times at once, then yield, waking ourselves to
-    /// look again after other tasks have run, until `spin` has passed since
-    /// we first found nothing; then `raise` the waiting flag (after which
+    /// look again after other tasks have run, until this wait's spin (see
+    /// [`Spin`]) has passed since we first found nothing; then `raise` the waiting flag (after which
     /// the caller looks once more), and only then sleep on the wake-up
     /// socket, or learn that the peer is gone.
     fn poll_idle(
         &mut self,
         cx: &mut Context<'_>,
         looks: &mut u32,
-        spin: Duration,
         raise: impl FnOnce(),
     ) -> Poll<io::Result<Idle>> {
         /// Looks at the ring before yielding: a few hundred nanoseconds.
@@ -142,7 +179,7 @@ impl Wait {
             return Poll::Ready(Ok(Idle::Again));
         }
         let start = *self.idle.get_or_insert_with(Instant::now);
-        if start.elapsed() < spin {
+        if start.elapsed() < self.spin {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -152,20 +189,20 @@ impl Wait {
             return Poll::Ready(Ok(Idle::Again));
         }
         match self.waiter.poll(cx)? {
-            Poll::Ready(Woken::Signalled) => {
-                self.idle = None;
-                Poll::Ready(Ok(Idle::Again))
-            }
+            Poll::Ready(Woken::Signalled) => Poll::Ready(Ok(Idle::Again)),
             Poll::Ready(Woken::Gone) => Poll::Ready(Ok(Idle::Gone)),
             Poll::Pending if self.watch.poll_gone(cx).is_ready() => Poll::Ready(Ok(Idle::Gone)),
             Poll::Pending => Poll::Pending,
         }
     }
 
-    /// The ring had something: stop counting idle time, and `lower` the
-    /// waiting flag if it is up, so the peer need not signal every time.
+    /// The ring had something: stop counting idle time (and fit the next
+    /// spin to this wait), and `lower` the waiting flag if it is up, so the
+    /// peer need not signal every time.
     fn busy(&mut self, lower: impl FnOnce()) {
-        self.idle = None;
+        if let Some(start) = self.idle.take() {
+            self.spin = self.bounds.after(start.elapsed());
+        }
         if self.sleeping {
             self.sleeping = false;
             lower();
@@ -205,7 +242,7 @@ impl ShmStream {
             let rx = &self.rx;
             match ready!(self
                 .reading
-                .poll_idle(cx, &mut looks, self.spin, || rx.set_waiting(true)))?
+                .poll_idle(cx, &mut looks, || rx.set_waiting(true)))?
             {
                 Idle::Again => {}
                 // What it wrote before it went is still ours to read.
@@ -233,7 +270,7 @@ impl ShmStream {
             let tx = &self.tx;
             match ready!(self
                 .writing
-                .poll_idle(cx, &mut looks, self.spin, || tx.set_waiting(true)))?
+                .poll_idle(cx, &mut looks, || tx.set_waiting(true)))?
             {
                 Idle::Again => {}
                 Idle::Gone => {
@@ -379,10 +416,28 @@ mod tests {
     async fn pair() -> (ShmStream, ShmStream) {
         let (a, b) = UnixStream::pair().unwrap();
         let (client, server) = tokio::join!(
-            rendezvous::client(a, 4096, Duration::ZERO),
-            rendezvous::server(b, Duration::ZERO)
+            rendezvous::client(a, 4096, Spin::NONE),
+            rendezvous::server(b, Spin::NONE)
         );
         (client.unwrap(), server.unwrap())
+    }
+
+    #[test]
+    fn the_spin_stretches_to_fit_short_waits_and_resets_after_idle_ones() {
+        let us = Duration::from_micros;
+        let spin = Spin {
+            least: us(20),
+            most: us(500),
+        };
+        // Found during the spin: stays at the least.
+        assert_eq!(spin.after(us(3)), us(20));
+        // Woken soon after falling asleep: twice that wait next time.
+        assert_eq!(spin.after(us(120)), us(240));
+        // Never beyond the limit.
+        assert_eq!(spin.after(us(400)), us(500));
+        // Longer than the limit: the peer was idle, back to the least.
+        assert_eq!(spin.after(us(501)), us(20));
+        assert_eq!(spin.after(Duration::from_secs(3)), us(20));
     }
 
     #[tokio::test]

@@ -11,13 +11,13 @@ use async_trait::async_trait;
 use busline_core::{expect_scheme, Address, Endpoint, Error, Result, Transport};
 use busline_unix::UnixTransport;
 
-use crate::{ShmListener, ShmStream};
+use crate::{stream::Spin, ShmListener, ShmStream};
 
 /// The `shm` transport. See the [crate docs](crate).
 #[derive(Debug, Clone)]
 pub struct ShmTransport {
     ring: usize,
-    spin: Duration,
+    spin: Spin,
     handshake_timeout: Duration,
 }
 
@@ -30,14 +30,20 @@ impl Default for ShmTransport {
 impl ShmTransport {
     /// Bytes in each ring unless the address says `?ring=`.
     pub const DEFAULT_RING: usize = 256 * 1024;
-    /// How long a side with nothing to do spins before it sleeps.
+    /// How long a side with nothing to do spins before it sleeps, at least.
     pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+    /// How far the spin stretches for a peer that keeps answering just
+    /// after it.
+    pub const DEFAULT_SPIN_LIMIT: Duration = Duration::from_micros(500);
 
     /// A transport with the default ring size and spin.
     pub fn new() -> Self {
         ShmTransport {
             ring: Self::DEFAULT_RING,
-            spin: Self::DEFAULT_SPIN,
+            spin: Spin {
+                least: Self::DEFAULT_SPIN,
+                most: Self::DEFAULT_SPIN_LIMIT,
+            },
             handshake_timeout: Duration::from_secs(5),
         }
     }
@@ -52,12 +58,27 @@ impl ShmTransport {
         self
     }
 
-    /// How long a reader or writer with nothing to do spins before it
-    /// sleeps. Spinning is what keeps system calls off a busy connection
-    /// (the peer answers within the spin, so nobody sleeps); zero makes
-    /// every wait a sleep, and costs a wake-up of some microseconds.
+    /// How long a reader or writer with nothing to do spins, at least,
+    /// before it sleeps. Spinning is what keeps system calls off a busy
+    /// connection (the peer answers within the spin, so nobody sleeps);
+    /// zero spin and zero [limit](Self::spin_limit) make every wait a
+    /// sleep, and cost a wake-up of some microseconds each.
     pub fn spin(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+        self.spin.least = spin;
+        self.spin.most = self.spin.most.max(spin);
+        self
+    }
+
+    /// How far the spin may stretch. A side whose waits keep ending soon
+    /// after it fell asleep (the peer answers, only later than the spin:
+    /// large frames, slower handlers) spins for twice its last wait next
+    /// time, up to this limit; a wait longer than the limit means the peer
+    /// is idle, and the spin goes back to [`spin`](Self::spin). So a
+    /// connection at work stops paying wake-ups, and an idle one costs no
+    /// CPU once the limit has passed. A limit at or below the spin turns
+    /// the stretching off.
+    pub fn spin_limit(mut self, limit: Duration) -> Self {
+        self.spin.most = limit.max(self.spin.least);
         self
     }
 
