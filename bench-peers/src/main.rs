@@ -11,6 +11,11 @@
 //!
 //! Needs `nats-server` on PATH (Debian: `apt-get install nats-server`).
 //! Run: `cargo run --release --manifest-path bench-peers/Cargo.toml`.
+//!
+//! `... -- rpc` compares point-to-point calls with the raw socket and
+//! tarpc instead (see `rpc_peers.rs`).
+
+mod rpc_peers;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -361,9 +366,22 @@ async fn nats_rows(url: &str, round: usize) -> Row {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("rpc") {
+        return rpc_peers::run();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(brokers(args));
+}
+
+/// The broker against NATS (and comm-ipc's broker), or with `broker
+/// <socket>`, the broker process it measures.
+async fn brokers(args: Vec<String>) {
     if let [_, command, socket] = args.as_slice() {
         if command == "broker" {
             return run_broker(socket).await;

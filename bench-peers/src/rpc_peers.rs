@@ -1,0 +1,351 @@
+//! Point-to-point RPC against the raw socket and tarpc, in one run: a
+//! 64-bit echo over a Unix socket, each side on a one-thread tokio runtime
+//! of its own (as two single-threaded processes would run, and as issue
+//! 9's peer figures were taken).
+//!
+//! - round trip: mean, median and p99 over sequential calls (on a virtual
+//!   machine the times are bimodal: a call whose peer thread is still
+//!   awake is several times faster than one that has to wake it, so the
+//!   mean and the median can tell different stories);
+//! - calls per second with 1, 16 and 64 calls kept in flight (a new call
+//!   starts as soon as one ends).
+//!
+//! The raw row is the floor: 48-byte messages echoed by a plain tokio
+//! Unix socket, one write per message. Rounds take turns, so a slow spell
+//! of the machine hits every contender; each figure is the median of the
+//! rounds.
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use busline::{
+    rpc::{Client, Router, Server},
+    Address, CborCodec, UnixTransport,
+};
+use futures::{stream::FuturesUnordered, StreamExt};
+use tarpc::{
+    client, context,
+    server::{self as tarpc_server, Channel},
+    tokio_serde::formats::Bincode,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+    runtime::{Handle, Runtime},
+    sync::Mutex,
+};
+
+const SEQUENTIAL: usize = 5000;
+const CALLS: usize = 30_000;
+const IN_FLIGHT: [usize; 3] = [1, 16, 64];
+const ROUNDS: usize = 3;
+const RAW_MESSAGE: usize = 48;
+
+#[tarpc::service]
+trait Echo {
+    async fn echo(x: u64) -> u64;
+}
+
+#[derive(Clone)]
+struct EchoServer;
+
+impl Echo for EchoServer {
+    async fn echo(self, _: context::Context, x: u64) -> u64 {
+        x
+    }
+}
+
+fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A one-thread runtime on a thread of its own, for the server side.
+struct ServerThread {
+    handle: Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    fn new() -> ServerThread {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = current_thread();
+            tx.send(rt.handle().clone()).expect("handle");
+            let _ = rt.block_on(stopped);
+        });
+        ServerThread {
+            handle: rx.recv().expect("server runtime"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One contender's client side: make one call with the given argument.
+type Call = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = u64>>>>;
+
+#[derive(Clone, Debug, Default)]
+struct Row {
+    mean_us: f64,
+    median_us: f64,
+    p99_us: f64,
+    /// Calls per second at each of [`IN_FLIGHT`].
+    rates: Vec<f64>,
+}
+
+async fn measure(call: Call) -> Row {
+    for i in 0..500 {
+        assert_eq!(call(i).await, i);
+    }
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    for i in 0..SEQUENTIAL as u64 {
+        let start = Instant::now();
+        assert_eq!(call(i).await, i);
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mut rates = Vec::new();
+    for window in IN_FLIGHT {
+        let start = Instant::now();
+        let mut running = FuturesUnordered::new();
+        let mut next = 0u64;
+        while next < window as u64 {
+            running.push(call(next));
+            next += 1;
+        }
+        while running.next().await.is_some() {
+            if next < CALLS as u64 {
+                running.push(call(next));
+                next += 1;
+            }
+        }
+        rates.push(CALLS as f64 / start.elapsed().as_secs_f64());
+    }
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    Row {
+        mean_us: us(mean),
+        median_us: us(samples[samples.len() / 2]),
+        p99_us: us(samples[samples.len() * 99 / 100]),
+        rates,
+    }
+}
+
+/// The raw floor: the client writes one 48-byte message per call and a
+/// reader hands each echo back in order (calls in flight are answered in
+/// the order they were sent, as a socket delivers them).
+async fn raw_client(socket: &Path) -> Call {
+    let stream = UnixStream::connect(socket).await.expect("raw connect");
+    let (mut rd, wr) = stream.into_split();
+    let wr = Arc::new(Mutex::new(wr));
+    let (waiters_tx, mut waiters_rx) =
+        tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<u64>>();
+    tokio::task::spawn_local(async move {
+        let mut buf = [0u8; RAW_MESSAGE];
+        while rd.read_exact(&mut buf).await.is_ok() {
+            let Some(waiter) = waiters_rx.recv().await else {
+                break;
+            };
+            let _ = waiter.send(u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")));
+        }
+    });
+    Arc::new(move |x| {
+        let wr = wr.clone();
+        let waiters_tx = waiters_tx.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let mut msg = [0u8; RAW_MESSAGE];
+            msg[..8].copy_from_slice(&x.to_le_bytes());
+            {
+                let mut wr = wr.lock().await;
+                waiters_tx.send(tx).expect("reader alive");
+                wr.write_all(&msg).await.expect("raw write");
+            }
+            rx.await.expect("raw echo")
+        })
+    })
+}
+
+async fn raw_server(socket: PathBuf) {
+    let listener = UnixListener::bind(&socket).expect("raw bind");
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; RAW_MESSAGE];
+            while s.read_exact(&mut buf).await.is_ok() {
+                if s.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn busline_server(socket: PathBuf) -> busline::rpc::ServerHandle {
+    let router = Router::new().unary("echo", |x: u64| async move { Ok::<_, String>(x) });
+    Server::builder(router, CborCodec::new())
+        .bind(&UnixTransport::new(), &Address::unix(socket))
+        .await
+        .expect("busline binds")
+}
+
+async fn busline_client(socket: &Path) -> Call {
+    let client = Client::builder(CborCodec::new())
+        .connect(&UnixTransport::new(), &Address::unix(socket))
+        .await
+        .expect("busline connects");
+    Arc::new(move |x| {
+        let client = client.clone();
+        Box::pin(async move {
+            client
+                .call::<_, u64>("echo", &x)
+                .await
+                .expect("busline call")
+        })
+    })
+}
+
+async fn tarpc_server(socket: PathBuf) {
+    let mut listener = tarpc::serde_transport::unix::listen(&socket, Bincode::default)
+        .await
+        .expect("tarpc listens");
+    listener.config_mut().max_frame_length(usize::MAX);
+    while let Some(Ok(transport)) = listener.next().await {
+        let channel = tarpc_server::BaseChannel::with_defaults(transport);
+        tokio::spawn(
+            channel
+                .execute(EchoServer.serve())
+                .for_each(|response| async move {
+                    tokio::spawn(response);
+                }),
+        );
+    }
+}
+
+async fn tarpc_client(socket: &Path) -> Call {
+    let transport = tarpc::serde_transport::unix::connect(socket, Bincode::default)
+        .await
+        .expect("tarpc connects");
+    let client = EchoClient::new(client::Config::default(), transport).spawn();
+    Arc::new(move |x| {
+        let client = client.clone();
+        Box::pin(async move {
+            client
+                .echo(context::current(), x)
+                .await
+                .expect("tarpc call")
+        })
+    })
+}
+
+/// Run the comparison and print its table.
+pub fn run() {
+    let dir = std::env::temp_dir().join(format!("busline-rpc-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let (mut raw, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    let only = std::env::var("BUSLINE_PEERS_ONLY").ok();
+    let runs = |name: &str| only.as_deref().map_or(true, |o| o == name);
+    for round in 0..ROUNDS {
+        let rt = current_thread();
+        let local = tokio::task::LocalSet::new();
+
+        if !runs("raw") {
+            raw.push(Row::default());
+        } else {
+            let server = ServerThread::new();
+            let socket = dir.join(format!("raw{round}.sock"));
+            server.handle.spawn(raw_server(socket.clone()));
+            std::thread::sleep(Duration::from_millis(50));
+            raw.push(local.block_on(&rt, async { measure(raw_client(&socket).await).await }));
+            drop(server);
+        }
+
+        if !runs("busline") {
+            ours.push(Row::default());
+        } else {
+            let server = ServerThread::new();
+            let socket = dir.join(format!("busline{round}.sock"));
+            let handle = server.handle.block_on(busline_server(socket.clone()));
+            ours.push(local.block_on(&rt, async { measure(busline_client(&socket).await).await }));
+            drop(handle);
+            drop(server);
+        }
+
+        if !runs("tarpc") {
+            theirs.push(Row::default());
+        } else {
+            let server = ServerThread::new();
+            let socket = dir.join(format!("tarpc{round}.sock"));
+            server.handle.spawn(tarpc_server(socket.clone()));
+            std::thread::sleep(Duration::from_millis(50));
+            theirs.push(local.block_on(&rt, async { measure(tarpc_client(&socket).await).await }));
+            drop(server);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (raw, ours, theirs) = (median(raw), median(ours), median(theirs));
+
+    println!("| scenario | raw Unix socket | busline Unix + CBOR | tarpc Unix + bincode | busline / raw | busline / tarpc |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let time = |name: &str, f: fn(&Row) -> f64| {
+        println!(
+            "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}x the time | {:.2}x the time |",
+            f(&raw),
+            f(&ours),
+            f(&theirs),
+            f(&ours) / f(&raw),
+            f(&ours) / f(&theirs)
+        )
+    };
+    time("round trip, mean", |r| r.mean_us);
+    time("round trip, median", |r| r.median_us);
+    time("round trip, p99", |r| r.p99_us);
+    for (i, window) in IN_FLIGHT.iter().enumerate() {
+        println!(
+            "| calls/s, {window} in flight | {:.0} | {:.0} | {:.0} | {:.2}x the rate | {:.2}x the rate |",
+            raw.rates[i],
+            ours.rates[i],
+            theirs.rates[i],
+            ours.rates[i] / raw.rates[i],
+            ours.rates[i] / theirs.rates[i]
+        );
+    }
+}
+
+/// Each figure's median over the rounds.
+fn median(rounds: Vec<Row>) -> Row {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Row {
+        median_us: mid(rounds.iter().map(|r| r.median_us).collect()),
+        // (Rows skipped with BUSLINE_PEERS_ONLY are all zero.)
+        mean_us: mid(rounds.iter().map(|r| r.mean_us).collect()),
+        p99_us: mid(rounds.iter().map(|r| r.p99_us).collect()),
+        rates: (0..IN_FLIGHT.len().min(rounds[0].rates.len()))
+            .map(|i| mid(rounds.iter().map(|r| r.rates[i]).collect()))
+            .collect(),
+    }
+}
