@@ -78,8 +78,14 @@ impl<I: Io, C: Codec> Driver<I, C> {
             .encode_spliced(msg, &mut buf, &mut spliced.splices);
         let mut cut = 0;
         for (at, payload) in spliced.splices.drain() {
-            spliced.chunks.push_back(buf.split_to(at - cut).freeze());
-            spliced.chunks.push_back(payload);
+            // No empty pieces: a write of nothing but empty ones would
+            // read as the transport refusing bytes.
+            if at > cut {
+                spliced.chunks.push_back(buf.split_to(at - cut).freeze());
+            }
+            if !payload.is_empty() {
+                spliced.chunks.push_back(payload);
+            }
             cut = at;
         }
         *self.framed.write_buffer_mut() = buf;

@@ -39,10 +39,10 @@ pub(crate) struct Ends {
 /// but later than the spin: a large frame to process, a handler that takes
 /// a while) pays a wake-up every time, tens of microseconds on a virtual
 /// machine. So each wait that ends within `most` sets the next spin to
-/// twice its length (a margin for jitter), and a wait longer than `most` (the
-/// peer was really idle) sets it back to `least`: a connection with work
-/// in flight stops sleeping, an idle one still costs no CPU once `most`
-/// has passed.
+/// twice its length (a margin for jitter), and a wait longer than `most`
+/// (the peer was really idle) sets it back to `least`: a connection with
+/// work in flight stops sleeping, an idle one still costs no CPU once
+/// `most` has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Spin {
     pub(crate) least: Duration,
@@ -162,9 +162,9 @@ impl Wait {
     /// the very task that is about to answer (on two cores, often the
     /// case). So look a few times at once, then yield, waking ourselves to
     /// look again after other tasks have run, until this wait's spin (see
-    /// [`Spin`]) has passed since we first found nothing; then `raise` the waiting flag (after which
-    /// the caller looks once more), and only then sleep on the wake-up
-    /// socket, or learn that the peer is gone.
+    /// [`Spin`]) has passed since we first found nothing; then `raise` the
+    /// waiting flag (after which the caller looks once more), and only then
+    /// sleep on the wake-up socket, or learn that the peer is gone.
     fn poll_idle(
         &mut self,
         cx: &mut Context<'_>,
