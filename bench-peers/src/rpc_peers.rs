@@ -1,7 +1,9 @@
-//! Point-to-point RPC against the raw socket and tarpc, in one run: a
-//! 64-bit echo over a Unix socket, each side on a one-thread tokio runtime
-//! of its own (as two single-threaded processes would run, and as issue
-//! 9's peer figures were taken).
+//! Point-to-point RPC against the raw socket, tarpc and jsonrpsee, in one
+//! run: a 64-bit echo, each side on a one-thread tokio runtime of its own
+//! (as two single-threaded processes would run, and as issue 9's peer
+//! figures were taken). Over a Unix socket: the raw socket, busline with
+//! CBOR, tarpc with bincode; over TCP loopback: busline with CBOR and with
+//! JSON-RPC, jsonrpsee over WebSocket.
 //!
 //! - round trip: mean, median and p99 over sequential calls (on a virtual
 //!   machine the times are bimodal: a call whose peer thread is still
@@ -25,7 +27,7 @@ use std::{
 
 use busline::{
     rpc::{Client, Router, Server},
-    Address, CborCodec, UnixTransport,
+    Address, CborCodec, Codec, JsonRpcCodec, TcpTransport, Transport, UnixTransport,
 };
 use futures::{stream::FuturesUnordered, StreamExt};
 use tarpc::{
@@ -202,17 +204,21 @@ async fn raw_server(socket: PathBuf) {
     }
 }
 
-async fn busline_server(socket: PathBuf) -> busline::rpc::ServerHandle {
+async fn busline_server<T: Transport, C: Codec>(
+    transport: T,
+    addr: Address,
+    codec: C,
+) -> busline::rpc::ServerHandle {
     let router = Router::new().unary("echo", |x: u64| async move { Ok::<_, String>(x) });
-    Server::builder(router, CborCodec::new())
-        .bind(&UnixTransport::new(), &Address::unix(socket))
+    Server::builder(router, codec)
+        .bind(&transport, &addr)
         .await
         .expect("busline binds")
 }
 
-async fn busline_client(socket: &Path) -> Call {
-    let client = Client::builder(CborCodec::new())
-        .connect(&UnixTransport::new(), &Address::unix(socket))
+async fn busline_client<T: Transport, C: Codec>(transport: T, addr: &Address, codec: C) -> Call {
+    let client = Client::builder(codec)
+        .connect(&transport, addr)
         .await
         .expect("busline connects");
     Arc::new(move |x| {
@@ -222,6 +228,39 @@ async fn busline_client(socket: &Path) -> Call {
                 .call::<_, u64>("echo", &x)
                 .await
                 .expect("busline call")
+        })
+    })
+}
+
+async fn jsonrpsee_server() -> (String, jsonrpsee::server::ServerHandle) {
+    let server = jsonrpsee::server::Server::builder()
+        .build("127.0.0.1:0")
+        .await
+        .expect("jsonrpsee binds");
+    let addr = server.local_addr().expect("jsonrpsee address");
+    let mut module = jsonrpsee::RpcModule::new(());
+    module
+        .register_method("echo", |params, _, _| params.one::<u64>())
+        .expect("jsonrpsee method");
+    (format!("ws://{addr}"), server.start(module))
+}
+
+async fn jsonrpsee_client(url: &str) -> Call {
+    use jsonrpsee::core::client::ClientT;
+    let client = Arc::new(
+        jsonrpsee::ws_client::WsClientBuilder::default()
+            .max_concurrent_requests(1024)
+            .build(url)
+            .await
+            .expect("jsonrpsee connects"),
+    );
+    Arc::new(move |x| {
+        let client = client.clone();
+        Box::pin(async move {
+            client
+                .request::<u64, _>("echo", jsonrpsee::rpc_params![x])
+                .await
+                .expect("jsonrpsee call")
         })
     })
 }
@@ -259,76 +298,141 @@ async fn tarpc_client(socket: &Path) -> Call {
     })
 }
 
-/// Run the comparison and print its table.
+/// Who is measured: a name for `BUSLINE_PEERS_ONLY`, a column title.
+const CONTENDERS: [(&str, &str); 6] = [
+    ("raw", "raw Unix socket"),
+    ("busline", "busline Unix + CBOR"),
+    ("tarpc", "tarpc Unix + bincode"),
+    ("busline-tcp", "busline TCP + CBOR"),
+    ("busline-jsonrpc", "busline TCP + JSON-RPC"),
+    ("jsonrpsee", "jsonrpsee WebSocket"),
+];
+
+/// One contender, one round: its server on a thread of its own, its
+/// client measured on this one.
+fn measure_one(name: &str, socket: &Path) -> Row {
+    let rt = current_thread();
+    let local = tokio::task::LocalSet::new();
+    let server = ServerThread::new();
+    let client = |call| local.block_on(&rt, async { measure(call).await });
+    let tcp = || "tcp://127.0.0.1:0".parse::<Address>().expect("address");
+    let row = match name {
+        "raw" => {
+            server.handle.spawn(raw_server(socket.to_path_buf()));
+            std::thread::sleep(Duration::from_millis(50));
+            client(local.block_on(&rt, raw_client(socket)))
+        }
+        "busline" => {
+            let _handle = server.handle.block_on(busline_server(
+                UnixTransport::new(),
+                Address::unix(socket),
+                CborCodec::new(),
+            ));
+            client(local.block_on(
+                &rt,
+                busline_client(
+                    UnixTransport::new(),
+                    &Address::unix(socket),
+                    CborCodec::new(),
+                ),
+            ))
+        }
+        "tarpc" => {
+            server.handle.spawn(tarpc_server(socket.to_path_buf()));
+            std::thread::sleep(Duration::from_millis(50));
+            client(local.block_on(&rt, tarpc_client(socket)))
+        }
+        "busline-tcp" => {
+            let handle = server.handle.block_on(busline_server(
+                TcpTransport::new(),
+                tcp(),
+                CborCodec::new(),
+            ));
+            let addr = handle.local_addr().clone();
+            client(local.block_on(
+                &rt,
+                busline_client(TcpTransport::new(), &addr, CborCodec::new()),
+            ))
+        }
+        "busline-jsonrpc" => {
+            let handle = server.handle.block_on(busline_server(
+                TcpTransport::new(),
+                tcp(),
+                JsonRpcCodec::new(),
+            ));
+            let addr = handle.local_addr().clone();
+            client(local.block_on(
+                &rt,
+                busline_client(TcpTransport::new(), &addr, JsonRpcCodec::new()),
+            ))
+        }
+        "jsonrpsee" => {
+            let (url, _handle) = server.handle.block_on(jsonrpsee_server());
+            client(local.block_on(&rt, jsonrpsee_client(&url)))
+        }
+        other => unreachable!("no contender {other}"),
+    };
+    drop(server);
+    row
+}
+
+/// Run the comparison and print its tables.
 pub fn run() {
     let dir = std::env::temp_dir().join(format!("busline-rpc-peers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
-    let (mut raw, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     let only = std::env::var("BUSLINE_PEERS_ONLY").ok();
-    let runs = |name: &str| only.as_deref().map_or(true, |o| o == name);
+    let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..ROUNDS {
-        let rt = current_thread();
-        let local = tokio::task::LocalSet::new();
-
-        if !runs("raw") {
-            raw.push(Row::default());
-        } else {
-            let server = ServerThread::new();
-            let socket = dir.join(format!("raw{round}.sock"));
-            server.handle.spawn(raw_server(socket.clone()));
-            std::thread::sleep(Duration::from_millis(50));
-            raw.push(local.block_on(&rt, async { measure(raw_client(&socket).await).await }));
-            drop(server);
-        }
-
-        if !runs("busline") {
-            ours.push(Row::default());
-        } else {
-            let server = ServerThread::new();
-            let socket = dir.join(format!("busline{round}.sock"));
-            let handle = server.handle.block_on(busline_server(socket.clone()));
-            ours.push(local.block_on(&rt, async { measure(busline_client(&socket).await).await }));
-            drop(handle);
-            drop(server);
-        }
-
-        if !runs("tarpc") {
-            theirs.push(Row::default());
-        } else {
-            let server = ServerThread::new();
-            let socket = dir.join(format!("tarpc{round}.sock"));
-            server.handle.spawn(tarpc_server(socket.clone()));
-            std::thread::sleep(Duration::from_millis(50));
-            theirs.push(local.block_on(&rt, async { measure(tarpc_client(&socket).await).await }));
-            drop(server);
+        for (i, (name, _)) in CONTENDERS.iter().enumerate() {
+            if only.as_deref().is_some_and(|o| o != *name) {
+                rounds[i].push(Row::default());
+                continue;
+            }
+            let socket = dir.join(format!("{name}{round}.sock"));
+            rounds[i].push(measure_one(name, &socket));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let (raw, ours, theirs) = (median(raw), median(ours), median(theirs));
+    let rows: Vec<Row> = rounds.into_iter().map(median).collect();
+    println!("Over a Unix socket:\n");
+    table(&rows, &[0, 1, 2], &[(1, 0), (1, 2)]);
+    println!("\nOver TCP loopback:\n");
+    table(&rows, &[3, 4, 5], &[(3, 5), (4, 5)]);
+}
 
-    println!("| scenario | raw Unix socket | busline Unix + CBOR | tarpc Unix + bincode | busline / raw | busline / tarpc |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    let time = |name: &str, f: fn(&Row) -> f64| {
-        println!(
-            "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}x the time | {:.2}x the time |",
-            f(&raw),
-            f(&ours),
-            f(&theirs),
-            f(&ours) / f(&raw),
-            f(&ours) / f(&theirs)
-        )
+/// One markdown table: the `shown` contenders' figures, then each
+/// `(a, b)` ratio of contender `a` to `b`.
+fn table(rows: &[Row], shown: &[usize], ratios: &[(usize, usize)]) {
+    let title = |i: usize| CONTENDERS[i].1;
+    let mut head = String::from("| scenario |");
+    for &i in shown {
+        head += &format!(" {} |", title(i));
+    }
+    for &(a, b) in ratios {
+        head += &format!(" {} / {} |", title(a), title(b));
+    }
+    println!("{head}");
+    println!("|{}", " --- |".repeat(1 + shown.len() + ratios.len()));
+    let line = |name: &str, f: &dyn Fn(&Row) -> f64, unit: &str, what: &str| {
+        let mut out = format!("| {name} |");
+        for &i in shown {
+            out += &format!(" {:.1}{unit} |", f(&rows[i]));
+        }
+        for &(a, b) in ratios {
+            out += &format!(" {:.2}x the {what} |", f(&rows[a]) / f(&rows[b]));
+        }
+        println!("{out}");
     };
-    time("round trip, mean", |r| r.mean_us);
-    time("round trip, median", |r| r.median_us);
-    time("round trip, p99", |r| r.p99_us);
-    for (i, window) in IN_FLIGHT.iter().enumerate() {
-        println!(
-            "| calls/s, {window} in flight | {:.0} | {:.0} | {:.0} | {:.2}x the rate | {:.2}x the rate |",
-            raw.rates[i],
-            ours.rates[i],
-            theirs.rates[i],
-            ours.rates[i] / raw.rates[i],
-            ours.rates[i] / theirs.rates[i]
+    line("round trip, mean", &|r| r.mean_us, " µs", "time");
+    line("round trip, median", &|r| r.median_us, " µs", "time");
+    line("round trip, p99", &|r| r.p99_us, " µs", "time");
+    for (k, window) in IN_FLIGHT.iter().enumerate() {
+        let name = format!("calls/s, {window} in flight");
+        line(
+            &name,
+            &|r| r.rates.get(k).copied().unwrap_or(0.0),
+            "",
+            "rate",
         );
     }
 }
@@ -344,7 +448,7 @@ fn median(rounds: Vec<Row>) -> Row {
         // (Rows skipped with BUSLINE_PEERS_ONLY are all zero.)
         mean_us: mid(rounds.iter().map(|r| r.mean_us).collect()),
         p99_us: mid(rounds.iter().map(|r| r.p99_us).collect()),
-        rates: (0..IN_FLIGHT.len().min(rounds[0].rates.len()))
+        rates: (0..rounds.iter().map(|r| r.rates.len()).min().unwrap_or(0))
             .map(|i| mid(rounds.iter().map(|r| r.rates[i]).collect()))
             .collect(),
     }
