@@ -1,6 +1,6 @@
 //! Run-time codec choice, for addresses like `tcp://host:port?codec=cbor`.
 
-use busline_core::{Address, Codec, Encoding, Error, Message, Result};
+use busline_core::{Address, Codec, Encoding, Error, Message, Result, Splices};
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -171,5 +171,46 @@ impl Codec for AnyCodec {
 
     fn hello_optional(&self) -> bool {
         each!(self, c => c.hello_optional())
+    }
+
+    fn encode_spliced(
+        &mut self,
+        msg: Message,
+        dst: &mut BytesMut,
+        splices: &mut Splices,
+    ) -> Result<()> {
+        each!(self, c => c.encode_spliced(msg, dst, splices))
+    }
+}
+
+#[cfg(all(test, feature = "cbor", feature = "jsonline"))]
+mod tests {
+    use busline_core::{testing::codec_conformance, Payload};
+
+    use super::*;
+
+    #[test]
+    fn each_codec_conforms_behind_the_enum() {
+        codec_conformance(|limit| AnyCodec::Cbor(CborCodec::with_max_frame_size(limit)));
+        codec_conformance(|limit| AnyCodec::JsonLine(JsonLineCodec::with_max_frame_size(limit)));
+    }
+
+    #[test]
+    fn large_payloads_are_spliced_through_the_enum() {
+        let mut codec = AnyCodec::named("cbor").unwrap();
+        let (mut dst, mut splices) = (BytesMut::new(), Splices::default());
+        let big = Payload::from_bytes(Encoding::Binary, vec![1u8; Splices::MIN_LEN]);
+        codec
+            .encode_spliced(
+                Message::Reply {
+                    id: 1,
+                    payload: big,
+                },
+                &mut dst,
+                &mut splices,
+            )
+            .unwrap();
+        assert!(!splices.is_empty(), "the CBOR codec's splices were lost");
+        assert!(dst.len() < 64, "the payload was copied into the buffer");
     }
 }
