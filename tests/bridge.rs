@@ -36,13 +36,7 @@ fn address(id: &str) -> Address {
 }
 
 async fn client(id: &str) -> BrokerClient {
-    BrokerClient::connect(
-        Client::builder(CborCodec::new()),
-        &MemoryTransport::new(),
-        &address(id),
-    )
-    .await
-    .unwrap()
+    support::memory_client(&address(id)).await
 }
 
 /// A bridge between brokers `a` and `b` (its side on `b` speaks JSON-line:

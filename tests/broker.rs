@@ -18,7 +18,7 @@ use busline::{
     MemoryTransport, Payload, TcpTransport, UnixTransport,
 };
 use futures::{stream, StreamExt};
-use support::provide_add;
+use support::{memory_client, provide_add};
 use tokio::sync::oneshot;
 
 struct Setup {
@@ -93,17 +93,6 @@ async fn memory_broker(
         .unwrap();
     let addr = broker.local_addrs()[0].clone();
     (broker, addr)
-}
-
-/// A CBOR client of the broker at memory address `addr`.
-async fn cbor_client(addr: &Address) -> BrokerClient {
-    BrokerClient::connect(
-        Client::builder(CborCodec::new()),
-        &MemoryTransport::new(),
-        addr,
-    )
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,7 +556,7 @@ async fn publish_to_a_slow_subscriber(
     size: usize,
 ) {
     let (broker, addr) = memory_broker(builder, name).await;
-    let subscriber = cbor_client(&addr).await;
+    let subscriber = memory_client(&addr).await;
     let mut sub = subscriber
         .open("firehose")
         .await
@@ -575,7 +564,7 @@ async fn publish_to_a_slow_subscriber(
         .subscribe(">")
         .await
         .unwrap();
-    let publisher = cbor_client(&addr).await.open("firehose").await.unwrap();
+    let publisher = memory_client(&addr).await.open("firehose").await.unwrap();
     let padding = "x".repeat(size);
     for i in 0..sent {
         publisher.publish("tick", &(i, &padding)).await.unwrap();
@@ -1123,7 +1112,7 @@ async fn system_channels_report_what_happens() {
 async fn system_channels_can_take_a_password() {
     let builder = Broker::builder().system_password(busline::broker::SYSTEM, "ops");
     let (broker, addr) = memory_broker(builder, "sys-pw").await;
-    let c = cbor_client(&addr).await;
+    let c = memory_client(&addr).await;
     assert!(matches!(
         c.open(busline::broker::SYSTEM).await,
         Err(Error::Unauthorized(_))
@@ -1337,7 +1326,7 @@ async fn a_slow_subscriber_can_be_disconnected_instead() {
         .subscriber_queue(4)
         .slow_subscriber(busline::broker::SlowSubscriber::Disconnect);
     let (broker, addr) = memory_broker(builder, "slow-dc").await;
-    let subscriber = cbor_client(&addr).await;
+    let subscriber = memory_client(&addr).await;
     let _sub = subscriber
         .open("firehose")
         .await
@@ -1345,7 +1334,7 @@ async fn a_slow_subscriber_can_be_disconnected_instead() {
         .subscribe(">")
         .await
         .unwrap();
-    let publisher = cbor_client(&addr).await.open("firehose").await.unwrap();
+    let publisher = memory_client(&addr).await.open("firehose").await.unwrap();
     let err = loop {
         for i in 0..1000u64 {
             publisher.publish("tick", &i).await.unwrap();
@@ -1737,7 +1726,7 @@ async fn a_plain_json_rpc_client_reads_cbor_publications() {
 #[tokio::test(start_paused = true)]
 async fn idle_clients_are_not_disconnected() {
     let (broker, addr) = memory_broker(Broker::builder(), "idle").await;
-    let bus = cbor_client(&addr).await;
+    let bus = memory_client(&addr).await;
     let ch = bus.open("quiet").await.unwrap();
     provide_add(&ch).await;
     tokio::time::sleep(Duration::from_secs(6 * 3600)).await;

@@ -4,11 +4,13 @@
 
 use busline::{
     broker::{Broker, BrokerClient, BrokerHandle, MAX_HOPS},
-    rpc::Client,
     Address, CborCodec, Error, MemoryTransport,
 };
 use futures::StreamExt;
 use serde_json::json;
+use support::memory_client;
+
+mod support;
 
 async fn broker(id: &str) -> (BrokerHandle, Address) {
     let addr = Address::memory(format!("routes-{id}"));
@@ -21,20 +23,10 @@ async fn broker(id: &str) -> (BrokerHandle, Address) {
     (broker, addr)
 }
 
-async fn client(addr: &Address) -> BrokerClient {
-    BrokerClient::connect(
-        Client::builder(CborCodec::new()),
-        &MemoryTransport::new(),
-        addr,
-    )
-    .await
-    .unwrap()
-}
-
 /// A client providing `whoami` on channel `ch`, answering `name`, and
 /// registered as reached through the brokers in `via`.
 async fn provider(addr: &Address, name: &'static str, via: &[&str]) -> BrokerClient {
-    let bus = client(addr).await;
+    let bus = memory_client(addr).await;
     let ch = bus.open("ch").await.unwrap();
     ch.provide("whoami", move |()| async move { Ok::<_, String>(name) })
         .await
@@ -60,7 +52,10 @@ async fn whoami(caller: &BrokerClient) -> String {
 async fn a_broker_has_the_id_it_was_given_or_a_random_one() {
     let (named, addr) = broker("alpha").await;
     assert_eq!(named.id(), "alpha");
-    assert_eq!(client(&addr).await.status().await.unwrap().id, "alpha");
+    assert_eq!(
+        memory_client(&addr).await.status().await.unwrap().id,
+        "alpha"
+    );
 
     let a = Broker::builder().start().await.unwrap();
     let b = Broker::builder().start().await.unwrap();
@@ -118,7 +113,7 @@ async fn a_registration_that_already_came_through_this_broker_is_a_loop() {
 #[tokio::test]
 async fn the_nearest_provider_answers_and_the_others_stand_by() {
     let (_broker, addr) = broker("hub").await;
-    let caller = client(&addr).await;
+    let caller = memory_client(&addr).await;
     let two_hops = provider(&addr, "two hops", &["far", "near"]).await;
     assert_eq!(whoami(&caller).await, "two hops");
     let one_hop = provider(&addr, "one hop", &["near"]).await;
@@ -142,10 +137,10 @@ async fn the_nearest_provider_answers_and_the_others_stand_by() {
 #[tokio::test]
 async fn relayed_publications_are_checked_like_any_input() {
     let (_broker, addr) = broker("gamma").await;
-    let owner = client(&addr).await;
+    let owner = memory_client(&addr).await;
     let news = owner.open("news").await.unwrap();
     news.own_topic("official").await.unwrap();
-    let reader = client(&addr).await;
+    let reader = memory_client(&addr).await;
     let mut sub = reader
         .open("news")
         .await
@@ -154,7 +149,7 @@ async fn relayed_publications_are_checked_like_any_input() {
         .await
         .unwrap();
 
-    let forger = client(&addr).await;
+    let forger = memory_client(&addr).await;
     let raw = forger.client();
     let one = busline::Payload::cbor(&1u32).unwrap();
     // Not a member of the channel yet.
@@ -221,7 +216,7 @@ async fn relayed_publications_are_checked_like_any_input() {
 #[tokio::test]
 async fn word_of_lost_publications_is_checked_and_reaches_the_subscribers() {
     let (_broker, addr) = broker("delta").await;
-    let reader = client(&addr).await;
+    let reader = memory_client(&addr).await;
     let mut sub = reader
         .open("news")
         .await
@@ -229,7 +224,7 @@ async fn word_of_lost_publications_is_checked_and_reaches_the_subscribers() {
         .subscribe(">")
         .await
         .unwrap();
-    let bridge = client(&addr).await;
+    let bridge = memory_client(&addr).await;
     let raw = bridge.client();
     let notice =
         |missed: u64, via: Vec<String>| json!({"channel": "news", "missed": missed, "via": via});

@@ -1,6 +1,7 @@
 //! What several behaviour tests share: the `busline broker` program as a
-//! child process, what Linux tells about a process's resources, and the
-//! provider most tests put on a channel.
+//! child process, what Linux tells about a process's resources, a CBOR
+//! client of an in-memory broker, and the provider most tests put on a
+//! channel.
 
 // Each test crate uses only some of these.
 #![allow(dead_code)]
@@ -10,6 +11,17 @@ use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
+
+/// A CBOR client of the broker at memory address `addr`.
+pub async fn memory_client(addr: &busline::Address) -> busline::broker::BrokerClient {
+    busline::broker::BrokerClient::connect(
+        busline::rpc::Client::builder(busline::CborCodec::new()),
+        &busline::MemoryTransport::new(),
+        addr,
+    )
+    .await
+    .expect("the broker accepts a client")
+}
 
 /// The `busline broker` program on `socket`, killed (SIGKILL) on drop.
 pub struct BrokerProcess(Child);
