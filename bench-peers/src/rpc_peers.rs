@@ -298,6 +298,23 @@ async fn tarpc_client(socket: &Path) -> Call {
     })
 }
 
+/// busline's server at `addr` on `server`'s thread, and a client of it
+/// made on `rt`.
+fn busline<T: Transport + Clone, C: Codec>(
+    server: &ServerThread,
+    rt: &Runtime,
+    local: &tokio::task::LocalSet,
+    transport: T,
+    addr: Address,
+    codec: C,
+) -> (busline::rpc::ServerHandle, Call) {
+    let handle = server
+        .handle
+        .block_on(busline_server(transport.clone(), addr, codec.clone()));
+    let call = local.block_on(rt, busline_client(transport, handle.local_addr(), codec));
+    (handle, call)
+}
+
 /// Who is measured: a name for `BUSLINE_PEERS_ONLY`, a column title.
 const CONTENDERS: [(&str, &str); 6] = [
     ("raw", "raw Unix socket"),
@@ -323,19 +340,15 @@ fn measure_one(name: &str, socket: &Path) -> Row {
             client(local.block_on(&rt, raw_client(socket)))
         }
         "busline" => {
-            let _handle = server.handle.block_on(busline_server(
+            let (_handle, call) = busline(
+                &server,
+                &rt,
+                &local,
                 UnixTransport::new(),
                 Address::unix(socket),
                 CborCodec::new(),
-            ));
-            client(local.block_on(
-                &rt,
-                busline_client(
-                    UnixTransport::new(),
-                    &Address::unix(socket),
-                    CborCodec::new(),
-                ),
-            ))
+            );
+            client(call)
         }
         "tarpc" => {
             server.handle.spawn(tarpc_server(socket.to_path_buf()));
@@ -343,28 +356,26 @@ fn measure_one(name: &str, socket: &Path) -> Row {
             client(local.block_on(&rt, tarpc_client(socket)))
         }
         "busline-tcp" => {
-            let handle = server.handle.block_on(busline_server(
+            let (_handle, call) = busline(
+                &server,
+                &rt,
+                &local,
                 TcpTransport::new(),
                 tcp(),
                 CborCodec::new(),
-            ));
-            let addr = handle.local_addr().clone();
-            client(local.block_on(
-                &rt,
-                busline_client(TcpTransport::new(), &addr, CborCodec::new()),
-            ))
+            );
+            client(call)
         }
         "busline-jsonrpc" => {
-            let handle = server.handle.block_on(busline_server(
+            let (_handle, call) = busline(
+                &server,
+                &rt,
+                &local,
                 TcpTransport::new(),
                 tcp(),
                 JsonRpcCodec::new(),
-            ));
-            let addr = handle.local_addr().clone();
-            client(local.block_on(
-                &rt,
-                busline_client(TcpTransport::new(), &addr, JsonRpcCodec::new()),
-            ))
+            );
+            client(call)
         }
         "jsonrpsee" => {
             let (url, _handle) = server.handle.block_on(jsonrpsee_server());
