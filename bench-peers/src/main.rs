@@ -16,6 +16,7 @@
 //! tarpc instead (see `rpc_peers.rs`).
 
 mod rpc_peers;
+mod tonic_peer;
 
 use std::{
     process::{Child, Command, Stdio},

@@ -1,14 +1,16 @@
 //! Point-to-point RPC against the raw socket, tarpc and jsonrpsee, in one
-//! run: a 64-bit echo, each side on a one-thread tokio runtime of its own
+//! run (tonic too): a 64-bit echo, each side on a one-thread tokio runtime of its own
 //! (as two single-threaded processes would run, and as issue 9's peer
 //! figures were taken). Over a Unix socket: the raw socket, busline with
 //! CBOR, tarpc with bincode; over TCP loopback: busline with CBOR and with
-//! JSON-RPC, jsonrpsee over WebSocket.
+//! JSON-RPC, jsonrpsee over WebSocket; tonic (gRPC) over both.
 //!
 //! - round trip: mean, median and p99 over sequential calls (on a virtual
 //!   machine the times are bimodal: a call whose peer thread is still
 //!   awake is several times faster than one that has to wake it, so the
 //!   mean and the median can tell different stories);
+//! - the CPU time both sides spent per sequential call (what the library
+//!   costs, whatever the machine's wake-ups add to the round trip);
 //! - calls per second with 1, 16 and 64 calls kept in flight (a new call
 //!   starts as soon as one ends).
 //!
@@ -25,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::tonic_peer;
 use busline::{
     rpc::{Client, Router, Server},
     Address, CborCodec, Codec, JsonRpcCodec, TcpTransport, Transport, UnixTransport,
@@ -103,13 +106,16 @@ impl Drop for ServerThread {
 }
 
 /// One contender's client side: make one call with the given argument.
-type Call = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = u64>>>>;
+pub(crate) type Call = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = u64>>>>;
 
 #[derive(Clone, Debug, Default)]
 struct Row {
     mean_us: f64,
     median_us: f64,
     p99_us: f64,
+    /// CPU time of both sides (all of the process's threads) per
+    /// sequential call.
+    cpu_us: f64,
     /// Calls per second at each of [`IN_FLIGHT`].
     rates: Vec<f64>,
 }
@@ -119,11 +125,13 @@ async fn measure(call: Call) -> Row {
         assert_eq!(call(i).await, i);
     }
     let mut samples = Vec::with_capacity(SEQUENTIAL);
+    let cpu_before = process_cpu();
     for i in 0..SEQUENTIAL as u64 {
         let start = Instant::now();
         assert_eq!(call(i).await, i);
         samples.push(start.elapsed());
     }
+    let cpu = process_cpu().saturating_sub(cpu_before);
     samples.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mut rates = Vec::new();
@@ -148,8 +156,20 @@ async fn measure(call: Call) -> Row {
         mean_us: us(mean),
         median_us: us(samples[samples.len() / 2]),
         p99_us: us(samples[samples.len() * 99 / 100]),
+        cpu_us: us(cpu) / SEQUENTIAL as f64,
         rates,
     }
+}
+
+/// CPU time spent so far by all of this process's threads (from
+/// `/proc/self/task/*/schedstat`, nanoseconds on a CPU, user and kernel).
+fn process_cpu() -> Duration {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    let ns: u64 = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// The raw floor: the client writes one 48-byte message per call and a
@@ -316,13 +336,15 @@ fn busline<T: Transport + Clone, C: Codec>(
 }
 
 /// Who is measured: a name for `BUSLINE_PEERS_ONLY`, a column title.
-const CONTENDERS: [(&str, &str); 6] = [
+const CONTENDERS: [(&str, &str); 8] = [
     ("raw", "raw Unix socket"),
     ("busline", "busline Unix + CBOR"),
     ("tarpc", "tarpc Unix + bincode"),
+    ("tonic", "tonic Unix"),
     ("busline-tcp", "busline TCP + CBOR"),
     ("busline-jsonrpc", "busline TCP + JSON-RPC"),
     ("jsonrpsee", "jsonrpsee WebSocket"),
+    ("tonic-tcp", "tonic TCP"),
 ];
 
 /// One contender, one round: its server on a thread of its own, its
@@ -354,6 +376,17 @@ fn measure_one(name: &str, socket: &Path) -> Row {
             server.handle.spawn(tarpc_server(socket.to_path_buf()));
             std::thread::sleep(Duration::from_millis(50));
             client(local.block_on(&rt, tarpc_client(socket)))
+        }
+        "tonic" => {
+            server
+                .handle
+                .spawn(tonic_peer::server_unix(socket.to_path_buf()));
+            std::thread::sleep(Duration::from_millis(50));
+            client(local.block_on(&rt, tonic_peer::client_unix(socket)))
+        }
+        "tonic-tcp" => {
+            let port = server.handle.block_on(tonic_peer::server_tcp());
+            client(local.block_on(&rt, tonic_peer::client_tcp(port)))
         }
         "busline-tcp" => {
             let (_handle, call) = busline(
@@ -406,9 +439,9 @@ pub fn run() {
     let _ = std::fs::remove_dir_all(&dir);
     let rows: Vec<Row> = rounds.into_iter().map(median).collect();
     println!("Over a Unix socket:\n");
-    table(&rows, &[0, 1, 2], &[(1, 0), (1, 2)]);
+    table(&rows, &[0, 1, 2, 3], &[(1, 0), (1, 2), (1, 3)]);
     println!("\nOver TCP loopback:\n");
-    table(&rows, &[3, 4, 5], &[(3, 5), (4, 5)]);
+    table(&rows, &[4, 5, 6, 7], &[(4, 6), (5, 6), (4, 7)]);
 }
 
 /// One markdown table: the `shown` contenders' figures, then each
@@ -437,6 +470,7 @@ fn table(rows: &[Row], shown: &[usize], ratios: &[(usize, usize)]) {
     line("round trip, mean", &|r| r.mean_us, " µs", "time");
     line("round trip, median", &|r| r.median_us, " µs", "time");
     line("round trip, p99", &|r| r.p99_us, " µs", "time");
+    line("CPU per call, both sides", &|r| r.cpu_us, " µs", "CPU");
     for (k, window) in IN_FLIGHT.iter().enumerate() {
         let name = format!("calls/s, {window} in flight");
         line(
@@ -459,6 +493,7 @@ fn median(rounds: Vec<Row>) -> Row {
         // (Rows skipped with BUSLINE_PEERS_ONLY are all zero.)
         mean_us: mid(rounds.iter().map(|r| r.mean_us).collect()),
         p99_us: mid(rounds.iter().map(|r| r.p99_us).collect()),
+        cpu_us: mid(rounds.iter().map(|r| r.cpu_us).collect()),
         rates: (0..rounds.iter().map(|r| r.rates.len()).min().unwrap_or(0))
             .map(|i| mid(rounds.iter().map(|r| r.rates[i]).collect()))
             .collect(),
