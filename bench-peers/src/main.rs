@@ -12,10 +12,16 @@
 //! Needs `nats-server` on PATH (Debian: `apt-get install nats-server`).
 //! Run: `cargo run --release --manifest-path bench-peers/Cargo.toml`.
 //!
-//! `... -- rpc` compares point-to-point calls with the raw socket and
-//! tarpc instead (see `rpc_peers.rs`).
+//! Point to point instead: `... -- rpc` compares calls with the raw
+//! socket, tarpc, jsonrpsee and tonic (`rpc_peers.rs`), `... -- sweep`
+//! sweeps the payload from 64 B to 4 MiB (`sweep.rs`), `... --
+//! connections` opens 1 to 1,000 connections (`connections.rs`). They
+//! draw their plots into `plots/` (`plots.rs`).
 
+mod connections;
+mod plots;
 mod rpc_peers;
+mod sweep;
 mod tonic_peer;
 
 use std::{
@@ -369,8 +375,11 @@ async fn nats_rows(url: &str, round: usize) -> Row {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("rpc") {
-        return rpc_peers::run();
+    match args.get(1).map(String::as_str) {
+        Some("rpc") => return rpc_peers::run(),
+        Some("sweep") => return sweep::run(),
+        Some("connections") => return connections::run(),
+        _ => {}
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -27,10 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::tonic_peer;
+use crate::{plots, tonic_peer};
 use busline::{
-    rpc::{Client, Router, Server},
-    Address, CborCodec, Codec, JsonRpcCodec, TcpTransport, Transport, UnixTransport,
+    rpc::{Client, Reply, Request, Router, Server},
+    Address, CborCodec, Codec, JsonRpcCodec, ShmTransport, TcpTransport, Transport, UnixTransport,
 };
 use futures::{stream::FuturesUnordered, StreamExt};
 use tarpc::{
@@ -65,7 +65,7 @@ impl Echo for EchoServer {
     }
 }
 
-fn current_thread() -> Runtime {
+pub(crate) fn current_thread() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,14 +73,14 @@ fn current_thread() -> Runtime {
 }
 
 /// A one-thread runtime on a thread of its own, for the server side.
-struct ServerThread {
-    handle: Handle,
+pub(crate) struct ServerThread {
+    pub(crate) handle: Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServerThread {
-    fn new() -> ServerThread {
+    pub(crate) fn new() -> ServerThread {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -175,7 +175,7 @@ fn process_cpu() -> Duration {
 /// The raw floor: the client writes one 48-byte message per call and a
 /// reader hands each echo back in order (calls in flight are answered in
 /// the order they were sent, as a socket delivers them).
-async fn raw_client(socket: &Path) -> Call {
+pub(crate) async fn raw_client(socket: &Path) -> Call {
     let stream = UnixStream::connect(socket).await.expect("raw connect");
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(Mutex::new(wr));
@@ -207,7 +207,7 @@ async fn raw_client(socket: &Path) -> Call {
     })
 }
 
-async fn raw_server(socket: PathBuf) {
+pub(crate) async fn raw_server(socket: PathBuf) {
     let listener = UnixListener::bind(&socket).expect("raw bind");
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
@@ -224,19 +224,31 @@ async fn raw_server(socket: PathBuf) {
     }
 }
 
-async fn busline_server<T: Transport, C: Codec>(
+pub(crate) async fn busline_server<T: Transport + 'static, C: Codec>(
     transport: T,
     addr: Address,
     codec: C,
 ) -> busline::rpc::ServerHandle {
-    let router = Router::new().unary("echo", |x: u64| async move { Ok::<_, String>(x) });
+    let router = Router::new()
+        .unary("echo", |x: u64| async move { Ok::<_, String>(x) })
+        // The payload sweep's echo: bytes back as they came, unparsed.
+        .route(
+            "echo_raw",
+            tower::service_fn(|req: Request| async move {
+                Ok::<_, busline::Error>(Reply::Unary(req.payload))
+            }),
+        );
     Server::builder(router, codec)
         .bind(&transport, &addr)
         .await
         .expect("busline binds")
 }
 
-async fn busline_client<T: Transport, C: Codec>(transport: T, addr: &Address, codec: C) -> Call {
+pub(crate) async fn busline_client<T: Transport, C: Codec>(
+    transport: T,
+    addr: &Address,
+    codec: C,
+) -> Call {
     let client = Client::builder(codec)
         .connect(&transport, addr)
         .await
@@ -285,7 +297,7 @@ async fn jsonrpsee_client(url: &str) -> Call {
     })
 }
 
-async fn tarpc_server(socket: PathBuf) {
+pub(crate) async fn tarpc_server(socket: PathBuf) {
     let mut listener = tarpc::serde_transport::unix::listen(&socket, Bincode::default)
         .await
         .expect("tarpc listens");
@@ -302,7 +314,7 @@ async fn tarpc_server(socket: PathBuf) {
     }
 }
 
-async fn tarpc_client(socket: &Path) -> Call {
+pub(crate) async fn tarpc_client(socket: &Path) -> Call {
     let transport = tarpc::serde_transport::unix::connect(socket, Bincode::default)
         .await
         .expect("tarpc connects");
@@ -328,19 +340,24 @@ fn busline<T: Transport + Clone, C: Codec>(
     addr: Address,
     codec: C,
 ) -> (busline::rpc::ServerHandle, Call) {
-    let handle = server
-        .handle
-        .block_on(busline_server(transport.clone(), addr, codec.clone()));
+    let handle = rt
+        .block_on(
+            server
+                .handle
+                .spawn(busline_server(transport.clone(), addr, codec.clone())),
+        )
+        .expect("server-side setup");
     let call = local.block_on(rt, busline_client(transport, handle.local_addr(), codec));
     (handle, call)
 }
 
 /// Who is measured: a name for `BUSLINE_PEERS_ONLY`, a column title.
-const CONTENDERS: [(&str, &str); 8] = [
+const CONTENDERS: [(&str, &str); 9] = [
     ("raw", "raw Unix socket"),
     ("busline", "busline Unix + CBOR"),
     ("tarpc", "tarpc Unix + bincode"),
     ("tonic", "tonic Unix"),
+    ("busline-shm", "busline shm + CBOR"),
     ("busline-tcp", "busline TCP + CBOR"),
     ("busline-jsonrpc", "busline TCP + JSON-RPC"),
     ("jsonrpsee", "jsonrpsee WebSocket"),
@@ -387,6 +404,18 @@ fn measure_one(name: &str, socket: &Path) -> Row {
         "tonic-tcp" => {
             let port = server.handle.block_on(tonic_peer::server_tcp());
             client(local.block_on(&rt, tonic_peer::client_tcp(port)))
+        }
+        "busline-shm" => {
+            let name = format!("peers-rpc-{}", std::process::id());
+            let (_handle, call) = busline(
+                &server,
+                &rt,
+                &local,
+                ShmTransport::new(),
+                Address::shm(name),
+                CborCodec::new(),
+            );
+            client(call)
         }
         "busline-tcp" => {
             let (_handle, call) = busline(
@@ -439,9 +468,41 @@ pub fn run() {
     let _ = std::fs::remove_dir_all(&dir);
     let rows: Vec<Row> = rounds.into_iter().map(median).collect();
     println!("Over a Unix socket:\n");
-    table(&rows, &[0, 1, 2, 3], &[(1, 0), (1, 2), (1, 3)]);
+    table(&rows, &[0, 1, 2, 3, 4], &[(1, 0), (1, 2), (1, 3), (4, 1)]);
     println!("\nOver TCP loopback:\n");
-    table(&rows, &[4, 5, 6, 7], &[(4, 6), (5, 6), (4, 7)]);
+    table(&rows, &[5, 6, 7, 8], &[(5, 7), (6, 7), (5, 8)]);
+
+    let shown = || {
+        CONTENDERS
+            .iter()
+            .zip(&rows)
+            .filter(|(_, r)| r.median_us > 0.0)
+    };
+    let rates = shown()
+        .map(|((_, title), row)| {
+            let points = IN_FLIGHT
+                .iter()
+                .map(|&n| n as f64)
+                .zip(row.rates.iter().copied());
+            (*title, points.collect())
+        })
+        .collect::<Vec<_>>();
+    plots::lines(
+        "rate-vs-in-flight.svg",
+        "Calls per second against calls kept in flight (64-bit echo)",
+        ("calls in flight", "calls/s"),
+        (true, false),
+        &rates,
+    );
+    let round_trips = shown()
+        .map(|((_, title), row)| (*title, row.median_us))
+        .collect::<Vec<_>>();
+    plots::bars(
+        "round-trip-vs-peers.svg",
+        "Round trip of one call, median (64-bit echo, lower is better)",
+        "µs",
+        &round_trips,
+    );
 }
 
 /// One markdown table: the `shown` contenders' figures, then each

@@ -1,0 +1,193 @@
+//! Connections (`-- connections`): what each connection costs, with 1,
+//! 10, 100 and 1,000 clients connected to one server over a Unix socket,
+//! each side on a one-thread runtime of its own as in `-- rpc`:
+//!
+//! - memory: the process's resident size after the clients connected and
+//!   each made one call, less before, per connection (client and server
+//!   ends together, both in this process; the allocator keeps what closed
+//!   connections freed, so counts run upwards and each figure may be low by
+//!   at most the previous count's share);
+//! - round trip: median over sequential calls spread over the connections
+//!   in turn;
+//! - calls/s with every connection keeping one call in flight.
+//!
+//! Needs about 2,100 file descriptors (`ulimit -n`).
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use busline::{Address, CborCodec, UnixTransport};
+use futures::{stream::FuturesUnordered, StreamExt};
+
+use crate::{
+    plots,
+    rpc_peers::{
+        busline_client, busline_server, current_thread, raw_client, raw_server, tarpc_client,
+        tarpc_server, Call, ServerThread,
+    },
+};
+
+const COUNTS: [usize; 4] = [1, 10, 100, 1000];
+const SEQUENTIAL: usize = 3000;
+const CALLS: usize = 30_000;
+
+const CONTENDERS: [(&str, &str); 3] = [
+    ("raw", "raw Unix socket"),
+    ("busline", "busline Unix + CBOR"),
+    ("tarpc", "tarpc Unix + bincode"),
+];
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Point {
+    kib_per_connection: f64,
+    median_us: f64,
+    calls_per_s: f64,
+}
+
+/// The process's resident memory, in KiB (`/proc/self/statm`).
+fn resident_kib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4.0
+}
+
+async fn measure(calls: &[Call], before_kib: f64) -> Point {
+    let n = calls.len();
+    for (i, call) in calls.iter().enumerate() {
+        assert_eq!(call(i as u64).await, i as u64);
+    }
+    let kib_per_connection = (resident_kib() - before_kib) / n as f64;
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    for i in 0..SEQUENTIAL {
+        let start = Instant::now();
+        assert_eq!(calls[i % n](i as u64).await, i as u64);
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let start = Instant::now();
+    let total = CALLS.max(3 * n);
+    let start_call = |i: usize| {
+        let call = calls[i].clone();
+        async move { (i, call(i as u64).await) }
+    };
+    let mut running: FuturesUnordered<_> = (0..n).map(start_call).collect();
+    let mut started = n;
+    while let Some((i, _)) = running.next().await {
+        if started < total {
+            running.push(start_call(i));
+            started += 1;
+        }
+    }
+    Point {
+        kib_per_connection,
+        median_us: samples[samples.len() / 2].as_secs_f64() * 1e6,
+        calls_per_s: total as f64 / start.elapsed().as_secs_f64(),
+    }
+}
+
+/// One contender: its server on a thread of its own, then each count of
+/// clients on this thread.
+fn measure_one(name: &str, socket: &Path) -> Vec<Point> {
+    let rt = current_thread();
+    let local = tokio::task::LocalSet::new();
+    let server = ServerThread::new();
+    let mut busline_handle = None;
+    let addr = Address::unix(socket);
+    match name {
+        "raw" => drop(server.handle.spawn(raw_server(socket.to_path_buf()))),
+        "tarpc" => drop(server.handle.spawn(tarpc_server(socket.to_path_buf()))),
+        _ => {
+            let serving = busline_server(UnixTransport::new(), addr.clone(), CborCodec::new());
+            busline_handle = Some(server.handle.block_on(serving));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let mut points = Vec::new();
+    for n in COUNTS {
+        let before = resident_kib();
+        let point = local.block_on(&rt, async {
+            let mut calls = Vec::with_capacity(n);
+            for _ in 0..n {
+                calls.push(match name {
+                    "raw" => raw_client(socket).await,
+                    "tarpc" => tarpc_client(socket).await,
+                    _ => busline_client(UnixTransport::new(), &addr, CborCodec::new()).await,
+                });
+            }
+            measure(&calls, before).await
+        });
+        points.push(point);
+        // Let both ends see the connections close before the next count.
+        local.block_on(&rt, tokio::time::sleep(Duration::from_millis(200)));
+    }
+    drop(busline_handle);
+    drop(server);
+    points
+}
+
+/// Run it, print the table and draw the plot.
+pub fn run() {
+    let dir = std::env::temp_dir().join(format!("busline-connections-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let only = std::env::var("BUSLINE_PEERS_ONLY").ok();
+    let results: Vec<Vec<Point>> = CONTENDERS
+        .iter()
+        .map(|(name, _)| {
+            if only.as_deref().is_some_and(|o| o != *name) {
+                return Vec::new();
+            }
+            measure_one(name, &dir.join(format!("{name}.sock")))
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut head = String::from("| connections | scenario |");
+    for (_, title) in CONTENDERS {
+        head += &format!(" {title} |");
+    }
+    println!("{head}\n|{}", " --- |".repeat(CONTENDERS.len() + 2));
+    let at = |c: usize, k: usize| results[c].get(k).copied().unwrap_or_default();
+    for (k, n) in COUNTS.iter().enumerate() {
+        let rows: [(&str, fn(&Point) -> String); 3] = [
+            ("memory per connection", |p| {
+                format!("{:.1} KiB", p.kib_per_connection)
+            }),
+            ("round trip, median", |p| format!("{:.1} µs", p.median_us)),
+            ("calls/s, one in flight each", |p| {
+                format!("{:.0}", p.calls_per_s)
+            }),
+        ];
+        for (what, show) in rows {
+            let mut line = format!("| {n} | {what} |");
+            for c in 0..CONTENDERS.len() {
+                line += &format!(" {} |", show(&at(c, k)));
+            }
+            println!("{line}");
+        }
+    }
+    let series: Vec<(&str, Vec<(f64, f64)>)> = CONTENDERS
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| !r.is_empty())
+        .map(|((_, title), points)| {
+            let line = COUNTS
+                .iter()
+                .zip(points)
+                .map(|(&n, p)| (n as f64, p.median_us));
+            (*title, line.collect())
+        })
+        .collect();
+    plots::lines(
+        "round-trip-vs-connections.svg",
+        "Round trip against connections open (median, calls spread over them)",
+        ("connections", "round trip (µs)"),
+        (true, false),
+        &series,
+    );
+}
