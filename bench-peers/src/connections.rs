@@ -4,9 +4,8 @@
 //!
 //! - memory: the process's resident size after the clients connected and
 //!   each made one call, less before, per connection (client and server
-//!   ends together, both in this process; the allocator keeps what closed
-//!   connections freed, so counts run upwards and each figure may be low by
-//!   at most the previous count's share);
+//!   ends together, both in one process, a fresh one for each contender
+//!   and count; kernel socket buffers are not counted);
 //! - round trip: median over sequential calls spread over the connections
 //!   in turn;
 //! - calls/s with every connection keeping one call in flight.
@@ -25,13 +24,14 @@ use crate::{
     plots,
     rpc_peers::{
         busline_client, busline_server, current_thread, raw_client, raw_server, tarpc_client,
-        tarpc_server, Call, ServerThread,
+        tarpc_server, Call, ServerThread, WARM_UP,
     },
 };
 
 const COUNTS: [usize; 4] = [1, 10, 100, 1000];
 const SEQUENTIAL: usize = 3000;
 const CALLS: usize = 30_000;
+const ROUNDS: usize = 3;
 
 const CONTENDERS: [(&str, &str); 3] = [
     ("raw", "raw Unix socket"),
@@ -63,6 +63,13 @@ async fn measure(calls: &[Call], before_kib: f64) -> Point {
         assert_eq!(call(i as u64).await, i as u64);
     }
     let kib_per_connection = (resident_kib() - before_kib) / n as f64;
+    let warming = Instant::now();
+    for i in 0.. {
+        assert_eq!(calls[i % n](i as u64).await, i as u64);
+        if warming.elapsed() > WARM_UP {
+            break;
+        }
+    }
     let mut samples = Vec::with_capacity(SEQUENTIAL);
     for i in 0..SEQUENTIAL {
         let start = Instant::now();
@@ -91,9 +98,9 @@ async fn measure(calls: &[Call], before_kib: f64) -> Point {
     }
 }
 
-/// One contender: its server on a thread of its own, then each count of
-/// clients on this thread.
-fn measure_one(name: &str, socket: &Path) -> Vec<Point> {
+/// One contender with `n` clients: its server on a thread of its own,
+/// the clients on this one.
+fn measure_one(name: &str, n: usize, socket: &Path) -> Point {
     let rt = current_thread();
     let local = tokio::task::LocalSet::new();
     let server = ServerThread::new();
@@ -104,48 +111,105 @@ fn measure_one(name: &str, socket: &Path) -> Vec<Point> {
         "tarpc" => drop(server.handle.spawn(tarpc_server(socket.to_path_buf()))),
         _ => {
             let serving = busline_server(UnixTransport::new(), addr.clone(), CborCodec::new());
-            busline_handle = Some(server.handle.block_on(serving));
+            busline_handle = Some(rt.block_on(server.handle.spawn(serving)).expect("serves"));
         }
     }
     std::thread::sleep(Duration::from_millis(50));
-    let mut points = Vec::new();
-    for n in COUNTS {
-        let before = resident_kib();
-        let point = local.block_on(&rt, async {
-            let mut calls = Vec::with_capacity(n);
-            for _ in 0..n {
-                calls.push(match name {
-                    "raw" => raw_client(socket).await,
-                    "tarpc" => tarpc_client(socket).await,
-                    _ => busline_client(UnixTransport::new(), &addr, CborCodec::new()).await,
-                });
-            }
-            measure(&calls, before).await
-        });
-        points.push(point);
-        // Let both ends see the connections close before the next count.
-        local.block_on(&rt, tokio::time::sleep(Duration::from_millis(200)));
-    }
+    let before = resident_kib();
+    let point = local.block_on(&rt, async {
+        let mut calls = Vec::with_capacity(n);
+        for _ in 0..n {
+            calls.push(match name {
+                "raw" => raw_client(socket).await,
+                "tarpc" => tarpc_client(socket).await,
+                _ => busline_client(UnixTransport::new(), &addr, CborCodec::new()).await,
+            });
+        }
+        measure(&calls, before).await
+    });
     drop(busline_handle);
     drop(server);
-    points
+    point
+}
+
+/// The child process's part (`connections-one <name> <n>`): measure one
+/// contender with one count, in a fresh process so that no allocator
+/// keeps memory from an earlier measurement, and print the figures.
+pub fn run_one(name: &str, n: usize) {
+    let dir = std::env::temp_dir().join(format!("busline-connections-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let p = measure_one(name, n, &dir.join("server.sock"));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{} {} {}", p.kib_per_connection, p.median_us, p.calls_per_s);
+}
+
+/// Each contender and count in a process of its own.
+fn measure_in_child(name: &str, n: usize) -> Point {
+    let out = std::process::Command::new(std::env::current_exe().expect("this program"))
+        .args(["connections-one", name, &n.to_string()])
+        .output()
+        .expect("the measuring process runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let figures: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    match figures[..] {
+        [kib_per_connection, median_us, calls_per_s] if out.status.success() => Point {
+            kib_per_connection,
+            median_us,
+            calls_per_s,
+        },
+        _ => panic!(
+            "measuring {name} with {n} connections failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Each figure's median over the rounds.
+fn median(points: Vec<Point>) -> Point {
+    let mid = |f: fn(&Point) -> f64| {
+        let mut v: Vec<f64> = points.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Point {
+        kib_per_connection: mid(|p| p.kib_per_connection),
+        median_us: mid(|p| p.median_us),
+        calls_per_s: mid(|p| p.calls_per_s),
+    }
 }
 
 /// Run it, print the table and draw the plot.
 pub fn run() {
-    let dir = std::env::temp_dir().join(format!("busline-connections-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
     let only = std::env::var("BUSLINE_PEERS_ONLY").ok();
-    let results: Vec<Vec<Point>> = CONTENDERS
+    // Rounds take turns, so a slow spell of the machine hits every
+    // contender; each figure is the median of the rounds.
+    let mut results: Vec<Vec<Point>> = CONTENDERS
         .iter()
-        .map(|(name, _)| {
-            if only.as_deref().is_some_and(|o| o != *name) {
-                return Vec::new();
-            }
-            measure_one(name, &dir.join(format!("{name}.sock")))
+        .map(|(name, _)| match only.as_deref() {
+            Some(o) if o != *name => Vec::new(),
+            _ => vec![Point::default(); COUNTS.len()],
         })
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut rounds: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); COUNTS.len()]; CONTENDERS.len()];
+    for _ in 0..ROUNDS {
+        for (k, &n) in COUNTS.iter().enumerate() {
+            for (c, (name, _)) in CONTENDERS.iter().enumerate() {
+                if !results[c].is_empty() {
+                    rounds[c][k].push(measure_in_child(name, n));
+                }
+            }
+        }
+    }
+    for (c, contender) in rounds.into_iter().enumerate() {
+        for (k, points) in contender.into_iter().enumerate() {
+            if !points.is_empty() {
+                results[c][k] = median(points);
+            }
+        }
+    }
 
     let mut head = String::from("| connections | scenario |");
     for (_, title) in CONTENDERS {

@@ -379,6 +379,10 @@ fn main() {
         Some("rpc") => return rpc_peers::run(),
         Some("sweep") => return sweep::run(),
         Some("connections") => return connections::run(),
+        Some("connections-one") => {
+            let n = args.get(3).and_then(|n| n.parse().ok()).expect("a count");
+            return connections::run_one(&args[2], n);
+        }
         _ => {}
     }
     tokio::runtime::Builder::new_multi_thread()

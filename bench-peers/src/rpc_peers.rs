@@ -120,9 +120,24 @@ struct Row {
     rates: Vec<f64>,
 }
 
+/// How long every contender makes calls before it is measured.
+///
+/// On this machine's virtual CPUs, a round trip after an idle pause is
+/// several times faster (10-17 µs over a Unix socket) than once calls have
+/// kept both threads busy for ~50-100 ms (~90 µs): the host seems to favour
+/// a vCPU that has been idle. Setting up a contender is such a pause, so
+/// without this warm-up whoever is measured first after it looks faster.
+/// Half a second reaches the sustained state for every contender; the
+/// tables are that state.
+pub(crate) const WARM_UP: Duration = Duration::from_millis(500);
+
 async fn measure(call: Call) -> Row {
-    for i in 0..500 {
+    let warming = Instant::now();
+    for i in 0.. {
         assert_eq!(call(i).await, i);
+        if warming.elapsed() > WARM_UP {
+            break;
+        }
     }
     let mut samples = Vec::with_capacity(SEQUENTIAL);
     let cpu_before = process_cpu();

@@ -35,7 +35,7 @@ use tokio::{
 
 use crate::{
     plots,
-    rpc_peers::{busline_server, current_thread, ServerThread},
+    rpc_peers::{busline_server, current_thread, ServerThread, WARM_UP},
 };
 
 /// Payload sizes: 64 B, 1 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB, 4 MiB.
@@ -163,6 +163,11 @@ async fn tarpc_client(socket: &Path) -> Echo {
 
 /// Median round trip per size, in µs.
 async fn measure(echo: Echo) -> Vec<f64> {
+    let warming = Instant::now();
+    let small = Bytes::from(vec![7u8; SIZES[0]]);
+    while warming.elapsed() < WARM_UP {
+        assert_eq!(echo(small.clone()).await, SIZES[0]);
+    }
     let mut medians = Vec::new();
     for size in SIZES {
         let payload = Bytes::from(vec![7u8; size]);
@@ -182,16 +187,17 @@ async fn measure(echo: Echo) -> Vec<f64> {
 }
 
 /// busline's server at `addr` on `server`'s thread, and a client of it.
-fn busline<T: Transport + Clone>(
+fn busline<T: Transport + Clone + 'static>(
     server: &ServerThread,
     rt: &tokio::runtime::Runtime,
     local: &tokio::task::LocalSet,
     transport: T,
     addr: Address,
 ) -> (busline::rpc::ServerHandle, Echo) {
-    let handle = server
-        .handle
-        .block_on(busline_server(transport.clone(), addr, CborCodec::new()));
+    let serving = busline_server(transport.clone(), addr, CborCodec::new());
+    let handle = rt
+        .block_on(server.handle.spawn(serving))
+        .expect("server-side setup");
     let echo = local.block_on(rt, busline_client(transport, handle.local_addr()));
     (handle, echo)
 }
