@@ -15,6 +15,32 @@ use plotters::{
 
 const SIZE: (u32, u32) = (900, 540);
 
+/// Tableau's ten colours: distinct on white, unlike a generated palette.
+const COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// An axis value: bytes in decimal units (the log axes' ticks are powers
+/// of ten), counts as whole numbers.
+fn tick(bytes: bool, v: f64) -> String {
+    match v {
+        v if bytes && v >= 1e6 => format!("{} MB", v / 1e6),
+        v if bytes && v >= 1e3 => format!("{} kB", v / 1e3),
+        v if bytes => format!("{v} B"),
+        v if v >= 10.0 => format!("{v:.0}"),
+        v => format!("{v}"),
+    }
+}
+
 fn path(file: &str) -> PathBuf {
     let dir = std::env::var_os("BUSLINE_PLOTS_DIR")
         .map(PathBuf::from)
@@ -44,7 +70,7 @@ fn span(values: impl Iterator<Item = f64> + Clone, log: bool) -> Range<f64> {
 }
 
 /// One line per series, `(x, y)` points; `log` sets each axis (x, y) to
-/// a log scale.
+/// a log scale; an x axis described as "bytes" is labelled in bytes.
 pub fn lines(
     file: &str,
     title: &str,
@@ -105,17 +131,12 @@ where
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
-        .x_label_formatter(&|v| {
-            if *v >= 1024.0 {
-                bytes(*v)
-            } else {
-                format!("{v}")
-            }
-        })
+        .x_label_formatter(&|v| tick(x_desc.contains("bytes"), *v))
+        .y_label_formatter(&|v| tick(false, *v))
         .draw()
         .map_err(e)?;
     for (i, (name, points)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = COLOURS[i % COLOURS.len()].to_rgba();
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
@@ -182,7 +203,7 @@ fn draw_bars(
     for (i, (name, value)) in bars.iter().enumerate() {
         let y = n - i as f64;
         let color = if name.starts_with("busline") {
-            Palette99::pick(0).to_rgba()
+            COLOURS[0].to_rgba()
         } else {
             RGBAColor(150, 150, 150, 1.0)
         };
