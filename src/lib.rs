@@ -44,7 +44,7 @@ pub use busline_core::{
     auth, handshake, Address, AnyTransport, AuthChannel, Authenticator, BoxIo, BoxListener, Codec,
     Encoding, Endpoint, Error, ErrorCode, Identity, Io, Listener, MemoryListener, MemoryTransport,
     Message, NoAuth, Payload, PeerAllowList, PeerCredentials, PeerInfo, RemoteError, Result,
-    SharedSecret, Splices, Transport, DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION,
+    SharedSecret, Spin, Splices, Transport, DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION,
 };
 
 #[cfg(feature = "cbor")]

@@ -29,6 +29,7 @@ mod error;
 mod memory;
 mod message;
 mod payload;
+mod spin;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transport;
@@ -43,6 +44,7 @@ pub use error::{Error, ErrorCode, RemoteError, Result};
 pub use memory::{MemoryListener, MemoryTransport};
 pub use message::{Message, PROTOCOL_VERSION};
 pub use payload::{Encoding, Payload};
+pub use spin::Spin;
 pub use transport::{
     expect_scheme, AnyTransport, BoxIo, BoxListener, Io, Listener, PeerCredentials, PeerInfo,
     Transport,

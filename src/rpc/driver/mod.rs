@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use busline_core::{Codec, Error, Identity, Io, Message, RemoteError};
+use busline_core::{Codec, Error, Identity, Io, Message, RemoteError, Spin};
 use futures::{
     future::{AbortHandle, BoxFuture},
     stream::FuturesUnordered,
@@ -33,6 +33,7 @@ use tokio_util::{
 
 mod command;
 mod heartbeat;
+mod idle;
 mod serve;
 mod write;
 
@@ -41,6 +42,7 @@ use command::Pending;
 
 use heartbeat::{Beat, Heartbeat};
 pub(crate) use heartbeat::{ALIVE, PING};
+use idle::Idle;
 
 pub(crate) use serve::{guarded, with_deadline};
 
@@ -71,6 +73,8 @@ pub(crate) struct Setup {
     pub(crate) heartbeat: Option<Duration>,
     /// Where the reason the connection closed is left for its handles.
     pub(crate) closed: CloseReason,
+    /// How long the connection polls on with nothing to do before sleeping.
+    pub(crate) spin: Spin,
 }
 
 type CallFuture = BoxFuture<'static, (u64, Option<Message>)>;
@@ -113,6 +117,7 @@ pub(crate) struct Driver<I, C> {
     heartbeat: Option<Heartbeat>,
     /// While at the handler limit: when to tell the peer this side lives.
     keepalive: Option<tokio::time::Interval>,
+    idle: Idle,
 }
 
 impl<I: Io, C: Codec> Driver<I, C> {
@@ -150,6 +155,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             spliced: write::Spliced::default(),
             heartbeat: setup.heartbeat.map(Heartbeat::new),
             keepalive: None,
+            idle: Idle::new(setup.spin),
         }
     }
 
@@ -453,8 +459,10 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             }
 
             if !progress {
+                this.idle.spin(cx);
                 return Poll::Pending;
             }
+            this.idle.busy();
             if budget == 0 {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;

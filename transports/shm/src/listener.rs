@@ -14,7 +14,9 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{rendezvous, stream::Spin, ShmStream};
+use busline_core::Spin;
+
+use crate::{rendezvous, ShmStream};
 
 /// Handshakes allowed to run at once; more clients wait in the socket's
 /// backlog.

@@ -19,6 +19,7 @@ use std::{
     sync::Arc,
 };
 
+use busline_core::Spin;
 use rustix::{
     fs::MemfdFlags,
     net::{
@@ -34,7 +35,7 @@ use tokio::{
 use crate::{
     region::Region,
     ring::{ring, HEADER},
-    stream::{Ends, ShmStream, Spin},
+    stream::{Ends, ShmStream},
     wake::{check_wake_fd, new_wake_pair},
 };
 

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use busline_core::Spin;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
@@ -31,41 +32,6 @@ pub(crate) struct Ends {
     /// The rendezvous socket, kept open as the liveness signal.
     pub(crate) socket: OwnedFd,
     pub(crate) spin: Spin,
-}
-
-/// How long a side with nothing to do spins before it sleeps: adaptively,
-/// from `least` up to `most`.
-///
-/// A side whose waits end a little after it fell asleep (the peer answers,
-/// but later than the spin: a large frame to process, a handler that takes
-/// a while) pays a wake-up every time, tens of microseconds on a virtual
-/// machine. So each wait that ends within `most` sets the next spin to
-/// twice its length (a margin for jitter), and a wait longer than `most`
-/// (the peer was really idle) sets it back to `least`: a connection with
-/// work in flight stops sleeping, an idle one still costs no CPU once
-/// `most` has passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Spin {
-    pub(crate) least: Duration,
-    pub(crate) most: Duration,
-}
-
-impl Spin {
-    /// Every wait a sleep, for tests.
-    #[cfg(test)]
-    pub(crate) const NONE: Spin = Spin {
-        least: Duration::ZERO,
-        most: Duration::ZERO,
-    };
-
-    /// The spin for the next wait, after one that lasted `waited`.
-    fn after(self, waited: Duration) -> Duration {
-        if waited > self.most {
-            self.least
-        } else {
-            (waited * 2).clamp(self.least, self.most)
-        }
-    }
 }
 
 /// A connection over shared memory: two rings in one memory region, one
@@ -149,7 +115,7 @@ impl Wait {
     fn new(waiter: Waiter, watch: DeathWatch, bounds: Spin) -> Wait {
         Wait {
             idle: None,
-            spin: bounds.least,
+            spin: bounds.least(),
             bounds,
             sleeping: false,
             waiter,
@@ -428,24 +394,6 @@ mod tests {
             rendezvous::server(b, Spin::NONE)
         );
         (client.unwrap(), server.unwrap())
-    }
-
-    #[test]
-    fn the_spin_stretches_to_fit_short_waits_and_resets_after_idle_ones() {
-        let us = Duration::from_micros;
-        let spin = Spin {
-            least: us(20),
-            most: us(500),
-        };
-        // Found during the spin: stays at the least.
-        assert_eq!(spin.after(us(3)), us(20));
-        // Woken soon after falling asleep: twice that wait next time.
-        assert_eq!(spin.after(us(120)), us(240));
-        // Never beyond the limit.
-        assert_eq!(spin.after(us(400)), us(500));
-        // Longer than the limit: the peer was idle, back to the least.
-        assert_eq!(spin.after(us(501)), us(20));
-        assert_eq!(spin.after(Duration::from_secs(3)), us(20));
     }
 
     #[tokio::test]

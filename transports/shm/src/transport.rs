@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use busline_core::{expect_scheme, Address, Endpoint, Error, Result, Transport};
 use busline_unix::UnixTransport;
 
-use crate::{stream::Spin, ShmListener, ShmStream};
+use busline_core::Spin;
+
+use crate::{ShmListener, ShmStream};
 
 /// The `shm` transport. See the [crate docs](crate).
 #[derive(Debug, Clone)]
@@ -31,19 +33,16 @@ impl ShmTransport {
     /// Bytes in each ring unless the address says `?ring=`.
     pub const DEFAULT_RING: usize = 256 * 1024;
     /// How long a side with nothing to do spins before it sleeps, at least.
-    pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+    pub const DEFAULT_SPIN: Duration = Spin::DEFAULT.least();
     /// How far the spin stretches for a peer that keeps answering just
     /// after it.
-    pub const DEFAULT_SPIN_LIMIT: Duration = Duration::from_micros(500);
+    pub const DEFAULT_SPIN_LIMIT: Duration = Spin::DEFAULT.most();
 
     /// A transport with the default ring size and spin.
     pub fn new() -> Self {
         ShmTransport {
             ring: Self::DEFAULT_RING,
-            spin: Spin {
-                least: Self::DEFAULT_SPIN,
-                most: Self::DEFAULT_SPIN_LIMIT,
-            },
+            spin: Spin::DEFAULT,
             handshake_timeout: Duration::from_secs(5),
         }
     }
@@ -64,8 +63,7 @@ impl ShmTransport {
     /// zero spin and zero [limit](Self::spin_limit) make every wait a
     /// sleep, and cost a wake-up of some microseconds each.
     pub fn spin(mut self, spin: Duration) -> Self {
-        self.spin.least = spin;
-        self.spin.most = self.spin.most.max(spin);
+        self.spin = Spin::new(spin, self.spin.most().max(spin));
         self
     }
 
@@ -78,7 +76,7 @@ impl ShmTransport {
     /// CPU once the limit has passed. A limit at or below the spin turns
     /// the stretching off.
     pub fn spin_limit(mut self, limit: Duration) -> Self {
-        self.spin.most = limit.max(self.spin.least);
+        self.spin = Spin::new(self.spin.least(), limit.max(self.spin.least()));
         self
     }
 
