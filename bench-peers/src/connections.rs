@@ -24,7 +24,7 @@ use crate::{
     plots,
     rpc_peers::{
         busline_client, busline_server, current_thread, raw_client, raw_server, tarpc_client,
-        tarpc_server, Call, ServerThread, WARM_UP,
+        tarpc_server, Call, ServerThread, COOL_DOWN, WARM_UP,
     },
 };
 
@@ -145,6 +145,7 @@ pub fn run_one(name: &str, n: usize) {
 
 /// Each contender and count in a process of its own.
 fn measure_in_child(name: &str, n: usize) -> Point {
+    std::thread::sleep(COOL_DOWN);
     let out = std::process::Command::new(std::env::current_exe().expect("this program"))
         .args(["connections-one", name, &n.to_string()])
         .output()

@@ -36,6 +36,7 @@ use busline::{
 };
 use bytes::Bytes;
 use futures::{future::join_all, StreamExt};
+use rpc_peers::{COOL_DOWN, WARM_UP};
 
 /// The allocator the `busline` program uses, so the broker process here
 /// is the daemon's equal; the clients, busline's and NATS's alike, use it
@@ -202,6 +203,13 @@ async fn busline_rows(socket: &std::path::Path) -> Row {
         .await
         .expect("opens");
     let payload = Bytes::from_static(&[7u8; 32]);
+    let warming = Instant::now();
+    while warming.elapsed() < WARM_UP {
+        caller
+            .call::<_, Bytes>("echo", &payload)
+            .await
+            .expect("call");
+    }
 
     let mut samples = Vec::with_capacity(SEQUENTIAL);
     for _ in 0..SEQUENTIAL {
@@ -301,6 +309,13 @@ async fn nats_rows(url: &str, round: usize) -> Row {
     responder.flush().await.expect("flushes");
     let caller = async_nats::connect(url).await.expect("connects to NATS");
     let payload = Bytes::from_static(&[7u8; 32]);
+    let warming = Instant::now();
+    while warming.elapsed() < WARM_UP {
+        caller
+            .request(echo.clone(), payload.clone())
+            .await
+            .expect("request");
+    }
 
     let mut samples = Vec::with_capacity(SEQUENTIAL);
     for _ in 0..SEQUENTIAL {
@@ -409,12 +424,14 @@ async fn brokers(args: Vec<String>) {
     let (mut process, mut embedded, mut nats) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         // The broker in its own process, as `busline broker` runs it.
+        tokio::time::sleep(COOL_DOWN).await;
         let socket = dir.join(format!("process{round}.sock"));
         let broker = start_broker(&socket);
         process.push(busline_rows(&socket).await);
         drop(broker);
 
         // The broker embedded in this program, beside its clients.
+        tokio::time::sleep(COOL_DOWN).await;
         let socket = dir.join(format!("embedded{round}.sock"));
         let broker = Broker::builder()
             .listen(
@@ -428,6 +445,7 @@ async fn brokers(args: Vec<String>) {
         embedded.push(busline_rows(&socket).await);
         broker.shutdown().await;
 
+        tokio::time::sleep(COOL_DOWN).await;
         nats.push(nats_rows(&url, round).await);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -131,6 +131,15 @@ struct Row {
 /// tables are that state.
 pub(crate) const WARM_UP: Duration = Duration::from_millis(500);
 
+/// How long the machine idles before each contender starts.
+///
+/// The host's favour works both ways: a contender that keeps the vCPUs
+/// busy (busline's connections poll before they sleep) leaves them in the
+/// fast state for whoever comes next. A second of idling puts every
+/// contender's start in the same state, and [`WARM_UP`] then takes each to
+/// its own sustained one.
+pub(crate) const COOL_DOWN: Duration = Duration::from_secs(1);
+
 async fn measure(call: Call) -> Row {
     let warming = Instant::now();
     for i in 0.. {
@@ -382,6 +391,7 @@ const CONTENDERS: [(&str, &str); 9] = [
 /// One contender, one round: its server on a thread of its own, its
 /// client measured on this one.
 fn measure_one(name: &str, socket: &Path) -> Row {
+    std::thread::sleep(COOL_DOWN);
     let rt = current_thread();
     let local = tokio::task::LocalSet::new();
     let server = ServerThread::new();

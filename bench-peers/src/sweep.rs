@@ -35,7 +35,7 @@ use tokio::{
 
 use crate::{
     plots,
-    rpc_peers::{busline_server, current_thread, ServerThread, WARM_UP},
+    rpc_peers::{busline_server, current_thread, ServerThread, COOL_DOWN, WARM_UP},
 };
 
 /// Payload sizes: 64 B, 1 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB, 4 MiB.
@@ -204,6 +204,7 @@ fn busline<T: Transport + Clone + 'static>(
 
 /// One contender, one round.
 fn measure_one(name: &str, socket: &Path) -> Vec<f64> {
+    std::thread::sleep(COOL_DOWN);
     let rt = current_thread();
     let local = tokio::task::LocalSet::new();
     let server = ServerThread::new();

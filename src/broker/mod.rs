@@ -51,7 +51,7 @@ mod topic;
 
 use std::{fmt, sync::Arc};
 
-use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Transport};
+use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Spin, Transport};
 use futures::future::BoxFuture;
 
 pub(crate) use channel::derive;
@@ -83,6 +83,7 @@ struct Limits {
     max_connections: usize,
     max_calls_per_client: usize,
     heartbeat: Option<std::time::Duration>,
+    spin: Spin,
 }
 
 /// Starts one listener with the broker's router, tables and limits.
@@ -109,6 +110,7 @@ impl Broker {
                 max_connections: crate::rpc::DEFAULT_MAX_CONNECTIONS,
                 max_calls_per_client: crate::rpc::DEFAULT_MAX_HANDLERS,
                 heartbeat: None,
+                spin: Spin::DEFAULT,
             },
         }
     }
@@ -208,6 +210,14 @@ impl BrokerBuilder {
         self
     }
 
+    /// How long a client's connection keeps polling when it has nothing to
+    /// do before its task sleeps: see [`crate::rpc::ServerBuilder::spin`].
+    /// Default: [`Spin::DEFAULT`].
+    pub fn spin(mut self, spin: Spin) -> Self {
+        self.limits.spin = spin;
+        self
+    }
+
     /// Protect system channel `channel` ([`SYSTEM`], [`LOGS`] or
     /// [`ERRORS`]) with `password`: clients then join it with
     /// [`BrokerClient::open_with_password`].
@@ -238,6 +248,7 @@ impl BrokerBuilder {
                     .auth(auth)
                     .max_connections(limits.max_connections)
                     .max_handlers(limits.max_calls_per_client)
+                    .spin(limits.spin)
                     .on_connect(move |id, who| connected.connected(id, who))
                     .on_disconnect(move |id| state.disconnected(id));
                 if let Some(interval) = limits.heartbeat {
