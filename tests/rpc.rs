@@ -12,7 +12,7 @@ use std::{
 
 use busline::{
     rpc::{Call, Router},
-    Codec, Error, Message, Payload, SharedSecret, Transport, PROTOCOL_VERSION,
+    Codec, Error, Message, Payload, SharedSecret, Spin, Transport, PROTOCOL_VERSION,
 };
 use bytes::BytesMut;
 use common::{DropSignal, Fixture};
@@ -217,6 +217,45 @@ async fn mixed_payload_sizes<T: Transport, C: Codec>(f: Fixture<T, C>) {
         });
     futures::future::join_all(calls).await;
     server.shutdown().await;
+}
+
+/// Both ends polling before they sleep ([`Spin::ADAPTIVE`]): calls one at a
+/// time and 500 at once, a stream, a call after the connection went idle
+/// past its longest spin, and a clean shutdown, as with sleeping ends.
+async fn spinning_connections<T: Transport, C: Codec>(f: Fixture<T, C>) {
+    let server = f.start(f.server(router()).spin(Spin::ADAPTIVE)).await;
+    let client = f
+        .client()
+        .spin(Spin::ADAPTIVE)
+        .connect(&f.transport, server.local_addr())
+        .await
+        .expect("client connects");
+    for i in 0..200i64 {
+        assert_eq!(client.call::<_, i64>("add", &(i, 1)).await.unwrap(), i + 1);
+    }
+    let calls = (0..500i64).map(|i| {
+        let client = client.clone();
+        async move { client.call::<_, i64>("add", &(i, 7)).await }
+    });
+    for (i, sum) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(sum.unwrap(), i as i64 + 7);
+    }
+    let items: Vec<u64> = client
+        .stream::<_, u64>("count", &300u64)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(items, (0..300).collect::<Vec<_>>());
+    tokio::time::sleep(Spin::ADAPTIVE.most() * 4).await;
+    assert_eq!(client.call::<_, i64>("add", &(2, 2)).await.unwrap(), 4);
+    server.shutdown().await;
+    assert!(client.call::<_, i64>("add", &(2, 2)).await.is_err());
 }
 
 async fn handler_error_and_panic<T: Transport, C: Codec>(f: Fixture<T, C>) {
@@ -590,6 +629,7 @@ matrix!(
     stream_cancellation,
     thousand_concurrent_calls,
     mixed_payload_sizes,
+    spinning_connections,
     handler_error_and_panic,
     unknown_method,
     authentication,

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use busline::{Address, CborCodec, UnixTransport};
+use busline::{Address, CborCodec, Spin, UnixTransport};
 use futures::{stream::FuturesUnordered, StreamExt};
 
 use crate::{
@@ -107,10 +107,15 @@ fn measure_one(name: &str, n: usize, socket: &Path) -> Point {
     let mut busline_handle = None;
     let addr = Address::unix(socket);
     match name {
-        "raw" => drop(server.handle.spawn(raw_server(socket.to_path_buf()))),
+        "raw" => drop(server.handle.spawn(raw_server(socket.to_path_buf(), false))),
         "tarpc" => drop(server.handle.spawn(tarpc_server(socket.to_path_buf()))),
         _ => {
-            let serving = busline_server(UnixTransport::new(), addr.clone(), CborCodec::new());
+            let serving = busline_server(
+                UnixTransport::new(),
+                addr.clone(),
+                CborCodec::new(),
+                Spin::NONE,
+            );
             busline_handle = Some(rt.block_on(server.handle.spawn(serving)).expect("serves"));
         }
     }
@@ -120,9 +125,11 @@ fn measure_one(name: &str, n: usize, socket: &Path) -> Point {
         let mut calls = Vec::with_capacity(n);
         for _ in 0..n {
             calls.push(match name {
-                "raw" => raw_client(socket).await,
+                "raw" => raw_client(socket, false).await,
                 "tarpc" => tarpc_client(socket).await,
-                _ => busline_client(UnixTransport::new(), &addr, CborCodec::new()).await,
+                _ => {
+                    busline_client(UnixTransport::new(), &addr, CborCodec::new(), Spin::NONE).await
+                }
             });
         }
         measure(&calls, before).await

@@ -30,16 +30,17 @@ use std::{
 use crate::{plots, tonic_peer};
 use busline::{
     rpc::{Client, Reply, Request, Router, Server},
-    Address, CborCodec, Codec, JsonRpcCodec, ShmTransport, TcpTransport, Transport, UnixTransport,
+    Address, CborCodec, Codec, JsonRpcCodec, ShmTransport, Spin, TcpTransport, Transport,
+    UnixTransport,
 };
-use futures::{stream::FuturesUnordered, StreamExt};
+use futures::{stream::FuturesUnordered, FutureExt, StreamExt};
 use tarpc::{
     client, context,
     server::{self as tarpc_server, Channel},
     tokio_serde::formats::Bincode,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
     runtime::{Handle, Runtime},
     sync::Mutex,
@@ -196,10 +197,29 @@ fn process_cpu() -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// Reads one whole message. With `poll`, it never sleeps: a read that finds
+/// nothing yields to the runtime and looks again, the floor for a socket
+/// transport that does not sleep while it waits (busline's connections
+/// poll for a moment before they sleep).
+async fn read_message<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut [u8], poll: bool) -> bool {
+    if !poll {
+        return rd.read_exact(buf).await.is_ok();
+    }
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rd.read(&mut buf[filled..]).now_or_never() {
+            Some(Ok(0)) | Some(Err(_)) => return false,
+            Some(Ok(n)) => filled += n,
+            None => tokio::task::yield_now().await,
+        }
+    }
+    true
+}
+
 /// The raw floor: the client writes one 48-byte message per call and a
 /// reader hands each echo back in order (calls in flight are answered in
 /// the order they were sent, as a socket delivers them).
-pub(crate) async fn raw_client(socket: &Path) -> Call {
+pub(crate) async fn raw_client(socket: &Path, poll: bool) -> Call {
     let stream = UnixStream::connect(socket).await.expect("raw connect");
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(Mutex::new(wr));
@@ -207,7 +227,7 @@ pub(crate) async fn raw_client(socket: &Path) -> Call {
         tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<u64>>();
     tokio::task::spawn_local(async move {
         let mut buf = [0u8; RAW_MESSAGE];
-        while rd.read_exact(&mut buf).await.is_ok() {
+        while read_message(&mut rd, &mut buf, poll).await {
             let Some(waiter) = waiters_rx.recv().await else {
                 break;
             };
@@ -231,7 +251,7 @@ pub(crate) async fn raw_client(socket: &Path) -> Call {
     })
 }
 
-pub(crate) async fn raw_server(socket: PathBuf) {
+pub(crate) async fn raw_server(socket: PathBuf, poll: bool) {
     let listener = UnixListener::bind(&socket).expect("raw bind");
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
@@ -239,7 +259,7 @@ pub(crate) async fn raw_server(socket: PathBuf) {
         };
         tokio::spawn(async move {
             let mut buf = [0u8; RAW_MESSAGE];
-            while s.read_exact(&mut buf).await.is_ok() {
+            while read_message(&mut s, &mut buf, poll).await {
                 if s.write_all(&buf).await.is_err() {
                     return;
                 }
@@ -252,6 +272,7 @@ pub(crate) async fn busline_server<T: Transport + 'static, C: Codec>(
     transport: T,
     addr: Address,
     codec: C,
+    spin: Spin,
 ) -> busline::rpc::ServerHandle {
     let router = Router::new()
         .unary("echo", |x: u64| async move { Ok::<_, String>(x) })
@@ -263,6 +284,7 @@ pub(crate) async fn busline_server<T: Transport + 'static, C: Codec>(
             }),
         );
     Server::builder(router, codec)
+        .spin(spin)
         .bind(&transport, &addr)
         .await
         .expect("busline binds")
@@ -272,8 +294,10 @@ pub(crate) async fn busline_client<T: Transport, C: Codec>(
     transport: T,
     addr: &Address,
     codec: C,
+    spin: Spin,
 ) -> Call {
     let client = Client::builder(codec)
+        .spin(spin)
         .connect(&transport, addr)
         .await
         .expect("busline connects");
@@ -363,22 +387,28 @@ fn busline<T: Transport + Clone, C: Codec>(
     transport: T,
     addr: Address,
     codec: C,
+    spin: Spin,
 ) -> (busline::rpc::ServerHandle, Call) {
     let handle = rt
         .block_on(
             server
                 .handle
-                .spawn(busline_server(transport.clone(), addr, codec.clone())),
+                .spawn(busline_server(transport.clone(), addr, codec.clone(), spin)),
         )
         .expect("server-side setup");
-    let call = local.block_on(rt, busline_client(transport, handle.local_addr(), codec));
+    let call = local.block_on(
+        rt,
+        busline_client(transport, handle.local_addr(), codec, spin),
+    );
     (handle, call)
 }
 
 /// Who is measured: a name for `BUSLINE_PEERS_ONLY`, a column title.
-const CONTENDERS: [(&str, &str); 9] = [
+const CONTENDERS: [(&str, &str); 11] = [
     ("raw", "raw Unix socket"),
+    ("raw-poll", "raw Unix socket, polling"),
     ("busline", "busline Unix + CBOR"),
+    ("busline-spin", "busline Unix + CBOR, spin"),
     ("tarpc", "tarpc Unix + bincode"),
     ("tonic", "tonic Unix"),
     ("busline-shm", "busline shm + CBOR"),
@@ -398,12 +428,18 @@ fn measure_one(name: &str, socket: &Path) -> Row {
     let client = |call| local.block_on(&rt, async { measure(call).await });
     let tcp = || "tcp://127.0.0.1:0".parse::<Address>().expect("address");
     let row = match name {
-        "raw" => {
-            server.handle.spawn(raw_server(socket.to_path_buf()));
+        "raw" | "raw-poll" => {
+            let poll = name == "raw-poll";
+            server.handle.spawn(raw_server(socket.to_path_buf(), poll));
             std::thread::sleep(Duration::from_millis(50));
-            client(local.block_on(&rt, raw_client(socket)))
+            client(local.block_on(&rt, raw_client(socket, poll)))
         }
-        "busline" => {
+        "busline" | "busline-spin" => {
+            let spin = if name == "busline" {
+                Spin::NONE
+            } else {
+                Spin::ADAPTIVE
+            };
             let (_handle, call) = busline(
                 &server,
                 &rt,
@@ -411,6 +447,7 @@ fn measure_one(name: &str, socket: &Path) -> Row {
                 UnixTransport::new(),
                 Address::unix(socket),
                 CborCodec::new(),
+                spin,
             );
             client(call)
         }
@@ -439,6 +476,7 @@ fn measure_one(name: &str, socket: &Path) -> Row {
                 ShmTransport::new(),
                 Address::shm(name),
                 CborCodec::new(),
+                Spin::NONE,
             );
             client(call)
         }
@@ -450,6 +488,7 @@ fn measure_one(name: &str, socket: &Path) -> Row {
                 TcpTransport::new(),
                 tcp(),
                 CborCodec::new(),
+                Spin::NONE,
             );
             client(call)
         }
@@ -461,6 +500,7 @@ fn measure_one(name: &str, socket: &Path) -> Row {
                 TcpTransport::new(),
                 tcp(),
                 JsonRpcCodec::new(),
+                Spin::NONE,
             );
             client(call)
         }
@@ -493,9 +533,13 @@ pub fn run() {
     let _ = std::fs::remove_dir_all(&dir);
     let rows: Vec<Row> = rounds.into_iter().map(median).collect();
     println!("Over a Unix socket:\n");
-    table(&rows, &[0, 1, 2, 3, 4], &[(1, 0), (1, 2), (1, 3), (4, 1)]);
+    table(
+        &rows,
+        &[0, 1, 2, 3, 4, 5, 6],
+        &[(2, 0), (3, 1), (2, 4), (3, 4), (2, 5), (6, 2)],
+    );
     println!("\nOver TCP loopback:\n");
-    table(&rows, &[5, 6, 7, 8], &[(5, 7), (6, 7), (5, 8)]);
+    table(&rows, &[7, 8, 9, 10], &[(7, 9), (8, 9), (7, 10)]);
 
     let shown = || {
         CONTENDERS

@@ -17,8 +17,8 @@ use std::{
 };
 
 use busline::{
-    rpc::Client, Address, CborCodec, Encoding, Payload, ShmTransport, TcpTransport, Transport,
-    UnixTransport,
+    rpc::Client, Address, CborCodec, Encoding, Payload, ShmTransport, Spin, TcpTransport,
+    Transport, UnixTransport,
 };
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
@@ -43,9 +43,10 @@ pub(crate) const SIZES: [usize; 7] = [64, 1 << 10, 16 << 10, 64 << 10, 256 << 10
 const ROUNDS: usize = 3;
 
 /// Who is measured: a name for `BUSLINE_PEERS_ONLY`, a column title.
-const CONTENDERS: [(&str, &str); 5] = [
+const CONTENDERS: [(&str, &str); 6] = [
     ("raw", "raw Unix socket"),
     ("busline", "busline Unix + CBOR"),
+    ("busline-spin", "busline Unix + CBOR, spin"),
     ("busline-tcp", "busline TCP + CBOR"),
     ("busline-shm", "busline shm + CBOR"),
     ("tarpc", "tarpc Unix + bincode"),
@@ -115,8 +116,9 @@ async fn raw_client(socket: &Path) -> Echo {
     })
 }
 
-async fn busline_client<T: Transport>(transport: T, addr: &Address) -> Echo {
+async fn busline_client<T: Transport>(transport: T, addr: &Address, spin: Spin) -> Echo {
     let client = Client::builder(CborCodec::new())
+        .spin(spin)
         .connect(&transport, addr)
         .await
         .expect("busline connects");
@@ -193,12 +195,13 @@ fn busline<T: Transport + Clone + 'static>(
     local: &tokio::task::LocalSet,
     transport: T,
     addr: Address,
+    spin: Spin,
 ) -> (busline::rpc::ServerHandle, Echo) {
-    let serving = busline_server(transport.clone(), addr, CborCodec::new());
+    let serving = busline_server(transport.clone(), addr, CborCodec::new(), spin);
     let handle = rt
         .block_on(server.handle.spawn(serving))
         .expect("server-side setup");
-    let echo = local.block_on(rt, busline_client(transport, handle.local_addr()));
+    let echo = local.block_on(rt, busline_client(transport, handle.local_addr(), spin));
     (handle, echo)
 }
 
@@ -215,18 +218,20 @@ fn measure_one(name: &str, socket: &Path) -> Vec<f64> {
             std::thread::sleep(Duration::from_millis(50));
             local.block_on(&rt, raw_client(socket))
         }
-        "busline" | "busline-tcp" | "busline-shm" => {
+        "busline" | "busline-spin" | "busline-tcp" | "busline-shm" => {
             let (handle, echo) = match name {
-                "busline" => busline(
-                    &server,
-                    &rt,
-                    &local,
-                    UnixTransport::new(),
-                    Address::unix(socket),
-                ),
+                "busline" | "busline-spin" => {
+                    let spin = if name == "busline" {
+                        Spin::NONE
+                    } else {
+                        Spin::ADAPTIVE
+                    };
+                    let addr = Address::unix(socket);
+                    busline(&server, &rt, &local, UnixTransport::new(), addr, spin)
+                }
                 "busline-tcp" => {
                     let addr = "tcp://127.0.0.1:0".parse().expect("address");
-                    busline(&server, &rt, &local, TcpTransport::new(), addr)
+                    busline(&server, &rt, &local, TcpTransport::new(), addr, Spin::NONE)
                 }
                 _ => {
                     let name = format!("peers-sweep-{}", std::process::id());
@@ -236,6 +241,7 @@ fn measure_one(name: &str, socket: &Path) -> Vec<f64> {
                         &local,
                         ShmTransport::new(),
                         Address::shm(name),
+                        Spin::NONE,
                     )
                 }
             };
@@ -289,9 +295,9 @@ pub fn run() {
     for (_, title) in CONTENDERS {
         head += &format!(" {title} |");
     }
-    head += " busline Unix / raw | busline Unix / tarpc | busline shm / busline Unix | busline Unix, payload MB/s |";
+    head += " busline Unix / raw | busline Unix / tarpc | spin / no spin | busline shm / busline Unix | busline Unix, payload MB/s |";
     println!("{head}");
-    println!("|{}", " --- |".repeat(CONTENDERS.len() + 5));
+    println!("|{}", " --- |".repeat(CONTENDERS.len() + 6));
     let at = |c: usize, k: usize| medians[c].get(k).copied().unwrap_or(f64::NAN);
     for (k, size) in SIZES.iter().enumerate() {
         let mut line = format!("| {} |", plots::bytes(*size as f64));
@@ -299,10 +305,11 @@ pub fn run() {
             line += &format!(" {:.1} µs |", at(c, k));
         }
         line += &format!(
-            " {:.2}x | {:.2}x | {:.2}x | {:.0} |",
+            " {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.0} |",
             at(1, k) / at(0, k),
-            at(1, k) / at(4, k),
-            at(3, k) / at(1, k),
+            at(1, k) / at(5, k),
+            at(2, k) / at(1, k),
+            at(4, k) / at(1, k),
             *size as f64 / at(1, k)
         );
         println!("{line}");

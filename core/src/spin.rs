@@ -14,6 +14,10 @@ use std::time::Duration;
 /// connection with work in flight stops sleeping, and an idle one costs no
 /// CPU once its last spin has passed.
 ///
+/// Spinning pays only where the spinning thread has a core to itself: on
+/// a machine with more busy threads than cores it takes CPU time from
+/// the very threads it waits for.
+///
 /// - `most` zero: never spin, every wait is a sleep.
 /// - `least` is never above `most`.
 ///
@@ -35,7 +39,9 @@ pub struct Spin {
 impl Spin {
     /// 20 µs at first, up to 500 µs: a few wake-ups' worth on a virtual
     /// machine, short enough that an idle connection stops spinning at once.
-    pub const DEFAULT: Spin = Spin {
+    /// What the shared-memory transport uses, and what an RPC connection
+    /// whose ends each have a core to themselves should use.
+    pub const ADAPTIVE: Spin = Spin {
         least: Duration::from_micros(20),
         most: Duration::from_micros(500),
     };
@@ -72,12 +78,6 @@ impl Spin {
         } else {
             (waited * 2).max(self.least).min(self.most)
         }
-    }
-}
-
-impl Default for Spin {
-    fn default() -> Spin {
-        Spin::DEFAULT
     }
 }
 

@@ -110,7 +110,7 @@ impl Broker {
                 max_connections: crate::rpc::DEFAULT_MAX_CONNECTIONS,
                 max_calls_per_client: crate::rpc::DEFAULT_MAX_HANDLERS,
                 heartbeat: None,
-                spin: Spin::DEFAULT,
+                spin: Spin::NONE,
             },
         }
     }
@@ -212,7 +212,9 @@ impl BrokerBuilder {
 
     /// How long a client's connection keeps polling when it has nothing to
     /// do before its task sleeps: see [`crate::rpc::ServerBuilder::spin`].
-    /// Default: [`Spin::DEFAULT`].
+    /// Default: [`Spin::NONE`] (with the broker, its clients and their
+    /// providers sharing a machine's cores, polling costs more than it
+    /// saves: on two cores it cut the rate of calls through the broker).
     pub fn spin(mut self, spin: Spin) -> Self {
         self.limits.spin = spin;
         self

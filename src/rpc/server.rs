@@ -41,7 +41,7 @@ impl Server {
             max_handlers: DEFAULT_MAX_HANDLERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             heartbeat: None,
-            spin: Spin::DEFAULT,
+            spin: Spin::NONE,
             on_connect: None,
             on_disconnect: None,
         }
@@ -156,9 +156,11 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
     /// coming soon after an answer (see [`Spin`]). Waking a sleeping task
     /// costs a system call and, on a virtual machine, tens of
     /// microseconds, more than a call over a local socket; polling on
-    /// keeps that off a busy connection, for CPU time while it waits.
-    /// [`Spin::NONE`] makes every wait a sleep. Default: [`Spin::DEFAULT`]
-    /// (20 µs, up to 500 µs).
+    /// keeps that off a busy connection, for CPU time while it waits. Worth
+    /// it where the server and its clients each have a core
+    /// ([`Spin::ADAPTIVE`]); harmful where busy threads outnumber cores,
+    /// and with many connections each polling in turn. Default:
+    /// [`Spin::NONE`], every wait a sleep.
     pub fn spin(mut self, spin: Spin) -> Self {
         self.spin = spin;
         self

@@ -33,16 +33,16 @@ impl ShmTransport {
     /// Bytes in each ring unless the address says `?ring=`.
     pub const DEFAULT_RING: usize = 256 * 1024;
     /// How long a side with nothing to do spins before it sleeps, at least.
-    pub const DEFAULT_SPIN: Duration = Spin::DEFAULT.least();
+    pub const DEFAULT_SPIN: Duration = Spin::ADAPTIVE.least();
     /// How far the spin stretches for a peer that keeps answering just
     /// after it.
-    pub const DEFAULT_SPIN_LIMIT: Duration = Spin::DEFAULT.most();
+    pub const DEFAULT_SPIN_LIMIT: Duration = Spin::ADAPTIVE.most();
 
     /// A transport with the default ring size and spin.
     pub fn new() -> Self {
         ShmTransport {
             ring: Self::DEFAULT_RING,
-            spin: Spin::DEFAULT,
+            spin: Spin::ADAPTIVE,
             handshake_timeout: Duration::from_secs(5),
         }
     }
