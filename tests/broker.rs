@@ -15,7 +15,7 @@ use busline::{
     broker::{Broker, BrokerClient, BrokerHandle, Channel},
     rpc::{Client, Reply, Request},
     Address, AnyTransport, CborCodec, Encoding, Error, JsonLineCodec, JsonRpcCodec,
-    MemoryTransport, Payload, TcpTransport, UnixTransport,
+    MemoryTransport, Payload, Spin, TcpTransport, UnixTransport,
 };
 use futures::{stream, StreamExt};
 use support::{memory_client, provide_add};
@@ -93,6 +93,39 @@ async fn memory_broker(
         .unwrap();
     let addr = broker.local_addrs()[0].clone();
     (broker, addr)
+}
+
+/// A broker and clients that poll before they sleep (`Spin::ADAPTIVE`), on
+/// a one-thread runtime (where a `#[tokio::main]` body waits for answers):
+/// calls and publications arrive as with sleeping connections.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_broker_and_clients_carry_calls_and_publications() {
+    let name = format!("spinning-broker-{}", std::process::id());
+    let (broker, addr) = memory_broker(Broker::builder().spin(Spin::ADAPTIVE), &name).await;
+    let transport = busline::any_transport();
+    let spinning = || Client::builder(CborCodec::new()).spin(Spin::ADAPTIVE);
+    let provider = connect(spinning(), &transport, &addr).await;
+    provide_add(&provider.open("math").await.unwrap()).await;
+    let caller = connect(spinning(), &transport, &addr).await;
+    let math = caller.open("math").await.unwrap();
+    for i in 0..100i64 {
+        assert_eq!(math.call::<_, i64>("add", &(i, 1)).await.unwrap(), i + 1);
+    }
+    let mut news = caller
+        .open("news")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let publisher = provider.open("news").await.unwrap();
+    for i in 0..50u64 {
+        publisher.publish("tick", &i).await.unwrap();
+    }
+    for i in 0..50u64 {
+        assert_eq!(next_message(&mut news).await.decode::<u64>().unwrap(), i);
+    }
+    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

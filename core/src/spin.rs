@@ -38,7 +38,8 @@ pub struct Spin {
 
 impl Spin {
     /// 20 µs at first, up to 500 µs: a few wake-ups' worth on a virtual
-    /// machine, short enough that an idle connection stops spinning at once.
+    /// machine, short enough that an idle connection stops spinning within
+    /// half a millisecond.
     /// What the shared-memory transport uses, and what an RPC connection
     /// whose ends each have a core to themselves should use.
     pub const ADAPTIVE: Spin = Spin {
@@ -54,11 +55,13 @@ impl Spin {
 
     /// Spin at least `least` and at most `most` (`least` is lowered to
     /// `most` if above it).
-    pub fn new(least: Duration, most: Duration) -> Spin {
-        Spin {
-            least: least.min(most),
-            most,
-        }
+    pub const fn new(least: Duration, most: Duration) -> Spin {
+        let least = if least.as_nanos() > most.as_nanos() {
+            most
+        } else {
+            least
+        };
+        Spin { least, most }
     }
 
     /// The spin for the first wait, and after an idle one.
@@ -76,7 +79,7 @@ impl Spin {
         if waited > self.most {
             self.least
         } else {
-            (waited * 2).max(self.least).min(self.most)
+            waited.saturating_mul(2).max(self.least).min(self.most)
         }
     }
 }
@@ -109,5 +112,8 @@ mod tests {
         assert_eq!(inverted.least(), us(10));
         assert_eq!(inverted.after(us(3)), us(10));
         assert_eq!(inverted.after(us(11)), us(10));
+        // No overflow at the far end.
+        let unbounded = Spin::new(Duration::ZERO, Duration::MAX);
+        assert_eq!(unbounded.after(Duration::MAX), Duration::MAX);
     }
 }

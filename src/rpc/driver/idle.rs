@@ -16,6 +16,9 @@ pub(super) struct Idle {
     spin: Spin,
     next: Duration,
     since: Option<Instant>,
+    /// When the task was last polled while waiting: where the wait ended,
+    /// if that poll finds work (not after the work, which may be long).
+    polled: Option<Instant>,
 }
 
 impl Idle {
@@ -24,6 +27,14 @@ impl Idle {
             spin,
             next: spin.least(),
             since: None,
+            polled: None,
+        }
+    }
+
+    /// The task is being polled.
+    pub(super) fn polled(&mut self) {
+        if self.since.is_some() {
+            self.polled = Some(Instant::now());
         }
     }
 
@@ -31,13 +42,15 @@ impl Idle {
     /// sets the next one's spin.
     pub(super) fn busy(&mut self) {
         if let Some(since) = self.since.take() {
-            self.next = self.spin.after(since.elapsed());
+            let ended = self.polled.take().unwrap_or_else(Instant::now);
+            self.next = self.spin.after(ended.saturating_duration_since(since));
         }
     }
 
     /// The connection has nothing to do. Within this wait's spin, have the
-    /// task polled again once the runtime has looked at its I/O and run
-    /// whatever else is ready (as `tokio::task::yield_now` does: waking
+    /// task polled again once its runtime has looked at its I/O and run
+    /// whatever else is ready (as `tokio::task::yield_now` does; outside a
+    /// runtime's scheduler the wake-up is immediate instead: waking
     /// itself instead would be polled again at once, up to a whole
     /// scheduler tick before the runtime's `block_on` future, where a
     /// `#[tokio::main]` caller awaits its answer); after it, sleep until a
@@ -90,13 +103,23 @@ mod tests {
         assert_eq!(spins(&mut idle), 1, "within the spin: poll again");
         assert_eq!(spins(&mut idle), 1, "still within it");
 
-        let mut idle = Idle::new(Spin::new(Duration::from_millis(1), Duration::from_secs(60)));
+        let mut idle = Idle::new(Spin::new(
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        ));
         assert_eq!(spins(&mut idle), 1);
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(100));
         assert_eq!(spins(&mut idle), 0, "past the spin: sleep");
-        // The wait ended after ~5 ms: the next spin stretches to twice it.
+        // Woken after ~100 ms: the wait ends at that poll, not after the
+        // work it finds; the next spin stretches to twice it.
+        idle.polled();
+        std::thread::sleep(Duration::from_millis(300));
         idle.busy();
-        assert!(idle.next >= Duration::from_millis(10), "{:?}", idle.next);
+        assert!(
+            idle.next >= Duration::from_millis(200) && idle.next < Duration::from_millis(600),
+            "{:?}",
+            idle.next
+        );
         assert_eq!(spins(&mut idle), 1);
     }
 

@@ -304,6 +304,7 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        this.idle.polled();
         let mut budget = BUDGET;
         // Once per wake-up is enough: it stays ready once it is, and the
         // waker it registered holds until then. (Polling a source again

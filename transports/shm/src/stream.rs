@@ -127,8 +127,8 @@ impl Wait {
     ///
     /// Busy-waiting inside a poll would hold a runtime thread, and with it
     /// the very task that is about to answer (on two cores, often the
-    /// case). So look a few times at once, then yield, waking ourselves to
-    /// look again after other tasks have run, until this wait's spin (see
+    /// case). So look a few times at once, then yield (a deferred wake-up,
+    /// as `tokio::task::yield_now`) to look again after other tasks have run, until this wait's spin (see
     /// [`Spin`]) has passed since we first found nothing; then `raise` the
     /// waiting flag (after which the caller looks once more), and only then
     /// sleep on the wake-up socket, or learn that the peer is gone.
