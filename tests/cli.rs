@@ -298,7 +298,8 @@ fn broker_and_call_through_a_channel() {
     let unix = format!("unix://{}", dir.path().join("b.sock").display());
     let tcp = format!("tcp://127.0.0.1:{}?codec=jsonrpc", free_port());
     let mut broker = Command::new(env!("CARGO_BIN_EXE_busline"))
-        .args(["broker", "--listen", &unix, "--listen", &tcp])
+        // Polling connections (--spin) serve as sleeping ones do.
+        .args(["broker", "--listen", &unix, "--listen", &tcp, "--spin"])
         .stderr(Stdio::null())
         .spawn()
         .expect("broker starts");

@@ -137,6 +137,12 @@ pub(crate) struct BrokerArgs {
     /// within as many again. Every busline client answers probes.
     #[arg(long, value_name = "MS")]
     heartbeat: Option<u64>,
+    /// Poll clients' connections for a moment before sleeping (20 µs,
+    /// stretching up to 500 µs while they keep busy): several times lower
+    /// latency where the broker has a core to itself, CPU time taken from
+    /// its clients where it does not.
+    #[arg(long)]
+    spin: bool,
     /// Run as the one instance: lock this pidfile (its directory is made if
     /// missing) and write the pid; refuse to start if a live broker holds
     /// it. Removed on Ctrl-C or SIGTERM.
@@ -192,6 +198,9 @@ pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Re
     }
     if let Some(ms) = args.heartbeat {
         builder = builder.heartbeat(Duration::from_millis(ms));
+    }
+    if args.spin {
+        builder = builder.spin(busline::Spin::ADAPTIVE);
     }
     for url in &args.listen {
         let addr: Address = url.parse()?;
