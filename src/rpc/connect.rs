@@ -125,7 +125,7 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
     /// than a call over a local socket; polling on keeps that off a busy
     /// connection, for CPU time while it waits. Worth it where each end
     /// has a core to itself ([`Spin::ADAPTIVE`]: a Unix-socket call went
-    /// from 80 µs to 13 µs here); harmful where busy threads outnumber
+    /// from 95 µs to 11 µs here); harmful where busy threads outnumber
     /// cores, as the polling takes their time. Default: [`Spin::NONE`],
     /// every wait a sleep.
     pub fn spin(mut self, spin: Spin) -> Self {
