@@ -21,11 +21,11 @@ use busline::{Address, CborCodec, Spin, UnixTransport};
 use futures::{stream::FuturesUnordered, StreamExt};
 
 use crate::{
-    plots,
-    rpc_peers::{
+    contenders::{
         busline_client, busline_server, current_thread, raw_client, raw_server, tarpc_client,
         tarpc_server, Call, ServerThread, COOL_DOWN, WARM_UP,
     },
+    plots,
 };
 
 const COUNTS: [usize; 4] = [1, 10, 100, 1000];
@@ -175,6 +175,9 @@ fn measure_in_child(name: &str, n: usize) -> Point {
     }
 }
 
+/// How a table row shows one contender's point.
+type Show = fn(&Point) -> String;
+
 /// Each figure's median over the rounds.
 fn median(points: Vec<Point>) -> Point {
     let mid = |f: fn(&Point) -> f64| {
@@ -226,7 +229,7 @@ pub fn run() {
     println!("{head}\n|{}", " --- |".repeat(CONTENDERS.len() + 2));
     let at = |c: usize, k: usize| results[c].get(k).copied().unwrap_or_default();
     for (k, n) in COUNTS.iter().enumerate() {
-        let rows: [(&str, fn(&Point) -> String); 3] = [
+        let rows: [(&str, Show); 3] = [
             ("memory per connection", |p| {
                 format!("{:.1} KiB", p.kib_per_connection)
             }),

@@ -19,6 +19,7 @@
 //! draw their plots into `plots/` (`plots.rs`).
 
 mod connections;
+mod contenders;
 mod plots;
 mod rpc_peers;
 mod sweep;
@@ -35,8 +36,8 @@ use busline::{
     Address, CborCodec, UnixTransport,
 };
 use bytes::Bytes;
+use contenders::{COOL_DOWN, WARM_UP};
 use futures::{future::join_all, StreamExt};
-use rpc_peers::{COOL_DOWN, WARM_UP};
 
 /// The allocator the `busline` program uses, so the broker process here
 /// is the daemon's equal; the clients, busline's and NATS's alike, use it
@@ -70,22 +71,27 @@ fn free_port() -> u16 {
 
 async fn start_nats() -> (Server, String) {
     let port = free_port();
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            eprintln!("cannot start nats-server ({e}); install it: apt-get install nats-server");
-            std::process::exit(1)
-        });
+    // Killed when dropped, on every path out of here.
+    let server = Server(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                eprintln!(
+                    "cannot start nats-server ({e}); install it: apt-get install nats-server"
+                );
+                std::process::exit(1)
+            }),
+    );
     let url = format!("nats://127.0.0.1:{port}");
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return (Server(child), url);
+            return (server, url);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,7 +1,9 @@
 //! The plots BENCHMARKS.md shows, drawn by the benches themselves as SVG
 //! (plotters' SVG backend writes text as text: no fonts needed here).
 //!
-//! They go to `bench-peers/plots/`, or to `$BUSLINE_PLOTS_DIR`.
+//! They go to `bench-peers/plots/`, or to `$BUSLINE_PLOTS_DIR`; a run of
+//! one contender (`BUSLINE_PEERS_ONLY`) draws none, leaving the full
+//! run's plots as they are.
 
 use std::{ops::Range, path::PathBuf};
 
@@ -41,6 +43,11 @@ fn tick(bytes: bool, v: f64) -> String {
     }
 }
 
+/// Whether this run measures one contender only, and draws no plots.
+fn partial() -> bool {
+    std::env::var_os("BUSLINE_PEERS_ONLY").is_some()
+}
+
 fn path(file: &str) -> PathBuf {
     let dir = std::env::var_os("BUSLINE_PLOTS_DIR")
         .map(PathBuf::from)
@@ -78,6 +85,9 @@ pub fn lines(
     log: (bool, bool),
     series: &[(&str, Vec<(f64, f64)>)],
 ) {
+    if partial() {
+        return;
+    }
     let xs = series.iter().flat_map(|(_, p)| p.iter().map(|p| p.0));
     let ys = series.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
     let (x, y) = (span(xs, log.0), span(ys, log.1));
@@ -164,6 +174,9 @@ where
 /// One horizontal bar per `(label, value)`, top to bottom, the value and
 /// the label written at its end; busline's bars in colour, peers' grey.
 pub fn bars(file: &str, title: &str, x_desc: &str, bars: &[(&str, f64)]) {
+    if partial() {
+        return;
+    }
     let file = path(file);
     let root = SVGBackend::new(&file, (SIZE.0, 80 + 40 * bars.len() as u32)).into_drawing_area();
     let drawn = draw_bars(&root, title, x_desc, bars);

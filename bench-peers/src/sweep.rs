@@ -34,8 +34,8 @@ use tokio::{
 };
 
 use crate::{
+    contenders::{busline_server, current_thread, ServerThread, COOL_DOWN, WARM_UP},
     plots,
-    rpc_peers::{busline_server, current_thread, ServerThread, COOL_DOWN, WARM_UP},
 };
 
 /// Payload sizes: 64 B, 1 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB, 4 MiB.

@@ -27,7 +27,7 @@ use tonic::{
 };
 use tonic_prost::ProstCodec;
 
-use crate::rpc_peers::Call;
+use crate::contenders::Call;
 
 /// The echoed value, as protobuf `message Num { uint64 x = 1; }`.
 #[derive(Clone, PartialEq, prost::Message)]
