@@ -22,8 +22,8 @@ use futures::{stream::FuturesUnordered, StreamExt};
 
 use crate::{
     contenders::{
-        busline_client, busline_server, current_thread, raw_client, raw_server, tarpc_client,
-        tarpc_server, Call, ServerThread, COOL_DOWN, WARM_UP,
+        busline_client, busline_server, current_thread, median_of, raw_client, raw_server,
+        tarpc_client, tarpc_server, Call, ServerThread, COOL_DOWN, WARM_UP,
     },
     plots,
 };
@@ -180,11 +180,7 @@ type Show = fn(&Point) -> String;
 
 /// Each figure's median over the rounds.
 fn median(points: Vec<Point>) -> Point {
-    let mid = |f: fn(&Point) -> f64| {
-        let mut v: Vec<f64> = points.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let mid = |f: fn(&Point) -> f64| median_of(points.iter().map(f).collect());
     Point {
         kib_per_connection: mid(|p| p.kib_per_connection),
         median_us: mid(|p| p.median_us),

@@ -15,6 +15,7 @@ use busline::{
     rpc::{Client, Reply, Request, Router, Server},
     Address, Codec, Spin, Transport,
 };
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tarpc::{
     client, context,
@@ -31,9 +32,12 @@ use tokio::{
 /// Bytes per raw message: about the size of a small busline call frame.
 const RAW_MESSAGE: usize = 48;
 
+/// tarpc's side of every scenario, as busline's router has both echoes.
 #[tarpc::service]
-trait Echo {
+pub(crate) trait Echo {
     async fn echo(x: u64) -> u64;
+    /// The payload sweep's echo.
+    async fn echo_bytes(bytes: Bytes) -> Bytes;
 }
 
 #[derive(Clone)]
@@ -43,6 +47,17 @@ impl Echo for EchoServer {
     async fn echo(self, _: context::Context, x: u64) -> u64 {
         x
     }
+
+    async fn echo_bytes(self, _: context::Context, bytes: Bytes) -> Bytes {
+        bytes
+    }
+}
+
+/// The middle one of some figures (each table shows the median of its
+/// rounds).
+pub(crate) fn median_of(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
 }
 
 pub(crate) fn current_thread() -> Runtime {
@@ -273,11 +288,17 @@ pub(crate) async fn tarpc_server(socket: PathBuf) {
     }
 }
 
+/// A tarpc client of [`tarpc_server`] at `socket`, taking frames of any
+/// size (as the server does).
+pub(crate) async fn tarpc_connect(socket: &Path) -> EchoClient {
+    let mut connect = tarpc::serde_transport::unix::connect(socket, Bincode::default);
+    connect.config_mut().max_frame_length(usize::MAX);
+    let transport = connect.await.expect("tarpc connects");
+    EchoClient::new(client::Config::default(), transport).spawn()
+}
+
 pub(crate) async fn tarpc_client(socket: &Path) -> Call {
-    let transport = tarpc::serde_transport::unix::connect(socket, Bincode::default)
-        .await
-        .expect("tarpc connects");
-    let client = EchoClient::new(client::Config::default(), transport).spawn();
+    let client = tarpc_connect(socket).await;
     Arc::new(move |x| {
         let client = client.clone();
         Box::pin(async move {

@@ -36,7 +36,7 @@ use busline::{
     Address, CborCodec, UnixTransport,
 };
 use bytes::Bytes;
-use contenders::{COOL_DOWN, WARM_UP};
+use contenders::{median_of, COOL_DOWN, WARM_UP};
 use futures::{future::join_all, StreamExt};
 
 /// The allocator the `busline` program uses, so the broker process here
@@ -124,11 +124,7 @@ fn comm_ipc_call() -> Result<(f64, f64), String> {
 
 /// Each figure's median over the rounds.
 fn median(mut rounds: Vec<Row>) -> Row {
-    fn mid(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-    let pick = |f: &dyn Fn(&Row) -> f64| mid(rounds.iter().map(f).collect());
+    let pick = |f: &dyn Fn(&Row) -> f64| median_of(rounds.iter().map(f).collect());
     let mut row = Row {
         median_us: pick(&|r| r.median_us),
         p99_us: pick(&|r| r.p99_us),

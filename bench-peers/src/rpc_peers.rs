@@ -34,7 +34,8 @@ use tokio::runtime::Runtime;
 use crate::{
     contenders::{
         busline_client, busline_server, current_thread, jsonrpsee_client, jsonrpsee_server,
-        raw_client, raw_server, tarpc_client, tarpc_server, Call, ServerThread, COOL_DOWN, WARM_UP,
+        median_of, raw_client, raw_server, tarpc_client, tarpc_server, Call, ServerThread,
+        COOL_DOWN, WARM_UP,
     },
     plots, tonic_peer,
 };
@@ -348,18 +349,14 @@ fn table(rows: &[Row], shown: &[usize], ratios: &[(usize, usize)]) {
 
 /// Each figure's median over the rounds.
 fn median(rounds: Vec<Row>) -> Row {
-    let mid = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Row {
-        median_us: mid(rounds.iter().map(|r| r.median_us).collect()),
+        median_us: median_of(rounds.iter().map(|r| r.median_us).collect()),
         // (Rows skipped with BUSLINE_PEERS_ONLY are all zero.)
-        mean_us: mid(rounds.iter().map(|r| r.mean_us).collect()),
-        p99_us: mid(rounds.iter().map(|r| r.p99_us).collect()),
-        cpu_us: mid(rounds.iter().map(|r| r.cpu_us).collect()),
+        mean_us: median_of(rounds.iter().map(|r| r.mean_us).collect()),
+        p99_us: median_of(rounds.iter().map(|r| r.p99_us).collect()),
+        cpu_us: median_of(rounds.iter().map(|r| r.cpu_us).collect()),
         rates: (0..rounds.iter().map(|r| r.rates.len()).min().unwrap_or(0))
-            .map(|i| mid(rounds.iter().map(|r| r.rates[i]).collect()))
+            .map(|i| median_of(rounds.iter().map(|r| r.rates[i]).collect()))
             .collect(),
     }
 }

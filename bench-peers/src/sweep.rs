@@ -21,12 +21,7 @@ use busline::{
     Transport, UnixTransport,
 };
 use bytes::{Buf, Bytes};
-use futures::StreamExt;
-use tarpc::{
-    client, context,
-    server::{self as tarpc_server, Channel},
-    tokio_serde::formats::Bincode,
-};
+use tarpc::context;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
@@ -34,7 +29,10 @@ use tokio::{
 };
 
 use crate::{
-    contenders::{busline_server, current_thread, ServerThread, COOL_DOWN, WARM_UP},
+    contenders::{
+        busline_server, current_thread, median_of, tarpc_connect, tarpc_server, ServerThread,
+        COOL_DOWN, WARM_UP,
+    },
     plots,
 };
 
@@ -58,20 +56,6 @@ type Echo = Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = usize>>>>;
 /// Calls per size: enough for a steady median, fewer for large payloads.
 fn calls_for(size: usize) -> usize {
     ((64 << 20) / size).clamp(30, 2000)
-}
-
-#[tarpc::service]
-trait Blob {
-    async fn echo(bytes: Bytes) -> Bytes;
-}
-
-#[derive(Clone)]
-struct BlobServer;
-
-impl Blob for BlobServer {
-    async fn echo(self, _: context::Context, bytes: Bytes) -> Bytes {
-        bytes
-    }
 }
 
 /// The raw floor: a 4-byte length and the bytes, echoed whole.
@@ -132,32 +116,12 @@ async fn busline_client<T: Transport>(transport: T, addr: &Address, spin: Spin) 
     })
 }
 
-async fn tarpc_server_blob(socket: PathBuf) {
-    let mut listener = tarpc::serde_transport::unix::listen(&socket, Bincode::default)
-        .await
-        .expect("tarpc listens");
-    listener.config_mut().max_frame_length(usize::MAX);
-    while let Some(Ok(transport)) = listener.next().await {
-        let channel = tarpc_server::BaseChannel::with_defaults(transport);
-        tokio::spawn(
-            channel
-                .execute(BlobServer.serve())
-                .for_each(|response| async move {
-                    tokio::spawn(response);
-                }),
-        );
-    }
-}
-
 async fn tarpc_client(socket: &Path) -> Echo {
-    let mut connect = tarpc::serde_transport::unix::connect(socket, Bincode::default);
-    connect.config_mut().max_frame_length(usize::MAX);
-    let transport = connect.await.expect("tarpc connects");
-    let client = BlobClient::new(client::Config::default(), transport).spawn();
+    let client = tarpc_connect(socket).await;
     Arc::new(move |bytes| {
         let client = client.clone();
         Box::pin(async move {
-            let answer = client.echo(context::current(), bytes).await;
+            let answer = client.echo_bytes(context::current(), bytes).await;
             answer.expect("tarpc call").len()
         })
     })
@@ -249,7 +213,7 @@ fn measure_one(name: &str, socket: &Path) -> Vec<f64> {
             echo
         }
         "tarpc" => {
-            server.handle.spawn(tarpc_server_blob(socket.to_path_buf()));
+            server.handle.spawn(tarpc_server(socket.to_path_buf()));
             std::thread::sleep(Duration::from_millis(50));
             local.block_on(&rt, tarpc_client(socket))
         }
@@ -282,11 +246,7 @@ pub fn run() {
         .iter()
         .map(|rounds| {
             (0..rounds.first().map_or(0, Vec::len))
-                .map(|k| {
-                    let mut v: Vec<f64> = rounds.iter().map(|r| r[k]).collect();
-                    v.sort_by(f64::total_cmp);
-                    v[v.len() / 2]
-                })
+                .map(|k| median_of(rounds.iter().map(|r| r[k]).collect()))
                 .collect()
         })
         .collect();
