@@ -242,23 +242,17 @@ pub fn run() {
             println!("{line}");
         }
     }
-    let series: Vec<(&str, Vec<(f64, f64)>)> = CONTENDERS
+    let series: Vec<(&str, Vec<f64>)> = CONTENDERS
         .iter()
         .zip(&results)
-        .filter(|(_, r)| !r.is_empty())
-        .map(|((_, title), points)| {
-            let line = COUNTS
-                .iter()
-                .zip(points)
-                .map(|(&n, p)| (n as f64, p.median_us));
-            (*title, line.collect())
-        })
+        .map(|((_, title), points)| (*title, points.iter().map(|p| p.median_us).collect()))
         .collect();
     plots::lines(
         "round-trip-vs-connections.svg",
         "Round trip against connections open (median, calls spread over them)",
         ("connections", "round trip (µs)"),
         (true, false),
+        &COUNTS.map(|n| n as f64),
         &series,
     );
 }

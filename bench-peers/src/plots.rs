@@ -76,18 +76,26 @@ fn span(values: impl Iterator<Item = f64> + Clone, log: bool) -> Range<f64> {
     }
 }
 
-/// One line per series, `(x, y)` points; `log` sets each axis (x, y) to
-/// a log scale; an x axis described as "bytes" is labelled in bytes.
+/// One line per series, a `y` for each of `xs` (a series with none is
+/// left out); `log` sets each axis (x, y) to a log scale; an x axis
+/// described as "bytes" is labelled in bytes.
 pub fn lines(
     file: &str,
     title: &str,
     (x_desc, y_desc): (&str, &str),
     log: (bool, bool),
-    series: &[(&str, Vec<(f64, f64)>)],
+    xs: &[f64],
+    series: &[(&str, Vec<f64>)],
 ) {
     if partial() {
         return;
     }
+    let series: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .filter(|(_, ys)| !ys.is_empty())
+        .map(|(name, ys)| (*name, xs.iter().copied().zip(ys.iter().copied()).collect()))
+        .collect();
+    let series = &series[..];
     let xs = series.iter().flat_map(|(_, p)| p.iter().map(|p| p.0));
     let ys = series.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
     let (x, y) = (span(xs, log.0), span(ys, log.1));

@@ -283,19 +283,14 @@ pub fn run() {
             .filter(|(_, r)| r.median_us > 0.0)
     };
     let rates = shown()
-        .map(|((_, title), row)| {
-            let points = IN_FLIGHT
-                .iter()
-                .map(|&n| n as f64)
-                .zip(row.rates.iter().copied());
-            (*title, points.collect())
-        })
+        .map(|((_, title), row)| (*title, row.rates.clone()))
         .collect::<Vec<_>>();
     plots::lines(
         "rate-vs-in-flight.svg",
         "Calls per second against calls kept in flight (64-bit echo)",
         ("calls in flight", "calls/s"),
         (true, false),
+        &IN_FLIGHT.map(|n| n as f64),
         &rates,
     );
     let round_trips = shown()

@@ -274,26 +274,17 @@ pub fn run() {
         );
         println!("{line}");
     }
-    let series: Vec<(&str, Vec<(f64, f64)>)> = CONTENDERS
+    let series: Vec<(&str, Vec<f64>)> = CONTENDERS
         .iter()
-        .zip(&medians)
-        .filter(|(_, m)| !m.is_empty())
-        .map(|((_, title), m)| {
-            (
-                *title,
-                SIZES
-                    .iter()
-                    .map(|&s| s as f64)
-                    .zip(m.iter().copied())
-                    .collect(),
-            )
-        })
+        .map(|(_, title)| *title)
+        .zip(medians)
         .collect();
     plots::lines(
         "latency-vs-payload.svg",
         "Echo round trip against payload size (median, one call in flight)",
         ("payload (bytes)", "round trip (µs)"),
         (true, true),
+        &SIZES.map(|s| s as f64),
         &series,
     );
 }
