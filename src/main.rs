@@ -8,6 +8,9 @@ use std::process::ExitCode;
 /// A broker allocates a little for every message it passes on, on one
 /// thread, and frees it on another: mimalloc does that much faster than
 /// the system allocator (bench-peers shows the difference in fan-out).
+/// Built without transparent huge pages (`no_thp`): memory mimalloc
+/// returns between bursts came back as a 2 MiB page to zero on the next
+/// burst, a third of the broker's time feeding one subscriber.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

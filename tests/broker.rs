@@ -12,10 +12,10 @@ use std::{
 };
 
 use busline::{
-    broker::{Broker, BrokerClient, BrokerHandle, Channel},
+    broker::{Broker, BrokerClient, BrokerClientBuilder, BrokerHandle, Channel},
     rpc::{Client, Reply, Request},
     Address, AnyTransport, CborCodec, Encoding, Error, JsonLineCodec, JsonRpcCodec,
-    MemoryTransport, Payload, Spin, TcpTransport, UnixTransport,
+    MemoryTransport, NoAuth, Payload, Spin, TcpTransport, UnixTransport,
 };
 use futures::{stream, StreamExt};
 use support::{memory_client, provide_add};
@@ -566,30 +566,57 @@ async fn publications_reach_matching_subscribers_once() {
     s.broker.shutdown().await;
 }
 
+/// How the test configures a subscriber's client.
+type SubscriberClient = BrokerClientBuilder<CborCodec, NoAuth>;
+
+/// The subscriber's client with its default subscription queue.
+fn unbounded(b: SubscriberClient) -> SubscriberClient {
+    b
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_told_what_it_missed() {
     let builder = Broker::builder().subscriber_queue(16);
-    publish_to_a_slow_subscriber(builder, "slow-sub", 20_000, 8).await;
+    publish_to_a_slow_subscriber(builder, unbounded, "slow-sub", 20_000, 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_queue_is_bounded_in_bytes_too() {
     // Room for thousands of publications, but only 64 KiB of them.
     let builder = Broker::builder().subscriber_queue_bytes(64 << 10);
-    publish_to_a_slow_subscriber(builder, "slow-sub-bytes", 400, 16 << 10).await;
+    publish_to_a_slow_subscriber(builder, unbounded, "slow-sub-bytes", 400, 16 << 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_queue_in_the_client_is_bounded() {
+    // The broker would hold all of them; the subscriber's client not.
+    let client = |b: SubscriberClient| b.subscription_queue(16);
+    publish_to_a_slow_subscriber(Broker::builder(), client, "slow-local", 2_000, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_queue_in_the_client_is_bounded_in_bytes_too() {
+    // 64 KiB holds at most three 16 KiB publications beside their entries.
+    let client = |b: SubscriberClient| b.subscription_queue_bytes(64 << 10);
+    publish_to_a_slow_subscriber(Broker::builder(), client, "slow-local-bytes", 40, 16 << 10).await;
 }
 
 /// Publish `sent` numbered publications of about `size` bytes to a
-/// subscriber that reads only afterwards: it gets them in order, and is
-/// told exactly how many it missed.
+/// subscriber (its client configured by `subscriber`) that reads only
+/// afterwards: it gets them in order, and is told exactly how many it
+/// missed.
 async fn publish_to_a_slow_subscriber(
     builder: busline::broker::BrokerBuilder,
+    subscriber: fn(SubscriberClient) -> SubscriberClient,
     name: &str,
     sent: u64,
     size: usize,
 ) {
     let (broker, addr) = memory_broker(builder, name).await;
-    let subscriber = memory_client(&addr).await;
+    let subscriber = subscriber(BrokerClient::builder(Client::builder(CborCodec::new())))
+        .connect(&MemoryTransport::new(), &addr)
+        .await
+        .unwrap();
     let mut sub = subscriber
         .open("firehose")
         .await

@@ -179,8 +179,9 @@ fn start_broker(socket: &std::path::Path) -> Server {
     Server(child)
 }
 
-/// The rows for a broker listening on `socket`.
-async fn busline_rows(socket: &std::path::Path) -> Row {
+/// The rows for a broker listening on `socket`, on channels of their own
+/// for `round` (the broker serves every round, as `nats-server` does).
+async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
     let addr = Address::unix(socket);
     let transport = UnixTransport::new();
     let connect = || {
@@ -192,7 +193,7 @@ async fn busline_rows(socket: &std::path::Path) -> Row {
     };
     let provider = connect().await.expect("connects");
     provider
-        .open("bench")
+        .open(&format!("bench{round}"))
         .await
         .expect("opens")
         .provide("echo", |x: Bytes| async move { Ok::<_, String>(x) })
@@ -201,7 +202,7 @@ async fn busline_rows(socket: &std::path::Path) -> Row {
     let caller: Channel = connect()
         .await
         .expect("connects")
-        .open("bench")
+        .open(&format!("bench{round}"))
         .await
         .expect("opens");
     let payload = Bytes::from_static(&[7u8; 32]);
@@ -235,7 +236,7 @@ async fn busline_rows(socket: &std::path::Path) -> Row {
 
     let mut fan_out = Vec::new();
     for subscribers in [1usize, 10, 100] {
-        let channel = format!("fan{subscribers}");
+        let channel = format!("fan{subscribers}-{round}");
         let mut subs = Vec::new();
         let mut clients = Vec::new();
         for _ in 0..subscribers {
@@ -421,35 +422,36 @@ async fn brokers(args: Vec<String>) {
     let dir = std::env::temp_dir().join(format!("busline-peers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let (_nats, url) = start_nats().await;
+    // Both brokers serve every round, as nats-server does: none pays for
+    // its first requests' memory in a round and not the others.
+    let process_socket = dir.join("process.sock");
+    let _process_broker = start_broker(&process_socket);
+    let embedded_socket = dir.join("embedded.sock");
+    let embedded_broker = Broker::builder()
+        .listen(
+            UnixTransport::new(),
+            Address::unix(&embedded_socket),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .expect("broker starts");
 
     // Rounds take turns, so a slow spell of the machine hits all three.
     let (mut process, mut embedded, mut nats) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         // The broker in its own process, as `busline broker` runs it.
         tokio::time::sleep(COOL_DOWN).await;
-        let socket = dir.join(format!("process{round}.sock"));
-        let broker = start_broker(&socket);
-        process.push(busline_rows(&socket).await);
-        drop(broker);
+        process.push(busline_rows(&process_socket, round).await);
 
         // The broker embedded in this program, beside its clients.
         tokio::time::sleep(COOL_DOWN).await;
-        let socket = dir.join(format!("embedded{round}.sock"));
-        let broker = Broker::builder()
-            .listen(
-                UnixTransport::new(),
-                Address::unix(&socket),
-                CborCodec::new(),
-            )
-            .start()
-            .await
-            .expect("broker starts");
-        embedded.push(busline_rows(&socket).await);
-        broker.shutdown().await;
+        embedded.push(busline_rows(&embedded_socket, round).await);
 
         tokio::time::sleep(COOL_DOWN).await;
         nats.push(nats_rows(&url, round).await);
     }
+    embedded_broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     let (process, embedded, nats) = (median(process), median(embedded), median(nats));
     let comm_ipc = comm_ipc_call();

@@ -11,13 +11,19 @@ use busline_core::{Error, Payload};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{self, BrokerClient, Lagged, RelayLagged, RelaySink, LAGGED, RELAY_LAGGED},
+    broker::{
+        self, BrokerClient, ByteBudget, Lagged, RelayLagged, RelaySink, LAGGED, RELAY_LAGGED,
+    },
     rpc::{Reply, Request},
 };
 
 /// Publications a bridge holds on their way to the other broker; past
-/// this, it drops them and tells the subscribers over there how many.
-pub(super) const RELAY_QUEUE: usize = 8192;
+/// this many, or [`RELAY_QUEUE_BYTES`], it drops them and tells the
+/// subscribers over there how many.
+pub(super) const RELAY_QUEUE: usize = 65536;
+/// Bytes the publications a bridge holds on their way may take (names,
+/// payloads and queue entries), as a broker's subscriber queue.
+pub(super) const RELAY_QUEUE_BYTES: usize = broker::DEFAULT_SUBSCRIBER_QUEUE_BYTES;
 
 /// How soon word of lost publications goes out when nothing else does.
 const TELL_LOST_EVERY: Duration = Duration::from_millis(100);
@@ -40,14 +46,25 @@ pub(super) fn calls_to(
 /// Publications lost per channel, not yet told.
 type Lost = Arc<Mutex<HashMap<String, u64>>>;
 
+/// A relayed message on its way: its routed name and payload.
+type Relayed = (String, Payload);
+
 /// Where what broker `from` relays to the bridge goes: on to the other
 /// broker (`to`), in order, through a bounded queue. What cannot be passed
 /// on (the queue is full, or `from` dropped some for the bridge) is counted
 /// per channel and told to `to` as lost, for its subscribers to know.
 pub(super) fn forwarder(from: &str, to: BrokerClient, stop: CancellationToken) -> RelaySink {
-    let (tx, rx) = tokio::sync::mpsc::channel::<(String, Payload)>(RELAY_QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Relayed>(RELAY_QUEUE);
+    let bytes = Arc::new(ByteBudget::new(RELAY_QUEUE_BYTES));
     let lost: Lost = Arc::default();
-    tokio::spawn(pass_on(rx, to, from.to_owned(), lost.clone(), stop));
+    tokio::spawn(pass_on(
+        rx,
+        bytes.clone(),
+        to,
+        from.to_owned(),
+        lost.clone(),
+        stop,
+    ));
     Box::new(move |name: &str, payload: &Payload| {
         if name == LAGGED {
             // The bridge itself fell behind on `from`.
@@ -56,7 +73,8 @@ pub(super) fn forwarder(from: &str, to: BrokerClient, stop: CancellationToken) -
             }
             return;
         }
-        if tx.try_send((name.to_owned(), payload.clone())).is_err() {
+        let heap = name.len() + payload.len();
+        if !bytes.try_send(&tx, (name.to_owned(), payload.clone()), heap) {
             if let Some((channel, missed)) = lost_with(name, payload) {
                 count(&lost, &channel, missed);
             }
@@ -84,7 +102,8 @@ fn count(lost: &Lost, channel: &str, missed: u64) {
 }
 
 async fn pass_on(
-    mut queue: tokio::sync::mpsc::Receiver<(String, Payload)>,
+    mut queue: tokio::sync::mpsc::Receiver<Relayed>,
+    bytes: Arc<ByteBudget<Relayed>>,
     to: BrokerClient,
     from: String,
     lost: Lost,
@@ -97,6 +116,7 @@ async fn pass_on(
             _ = tick.tick() => {}
             next = queue.recv() => match next {
                 Some((name, payload)) => {
+                    bytes.give(1, name.len() + payload.len());
                     let missed = lost_with(&name, &payload);
                     if let Err(err) = to.client().notify_raw(&name, payload).await {
                         tracing::debug!(error = %err, "bridge: a publication could not be passed on");

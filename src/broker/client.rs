@@ -10,6 +10,7 @@ use busline_core::{Address, Authenticator, Codec, Error, Payload, Result, Transp
 use tower::service_fn;
 
 use super::{
+    budget::QueueBounds,
     channel::Channel,
     keys::ChannelKeys,
     link::{self, ConnectionEvent, Connector, Link, Reconnect, Record},
@@ -67,6 +68,7 @@ pub struct BrokerClientBuilder<C, A> {
     client: ClientBuilder<C, A>,
     client_id: Option<String>,
     reconnect: Option<Reconnect>,
+    subscription_queue: QueueBounds,
 }
 
 impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
@@ -96,6 +98,27 @@ impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
         self
     }
 
+    /// Publications each [`Subscription`](super::Subscription) buffers
+    /// until it is read; past this, further ones are dropped for it and
+    /// counted ([`Event::Lagged`](super::Event::Lagged)), so a reader that
+    /// falls behind never grows the client's memory without bound nor
+    /// stalls its connection. Default: as a broker's subscriber queue,
+    /// [`DEFAULT_SUBSCRIBER_QUEUE`](super::DEFAULT_SUBSCRIBER_QUEUE).
+    pub fn subscription_queue(mut self, publications: usize) -> Self {
+        self.subscription_queue.publications = publications.max(1);
+        self
+    }
+
+    /// Bytes each subscription's buffer may hold (payloads, topics and
+    /// queue entries), whichever of this and
+    /// [`BrokerClientBuilder::subscription_queue`] is reached first (one
+    /// publication larger than this still goes through alone). Default:
+    /// [`DEFAULT_SUBSCRIBER_QUEUE_BYTES`](super::DEFAULT_SUBSCRIBER_QUEUE_BYTES).
+    pub fn subscription_queue_bytes(mut self, bytes: usize) -> Self {
+        self.subscription_queue.bytes = bytes.max(1);
+        self
+    }
+
     /// Connect to the broker at `addr` over `transport`.
     pub async fn connect<T: Transport + Clone>(
         self,
@@ -106,7 +129,7 @@ impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
             client_id: self.client_id.clone(),
             ..Record::default()
         }));
-        let parts = Parts::new(record.clone());
+        let parts = Parts::new(record.clone(), self.subscription_queue);
         let builder = self.client.serve(parts.router());
         let (first, connect): (Client, Option<Connector>) = match &self.reconnect {
             None => (builder.connect(transport, addr).await?, None),
@@ -158,10 +181,10 @@ struct Parts {
 }
 
 impl Parts {
-    fn new(record: Arc<Mutex<Record>>) -> Parts {
+    fn new(record: Arc<Mutex<Record>>, subscription_queue: QueueBounds) -> Parts {
         Parts {
             provided: Arc::new(RwLock::new(Router::new())),
-            subscribers: Arc::new(Subscribers::default()),
+            subscribers: Arc::new(Subscribers::new(subscription_queue)),
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             record,
             relays: Arc::new(OnceLock::new()),
@@ -177,7 +200,7 @@ impl Parts {
             self.record.clone(),
             self.relays.clone(),
         );
-        let pushed = Arc::new(move |method: &str, payload: &Payload| {
+        let pushed = Arc::new(move |method: &str, payload: &Payload, _from: u64| {
             if method.starts_with(protocol::RELAYED) || method == protocol::RELAY_LAGGED {
                 if let Some(sink) = relays.get() {
                     sink(method, payload);
@@ -293,6 +316,7 @@ impl BrokerClient {
             client,
             client_id: None,
             reconnect: None,
+            subscription_queue: QueueBounds::default(),
         }
     }
 

@@ -54,6 +54,8 @@ use std::{fmt, sync::Arc};
 use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Spin, Transport};
 use futures::future::BoxFuture;
 
+pub(crate) use budget::ByteBudget;
+use budget::QueueBounds;
 pub(crate) use channel::derive;
 pub use channel::Channel;
 pub(crate) use client::RelaySink;
@@ -61,7 +63,6 @@ pub use client::{BrokerClient, BrokerClientBuilder};
 pub use group::Group;
 pub use keys::ChannelKeys;
 pub use link::{ConnectionEvent, Reconnect};
-use outlet::QueueBounds;
 pub use outlet::SlowSubscriber;
 pub use protocol::{
     check_channel_name, Balance, BrokerStatus, ChannelEvent, ChannelInfo, MethodSchema,
@@ -100,10 +101,7 @@ impl Broker {
         BrokerBuilder {
             id: random_id(),
             listeners: Vec::new(),
-            subscriber_queue: QueueBounds {
-                publications: DEFAULT_SUBSCRIBER_QUEUE,
-                bytes: DEFAULT_SUBSCRIBER_QUEUE_BYTES,
-            },
+            subscriber_queue: QueueBounds::default(),
             slow_subscriber: SlowSubscriber::default(),
             system_passwords: Vec::new(),
             limits: Limits {
@@ -168,8 +166,9 @@ impl BrokerBuilder {
         self
     }
 
-    /// Payload bytes queued for one subscriber connection before further
-    /// publications are dropped for it, whichever of this and
+    /// Bytes held by the publications queued for one subscriber connection
+    /// (their payloads and queue entries) before further ones are dropped
+    /// for it, whichever of this and
     /// [`BrokerBuilder::subscriber_queue`] is reached first (one
     /// publication larger than this still goes through alone). Default:
     /// [`DEFAULT_SUBSCRIBER_QUEUE_BYTES`].

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{
-    budget::ByteBudget,
+    budget::{ByteBudget, QueueBounds},
     protocol::{self, Lagged},
 };
 use crate::rpc::Client;
@@ -26,13 +26,6 @@ use crate::rpc::Client;
 /// Publications handed to the connection at once, then written before
 /// more are taken.
 const BATCH: usize = 512;
-
-/// How much may wait for one subscriber: whichever bound is reached first.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct QueueBounds {
-    pub(crate) publications: usize,
-    pub(crate) bytes: usize,
-}
 
 /// What the broker does with a subscriber whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -46,13 +39,17 @@ pub enum SlowSubscriber {
     Disconnect,
 }
 
+/// A publication's routed name (shared by every subscriber's queue) and
+/// payload.
+type Queued = (Arc<str>, Payload);
+
 /// The sending side of one subscriber's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct Outlet {
-    tx: mpsc::Sender<(Arc<str>, Payload)>,
+    tx: mpsc::Sender<Queued>,
     /// Publications dropped per channel since the last notice.
     missed: Arc<Mutex<HashMap<String, u64>>>,
-    bytes: Arc<ByteBudget>,
+    bytes: Arc<ByteBudget<Queued>>,
     peer: Client,
     policy: SlowSubscriber,
     bounds: QueueBounds,
@@ -117,13 +114,16 @@ impl Outlet {
 
 async fn deliver(
     peer: Client,
-    mut rx: mpsc::Receiver<(Arc<str>, Payload)>,
+    mut rx: mpsc::Receiver<Queued>,
     missed: Arc<Mutex<HashMap<String, u64>>>,
-    bytes: Arc<ByteBudget>,
+    bytes: Arc<ByteBudget<Queued>>,
 ) {
     let mut queued = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut queued, BATCH).await > 0 {
-        bytes.give(queued.iter().map(|(_, payload)| payload.len()).sum());
+        bytes.give(
+            queued.len(),
+            queued.iter().map(|(_, payload)| payload.len()).sum(),
+        );
         let mut batch: Vec<Message> = queued
             .drain(..)
             .filter(|(method, _)| !method.is_empty())

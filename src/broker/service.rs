@@ -149,6 +149,37 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             let state = routed.clone();
             async move { route(&state, req).await }
         }))
+        .tap_notifications(Arc::new(
+            move |method: &str, payload: &Payload, from: u64| {
+                // The hottest path: handled as read, in order, with no request,
+                // future or tower call each.
+                match publication(&state, method, payload, from) {
+                    Some(Err(err)) => {
+                        tracing::warn!(%method, error = %err, "publication refused");
+                        true
+                    }
+                    Some(Ok(())) => true,
+                    None => false,
+                }
+            },
+        ))
+}
+
+/// Take a publication (`method` names a topic, or is a publication relayed
+/// by a bridge) come on connection `from`; `None` if it is not one.
+fn publication(state: &State, method: &str, payload: &Payload, from: u64) -> Option<Result<()>> {
+    if method.starts_with(protocol::RELAYED) {
+        return Some(match protocol::parse_relayed(method) {
+            Some(relayed) => state.relay(&relayed, from, payload),
+            None => Err(Error::Protocol(format!(
+                "a malformed relayed publication: {method:?}"
+            ))),
+        });
+    }
+    let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(method) else {
+        return None;
+    };
+    Some(state.publish(channel, topic, from, &Arc::from(method), payload))
 }
 
 /// A control method: decode the broker's own arguments, act on the tables,
@@ -199,16 +230,12 @@ fn caller(req: &Request) -> Result<Client> {
 
 /// Deliver a routed call or publication.
 async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
-    if req.method.starts_with(protocol::RELAYED) {
-        let relayed = protocol::parse_relayed(&req.method).ok_or_else(|| {
-            Error::Protocol(format!("a malformed relayed publication: {:?}", req.method))
-        })?;
-        state.relay(&relayed, caller(&req)?.connection_id(), &req.payload)?;
-        return Ok(Reply::Unary(Payload::unit()));
+    let from = caller(&req)?.connection_id();
+    if let Some(published) = publication(state, &req.method, &req.payload, from) {
+        return published.map(|()| Reply::Unary(Payload::unit()));
     }
     match protocol::parse_routed(&req.method) {
         Some(Routed::Method { channel, method }) => {
-            let from = caller(&req)?.connection_id();
             let closing = state.check_member(channel, from)?;
             let answer = tokio::select! {
                 answer = forward(state, channel, method, from, &req) => answer,
@@ -221,16 +248,9 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
                 unary => unary,
             })
         }
-        Some(Routed::Topic { channel, topic }) => {
-            let publisher = caller(&req)?.connection_id();
-            let name: Arc<str> = Arc::from(req.method.as_str());
-            state.publish(channel, topic, publisher, &name, &req.payload)?;
-            Ok(Reply::Unary(Payload::unit()))
-        }
         Some(Routed::Broadcast { channel, method }) => {
-            let sender = caller(&req)?.connection_id();
             let name = protocol::routed(channel, method);
-            let providers = state.providers_except(channel, method, sender)?;
+            let providers = state.providers_except(channel, method, from)?;
             for provider in &providers {
                 // A provider that is leaving just misses it.
                 let _ = provider.notify_unqueued(&name, req.payload.clone());
@@ -241,7 +261,8 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
             futures::future::join_all(providers.iter().map(Client::flush)).await;
             Ok(Reply::Unary(Payload::unit()))
         }
-        None => Err(Error::MethodNotFound(req.method.clone())),
+        // A topic is a publication, taken above.
+        Some(Routed::Topic { .. }) | None => Err(Error::MethodNotFound(req.method.clone())),
     }
 }
 

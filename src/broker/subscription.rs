@@ -13,7 +13,7 @@ use std::{
 use busline_core::{Payload, Result};
 
 use super::{
-    budget::ByteBudget,
+    budget::{ByteBudget, QueueBounds},
     protocol,
     signing::{Kind, Signer},
 };
@@ -22,12 +22,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::topic;
-
-/// Publications buffered for one subscription before further ones are
-/// dropped (and counted, see [`Event::Lagged`]).
-pub(crate) const LOCAL_QUEUE: usize = 8192;
-/// Payload bytes buffered for one subscription, likewise.
-pub(crate) const LOCAL_QUEUE_BYTES: usize = 8 << 20;
 
 /// One message published on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +37,11 @@ impl Publication {
     /// comes wrapped in an array, which this takes off).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         self.payload.decode_params()
+    }
+
+    /// The bytes it owns beside its own size, as a queue counts them.
+    fn heap_len(&self) -> usize {
+        self.topic.len() + self.payload.len()
     }
 }
 
@@ -70,6 +69,9 @@ pub enum Event {
 pub(crate) struct Subscribers {
     subs: Mutex<Vec<Local>>,
     next_id: AtomicU64,
+    /// What each subscription may buffer before further publications are
+    /// dropped (and counted, see [`Event::Lagged`]).
+    bounds: QueueBounds,
 }
 
 #[derive(Debug)]
@@ -78,7 +80,7 @@ struct Local {
     channel: String,
     pattern: String,
     tx: mpsc::Sender<Result<Event>>,
-    bytes: Arc<ByteBudget>,
+    bytes: Arc<ByteBudget<Result<Event>>>,
     missed: Arc<AtomicU64>,
     interrupted: Arc<AtomicBool>,
     /// Wakes the reader when something is missed, which the queue alone
@@ -89,6 +91,14 @@ struct Local {
 }
 
 impl Subscribers {
+    /// No subscriptions yet; each will buffer up to `bounds`.
+    pub(crate) fn new(bounds: QueueBounds) -> Subscribers {
+        Subscribers {
+            bounds,
+            ..Subscribers::default()
+        }
+    }
+
     /// A new local subscription; the broker must be told separately.
     pub(crate) fn add(
         self: &Arc<Self>,
@@ -96,8 +106,8 @@ impl Subscribers {
         pattern: &str,
         signer: Option<Arc<Signer>>,
     ) -> Subscription {
-        let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
-        let bytes = Arc::new(ByteBudget::new(LOCAL_QUEUE_BYTES));
+        let (tx, rx) = mpsc::channel(self.bounds.publications);
+        let bytes = Arc::new(ByteBudget::new(self.bounds.bytes));
         let missed = Arc::new(AtomicU64::new(0));
         let interrupted = Arc::new(AtomicBool::new(false));
         let waker = Arc::new(AtomicWaker::new());
@@ -158,10 +168,10 @@ impl Subscribers {
                 topic: topic_name.to_owned(),
                 payload,
             });
-            let len = publication.as_ref().map_or(0, |p| p.payload.len());
+            let heap = publication.as_ref().map_or(0, Publication::heap_len);
             if !sub
                 .bytes
-                .try_send(&sub.tx, publication.map(Event::Message), len)
+                .try_send(&sub.tx, publication.map(Event::Message), heap)
             {
                 sub.missed.fetch_add(1, Ordering::Relaxed);
                 sub.waker.wake();
@@ -185,7 +195,7 @@ impl Subscribers {
         for sub in self.lock().iter() {
             // In the queue, after what came before the cut; said at once
             // if the queue is full.
-            if sub.tx.try_send(Ok(Event::Interrupted)).is_err() {
+            if !sub.bytes.try_send(&sub.tx, Ok(Event::Interrupted), 0) {
                 sub.interrupted.store(true, Ordering::Release);
                 sub.waker.wake();
             }
@@ -245,7 +255,7 @@ pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 /// Dropping the subscription unsubscribes.
 pub struct Subscription {
     rx: mpsc::Receiver<Result<Event>>,
-    bytes: Arc<ByteBudget>,
+    bytes: Arc<ByteBudget<Result<Event>>>,
     missed: Arc<AtomicU64>,
     interrupted: Arc<AtomicBool>,
     waker: Arc<AtomicWaker>,
@@ -284,8 +294,13 @@ impl Stream for Subscription {
             return Poll::Ready(Some(Ok(Event::Interrupted)));
         }
         let next = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(Ok(Event::Message(publication)))) = &next {
-            self.bytes.give(publication.payload.len());
+        match &next {
+            Poll::Ready(Some(Ok(Event::Message(publication)))) => {
+                self.bytes.give(1, publication.heap_len())
+            }
+            // An error or an interruption, queued owning nothing.
+            Poll::Ready(Some(_)) => self.bytes.give(1, 0),
+            _ => {}
         }
         next
     }

@@ -485,20 +485,33 @@ impl Client {
 
     /// A handle that does not keep the connection open.
     pub(crate) fn downgrade(&self) -> WeakClient {
-        WeakClient(Arc::downgrade(&self.shared))
+        WeakClient {
+            shared: Arc::downgrade(&self.shared),
+            connection_id: self.shared.connection_id,
+        }
     }
 }
 
 /// A [`Client`] that does not keep its connection open; handlers get a
 /// real one from it while they run.
 #[derive(Clone, Default)]
-pub(crate) struct WeakClient(Weak<Shared>);
+pub(crate) struct WeakClient {
+    shared: Weak<Shared>,
+    /// Its [`Client::connection_id`], known without upgrading (0 for no
+    /// connection).
+    connection_id: u64,
+}
 
 impl WeakClient {
     pub(crate) fn upgrade(&self) -> Option<Client> {
-        self.0.upgrade().map(|shared| Client {
+        self.shared.upgrade().map(|shared| Client {
             shared,
             timeout: None,
         })
+    }
+
+    /// The connection's id, as [`Client::connection_id`] says it.
+    pub(crate) fn connection_id(&self) -> u64 {
+        self.connection_id
     }
 }

@@ -150,11 +150,13 @@ pub struct Router {
     tap: Option<NotificationTap>,
 }
 
-/// A synchronous first look at each notification, before the routes: it
-/// returns `true` if it consumed the notification. For high-rate
-/// notifications (a broker client's publications) that need no future,
-/// no boxing and no tower call each.
-pub(crate) type NotificationTap = Arc<dyn Fn(&str, &Payload) -> bool + Send + Sync>;
+/// A synchronous first look at each notification, before the routes, with
+/// the [`Client::connection_id`](super::Client::connection_id) of the
+/// connection it came on: it returns `true` if it consumed the
+/// notification. For high-rate notifications (publications, at the broker
+/// and at its clients) that need no future, no boxing and no tower call
+/// each.
+pub(crate) type NotificationTap = Arc<dyn Fn(&str, &Payload, u64) -> bool + Send + Sync>;
 
 impl Router {
     /// A router with no methods.
@@ -271,9 +273,12 @@ impl Router {
         self
     }
 
-    /// Whether the notification tap consumed `method` with `payload`.
-    pub(crate) fn tapped(&self, method: &str, payload: &Payload) -> bool {
-        self.tap.as_ref().is_some_and(|tap| tap(method, payload))
+    /// Whether the notification tap consumed `method` with `payload`,
+    /// come on connection `from`.
+    pub(crate) fn tapped(&self, method: &str, payload: &Payload, from: u64) -> bool {
+        self.tap
+            .as_ref()
+            .is_some_and(|tap| tap(method, payload, from))
     }
 
     /// Start serving `req`; the future owns everything it needs.

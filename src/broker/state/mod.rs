@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use serde_json::json;
 
 use super::{
+    budget::QueueBounds,
     keys,
-    outlet::{Outlet, QueueBounds, SlowSubscriber},
+    outlet::{Outlet, SlowSubscriber},
     protocol::{self, BrokerStatus, ChannelInfo, OwnerPolicy},
     system::{self, Happening},
 };
@@ -41,9 +42,11 @@ mod pubsub;
 
 use pubsub::{announce, emit};
 
-/// Default bound on publications queued for one subscriber connection.
-pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 8192;
-/// Default bound on payload bytes queued for one subscriber connection.
+/// Default bound on publications queued for one subscriber connection:
+/// a burst of this many tiny ones is absorbed (about 4 MiB).
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 65536;
+/// Default bound on the bytes publications queued for one subscriber
+/// connection hold (payloads and queue entries).
 pub const DEFAULT_SUBSCRIBER_QUEUE_BYTES: usize = 8 << 20;
 
 /// Everything the broker knows.
@@ -102,7 +105,8 @@ struct Channel {
     /// Oldest first: the next owner when the owner leaves.
     members: Vec<u64>,
     methods: HashMap<String, Providers>,
-    /// Connection and pattern of each subscription.
+    /// Connection and pattern of each subscription, in connection order
+    /// (so a publication offered to each connection once needs no set).
     subscriptions: Vec<(u64, String)>,
     /// Connection, pattern and path of each subscription a bridge made on
     /// behalf of subscribers on other brokers (see [`protocol::RELAYED`]).

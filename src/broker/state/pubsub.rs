@@ -88,7 +88,8 @@ impl State {
         ch.relays.retain(|(c, p, _)| !(*c == id && p == pattern));
         let mut body = serde_json::json!({"channel": channel, "pattern": pattern, "client": id});
         if via.is_empty() {
-            ch.subscriptions.push((id, pattern.to_owned()));
+            let at = ch.subscriptions.partition_point(|(c, _)| *c <= id);
+            ch.subscriptions.insert(at, (id, pattern.to_owned()));
         } else {
             body["via"] = serde_json::json!(via);
             ch.relays.push((id, pattern.to_owned(), via));
@@ -229,7 +230,6 @@ impl State {
             return Ok(());
         }
         let mut local: Vec<u64> = ch.subscriptions.iter().map(|(c, _)| *c).collect();
-        local.sort_unstable();
         local.dedup();
         let mut path = notice.via.clone();
         path.push(self.id.clone());
@@ -336,6 +336,9 @@ fn offer_relays(inner: &Inner, here: &str, relayed: &protocol::Relayed<'_>, payl
     let Some(ch) = inner.channels.get(relayed.channel) else {
         return;
     };
+    if ch.relays.is_empty() {
+        return;
+    }
     let mut path = relayed.via.clone();
     path.push(here);
     let conns = bridges_onward(ch, &path, |pattern| topic::matches(pattern, relayed.topic));
@@ -386,16 +389,14 @@ fn offer(inner: &Inner, channel: &str, topic_name: &str, name: &Arc<str>, payloa
     let Some(ch) = inner.channels.get(channel) else {
         return;
     };
-    let mut conns: Vec<u64> = ch
-        .subscriptions
-        .iter()
-        .filter(|(_, pattern)| topic::matches(pattern, topic_name))
-        .map(|(c, _)| *c)
-        .collect();
-    conns.sort_unstable();
-    conns.dedup();
-    for conn in conns {
-        if let Some(outlet) = inner.outlets.get(&conn) {
+    let mut last = None;
+    for (conn, pattern) in &ch.subscriptions {
+        // In connection order: one already offered it was the last one.
+        if last == Some(*conn) || !topic::matches(pattern, topic_name) {
+            continue;
+        }
+        last = Some(*conn);
+        if let Some(outlet) = inner.outlets.get(conn) {
             outlet.offer(channel, name.clone(), payload.clone());
         }
     }

@@ -100,7 +100,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
         let Some(router) = &self.router else {
             return;
         };
-        if method == super::ALIVE || router.tapped(&method, &payload) {
+        if method == super::ALIVE || router.tapped(&method, &payload, self.peer.connection_id()) {
             return;
         }
         let router = router.clone();
