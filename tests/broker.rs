@@ -569,22 +569,22 @@ async fn publications_reach_matching_subscribers_once() {
 /// How the test configures a subscriber's client.
 type SubscriberClient = BrokerClientBuilder<CborCodec, NoAuth>;
 
-/// The subscriber's client with its default subscription queue.
-fn unbounded(b: SubscriberClient) -> SubscriberClient {
+/// The subscriber's client with the default subscription queue.
+fn default_queue(b: SubscriberClient) -> SubscriberClient {
     b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_told_what_it_missed() {
     let builder = Broker::builder().subscriber_queue(16);
-    publish_to_a_slow_subscriber(builder, unbounded, "slow-sub", 20_000, 8).await;
+    publish_to_a_slow_subscriber(builder, default_queue, "slow-sub", 20_000, 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_queue_is_bounded_in_bytes_too() {
     // Room for thousands of publications, but only 64 KiB of them.
     let builder = Broker::builder().subscriber_queue_bytes(64 << 10);
-    publish_to_a_slow_subscriber(builder, unbounded, "slow-sub-bytes", 400, 16 << 10).await;
+    publish_to_a_slow_subscriber(builder, default_queue, "slow-sub-bytes", 400, 16 << 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

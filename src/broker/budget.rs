@@ -3,8 +3,9 @@
 //! A count alone does not bound memory when payloads may be megabytes;
 //! payload bytes alone would let millions of tiny messages through, each
 //! costing its queue entry. So each queue of publications (per subscriber
-//! at the broker, per subscription at the client) counts what an entry
-//! really holds: the entry itself and the heap bytes it owns.
+//! at the broker, per subscription at the client, per bridge on its way
+//! to the other broker) counts what an entry really holds: the entry
+//! itself and the heap bytes it owns (payload and name).
 
 use std::{
     marker::PhantomData,
@@ -79,14 +80,14 @@ impl<T> ByteBudget<T> {
     /// reader is gone, and nothing is missed.
     pub(crate) fn try_send(&self, tx: &mpsc::Sender<T>, item: T, heap: usize) -> bool {
         if !self.take(heap) {
-            return false;
+            return tx.is_closed();
         }
         match tx.try_send(item) {
-            Err(TrySendError::Full(_)) => {
+            Ok(()) => true,
+            Err(refused) => {
                 self.give(1, heap);
-                false
+                matches!(refused, TrySendError::Closed(_))
             }
-            Ok(()) | Err(TrySendError::Closed(_)) => true,
         }
     }
 }
@@ -118,6 +119,19 @@ mod tests {
         assert_eq!(taken, 10, "ten 8-byte entries fill 80 bytes");
         budget.give(10, 0);
         assert!(budget.take(72), "all of it is given back");
+    }
+
+    #[test]
+    fn a_closed_queue_takes_anything_and_holds_nothing() {
+        let budget = Budget::new(100);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(rx);
+        for _ in 0..10 {
+            assert!(budget.try_send(&tx, 1, 1_000));
+        }
+        // Nothing kept for the closed queue: two entries fit exactly.
+        assert!(budget.take(40));
+        assert!(budget.take(44));
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl fmt::Debug for BrokerClient {
     }
 }
 
-/// Configures a [`BrokerClient`]: its identity and whether it reconnects.
+/// Configures a [`BrokerClient`]: its identity, whether it reconnects, and
+/// how much its subscriptions buffer.
 ///
 /// ```no_run
 /// use busline::{broker::{BrokerClient, Reconnect}, rpc::Client, CborCodec, UnixTransport};
@@ -278,16 +279,19 @@ pub(super) async fn identify(client: &Client, client_id: &str) -> Result<()> {
 }
 
 /// Open `channel` on the connection, proving the password's join key if
-/// there is one (and protecting the channel with it if this creates it).
+/// there is one (and protecting the channel with it if this creates it,
+/// when it may: `create`).
 pub(super) async fn open_on(
     client: &Client,
     channel: &str,
     keys: Option<&ChannelKeys>,
+    create: bool,
 ) -> Result<Opened> {
     let mut args = OpenArgs {
         channel: channel.to_owned(),
         proof: None,
         key: None,
+        existing: !create,
     };
     if let Some(keys) = keys {
         let ask = ChannelArgs {
@@ -299,7 +303,7 @@ pub(super) async fn open_on(
         args.proof = Some(hex::encode(keys.join_proof(channel, &nonce)));
         // The join key is all a joiner needs: it crosses the wire only
         // to create the channel, never to join it.
-        if !challenge.exists {
+        if !challenge.exists && create {
             args.key = Some(hex::encode(keys.join_key()));
         }
     }
@@ -349,7 +353,20 @@ impl BrokerClient {
     /// to open a channel owns it). Returns once the broker confirms; a
     /// channel that takes a password refuses with [`Error::Unauthorized`].
     pub async fn open(&self, channel: &str) -> Result<Channel> {
-        self.join(channel, None, true).await
+        self.join(channel, None, true, true).await
+    }
+
+    /// Join `channel` only if it exists (with its password, if it takes
+    /// one): one that does not is refused with [`Error::MethodNotFound`]
+    /// instead of created, so a client acting for others (the HTTP
+    /// gateway) never creates and owns channels by mistake.
+    pub async fn open_existing(&self, channel: &str, password: Option<&str>) -> Result<Channel> {
+        protocol::check_channel_name(channel)?;
+        let keys = match password {
+            Some(password) => Some(super::channel::derive(channel, password).await?),
+            None => None,
+        };
+        self.join(channel, keys, true, false).await
     }
 
     /// Join `channel` with its password, or create it protected by
@@ -358,20 +375,28 @@ impl BrokerClient {
     pub async fn open_with_password(&self, channel: &str, password: &str) -> Result<Channel> {
         protocol::check_channel_name(channel)?;
         let keys = super::channel::derive(channel, password).await?;
-        self.join(channel, Some(keys), true).await
+        self.join(channel, Some(keys), true, true).await
     }
 
     /// Join a protected channel with its keys, as a bridge does: what it
     /// sends and serves there is not signed or checked here, because it
     /// passes on what others signed, to be checked at the far end.
     pub(crate) async fn open_relay(&self, channel: &str, keys: ChannelKeys) -> Result<Channel> {
-        self.join(channel, Some(keys), false).await
+        self.join(channel, Some(keys), false, true).await
     }
 
-    async fn join(&self, channel: &str, keys: Option<ChannelKeys>, sign: bool) -> Result<Channel> {
+    /// Join `channel`, signing what is sent there if `sign` and it has
+    /// `keys`, creating it if it does not exist and `create`.
+    async fn join(
+        &self,
+        channel: &str,
+        keys: Option<ChannelKeys>,
+        sign: bool,
+        create: bool,
+    ) -> Result<Channel> {
         protocol::check_channel_name(channel)?;
         let client = self.link.client().await?;
-        let opened = open_on(&client, channel, keys.as_ref()).await?;
+        let opened = open_on(&client, channel, keys.as_ref(), create).await?;
         self.link.record().joined(channel).keys = keys.clone();
         Ok(Channel {
             bus: self.clone(),

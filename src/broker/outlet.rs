@@ -82,8 +82,8 @@ impl Outlet {
         // An empty name wakes the delivery with nothing to deliver; if the
         // queue is full, what is in it carries the notice soon anyway.
         let nudge = Payload::unit();
-        let len = nudge.len();
-        let _ = self.bytes.try_send(&self.tx, (Arc::from(""), nudge), len);
+        let heap = nudge.len();
+        let _ = self.bytes.try_send(&self.tx, (Arc::from(""), nudge), heap);
     }
 
     /// The encoding the subscriber reads.
@@ -94,8 +94,10 @@ impl Outlet {
     /// Queue `payload` under the routed name `method`; if the queue is
     /// full, count it missed or disconnect the subscriber, as configured.
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
-        let len = payload.len();
-        if !self.bytes.try_send(&self.tx, (method, payload), len) {
+        // The name is shared with the other subscribers' queues; each
+        // counts it, erring on the safe side, as it counts the payload.
+        let heap = method.len() + payload.len();
+        if !self.bytes.try_send(&self.tx, (method, payload), heap) {
             match self.policy {
                 SlowSubscriber::Drop => {
                     let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
@@ -122,7 +124,10 @@ async fn deliver(
     while rx.recv_many(&mut queued, BATCH).await > 0 {
         bytes.give(
             queued.len(),
-            queued.iter().map(|(_, payload)| payload.len()).sum(),
+            queued
+                .iter()
+                .map(|(method, payload)| method.len() + payload.len())
+                .sum(),
         );
         let mut batch: Vec<Message> = queued
             .drain(..)

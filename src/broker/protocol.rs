@@ -71,6 +71,10 @@ pub(crate) struct OpenArgs {
     /// Hex join key to protect the channel with, if this opens it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) key: Option<String>,
+    /// Join only a channel that exists: refused with `MethodNotFound`
+    /// rather than created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) existing: bool,
 }
 
 /// The answer to [`CHALLENGE`].

@@ -33,7 +33,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                     })
                     .transpose()?;
                 let key = args.key.map(|k| key_from_hex("key", &k)).transpose()?;
-                let owner = state.open(&args.channel, peer, proof.as_deref(), key)?;
+                let owner =
+                    state.open(&args.channel, peer, proof.as_deref(), key, args.existing)?;
                 Ok(Opened { owner })
             }),
         )
@@ -228,12 +229,14 @@ fn caller(req: &Request) -> Result<Client> {
         .ok_or_else(|| Error::Disconnected("the caller is gone".into()))
 }
 
-/// Deliver a routed call or publication.
+/// Deliver a routed call or publication (publications come here when
+/// sent as calls; as notifications the tap above takes them).
 async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
     let from = caller(&req)?.connection_id();
     if let Some(published) = publication(state, &req.method, &req.payload, from) {
         return published.map(|()| Reply::Unary(Payload::unit()));
     }
+    // Not a publication: `publication` found no topic in it.
     match protocol::parse_routed(&req.method) {
         Some(Routed::Method { channel, method }) => {
             let closing = state.check_member(channel, from)?;

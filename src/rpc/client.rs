@@ -494,11 +494,10 @@ impl Client {
 
 /// A [`Client`] that does not keep its connection open; handlers get a
 /// real one from it while they run.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct WeakClient {
     shared: Weak<Shared>,
-    /// Its [`Client::connection_id`], known without upgrading (0 for no
-    /// connection).
+    /// Its [`Client::connection_id`], known without upgrading.
     connection_id: u64,
 }
 

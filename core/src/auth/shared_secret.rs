@@ -89,6 +89,18 @@ impl SharedSecret {
         })
     }
 
+    /// Whether `candidate` is this secret, compared in constant time: for
+    /// fronts that take the secret itself as a token, such as the HTTP
+    /// gateway's `Authorization: Bearer` header.
+    pub fn is(&self, candidate: &[u8]) -> bool {
+        // Equal macs of both under the key, checked by `verify_slice` in
+        // constant time, whatever the candidate's length.
+        let expected = self.mac(b"busline-token", &self.key, b"").finalize();
+        self.mac(b"busline-token", candidate, b"")
+            .verify_slice(&expected.into_bytes())
+            .is_ok()
+    }
+
     fn mac(&self, label: &[u8], first: &[u8], second: &[u8]) -> HmacSha256 {
         let mut mac =
             HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
@@ -207,6 +219,15 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+
+    #[test]
+    fn is_tells_the_secret_from_anything_else() {
+        let secret = SharedSecret::new("correct horse battery staple").unwrap();
+        assert!(secret.is(b"correct horse battery staple"));
+        assert!(!secret.is(b"correct horse battery stapl"));
+        assert!(!secret.is(b"correct horse battery staple!"));
+        assert!(!secret.is(b""));
+    }
 
     /// One side of an in-process handshake, keeping what it sent.
     struct Pipe {

@@ -261,7 +261,8 @@ impl State {
     }
 
     /// `peer` joins `channel`; whether it owns it. A new channel is created
-    /// with the caller as owner and member, protected by `key` if given. An
+    /// with the caller as owner and member, protected by `key` if given,
+    /// unless only an `existing` one may be joined. An
     /// existing protected one takes a `proof` for the nonce of the last
     /// challenge; a `proof` for one without a password is refused, so that
     /// nobody believes a channel protected that is not.
@@ -271,6 +272,7 @@ impl State {
         peer: &Client,
         proof: Option<&[u8]>,
         key: Option<[u8; 32]>,
+        existing: bool,
     ) -> Result<bool> {
         let mut inner = self.lock();
         let id = peer.connection_id();
@@ -279,6 +281,9 @@ impl State {
             _ => None,
         };
         let Some(ch) = inner.channels.get_mut(channel) else {
+            if existing {
+                return Err(Error::MethodNotFound(format!("channel {channel:?}")));
+            }
             if proof.is_some() && key.is_none() {
                 return Err(Error::Unauthorized(format!(
                     "channel {channel:?} closed while it was being joined; open it again"

@@ -100,8 +100,20 @@ impl<I: Io, C: Codec> Driver<I, C> {
         let Some(router) = &self.router else {
             return;
         };
-        if method == super::ALIVE || router.tapped(&method, &payload, self.peer.connection_id()) {
+        if method == super::ALIVE {
             return;
+        }
+        // The tap runs here, in the connection's task: a panic in it is
+        // logged and costs that notification, as in a handler.
+        let from = self.peer.connection_id();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| router.tapped(&method, &payload, from)))
+        {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => {
+                tracing::warn!(%method, "notification tap panicked");
+                return;
+            }
         }
         let router = router.clone();
         let req = self.request(method, payload, CallKind::Notify, None);
