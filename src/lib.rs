@@ -29,7 +29,8 @@
 //! ```
 //!
 //! Cargo features (all on by default): `unix`, `fifo`, `shm`, `tcp`, `tls` (transports),
-//! `jsonline`, `jsonrpc`, `cbor` (codecs), `cli` (the `busline` program).
+//! `jsonline`, `jsonrpc`, `cbor` (codecs), `gateway` (HTTP in front of a broker, on
+//! axum), `cli` (the `busline` program).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
@@ -38,6 +39,8 @@ pub mod broker;
 pub mod codec;
 #[cfg(unix)]
 pub mod daemon;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod rpc;
 
 pub use busline_core::{

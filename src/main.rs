@@ -8,9 +8,10 @@ use std::process::ExitCode;
 /// A broker allocates a little for every message it passes on, on one
 /// thread, and frees it on another: mimalloc does that much faster than
 /// the system allocator (bench-peers shows the difference in fan-out).
-/// Built without transparent huge pages (`no_thp`): memory mimalloc
-/// returns between bursts came back as a 2 MiB page to zero on the next
-/// burst, a third of the broker's time feeding one subscriber.
+/// Built not to ask for transparent huge pages (`no_thp`): memory mimalloc
+/// returned between bursts came back as a 2 MiB page to zero on the next
+/// burst, a third of the broker's time feeding one subscriber. (Where the
+/// kernel's THP setting is `always`, `MIMALLOC_ALLOW_THP=0` turns them off.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -47,6 +48,15 @@ enum Command {
     Broker {
         #[command(flatten)]
         broker: cli::BrokerArgs,
+        #[command(flatten)]
+        auth: cli::AuthArgs,
+    },
+    /// Serve HTTP in front of a broker, until Ctrl-C or SIGTERM: POST
+    /// /v1/channels/{channel}/call/{method} with JSON arguments, GET
+    /// /v1/openapi.json.
+    Gateway {
+        #[command(flatten)]
+        args: cli::gateway::GatewayArgs,
         #[command(flatten)]
         auth: cli::AuthArgs,
     },
@@ -110,7 +120,8 @@ fn main() -> ExitCode {
             Command::Serve { url, codec, auth } => {
                 cli::serve(&url, &codec, auth.authenticator()?).await
             }
-            Command::Broker { broker, auth } => cli::broker(broker, auth.authenticator()?).await,
+            Command::Broker { broker, auth } => cli::broker(broker, &auth).await,
+            Command::Gateway { args, auth } => cli::gateway::run(args, &auth).await,
             Command::Bridge { args, auth } => cli::bridge::run(args, auth.authenticator()?).await,
             Command::Pub { args, auth } => cli::bus::publish(args, auth.authenticator()?).await,
             Command::Sub { args, auth } => cli::bus::subscribe(args, auth.authenticator()?).await,

@@ -531,3 +531,98 @@ fn serve_call_and_broker_over(url: String, bus: String) {
     });
     assert_eq!(sum, 42);
 }
+
+/// POST a call to a gateway at `port`, retrying while it starts; its
+/// status and body.
+async fn http_call(port: u16, path: &str, body: &str, bearer: &str) -> (u16, String) {
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        let sent = http
+            .post(format!("http://127.0.0.1:{port}/v1/channels/{path}"))
+            .header("Authorization", format!("Bearer {bearer}"))
+            .body(body.to_owned())
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            return (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("nothing served HTTP on port {port} within 10 s");
+}
+
+#[test]
+fn the_gateway_serves_http_beside_a_broker_and_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a secret for the gateway test";
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let secret_arg = secret_file.to_str().unwrap();
+    let unix = format!("unix://{}", dir.path().join("b.sock").display());
+    let (beside, alone) = (free_port(), free_port());
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["broker", "--listen", &unix, "--secret-file", secret_arg])
+        .args(["--http", &format!("127.0.0.1:{beside}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("broker starts");
+    let _broker = KillOnDrop(&mut broker);
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["gateway", "--broker", &unix, "--secret-file", secret_arg])
+        .args(["--http", &format!("127.0.0.1:{alone}"), "--retry", "10000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gateway starts");
+    let _gateway = KillOnDrop(&mut gateway);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bus = busline::broker::BrokerClient::connect(
+            busline::rpc::Client::builder(busline::CborCodec::new())
+                .auth(busline::SharedSecret::from_file(&secret_file).unwrap())
+                .retry_connect(std::time::Duration::from_secs(10)),
+            &busline::any_transport(),
+            &unix.parse().unwrap(),
+        )
+        .await
+        .expect("provider connects");
+        provide_add(&bus.open("math").await.unwrap()).await;
+        for port in [beside, alone] {
+            assert_eq!(
+                http_call(port, "math/call/add", "[2, 40]", secret).await,
+                (200, "42".to_owned()),
+                "port {port}"
+            );
+            let (status, body) = http_call(port, "math/call/add", "[2, 40]", "wrong").await;
+            assert_eq!(status, 403, "{body}");
+            let (status, body) = http_call(port, "math/call/mul", "[2, 40]", secret).await;
+            assert_eq!(status, 404, "{body}");
+        }
+    });
+
+    // An address taken, a broker that is not there: clear errors.
+    fails_with(
+        &[
+            "gateway",
+            "--broker",
+            &unix,
+            "--secret-file",
+            secret_arg,
+            "--http",
+            &format!("127.0.0.1:{beside}"),
+        ],
+        "cannot serve HTTP on",
+    );
+    let nowhere = format!("unix://{}", dir.path().join("none.sock").display());
+    fails_with(
+        &["gateway", "--broker", &nowhere, "--http", "127.0.0.1:0"],
+        "none.sock",
+    );
+    fails_with(
+        &["gateway", "--broker", &unix, "--http", "localhost"],
+        "invalid socket address",
+    );
+}

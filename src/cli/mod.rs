@@ -5,6 +5,7 @@
 pub(crate) mod bridge;
 pub(crate) mod bus;
 pub(crate) mod demo;
+pub(crate) mod gateway;
 mod service;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -34,6 +35,15 @@ pub(crate) struct AuthArgs {
 }
 
 impl AuthArgs {
+    /// The shared secret, if one is given: what the HTTP gateway asks of
+    /// its clients as a bearer token.
+    pub(crate) fn secret(&self) -> Result<Option<SharedSecret>> {
+        self.secret_file
+            .as_ref()
+            .map(SharedSecret::from_file)
+            .transpose()
+    }
+
     pub(crate) fn authenticator(&self) -> Result<Arc<dyn Authenticator>> {
         let inner: Arc<dyn Authenticator> = match &self.secret_file {
             Some(path) => Arc::new(SharedSecret::from_file(path)?),
@@ -148,6 +158,11 @@ pub(crate) struct BrokerArgs {
     /// it. Removed on Ctrl-C or SIGTERM.
     #[arg(long, value_name = "PATH")]
     pidfile: Option<PathBuf>,
+    /// Also serve the HTTP gateway (as `busline gateway` does) on this
+    /// address, e.g. 127.0.0.1:8080; with --secret-file, HTTP clients give
+    /// the secret as `Authorization: Bearer <secret>`.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 /// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
@@ -173,7 +188,8 @@ pub(crate) async fn serve(
 
 /// `busline broker --listen URL ...`: a broker on every listener until
 /// Ctrl-C or SIGTERM.
-pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
+pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()> {
+    let auth = auth_args.authenticator()?;
     // Before any listener: a second instance must not touch the first's
     // sockets.
     let _pidfile = match &args.pidfile {
@@ -207,20 +223,56 @@ pub(crate) async fn broker(args: BrokerArgs, auth: Arc<dyn Authenticator>) -> Re
         let codec = AnyCodec::for_address(&addr)?;
         builder = builder.listen_with(busline::any_transport(), addr, codec, auth.clone());
     }
+    // The gateway's way in: in this process only, so it needs no secret
+    // (it asks its HTTP clients for it instead).
+    let inside = Address::memory(format!("busline-gateway-{}", std::process::id()));
+    if args.http.is_some() {
+        builder = builder.listen(
+            busline::MemoryTransport::new(),
+            inside.clone(),
+            busline::CborCodec::new(),
+        );
+    }
     let broker = builder.start().await?;
     for addr in broker.local_addrs() {
         eprintln!("busline: broker {} listening on {addr}", broker.id());
     }
+    let stop_gateway = tokio_util::sync::CancellationToken::new();
+    let gateway = match args.http {
+        Some(http) => {
+            let bus = BrokerClient::connect(
+                Client::builder(busline::CborCodec::new()),
+                &busline::MemoryTransport::new(),
+                &inside,
+            )
+            .await?;
+            let serving = gateway::serve(bus, http, auth_args.secret()?, stop_gateway.clone());
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     let mut bridges = bridge::to_peers(broker.local_addrs()[0], &args.bridges, auth);
     eprintln!("busline: Ctrl-C to stop");
-    shutdown_signal().await;
+    let failed = match gateway {
+        Some(mut serving) => tokio::select! {
+            served = &mut serving => Some(served),
+            () = shutdown_signal() => { stop_gateway.cancel(); let _ = serving.await; None }
+        },
+        None => {
+            shutdown_signal().await;
+            None
+        }
+    };
     eprintln!("busline: shutting down");
     bridges.shutdown().await;
     broker.shutdown().await;
-    Ok(())
+    match failed {
+        Some(served) => served.map_err(|e| Error::Protocol(format!("the gateway failed: {e}")))?,
+        None => Ok(()),
+    }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

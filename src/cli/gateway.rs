@@ -1,0 +1,80 @@
+//! `busline gateway --broker URL --http ADDR`, and the gateway `busline
+//! broker --http ADDR` runs beside its broker: HTTP in front of a broker.
+
+use std::{net::SocketAddr, time::Duration};
+
+use busline::{
+    broker::{BrokerClient, Reconnect},
+    gateway::Gateway,
+    rpc::Client,
+    Error, Result, SharedSecret,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{AuthArgs, CodecArgs};
+
+/// What `busline gateway` serves, and for which broker.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GatewayArgs {
+    /// The broker, e.g. unix:///run/busline.sock.
+    #[arg(long, value_name = "URL")]
+    broker: String,
+    /// Where to serve HTTP, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    http: SocketAddr,
+    /// Wait this many milliseconds for the broker to accept, when started
+    /// before it (afterwards the gateway reconnects whenever it is lost).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    retry: u64,
+    #[command(flatten)]
+    codec: CodecArgs,
+}
+
+/// `busline gateway`: until Ctrl-C or SIGTERM, reconnecting to the broker
+/// whenever it restarts.
+pub(crate) async fn run(args: GatewayArgs, auth: &AuthArgs) -> Result<()> {
+    let (addr, codec) = args.codec.resolve(args.broker.parse()?)?;
+    let mut client = Client::builder(codec).auth(auth.authenticator()?);
+    if args.retry > 0 {
+        client = client.retry_connect(Duration::from_millis(args.retry));
+    }
+    let bus = BrokerClient::builder(client)
+        .reconnect(Reconnect::default())
+        .connect(&busline::any_transport(), &addr)
+        .await?;
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(serve(bus, args.http, auth.secret()?, stop.clone()));
+    tokio::select! {
+        served = serving => return served.map_err(|e| Error::Protocol(format!("the gateway failed: {e}")))?,
+        () = super::shutdown_signal() => {}
+    }
+    eprintln!("busline: shutting down");
+    stop.cancel();
+    Ok(())
+}
+
+/// Serve the gateway for `bus` on `http` until `stop`; the requests in
+/// progress then finish.
+pub(crate) async fn serve(
+    bus: BrokerClient,
+    http: SocketAddr,
+    secret: Option<SharedSecret>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| {
+        Error::transport(std::io::Error::new(
+            e.kind(),
+            format!("cannot serve HTTP on {http}: {e}"),
+        ))
+    })?;
+    eprintln!("busline: gateway serving http://{}", listener.local_addr()?);
+    let mut gateway = Gateway::builder(bus);
+    if let Some(secret) = secret {
+        gateway = gateway.secret(secret);
+    }
+    gateway
+        .build()
+        .serve(listener, stop.cancelled_owned())
+        .await
+        .map_err(Error::transport)
+}

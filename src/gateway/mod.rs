@@ -1,0 +1,232 @@
+//! An HTTP front for a broker, so that browsers, `curl` and any HTTP
+//! client reach channel methods: JSON in, JSON out, busline's typed errors
+//! as fitting statuses. Built on axum, tower's web framework, so the same
+//! middleware (timeouts, limits, tracing) applies to it as to busline's
+//! own services.
+//!
+//! | endpoint | what it does |
+//! | --- | --- |
+//! | `POST /v1/channels/{channel}/call/{method}` | calls `method` with the JSON body as arguments; answers its result |
+//! | `GET /v1/openapi.json` | this API's OpenAPI 3.1 description, generated from the handlers |
+//!
+//! Credentials travel in headers: `Authorization: Bearer <secret>` when the
+//! gateway is given the broker's shared secret (every endpoint then takes
+//! it), and `X-Busline-Password` for a channel that takes a password. A
+//! channel is joined by the gateway on first use, never created by it.
+//!
+//! ```no_run
+//! use busline::{broker::BrokerClient, gateway::Gateway, rpc::Client, CborCodec, UnixTransport};
+//!
+//! # async fn run() -> busline::Result<()> {
+//! let bus = BrokerClient::connect(
+//!     Client::builder(CborCodec::new()),
+//!     &UnixTransport::new(),
+//!     &"unix:///run/busline.sock".parse()?,
+//! )
+//! .await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! // curl -d '[2, 40]' http://127.0.0.1:8080/v1/channels/math/call/add
+//! Gateway::builder(bus).build().serve(listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod call;
+mod channels;
+mod error;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{DefaultBodyLimit, Request, State},
+    http::header,
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+    Json, Router,
+};
+use busline_core::{ErrorCode, SharedSecret};
+use utoipa::OpenApi;
+
+pub use error::{ErrorDetail, ErrorReply};
+
+use crate::broker::BrokerClient;
+use channels::Channels;
+use error::ApiError;
+
+/// The header that carries a channel's password.
+pub const PASSWORD_HEADER: &str = "x-busline-password";
+
+/// Default longest wait for a call's answer: [`GatewayBuilder::call_timeout`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default largest request body: [`GatewayBuilder::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// An HTTP gateway to one broker. Cheap to clone; see the [module
+/// docs](self).
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    max_body: usize,
+}
+
+/// How a [`Gateway`] is set up.
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    bus: BrokerClient,
+    secret: Option<SharedSecret>,
+    call_timeout: Duration,
+    max_body: usize,
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+struct Shared {
+    channels: Channels,
+    secret: Option<SharedSecret>,
+    call_timeout: Duration,
+}
+
+impl Gateway {
+    /// A gateway whose requests go to the broker through `bus`.
+    pub fn builder(bus: BrokerClient) -> GatewayBuilder {
+        GatewayBuilder {
+            bus,
+            secret: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            max_body: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// The gateway as an axum router, to serve with axum, nest in a larger
+    /// application, or wrap in tower layers.
+    pub fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/v1/channels/{channel}/call/{method}", post(call::call))
+            .route("/v1/openapi.json", get(openapi))
+            .layer(middleware::from_fn_with_state(
+                self.shared.clone(),
+                require_secret,
+            ))
+            .layer(DefaultBodyLimit::max(self.max_body));
+        api.with_state(self.shared.clone())
+    }
+
+    /// Serve HTTP on `listener` until `shutdown` completes, then finish the
+    /// requests in progress.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+impl GatewayBuilder {
+    /// Take only requests that carry `secret` as `Authorization: Bearer
+    /// <secret>` (the broker's shared secret, so that what the broker
+    /// protects the gateway protects too); others get 401, or 403 for a
+    /// wrong one.
+    pub fn secret(mut self, secret: SharedSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// How long a call may take before it is answered 504. Default:
+    /// [`DEFAULT_CALL_TIMEOUT`].
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The largest request body taken; larger ones are answered 413.
+    /// Default: [`DEFAULT_MAX_BODY_BYTES`].
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The gateway, ready to serve.
+    pub fn build(self) -> Gateway {
+        Gateway {
+            shared: Arc::new(Shared {
+                channels: Channels::new(self.bus),
+                secret: self.secret,
+                call_timeout: self.call_timeout,
+            }),
+            max_body: self.max_body,
+        }
+    }
+}
+
+/// Refuse a request without the secret, when there is one.
+async fn require_secret(
+    State(gateway): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(secret) = &gateway.secret {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match token {
+            None => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    "this gateway takes the broker's secret: Authorization: Bearer <secret>".into(),
+                ))
+            }
+            Some(token) if !secret.is(token) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    ErrorCode::Unauthorized,
+                    "wrong secret".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// The gateway's API, described from its handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "busline gateway", description = "Call a busline broker's channel methods over HTTP."),
+    paths(call::call, openapi),
+    components(schemas(ErrorReply, ErrorDetail)),
+    modifiers(&BearerScheme),
+)]
+struct ApiDoc;
+
+/// Names the `bearer` security scheme the handlers refer to.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        api.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+/// This API's OpenAPI description.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = Object)),
+    security((), ("bearer" = [])),
+)]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,334 @@
+//! The HTTP gateway against a real broker, through a real HTTP client:
+//! each endpoint, each error's status and body, channel passwords and the
+//! broker's secret.
+
+mod support;
+
+use std::time::Duration;
+
+use busline::{
+    broker::{Broker, BrokerClient, BrokerHandle},
+    gateway::Gateway,
+    Address, CborCodec, Error, MemoryTransport, SharedSecret,
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::{memory_client, provide_add};
+
+const SECRET: &str = "a shared secret of some length";
+
+/// A broker with providers on `math`, a protected `vault`, and a gateway
+/// in front of it on a loopback port.
+struct Setup {
+    broker: BrokerHandle,
+    addr: Address,
+    url: String,
+    http: reqwest::Client,
+    /// Kept: their connections serve the methods.
+    _providers: Vec<BrokerClient>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Setup {
+    async fn start(name: &str, secret: Option<&str>) -> Setup {
+        let broker = Broker::builder()
+            .listen(
+                MemoryTransport::new(),
+                Address::memory(format!("gateway-{name}-{}", std::process::id())),
+                CborCodec::new(),
+            )
+            .start()
+            .await
+            .unwrap();
+        let addr = broker.local_addrs()[0].clone();
+
+        let provider = memory_client(&addr).await;
+        let math = provider.open("math").await.unwrap();
+        provide_add(&math).await;
+        math.provide("ping", |(): ()| async { Ok::<_, String>("pong") })
+            .await
+            .unwrap();
+        math.provide("fail", |(): ()| async {
+            Err::<(), _>("the disk is full".to_owned())
+        })
+        .await
+        .unwrap();
+        math.provide("slow", |(): ()| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, String>(())
+        })
+        .await
+        .unwrap();
+        let mut vault = provider.open("vault").await.unwrap();
+        vault.set_password(Some("s3cret")).await.unwrap();
+        vault
+            .provide("gold", |(): ()| async { Ok::<_, String>(1000) })
+            .await
+            .unwrap();
+        // A provider whose connection dies while it answers.
+        let vanishing = memory_client(&addr).await;
+        let gone = vanishing.clone();
+        vanishing
+            .open("math")
+            .await
+            .unwrap()
+            .provide("vanish", move |(): ()| {
+                let gone = gone.clone();
+                async move {
+                    gone.close();
+                    std::future::pending::<()>().await;
+                    Ok::<_, String>(())
+                }
+            })
+            .await
+            .unwrap();
+
+        let mut gateway = Gateway::builder(memory_client(&addr).await)
+            .call_timeout(Duration::from_millis(300))
+            .max_body_bytes(64 << 10);
+        if let Some(secret) = secret {
+            gateway = gateway.secret(SharedSecret::new(secret).unwrap());
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let gateway = gateway.build();
+        tokio::spawn(async move {
+            gateway
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Setup {
+            broker,
+            addr,
+            url,
+            http: reqwest::Client::new(),
+            _providers: vec![provider, vanishing],
+            stop: Some(stop),
+        }
+    }
+
+    /// POST a call; its status and JSON body.
+    async fn call(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/channels/{path}", self.url))
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.broker.shutdown().await;
+    }
+}
+
+/// The error code of an error body, checking its shape.
+fn code(body: &Value) -> &str {
+    assert!(
+        body["error"]["message"].is_string(),
+        "an error body has a message: {body}"
+    );
+    body["error"]["code"].as_str().expect("an error code")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_takes_json_and_answers_json() {
+    let s = Setup::start("call", None).await;
+    assert_eq!(
+        s.call("math/call/add", "[2, 40]", &[]).await,
+        (StatusCode::OK, json!(42))
+    );
+    // An empty body is no arguments.
+    assert_eq!(
+        s.call("math/call/ping", "", &[]).await,
+        (StatusCode::OK, json!("pong"))
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_has_its_status_and_a_json_body() {
+    let s = Setup::start("errors", None).await;
+    let cases = [
+        (
+            "math/call/nope",
+            "[]",
+            StatusCode::NOT_FOUND,
+            "method_not_found",
+        ),
+        (
+            "nowhere/call/add",
+            "[1, 2]",
+            StatusCode::NOT_FOUND,
+            "method_not_found",
+        ),
+        (
+            "math/call/add",
+            "[2,",
+            StatusCode::BAD_REQUEST,
+            "serialization",
+        ),
+        (
+            "math/call/add",
+            "\"two\"",
+            StatusCode::BAD_REQUEST,
+            "serialization",
+        ),
+        (
+            "bad name!/call/add",
+            "[1, 2]",
+            StatusCode::BAD_REQUEST,
+            "protocol",
+        ),
+        (
+            "math/call/fail",
+            "",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "handler_failed",
+        ),
+        ("math/call/slow", "", StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        (
+            "math/call/vanish",
+            "",
+            StatusCode::BAD_GATEWAY,
+            "disconnected",
+        ),
+    ];
+    for (path, body, status, expected) in cases {
+        let (got, answer) = s.call(path, body, &[]).await;
+        assert_eq!(
+            (got, code(&answer)),
+            (status, expected),
+            "{path} {body}: {answer}"
+        );
+    }
+    let (_, failed) = s.call("math/call/fail", "", &[]).await;
+    assert_eq!(failed["error"]["message"], "the disk is full");
+
+    // Larger than the gateway takes: refused before busline sees it.
+    let big = format!("[\"{}\"]", "x".repeat(100 << 10));
+    let (status, answer) = s.call("math/call/ping", &big, &[]).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "frame_too_large")
+    );
+
+    // Asking about a channel did not create it.
+    let err = memory_client(&s.addr)
+        .await
+        .open_existing("nowhere", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MethodNotFound(_)), "{err:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_channel_takes_its_password_on_every_request() {
+    let s = Setup::start("password", None).await;
+    let (status, answer) = s.call("vault/call/gold", "", &[]).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let wrong = [("X-Busline-Password", "guess")];
+    let (status, _) = s.call("vault/call/gold", "", &wrong).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let right = [("X-Busline-Password", "s3cret")];
+    assert_eq!(
+        s.call("vault/call/gold", "", &right).await,
+        (StatusCode::OK, json!(1000))
+    );
+    // Once the gateway is in the channel, it still asks every request.
+    let (status, _) = s.call("vault/call/gold", "", &wrong).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, answer) = s.call("vault/call/gold", "", &[]).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    assert_eq!(
+        s.call("vault/call/gold", "", &right).await,
+        (StatusCode::OK, json!(1000))
+    );
+    // A password for a channel that has none is a mistake, refused before
+    // the gateway joins it and after.
+    for _ in 0..2 {
+        let (status, _) = s.call("math/call/add", "[1, 1]", &right).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            s.call("math/call/add", "[1, 1]", &[]).await,
+            (StatusCode::OK, json!(2))
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_secret_nothing_is_reachable_without_it() {
+    let s = Setup::start("secret", Some(SECRET)).await;
+    for path in ["/v1/openapi.json"] {
+        let response = s.http.get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"busline\""
+        );
+    }
+    let (status, _) = s.call("math/call/add", "[1, 2]", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = s
+        .call(
+            "math/call/add",
+            "[1, 2]",
+            &[("Authorization", "Bearer nope")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let bearer = format!("Bearer {SECRET}");
+    assert_eq!(
+        s.call("math/call/add", "[1, 2]", &[("Authorization", &bearer)])
+            .await,
+        (StatusCode::OK, json!(3))
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_description_is_generated_from_the_handlers() {
+    let s = Setup::start("openapi", None).await;
+    let api: Value = s
+        .http
+        .get(format!("{}/v1/openapi.json", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(api["openapi"].as_str().unwrap().starts_with("3."), "{api}");
+    let call = &api["paths"]["/v1/channels/{channel}/call/{method}"]["post"];
+    let statuses: Vec<&str> = call["responses"]
+        .as_object()
+        .expect("the call's responses")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for status in ["200", "401", "403", "404", "413", "502", "504"] {
+        assert!(statuses.contains(&status), "{status} in {statuses:?}");
+    }
+    assert!(api["components"]["schemas"]["ErrorReply"].is_object());
+    assert!(api["components"]["securitySchemes"]["bearer"].is_object());
+    s.stop().await;
+}
