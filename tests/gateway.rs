@@ -4,7 +4,13 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use busline::{
     broker::{Broker, BrokerClient, BrokerHandle},
@@ -26,6 +32,8 @@ struct Setup {
     http: reqwest::Client,
     /// Kept: their connections serve the methods.
     _providers: Vec<BrokerClient>,
+    /// Set when the provider's endless `ticks` stream is dropped.
+    ticks_cancelled: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -56,6 +64,22 @@ impl Setup {
         math.provide("slow", |(): ()| async {
             tokio::time::sleep(Duration::from_secs(10)).await;
             Ok::<_, String>(())
+        })
+        .await
+        .unwrap();
+        math.provide_stream("count", |n: u64| {
+            futures::stream::iter((0..n).map(Ok::<_, String>))
+        })
+        .await
+        .unwrap();
+        let ticks_cancelled = Arc::new(AtomicBool::new(false));
+        let flag = ticks_cancelled.clone();
+        math.provide_stream("ticks", move |()| {
+            let guard = SetOnDrop(flag.clone());
+            futures::stream::unfold((0u64, guard), |(n, guard)| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Some((Ok::<_, String>(n), (n + 1, guard)))
+            })
         })
         .await
         .unwrap();
@@ -107,6 +131,7 @@ impl Setup {
             url,
             http: reqwest::Client::new(),
             _providers: vec![provider, vanishing],
+            ticks_cancelled,
             stop: Some(stop),
         }
     }
@@ -123,6 +148,15 @@ impl Setup {
         let response = request.send().await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap())
+    }
+
+    /// GET `path`, with `headers`.
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}/v1/channels/{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
     }
 
     async fn stop(mut self) {
@@ -328,7 +362,168 @@ async fn the_openapi_description_is_generated_from_the_handlers() {
     for status in ["200", "401", "403", "404", "413", "502", "504"] {
         assert!(statuses.contains(&status), "{status} in {statuses:?}");
     }
+    for path in [
+        "/v1/channels/{channel}/stream/{method}",
+        "/v1/channels/{channel}/subscribe/{pattern}",
+    ] {
+        assert!(
+            api["paths"][path]["get"]["responses"]["200"].is_object(),
+            "{path}"
+        );
+    }
     assert!(api["components"]["schemas"]["ErrorReply"].is_object());
     assert!(api["components"]["securitySchemes"]["bearer"].is_object());
+    s.stop().await;
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads server-sent events off a response.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    fn new(response: reqwest::Response) -> Events {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Events {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's name and data (keep-alive comments skipped).
+    async fn next(&mut self) -> (String, String) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim_start().to_owned())
+                };
+                if let Some(event) = field("event:") {
+                    return (event, field("data:").unwrap_or_default());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("an event within 10 s")
+                .expect("the response reads")
+                .expect("the stream goes on");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+/// Wait up to ten seconds for `done`.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, done: impl Fn() -> F) {
+    for _ in 0..400 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_comes_as_server_sent_events() {
+    let s = Setup::start("stream", None).await;
+    let mut events = Events::new(s.get("math/stream/count?args=3", &[]).await);
+    for n in 0..3 {
+        assert_eq!(events.next().await, ("message".into(), n.to_string()));
+    }
+    assert_eq!(events.next().await.0, "end");
+
+    // Refusals are statuses, not events.
+    let cases = [
+        ("math/stream/nope", StatusCode::NOT_FOUND),
+        ("math/stream/count?args=%5B", StatusCode::BAD_REQUEST),
+        (
+            "math/stream/count?args=%22three%22",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("nowhere/stream/count?args=1", StatusCode::NOT_FOUND),
+        ("vault/stream/count?args=1", StatusCode::UNAUTHORIZED),
+    ];
+    for (path, status) in cases {
+        let response = s.get(path, &[]).await;
+        assert_eq!(response.status(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        code(&body);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_the_providers_stream() {
+    let s = Setup::start("cancel", None).await;
+    let mut events = Events::new(s.get("math/stream/ticks", &[]).await);
+    for n in 0..3 {
+        assert_eq!(events.next().await, ("message".into(), n.to_string()));
+    }
+    assert!(!s.ticks_cancelled.load(Ordering::SeqCst));
+    drop(events);
+    let cancelled = s.ticks_cancelled.clone();
+    eventually("the provider's stream is cancelled", || async {
+        cancelled.load(Ordering::SeqCst)
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_come_as_server_sent_events_until_the_client_leaves() {
+    let s = Setup::start("subscribe", None).await;
+    // The gateway joins channels, never creates them.
+    let publisher = memory_client(&s.addr).await.open("news").await.unwrap();
+    let mut events = Events::new(s.get("news/subscribe/sensors.%3E", &[]).await);
+    publisher
+        .publish("sensors.temp", &json!({"c": 21.5}))
+        .await
+        .unwrap();
+    publisher.publish("other.topic", &1).await.unwrap();
+    publisher.publish("sensors.hall", &"open").await.unwrap();
+    let (event, data) = events.next().await;
+    assert_eq!(event, "message");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"topic": "sensors.temp", "message": {"c": 21.5}})
+    );
+    let (_, data) = events.next().await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"topic": "sensors.hall", "message": "open"})
+    );
+
+    // Gone: the gateway unsubscribes.
+    drop(events);
+    let watcher = publisher.clone();
+    eventually("the gateway unsubscribes", || async {
+        watcher.describe().await.unwrap().subscriptions.is_empty()
+    })
+    .await;
+
+    for (path, status) in [
+        ("news/subscribe/a..b", StatusCode::BAD_REQUEST),
+        ("vault/subscribe/%3E", StatusCode::UNAUTHORIZED),
+        ("nowhere/subscribe/%3E", StatusCode::NOT_FOUND),
+    ] {
+        let response = s.get(path, &[]).await;
+        assert_eq!(response.status(), status, "{path}");
+    }
+    let right = [("X-Busline-Password", "s3cret")];
+    Events::new(s.get("vault/subscribe/%3E", &right).await);
     s.stop().await;
 }

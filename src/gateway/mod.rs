@@ -7,6 +7,8 @@
 //! | endpoint | what it does |
 //! | --- | --- |
 //! | `POST /v1/channels/{channel}/call/{method}` | calls `method` with the JSON body as arguments; answers its result |
+//! | `GET /v1/channels/{channel}/stream/{method}?args=<json>` | the method's stream, as server-sent events |
+//! | `GET /v1/channels/{channel}/subscribe/{pattern}` | publications matching `pattern`, as server-sent events |
 //! | `GET /v1/openapi.json` | this API's OpenAPI 3.1 description, generated from the handlers |
 //!
 //! Credentials travel in headers: `Authorization: Bearer <secret>` when the
@@ -33,6 +35,7 @@
 mod call;
 mod channels;
 mod error;
+mod events;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -103,6 +106,14 @@ impl Gateway {
     pub fn router(&self) -> Router {
         let api = Router::new()
             .route("/v1/channels/{channel}/call/{method}", post(call::call))
+            .route(
+                "/v1/channels/{channel}/stream/{method}",
+                get(events::stream_items),
+            )
+            .route(
+                "/v1/channels/{channel}/subscribe/{pattern}",
+                get(events::subscribe),
+            )
             .route("/v1/openapi.json", get(openapi))
             .layer(middleware::from_fn_with_state(
                 self.shared.clone(),
@@ -198,7 +209,7 @@ async fn require_secret(
 #[derive(OpenApi)]
 #[openapi(
     info(title = "busline gateway", description = "Call a busline broker's channel methods over HTTP."),
-    paths(call::call, openapi),
+    paths(call::call, events::stream_items, events::subscribe, openapi),
     components(schemas(ErrorReply, ErrorDetail)),
     modifiers(&BearerScheme),
 )]
