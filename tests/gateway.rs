@@ -322,6 +322,13 @@ async fn with_a_secret_nothing_is_reachable_without_it() {
     }
     let (status, _) = s.call("math/call/add", "[1, 2]", &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let url = format!("{}/v1/ws", s.url.replace("http://", "ws://"));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401)
+        }
+        other => panic!("a WebSocket without the secret: {other:?}"),
+    }
     let (status, _) = s
         .call(
             "math/call/add",
@@ -525,5 +532,131 @@ async fn publications_come_as_server_sent_events_until_the_client_leaves() {
     }
     let right = [("X-Busline-Password", "s3cret")];
     Events::new(s.get("vault/subscribe/%3E", &right).await);
+    s.stop().await;
+}
+
+/// A WebSocket client of the gateway, speaking JSON-RPC.
+struct Socket(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+);
+
+impl Socket {
+    async fn open(s: &Setup) -> Socket {
+        let url = format!("{}/v1/ws", s.url.replace("http://", "ws://"));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Socket(socket)
+    }
+
+    async fn send(&mut self, message: Value) {
+        use futures::SinkExt;
+        self.0
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                message.to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Value {
+        use futures::StreamExt;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.0.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("the socket is open")
+                .unwrap();
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_carries_json_rpc_calls_streams_and_subscriptions() {
+    let s = Setup::start("websocket", None).await;
+    let publisher = memory_client(&s.addr).await.open("news").await.unwrap();
+    let mut ws = Socket::open(&s).await;
+
+    // A call, and errors with busline's categories.
+    ws.send(json!({"jsonrpc": "2.0", "id": 1, "method": "call",
+        "params": {"channel": "math", "method": "add", "args": [2, 40]}}))
+        .await;
+    assert_eq!(
+        ws.next().await,
+        json!({"jsonrpc": "2.0", "id": 1, "result": 42})
+    );
+    ws.send(json!({"jsonrpc": "2.0", "id": "x", "method": "call",
+        "params": {"channel": "math", "method": "nope"}}))
+        .await;
+    let answer = ws.next().await;
+    assert_eq!(answer["id"], "x");
+    assert_eq!(
+        answer["error"]["data"]["busline"], "method_not_found",
+        "{answer}"
+    );
+    ws.send(json!({"jsonrpc": "2.0", "id": 2, "method": "call",
+        "params": {"channel": "vault", "method": "gold", "password": "guess"}}))
+        .await;
+    assert_eq!(ws.next().await["error"]["data"]["busline"], "unauthorized");
+    ws.send(json!({"jsonrpc": "2.0", "id": 3, "method": "call",
+        "params": {"channel": "vault", "method": "gold", "password": "s3cret"}}))
+        .await;
+    assert_eq!(ws.next().await["result"], 1000);
+
+    // A stream: items as notifications, then the answer.
+    ws.send(
+        json!({"jsonrpc": "2.0", "id": 4, "method": "stream", "stream": 16,
+        "params": {"channel": "math", "method": "count", "args": 3}}),
+    )
+    .await;
+    for n in 0..3 {
+        let item = ws.next().await;
+        assert_eq!(item["method"], "rpc.item", "{item}");
+        assert_eq!(item["params"], json!({"id": 4, "item": n}));
+    }
+    let end = ws.next().await;
+    assert_eq!(
+        (end["id"].clone(), end["stream"].clone()),
+        (json!(4), json!("end")),
+        "{end}"
+    );
+
+    // A subscription, then cancelled: the gateway unsubscribes.
+    ws.send(
+        json!({"jsonrpc": "2.0", "id": 5, "method": "subscribe", "stream": 16,
+        "params": {"channel": "news", "pattern": "sensors.>"}}),
+    )
+    .await;
+    let watcher = publisher.clone();
+    eventually("the gateway subscribes", || async {
+        !watcher.describe().await.unwrap().subscriptions.is_empty()
+    })
+    .await;
+    publisher.publish("sensors.temp", &21.5).await.unwrap();
+    let item = ws.next().await;
+    assert_eq!(
+        item["params"],
+        json!({"id": 5, "item": {"topic": "sensors.temp", "message": 21.5}})
+    );
+    ws.send(json!({"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": 5}}))
+        .await;
+    eventually("the gateway unsubscribes", || async {
+        watcher.describe().await.unwrap().subscriptions.is_empty()
+    })
+    .await;
+
+    // Not JSON: an error answer, and the socket goes on.
+    futures::SinkExt::send(
+        &mut ws.0,
+        tokio_tungstenite::tungstenite::Message::text("{nope"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ws.next().await["error"]["code"], -32700);
+    ws.send(json!({"jsonrpc": "2.0", "id": 6, "method": "call",
+        "params": {"channel": "math", "method": "add", "args": [1, 1]}}))
+        .await;
+    assert_eq!(ws.next().await["result"], 2);
     s.stop().await;
 }

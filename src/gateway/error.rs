@@ -62,6 +62,12 @@ impl ApiError {
         }
     }
 
+    /// The busline error it stands for, for answers that are not HTTP
+    /// (the WebSocket's JSON-RPC).
+    pub(super) fn into_error(self) -> Error {
+        self.error.into_error()
+    }
+
     /// The status it answers with.
     #[cfg(test)]
     pub(super) fn status(&self) -> StatusCode {

@@ -9,6 +9,7 @@
 //! | `POST /v1/channels/{channel}/call/{method}` | calls `method` with the JSON body as arguments; answers its result |
 //! | `GET /v1/channels/{channel}/stream/{method}?args=<json>` | the method's stream, as server-sent events |
 //! | `GET /v1/channels/{channel}/subscribe/{pattern}` | publications matching `pattern`, as server-sent events |
+//! | `GET /v1/ws` | a WebSocket carrying JSON-RPC 2.0: `call`, `stream`, `subscribe` |
 //! | `GET /v1/openapi.json` | this API's OpenAPI 3.1 description, generated from the handlers |
 //!
 //! Credentials travel in headers: `Authorization: Bearer <secret>` when the
@@ -36,6 +37,7 @@ mod call;
 mod channels;
 mod error;
 mod events;
+mod socket;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -88,6 +90,8 @@ struct Shared {
     channels: Channels,
     secret: Option<SharedSecret>,
     call_timeout: Duration,
+    /// The largest WebSocket message taken, as the largest body.
+    max_message: usize,
 }
 
 impl Gateway {
@@ -114,6 +118,7 @@ impl Gateway {
                 "/v1/channels/{channel}/subscribe/{pattern}",
                 get(events::subscribe),
             )
+            .route("/v1/ws", get(socket::upgrade))
             .route("/v1/openapi.json", get(openapi))
             .layer(middleware::from_fn_with_state(
                 self.shared.clone(),
@@ -167,6 +172,7 @@ impl GatewayBuilder {
                 channels: Channels::new(self.bus),
                 secret: self.secret,
                 call_timeout: self.call_timeout,
+                max_message: self.max_body,
             }),
             max_body: self.max_body,
         }
@@ -209,7 +215,7 @@ async fn require_secret(
 #[derive(OpenApi)]
 #[openapi(
     info(title = "busline gateway", description = "Call a busline broker's channel methods over HTTP."),
-    paths(call::call, events::stream_items, events::subscribe, openapi),
+    paths(call::call, events::stream_items, events::subscribe, socket::upgrade, openapi),
     components(schemas(ErrorReply, ErrorDetail)),
     modifiers(&BearerScheme),
 )]

@@ -1,0 +1,182 @@
+//! `GET /v1/ws`: a WebSocket carrying JSON-RPC 2.0, one JSON text per
+//! message, served by busline's own RPC layer (the jsonrpc codec, its ids,
+//! stream credit and cancellation) over the socket. Three methods, whose
+//! params are objects:
+//!
+//! - `call` `{channel, method, args?, password?}`: the method's result.
+//! - `stream` `{channel, method, args?, password?}`, sent with `"stream":
+//!   N`: the method's items, as `rpc.item` notifications.
+//! - `subscribe` `{channel, pattern, password?}`, sent with `"stream": N`:
+//!   publications as items, `{"topic", "message"}`, `{"missed": n}` where
+//!   some were dropped, `{"interrupted": true}` where the broker was lost a
+//!   while. `rpc.cancel` unsubscribes.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{
+        ws::{Message as WsMessage, WebSocket},
+        State, WebSocketUpgrade,
+    },
+    response::Response,
+};
+use busline_core::{Error, Payload, PeerInfo, Result};
+use busline_jsonrpc::{Framing, JsonRpcCodec};
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tower::service_fn;
+
+use super::Shared;
+use crate::{
+    broker::{Channel, Event},
+    rpc::{Reply, Request, Router, Server},
+};
+
+/// Bytes in flight between the socket and the RPC layer, each way.
+const PIPE_BYTES: usize = 64 << 10;
+
+/// Open a WebSocket speaking JSON-RPC 2.0 (see the module docs).
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "websocket",
+    responses(
+        (status = 101, description = "Switching to a WebSocket carrying JSON-RPC 2.0: \
+            `call`, `stream` and `subscribe`"),
+    ),
+    security((), ("bearer" = [])),
+)]
+pub(super) async fn upgrade(State(gateway): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    let max = gateway.max_message;
+    ws.max_message_size(max)
+        .on_upgrade(move |socket| serve(gateway, socket))
+}
+
+/// Serve JSON-RPC on `socket` until either side closes it.
+async fn serve(gateway: Arc<Shared>, socket: WebSocket) {
+    let codec = JsonRpcCodec::new()
+        .framing(Framing::Lines)
+        .transcode_cbor(true);
+    let server = Server::builder(router(gateway), codec);
+    let (rpc_side, pipe) = tokio::io::duplex(PIPE_BYTES);
+    let (pipe_read, mut pipe_write) = tokio::io::split(pipe);
+    let (mut to_client, mut from_client) = socket.split();
+    // Messages in: each one text, written as one line.
+    let inbound = async move {
+        while let Some(Ok(message)) = from_client.next().await {
+            let text = match message {
+                WsMessage::Text(text) => text.to_string(),
+                WsMessage::Binary(bytes) => match String::from_utf8(bytes.to_vec()) {
+                    Ok(text) => text,
+                    Err(_) => break,
+                },
+                WsMessage::Close(_) => break,
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            };
+            // A line per message: JSON's own newlines are whitespace.
+            let line = text.replace('\n', " ") + "\n";
+            if pipe_write.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = pipe_write.shutdown().await;
+    };
+    // Lines out: each one message.
+    let outbound = async move {
+        let mut lines = BufReader::new(pipe_read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if to_client.send(WsMessage::Text(line.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_client.close().await;
+    };
+    let connection = server.serve_connection(rpc_side, PeerInfo::described("websocket"));
+    tokio::join!(inbound, outbound, connection);
+}
+
+/// What `call` and `stream` take.
+#[derive(Debug, Deserialize)]
+struct MethodParams {
+    channel: String,
+    method: String,
+    #[serde(default)]
+    args: Value,
+    password: Option<String>,
+}
+
+/// What `subscribe` takes.
+#[derive(Debug, Deserialize)]
+struct PatternParams {
+    channel: String,
+    pattern: String,
+    password: Option<String>,
+}
+
+fn router(gateway: Arc<Shared>) -> Router {
+    let (calls, streams, subscriptions) = (gateway.clone(), gateway.clone(), gateway);
+    Router::new()
+        .route(
+            "call",
+            service_fn(move |req: Request| {
+                let gateway = calls.clone();
+                async move {
+                    let p: MethodParams = req.arguments()?;
+                    let channel = join(&gateway, &p.channel, p.password.as_deref()).await?;
+                    let call = channel.call_raw(&p.method, Payload::json(&p.args)?);
+                    let answer = tokio::time::timeout(gateway.call_timeout, call)
+                        .await
+                        .unwrap_or(Err(Error::Timeout(gateway.call_timeout)))?;
+                    Ok(Reply::Unary(Payload::json(&answer.decode::<Value>()?)?))
+                }
+            }),
+        )
+        .route(
+            "stream",
+            service_fn(move |req: Request| {
+                let gateway = streams.clone();
+                async move {
+                    let p: MethodParams = req.arguments()?;
+                    let channel = join(&gateway, &p.channel, p.password.as_deref()).await?;
+                    let items = channel.stream::<_, Value>(&p.method, &p.args).await?;
+                    Ok(Reply::Stream(Box::pin(items.and_then(|item| {
+                        std::future::ready(Payload::json(&item))
+                    }))))
+                }
+            }),
+        )
+        .route(
+            "subscribe",
+            service_fn(move |req: Request| {
+                let gateway = subscriptions.clone();
+                async move {
+                    let p: PatternParams = req.arguments()?;
+                    let channel = join(&gateway, &p.channel, p.password.as_deref()).await?;
+                    let subscription = channel.subscribe(&p.pattern).await?;
+                    let items = subscription.map(|event| {
+                        let item = match event? {
+                            Event::Message(publication) => json!({
+                                "topic": publication.topic,
+                                "message": publication.decode::<Value>()?,
+                            }),
+                            Event::Lagged(missed) => json!({ "missed": missed }),
+                            Event::Interrupted => json!({ "interrupted": true }),
+                        };
+                        Payload::json(&item)
+                    });
+                    Ok(Reply::Stream(Box::pin(items)))
+                }
+            }),
+        )
+}
+
+/// The channel, checked against the password as for HTTP requests.
+async fn join(gateway: &Shared, channel: &str, password: Option<&str>) -> Result<Channel> {
+    gateway
+        .channels
+        .get(channel, password)
+        .await
+        .map_err(|e| e.into_error())
+}
