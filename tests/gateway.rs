@@ -660,3 +660,61 @@ async fn a_websocket_carries_json_rpc_calls_streams_and_subscriptions() {
     assert_eq!(ws.next().await["result"], 2);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_counts_calls_and_publications_live() {
+    let s = Setup::start("status", None).await;
+    let status: Value = s
+        .http
+        .get(format!("{}/v1/status", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = status["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["math"], "the protected vault is only counted");
+    assert_eq!(status["protected_channels"], 1);
+    let calls_before = status["calls"].as_u64().unwrap();
+
+    let response = s
+        .http
+        .get(format!("{}/v1/status/events", s.url))
+        .send()
+        .await
+        .unwrap();
+    let mut events = Events::new(response);
+    let (event, first) = events.next().await;
+    assert_eq!(event, "status");
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert!(
+        first["calls_per_s"].is_null(),
+        "no rate before a second event"
+    );
+    for i in 0..10 {
+        s.call("math/call/add", &format!("[{i}, 1]"), &[]).await;
+    }
+    // The event after the calls counts them all, at some rate.
+    let mut later = Value::Null;
+    for _ in 0..10 {
+        let (_, data) = events.next().await;
+        later = serde_json::from_str(&data).unwrap();
+        if later["status"]["calls"].as_u64() == Some(calls_before + 10) {
+            break;
+        }
+    }
+    assert_eq!(later["status"]["calls"].as_u64(), Some(calls_before + 10));
+    assert!(later["calls_per_s"].as_f64().unwrap() > 0.0, "{later}");
+
+    // The page itself, served as it is.
+    let page = s.http.get(&s.url).send().await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().await.unwrap().contains("/v1/status/events"));
+    s.stop().await;
+}

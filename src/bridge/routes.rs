@@ -137,6 +137,8 @@ mod tests {
             channels,
             protected_channels: 0,
             client_ids: vec![],
+            calls: 0,
+            publications: 0,
         }
     }
 

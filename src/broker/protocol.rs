@@ -236,6 +236,14 @@ pub struct BrokerStatus {
     pub protected_channels: usize,
     /// Connection number and client id of each client that claimed one.
     pub client_ids: Vec<(u64, String)>,
+    /// Calls routed to a provider since the broker started (a call tried
+    /// on a second provider after the first one left counts twice).
+    #[serde(default)]
+    pub calls: u64,
+    /// Publications taken since the broker started, from its clients and
+    /// through bridges.
+    #[serde(default)]
+    pub publications: u64,
 }
 
 /// What happens to a channel when its owner leaves.

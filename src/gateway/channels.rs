@@ -99,6 +99,11 @@ impl Channels {
         Ok(kept.channel.clone())
     }
 
+    /// The gateway's own client of the broker.
+    pub(super) fn bus(&self) -> &BrokerClient {
+        &self.bus
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Joined>> {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -10,6 +10,8 @@
 //! | `GET /v1/channels/{channel}/stream/{method}?args=<json>` | the method's stream, as server-sent events |
 //! | `GET /v1/channels/{channel}/subscribe/{pattern}` | publications matching `pattern`, as server-sent events |
 //! | `GET /v1/ws` | a WebSocket carrying JSON-RPC 2.0: `call`, `stream`, `subscribe` |
+//! | `GET /` | a status page: channels, owners, providers, subscribers, clients, rates, live |
+//! | `GET /v1/status`, `GET /v1/status/events` | the broker's status as JSON, and each second as server-sent events |
 //! | `GET /v1/openapi.json` | this API's OpenAPI 3.1 description, generated from the handlers |
 //!
 //! Credentials travel in headers: `Authorization: Bearer <secret>` when the
@@ -38,6 +40,7 @@ mod channels;
 mod error;
 mod events;
 mod socket;
+mod status;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -119,6 +122,9 @@ impl Gateway {
                 get(events::subscribe),
             )
             .route("/v1/ws", get(socket::upgrade))
+            .route("/", get(status::page))
+            .route("/v1/status", get(status::status))
+            .route("/v1/status/events", get(status::status_events))
             .route("/v1/openapi.json", get(openapi))
             .layer(middleware::from_fn_with_state(
                 self.shared.clone(),
@@ -215,7 +221,16 @@ async fn require_secret(
 #[derive(OpenApi)]
 #[openapi(
     info(title = "busline gateway", description = "Call a busline broker's channel methods over HTTP."),
-    paths(call::call, events::stream_items, events::subscribe, socket::upgrade, openapi),
+    paths(
+        call::call,
+        events::stream_items,
+        events::subscribe,
+        socket::upgrade,
+        status::page,
+        status::status,
+        status::status_events,
+        openapi
+    ),
     components(schemas(ErrorReply, ErrorDetail)),
     modifiers(&BearerScheme),
 )]

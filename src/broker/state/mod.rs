@@ -58,6 +58,9 @@ pub(crate) struct State {
     /// travels between brokers: starts from the clock, so that a broker
     /// restarted under the same id does not reuse numbers others saw.
     next_seq: std::sync::atomic::AtomicU64,
+    /// Calls routed and publications taken since the start, for status.
+    calls: std::sync::atomic::AtomicU64,
+    publications: std::sync::atomic::AtomicU64,
     inner: Mutex<Inner>,
     subscriber_queue: QueueBounds,
     slow_subscriber: SlowSubscriber,
@@ -157,6 +160,8 @@ impl State {
         State {
             id,
             next_seq: std::sync::atomic::AtomicU64::new(clock),
+            calls: Default::default(),
+            publications: Default::default(),
             inner: Mutex::new(inner),
             subscriber_queue,
             slow_subscriber,
@@ -385,7 +390,21 @@ impl State {
             protected_channels: inner.channels.len() - channels.len() - system,
             channels,
             client_ids,
+            calls: self.calls.load(std::sync::atomic::Ordering::Relaxed),
+            publications: self.publications.load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Count a call routed to a provider.
+    fn routed_call(&self) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Count a publication taken.
+    fn took_publication(&self) {
+        self.publications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// What `channel` looks like now.

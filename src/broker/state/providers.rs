@@ -198,6 +198,7 @@ impl State {
         providers.next = turn + 1;
         let peer = peers.get(&id).cloned()?;
         *active.entry(id).or_default() += 1;
+        self.routed_call();
         drop(inner);
         Some((
             peer,

@@ -147,6 +147,7 @@ impl State {
                 )));
             }
         }
+        self.took_publication();
         offer(&inner, channel, topic, name, payload);
         let first = protocol::Relayed {
             origin: &self.id,
@@ -206,6 +207,7 @@ impl State {
         if !inner.seen.entry(key).or_default().first_time(*seq) {
             return Ok(());
         }
+        self.took_publication();
         let name: Arc<str> = protocol::published(channel, topic).into();
         offer(&inner, channel, topic, &name, payload);
         offer_relays(&inner, &self.id, relayed, payload);
