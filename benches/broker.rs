@@ -1,8 +1,10 @@
 //! The broker's cost: a call through it against the same call made
 //! directly, with 1 and 64 in flight, and publications fanned out to 1, 10
 //! and 100 subscribers (messages delivered per second, drops counted); and
-//! the same call from brokers one and two bridges away from the provider.
-//! Everything over Unix sockets with CBOR, measured in one run.
+//! the same call from brokers one and two bridges away from the provider;
+//! and the call made over HTTP through the gateway. Everything over Unix
+//! sockets with CBOR (the gateway's HTTP on loopback TCP), measured in one
+//! run.
 //!
 //! Run: `cargo bench --bench broker`.
 
@@ -270,12 +272,78 @@ fn fan_out(c: &mut Criterion) {
     rt.block_on(broker.shutdown());
 }
 
+/// A call through the broker, made by a busline client and over HTTP
+/// through the gateway (JSON, a kept-alive connection per call in flight).
+fn gateway(c: &mut Criterion) {
+    let rt = runtime();
+    let (broker, _provider, caller, url) = rt.block_on(async {
+        let (broker, addr) = start_broker("gateway").await;
+        let provider = bus(&addr).await;
+        let echo = |x: u64| async move { Ok::<_, String>(x) };
+        let channel = provider.open("bench").await.expect("opens");
+        channel.provide("echo", echo).await.expect("provides");
+        let gateway = busline::gateway::Gateway::builder(bus(&addr).await).build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let url = format!(
+            "http://{}/v1/channels/bench/call/echo",
+            listener.local_addr().expect("bound")
+        );
+        tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
+        (broker, provider, caller(&addr).await, url)
+    });
+    let http = reqwest::Client::new();
+    let mut group = c.benchmark_group("broker_gateway");
+    for (in_flight, label) in [(1, "1_in_flight"), (IN_FLIGHT, "64_in_flight")] {
+        group.throughput(Throughput::Elements(in_flight as u64));
+        let channel = caller.clone();
+        group.bench_function(BenchmarkId::new("busline_client", label), |b| {
+            b.iter_custom(|n| {
+                let channel = channel.clone();
+                timed(&rt, n, move || {
+                    let channel = channel.clone();
+                    async move {
+                        let calls = (0..in_flight as u64).map(|i| {
+                            let channel = channel.clone();
+                            async move { channel.call::<_, u64>("echo", &i).await }
+                        });
+                        for answer in join_all(calls).await {
+                            answer.expect("call");
+                        }
+                    }
+                })
+            })
+        });
+        let (http, url) = (http.clone(), url.clone());
+        group.bench_function(BenchmarkId::new("http_through_gateway", label), |b| {
+            b.iter_custom(|n| {
+                let (http, url) = (http.clone(), url.clone());
+                timed(&rt, n, move || {
+                    let (http, url) = (http.clone(), url.clone());
+                    async move {
+                        let calls = (0..in_flight as u64).map(|i| {
+                            let request = http.post(&url).body(i.to_string());
+                            async move { request.send().await?.error_for_status()?.text().await }
+                        });
+                        for answer in join_all(calls).await {
+                            answer.expect("HTTP call");
+                        }
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+    rt.block_on(broker.shutdown());
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
-    targets = calls, fan_out
+    targets = calls, fan_out, gateway
 }
 criterion_main!(benches);
