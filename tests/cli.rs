@@ -540,6 +540,7 @@ async fn http_call(port: u16, path: &str, body: &str, bearer: &str) -> (u16, Str
         let sent = http
             .post(format!("http://127.0.0.1:{port}/v1/channels/{path}"))
             .header("Authorization", format!("Bearer {bearer}"))
+            .header("Content-Type", "application/json")
             .body(body.to_owned())
             .send()
             .await;
@@ -624,5 +625,20 @@ fn the_gateway_serves_http_beside_a_broker_and_on_its_own() {
     fails_with(
         &["gateway", "--broker", &unix, "--http", "localhost"],
         "invalid socket address",
+    );
+    // HTTP has no peer credentials: a broker that checks them needs the
+    // secret for its gateway too.
+    let other = format!("unix://{}", dir.path().join("other.sock").display());
+    fails_with(
+        &[
+            "broker",
+            "--listen",
+            &other,
+            "--allow-uid",
+            "0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        "--secret-file",
     );
 }

@@ -141,6 +141,7 @@ impl Setup {
         let mut request = self
             .http
             .post(format!("{}/v1/channels/{path}", self.url))
+            .header("Content-Type", "application/json")
             .body(body.to_owned());
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -249,6 +250,35 @@ async fn each_error_has_its_status_and_a_json_body() {
     }
     let (_, failed) = s.call("math/call/fail", "", &[]).await;
     assert_eq!(failed["error"]["message"], "the disk is full");
+
+    // Not said to be JSON (a form, as another site's page may post).
+    let response = s
+        .http
+        .post(format!("{}/v1/channels/math/call/add", s.url))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("[1, 2]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // From another site's page: refused, whatever it asks.
+    let (status, answer) = s
+        .call(
+            "math/call/add",
+            "[1, 2]",
+            &[("Origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "unauthorized")
+    );
+    let own = format!("http://{}", s.url.trim_start_matches("http://"));
+    assert_eq!(
+        s.call("math/call/add", "[1, 2]", &[("Origin", &own)]).await,
+        (StatusCode::OK, json!(3)),
+        "the gateway's own pages"
+    );
 
     // Larger than the gateway takes: refused before busline sees it.
     let big = format!("[\"{}\"]", "x".repeat(100 << 10));
@@ -716,5 +746,120 @@ async fn the_status_counts_calls_and_publications_live() {
     let page = s.http.get(&s.url).send().await.unwrap();
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     assert!(page.text().await.unwrap().contains("/v1/status/events"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_first_requests_each_get_what_their_password_deserves() {
+    let s = Setup::start("race", None).await;
+    for round in 0..3 {
+        // A fresh protected channel the gateway has not joined.
+        let name = format!("safe{round}");
+        let owner = memory_client(&s.addr).await;
+        let mut safe = owner.open(&name).await.unwrap();
+        safe.set_password(Some("right")).await.unwrap();
+        safe.provide("open", |(): ()| async { Ok::<_, String>("opened") })
+            .await
+            .unwrap();
+        let requests = (0..12).map(|i| {
+            let password = ["right", "wrong", ""][i % 3];
+            let path = format!("{name}/call/open");
+            let s = &s;
+            async move {
+                let headers: Vec<(&str, &str)> = if password.is_empty() {
+                    vec![]
+                } else {
+                    vec![("X-Busline-Password", password)]
+                };
+                (password, s.call(&path, "", &headers).await.0)
+            }
+        });
+        for (password, status) in futures::future::join_all(requests).await {
+            let expected = match password {
+                "right" => StatusCode::OK,
+                "wrong" => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            assert_eq!(status, expected, "round {round}, password {password:?}");
+        }
+        drop(owner);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_password_retires_the_old_one_and_the_gateway_never_owns() {
+    let s = Setup::start("rotate", None).await;
+    let owner = memory_client(&s.addr).await;
+    let mut vault = owner.open("rotating").await.unwrap();
+    vault.set_password(Some("first")).await.unwrap();
+    // Providers sign with the key of the password they joined with.
+    let provide = |password: &'static str| {
+        let addr = s.addr.clone();
+        async move {
+            let provider = memory_client(&addr).await;
+            let channel = provider
+                .open_existing("rotating", Some(password))
+                .await
+                .unwrap();
+            channel
+                .provide("peek", |(): ()| async { Ok::<_, String>(7) })
+                .await
+                .unwrap();
+            provider
+        }
+    };
+    let old_provider = provide("first").await;
+    let first = [("X-Busline-Password", "first")];
+    let second = [("X-Busline-Password", "second")];
+    assert_eq!(
+        s.call("rotating/call/peek", "", &first).await.0,
+        StatusCode::OK
+    );
+    vault.set_password(Some("second")).await.unwrap();
+    old_provider.close();
+    let _new_provider = provide("second").await;
+    eventually("the old password is refused", || async {
+        s.call("rotating/call/peek", "", &first).await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    let answer = s.call("rotating/call/peek", "", &second).await;
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_made_owner_leaves_the_channel() {
+    let s = Setup::start("handover", None).await;
+    let owner = memory_client(&s.addr).await;
+    let handover = owner.open("handover").await.unwrap();
+    // The gateway joins (the method is not there yet) before the provider.
+    let (status, _) = s.call("handover/call/peek", "", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let members = handover.describe().await.unwrap().members;
+    assert_eq!(members.len(), 2, "the owner, then the gateway: {members:?}");
+    let gateway_id = members[1];
+    let provider = memory_client(&s.addr).await;
+    let channel = provider.open("handover").await.unwrap();
+    channel
+        .provide("peek", |(): ()| async { Ok::<_, String>(7) })
+        .await
+        .unwrap();
+    let provider_id = channel.describe().await.unwrap().members[2];
+    drop(handover);
+    owner.close();
+    eventually("the provider owns the channel, not the gateway", || async {
+        channel
+            .describe()
+            .await
+            .is_ok_and(|info| info.owner == provider_id && !info.members.contains(&gateway_id))
+    })
+    .await;
+    // The gateway joins again when asked, as a plain member.
+    assert_eq!(
+        s.call("handover/call/peek", "", &[]).await,
+        (StatusCode::OK, json!(7))
+    );
     s.stop().await;
 }

@@ -397,7 +397,11 @@ impl BrokerClient {
         protocol::check_channel_name(channel)?;
         let client = self.link.client().await?;
         let opened = open_on(&client, channel, keys.as_ref(), create).await?;
-        self.link.record().joined(channel).keys = keys.clone();
+        let mut record = self.link.record();
+        let joined = record.joined(channel);
+        joined.keys = keys.clone();
+        joined.existing = !create;
+        drop(record);
         Ok(Channel {
             bus: self.clone(),
             name: channel.to_owned(),

@@ -97,6 +97,9 @@ pub(crate) struct Record {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Joined {
     pub(crate) keys: Option<ChannelKeys>,
+    /// Joined only as an existing channel ([`BrokerClient::open_existing`](super::BrokerClient::open_existing)):
+    /// rejoined so, never created again by this client.
+    pub(crate) existing: bool,
     /// Set by this client as the owner; set again if it owns the channel
     /// once more.
     pub(crate) policy: Option<OwnerPolicy>,

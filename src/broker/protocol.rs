@@ -286,6 +286,15 @@ pub enum ChannelEvent {
         /// Whether at least one subscription matches it.
         wanted: bool,
     },
+    /// The owner set, changed or removed the channel's password. Members
+    /// stay in; one that checks passwords for others (the HTTP gateway)
+    /// forgets the one it knew.
+    PasswordChanged {
+        /// The channel.
+        channel: String,
+        /// Whether it takes a password now.
+        protected: bool,
+    },
     /// The channel was closed; the member is no longer in it.
     Closed {
         /// The channel.

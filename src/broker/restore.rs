@@ -36,7 +36,7 @@ pub(super) async fn restore(
         }
     }
     for (channel, joined) in &plan.channels {
-        let opened = match open_on(client, channel, joined.keys.as_ref(), true).await {
+        let opened = match open_on(client, channel, joined.keys.as_ref(), !joined.existing).await {
             Ok(opened) => opened,
             Err(err) => {
                 check(client, link, format!("channel {channel:?}"), err)?;

@@ -68,6 +68,12 @@ pub(crate) async fn serve(
         ))
     })?;
     eprintln!("busline: gateway serving http://{}", listener.local_addr()?);
+    if secret.is_some() && !http.ip().is_loopback() {
+        eprintln!(
+            "busline: warning: HTTP clients send the secret in clear to {http}; \
+             put a TLS proxy in front, or serve on a loopback address"
+        );
+    }
     let mut gateway = Gateway::builder(bus);
     if let Some(secret) = secret {
         gateway = gateway.secret(secret);

@@ -44,6 +44,12 @@ impl AuthArgs {
             .transpose()
     }
 
+    /// Whether only some peers are let in by their credentials
+    /// (`--allow-uid`, `--allow-gid`).
+    pub(crate) fn restricts_peers(&self) -> bool {
+        !self.allow_uid.is_empty() || !self.allow_gid.is_empty()
+    }
+
     pub(crate) fn authenticator(&self) -> Result<Arc<dyn Authenticator>> {
         let inner: Arc<dyn Authenticator> = match &self.secret_file {
             Some(path) => Arc::new(SharedSecret::from_file(path)?),
@@ -190,6 +196,14 @@ pub(crate) async fn serve(
 /// Ctrl-C or SIGTERM.
 pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()> {
     let auth = auth_args.authenticator()?;
+    let secret = auth_args.secret()?;
+    if args.http.is_some() && auth_args.restricts_peers() && secret.is_none() {
+        return Err(Error::Unauthorized(
+            "--http would let in over TCP whoever --allow-uid and --allow-gid keep out: \
+             give --secret-file too, which HTTP clients then present"
+                .into(),
+        ));
+    }
     // Before any listener: a second instance must not touch the first's
     // sockets.
     let _pidfile = match &args.pidfile {
@@ -246,7 +260,7 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
                 &inside,
             )
             .await?;
-            let serving = gateway::serve(bus, http, auth_args.secret()?, stop_gateway.clone());
+            let serving = gateway::serve(bus, http, secret, stop_gateway.clone());
             Some(tokio::spawn(serving))
         }
         None => None,

@@ -25,16 +25,17 @@ use super::{error::ApiError, Shared, PASSWORD_HEADER};
         ("X-Busline-Password" = Option<String>, Header,
             description = "The channel's password, if it takes one"),
     ),
-    request_body(content = Object, content_type = "application/json",
+    request_body(content = serde_json::Value, content_type = "application/json",
         description = "The method's arguments as JSON, e.g. `[2, 40]`; empty for none"),
     responses(
-        (status = 200, description = "The method's result", body = Object),
+        (status = 200, description = "The method's result", body = serde_json::Value),
         (status = 400, description = "Not JSON, or arguments the method cannot take",
             body = super::ErrorReply),
         (status = 401, description = "Credentials missing", body = super::ErrorReply),
         (status = 403, description = "Credentials wrong", body = super::ErrorReply),
         (status = 404, description = "No such channel or method", body = super::ErrorReply),
         (status = 413, description = "Arguments or result too large", body = super::ErrorReply),
+        (status = 415, description = "Not sent as application/json", body = super::ErrorReply),
         (status = 500, description = "The method's handler failed", body = super::ErrorReply),
         (status = 502, description = "The provider or the broker went away",
             body = super::ErrorReply),
@@ -48,6 +49,20 @@ pub(super) async fn call(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // JSON only: a form another site's page posts is refused here, and a
+    // body is never taken for what it does not say it is.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Serialization,
+            "send the arguments as Content-Type: application/json (curl --json '[2, 40]' URL)"
+                .into(),
+        ));
+    }
     let body = body.map_err(|rejected| {
         let code = match rejected.status().as_u16() {
             413 => ErrorCode::FrameTooLarge,

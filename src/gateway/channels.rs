@@ -4,7 +4,8 @@
 //! asked about. Membership alone would let anyone through once one
 //! request knew a channel's password, so each request's password is
 //! checked here against the one the channel was joined with (a digest of
-//! it, compared in constant time; the broker checked the first).
+//! it, compared in constant time); the broker checks each join, even of a
+//! channel the gateway is in, and says when a password changes.
 
 use std::{
     collections::HashMap,
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use crate::broker::{BrokerClient, Channel, ChannelEvent};
+use crate::broker::{BrokerClient, Channel, ChannelEvent, ConnectionEvent};
 
 /// A digest of a channel's password, as the gateway keeps it.
 type PasswordDigest = [u8; 32];
@@ -28,35 +29,40 @@ struct Joined {
     password: Option<PasswordDigest>,
 }
 
-/// Channels joined, by name; one that closes is forgotten.
-#[derive(Debug, Clone)]
+/// Channels joined, by name; one that closes, changes its password or
+/// would make the gateway its owner is forgotten.
+#[derive(Debug)]
 pub(super) struct Channels {
     bus: BrokerClient,
     joined: Arc<Mutex<HashMap<String, Joined>>>,
+    /// One join at a time: the broker keeps one password challenge per
+    /// connection, and a request must not pass on a join another request
+    /// made with another password.
+    joining: Arc<tokio::sync::Mutex<()>>,
+    /// The task that follows the broker's word about these channels.
+    listening: tokio::task::AbortHandle,
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        self.listening.abort();
+    }
 }
 
 impl Channels {
+    /// Channels joined through `bus`, which must be the gateway's own
+    /// client (one that joined a channel for itself would let requests in
+    /// without its password). Call within a tokio runtime.
     pub(super) fn new(bus: BrokerClient) -> Channels {
-        let channels = Channels {
-            bus: bus.clone(),
-            joined: Arc::default(),
-        };
-        let joined = Arc::downgrade(&channels.joined);
-        let mut events = bus.events();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let Some(joined) = joined.upgrade() else {
-                    return;
-                };
-                if let ChannelEvent::Closed { channel, .. } = event {
-                    joined
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&channel);
-                }
-            }
-        });
-        channels
+        let joined: Arc<Mutex<HashMap<String, Joined>>> = Arc::default();
+        let joining = Arc::new(tokio::sync::Mutex::new(()));
+        let following = follow(bus.clone(), joined.clone(), joining.clone());
+        Channels {
+            bus,
+            joined,
+            joining,
+            listening: tokio::spawn(following).abort_handle(),
+        }
     }
 
     /// `name`, for a request that gave `password` (or none): joined now if
@@ -67,36 +73,28 @@ impl Channels {
         password: Option<&str>,
     ) -> Result<Channel, ApiError> {
         let given = password.map(|p| digest(name, p));
-        if let Some(joined) = self.lock().get(name) {
-            return match (&joined.password, &given) {
-                (None, None) => Ok(joined.channel.clone()),
-                (Some(kept), Some(given)) if same(kept, given) => Ok(joined.channel.clone()),
-                (Some(_), None) => Err(refused(
-                    StatusCode::UNAUTHORIZED,
-                    format!("channel {name:?} takes a password (X-Busline-Password)"),
-                )),
-                (Some(_), Some(_)) => Err(refused(
-                    StatusCode::FORBIDDEN,
-                    format!("wrong password for channel {name:?}"),
-                )),
-                (None, Some(_)) => Err(refused(
-                    StatusCode::FORBIDDEN,
-                    format!("channel {name:?} has no password, and one was given"),
-                )),
-            };
+        if let Some(known) = self.known(name, given.as_ref()) {
+            return known;
         }
+        let _one = self.joining.lock().await;
+        if let Some(known) = self.known(name, given.as_ref()) {
+            return known;
+        }
+        // The broker checks the password, even of a channel the gateway is
+        // already in (joined as an existing one).
         let channel = self
             .bus
             .open_existing(name, password)
             .await
             .map_err(|e| ApiError::from_error(&e, password.is_some()))?;
-        let mut joined = self.lock();
-        // Another request may have joined it meanwhile: keep the first.
-        let kept = joined.entry(name.to_owned()).or_insert(Joined {
-            channel,
-            password: given,
-        });
-        Ok(kept.channel.clone())
+        self.lock().insert(
+            name.to_owned(),
+            Joined {
+                channel: channel.clone(),
+                password: given,
+            },
+        );
+        Ok(channel)
     }
 
     /// The gateway's own client of the broker.
@@ -104,8 +102,87 @@ impl Channels {
         &self.bus
     }
 
+    /// What the joined channel `name` says to a request that gave the
+    /// password whose digest is `given`; `None` if it is not joined.
+    fn known(
+        &self,
+        name: &str,
+        given: Option<&PasswordDigest>,
+    ) -> Option<Result<Channel, ApiError>> {
+        let joined = self.lock();
+        let joined = joined.get(name)?;
+        Some(match (&joined.password, given) {
+            (None, None) => Ok(joined.channel.clone()),
+            (Some(kept), Some(given)) if same(kept, given) => Ok(joined.channel.clone()),
+            (Some(_), None) => Err(refused(
+                StatusCode::UNAUTHORIZED,
+                format!("channel {name:?} takes a password (X-Busline-Password)"),
+            )),
+            (Some(_), Some(_)) => Err(refused(
+                StatusCode::FORBIDDEN,
+                format!("wrong password for channel {name:?}"),
+            )),
+            (None, Some(_)) => Err(refused(
+                StatusCode::FORBIDDEN,
+                format!("channel {name:?} has no password, and one was given"),
+            )),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Joined>> {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.joined)
+    }
+}
+
+fn lock(
+    joined: &Mutex<HashMap<String, Joined>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Joined>> {
+    joined.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Act on what the broker says is no longer so. A channel closed: forget
+/// it. Its password changed, or the gateway was made its owner: leave it
+/// (the next request joins again, its password checked by the broker; and
+/// a gateway acts for others, it must not hold a channel open). After a
+/// gap in the news (events missed, the connection restored): leave all,
+/// so every password is checked again.
+async fn follow(
+    bus: BrokerClient,
+    joined: Arc<Mutex<HashMap<String, Joined>>>,
+    joining: Arc<tokio::sync::Mutex<()>>,
+) {
+    let (mut events, mut connection) = (bus.events(), bus.connection_events());
+    loop {
+        let stale: Vec<String> = tokio::select! {
+            event = events.next() => match event {
+                Some(ChannelEvent::Closed { channel, .. }) => {
+                    lock(&joined).remove(&channel);
+                    continue;
+                }
+                Some(ChannelEvent::PasswordChanged { channel, .. })
+                | Some(ChannelEvent::OwnerChanged { channel, you_own_it: true }) => vec![channel],
+                Some(ChannelEvent::Missed { .. }) => lock(&joined).keys().cloned().collect(),
+                Some(_) => continue,
+                None => return,
+            },
+            event = connection.next() => match event {
+                Some(ConnectionEvent::Restored | ConnectionEvent::NotRestored { .. }) => {
+                    lock(&joined).keys().cloned().collect()
+                }
+                Some(_) => continue,
+                None => return,
+            },
+        };
+        // No join meanwhile: it would be undone by the leave.
+        let _one = joining.lock().await;
+        for name in stale {
+            let Some(left) = lock(&joined).remove(&name) else {
+                continue;
+            };
+            if let Err(e) = left.channel.leave().await {
+                tracing::debug!(channel = %name, error = %e, "the gateway could not leave a channel");
+            }
+        }
     }
 }
 

@@ -94,7 +94,8 @@ pub(super) async fn stream_items(
             None => (SseEvent::default().event("end").data(""), None),
         })
     })
-    .map(Ok);
+    .map(Ok)
+    .take_until(gateway.closing.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
@@ -134,7 +135,8 @@ pub(super) async fn subscribe(
         .subscribe(&pattern)
         .await
         .map_err(|e| ApiError::from_error(&e, password.is_some()))?;
-    let events = subscription.map(|event| {
+    let closing = gateway.closing.clone().cancelled_owned();
+    let events = subscription.take_until(closing).map(|event| {
         Ok(match event {
             Ok(Event::Message(publication)) => match publication.decode::<Value>() {
                 Ok(message) => json_event(

@@ -53,6 +53,7 @@ use axum::{
     Json, Router,
 };
 use busline_core::{ErrorCode, SharedSecret};
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 pub use error::{ErrorDetail, ErrorReply};
@@ -75,7 +76,6 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
-    max_body: usize,
 }
 
 /// How a [`Gateway`] is set up.
@@ -93,8 +93,10 @@ struct Shared {
     channels: Channels,
     secret: Option<SharedSecret>,
     call_timeout: Duration,
-    /// The largest WebSocket message taken, as the largest body.
+    /// The largest request body or WebSocket message taken.
     max_message: usize,
+    /// Cancelled when serving ends: streams and sockets end with it.
+    closing: CancellationToken,
 }
 
 impl Gateway {
@@ -130,19 +132,27 @@ impl Gateway {
                 self.shared.clone(),
                 require_secret,
             ))
-            .layer(DefaultBodyLimit::max(self.max_body));
+            .layer(middleware::from_fn(same_origin))
+            .layer(DefaultBodyLimit::max(self.shared.max_message));
         api.with_state(self.shared.clone())
     }
 
-    /// Serve HTTP on `listener` until `shutdown` completes, then finish the
-    /// requests in progress.
+    /// Serve HTTP on `listener` until `shutdown` completes; then the
+    /// server-sent event streams and WebSockets end, and the calls in
+    /// progress finish (within the call timeout). Serve a gateway once:
+    /// its streams end for good with it.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let closing = self.shared.closing.clone();
+        let signal = async move {
+            shutdown.await;
+            closing.cancel();
+        };
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(signal)
             .await
     }
 }
@@ -171,7 +181,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// The gateway, ready to serve.
+    /// The gateway, ready to serve. Call within a tokio runtime: it starts
+    /// following the broker's news about the channels it joins.
     pub fn build(self) -> Gateway {
         Gateway {
             shared: Arc::new(Shared {
@@ -179,10 +190,37 @@ impl GatewayBuilder {
                 secret: self.secret,
                 call_timeout: self.call_timeout,
                 max_message: self.max_body,
+                closing: CancellationToken::new(),
             }),
-            max_body: self.max_body,
         }
     }
+}
+
+/// Refuse a request a browser sends from another site's page: a page may
+/// post forms and open WebSockets anywhere, and the gateway may be
+/// reachable only from this machine or network. A request naming no
+/// origin (curl, programs) or this gateway's own (its status page) passes.
+async fn same_origin(request: Request, next: Next) -> Result<Response, ApiError> {
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).map(|h| h.as_bytes());
+        let origin_host = origin
+            .as_bytes()
+            .split(|b| *b == b'/')
+            .nth(2)
+            .filter(|h| !h.is_empty());
+        if origin_host.is_none() || origin_host != host {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                ErrorCode::Unauthorized,
+                format!(
+                    "requests from another site's pages are refused (Origin: {})",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            ));
+        }
+    }
+    Ok(next.run(request).await)
 }
 
 /// Refuse a request without the secret, when there is one.

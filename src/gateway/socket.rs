@@ -51,11 +51,13 @@ const PIPE_BYTES: usize = 64 << 10;
 pub(super) async fn upgrade(State(gateway): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
     let max = gateway.max_message;
     ws.max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| serve(gateway, socket))
 }
 
 /// Serve JSON-RPC on `socket` until either side closes it.
 async fn serve(gateway: Arc<Shared>, socket: WebSocket) {
+    let closing = gateway.closing.clone();
     let codec = JsonRpcCodec::new()
         .framing(Framing::Lines)
         .transcode_cbor(true);
@@ -75,8 +77,7 @@ async fn serve(gateway: Arc<Shared>, socket: WebSocket) {
                 WsMessage::Close(_) => break,
                 WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
             };
-            // A line per message: JSON's own newlines are whitespace.
-            let line = text.replace('\n', " ") + "\n";
+            let line = one_line(text) + "\n";
             if pipe_write.write_all(line.as_bytes()).await.is_err() {
                 break;
             }
@@ -94,7 +95,15 @@ async fn serve(gateway: Arc<Shared>, socket: WebSocket) {
         let _ = to_client.close().await;
     };
     let connection = server.serve_connection(rpc_side, PeerInfo::described("websocket"));
-    tokio::join!(inbound, outbound, connection);
+    // Done when the RPC side has answered all and closed the socket (a
+    // client that never answers the close is not waited for), or when
+    // the gateway closes.
+    let reading = tokio::spawn(inbound);
+    tokio::select! {
+        _ = async { tokio::join!(outbound, connection) } => {}
+        () = closing.cancelled() => {}
+    }
+    reading.abort();
 }
 
 /// What `call` and `stream` take.
@@ -179,4 +188,35 @@ async fn join(gateway: &Shared, channel: &str, password: Option<&str>) -> Result
         .get(channel, password)
         .await
         .map_err(|e| e.into_error())
+}
+
+/// A message as one line. Compact JSON is one already; JSON with newlines
+/// as whitespace is written compactly; text that is not JSON stays not
+/// JSON (its newlines become a character JSON never allows unescaped), so
+/// the client gets a parse error rather than a different message.
+fn one_line(text: String) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text;
+    }
+    match serde_json::from_str::<Value>(&text) {
+        Ok(value) => value.to_string(),
+        Err(_) => text.replace(['\n', '\r'], "\u{1}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_message_becomes_one_line_and_stays_what_it_was() {
+        assert_eq!(one_line("{\"a\":1}".into()), "{\"a\":1}");
+        assert_eq!(
+            one_line("{\n  \"a\": [1,\r\n 2]\n}".into()),
+            "{\"a\":[1,2]}"
+        );
+        let broken = one_line("{\"a\": \"x\ny\"}".into());
+        assert!(!broken.contains('\n'));
+        assert!(serde_json::from_str::<serde_json::Value>(&broken).is_err());
+    }
 }

@@ -43,7 +43,7 @@ pub(super) async fn page() -> Html<&'static str> {
     path = "/v1/status",
     tag = "status",
     responses(
-        (status = 200, description = "The broker's status", body = Object),
+        (status = 200, description = "The broker's status", body = serde_json::Value),
         (status = 502, description = "The broker cannot be reached", body = super::ErrorReply),
     ),
     security((), ("bearer" = [])),
@@ -69,7 +69,9 @@ pub(super) async fn status(
 pub(super) async fn status_events(
     State(gateway): State<Arc<Shared>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let ticks = tokio::time::interval(EVERY);
+    let closing = gateway.closing.clone().cancelled_owned();
+    let mut ticks = tokio::time::interval(EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events = stream::unfold(
         (ticks, None::<(Instant, u64, u64)>),
         move |(mut ticks, before)| {
@@ -112,5 +114,5 @@ pub(super) async fn status_events(
             }
         },
     );
-    Sse::new(events.boxed()).keep_alive(KeepAlive::default())
+    Sse::new(events.take_until(closing).boxed()).keep_alive(KeepAlive::default())
 }

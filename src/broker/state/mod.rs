@@ -19,7 +19,7 @@ use super::{
     budget::QueueBounds,
     keys,
     outlet::{Outlet, SlowSubscriber},
-    protocol::{self, BrokerStatus, ChannelInfo, OwnerPolicy},
+    protocol::{self, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy},
     system::{self, Happening},
 };
 
@@ -270,7 +270,10 @@ impl State {
     /// unless only an `existing` one may be joined. An
     /// existing protected one takes a `proof` for the nonce of the last
     /// challenge; a `proof` for one without a password is refused, so that
-    /// nobody believes a channel protected that is not.
+    /// nobody believes a channel protected that is not. A member joining
+    /// again is not asked again, unless it joins an `existing` one: a
+    /// client acting for others (the HTTP gateway) proves each of their
+    /// passwords, not only the first.
     pub(crate) fn open(
         &self,
         channel: &str,
@@ -310,7 +313,7 @@ impl State {
             announce(&inner, Happening::new("channel.opened", body));
             return Ok(true);
         };
-        if !ch.members.contains(&id) {
+        if existing || !ch.members.contains(&id) {
             match (&ch.key, proof) {
                 (None, None) => {}
                 (None, Some(_)) => {
@@ -341,6 +344,17 @@ impl State {
         let mut inner = self.lock();
         let ch = owned_by(&mut inner, channel, id, "password")?;
         ch.key = key;
+        // Members that act for others check passwords themselves (the
+        // gateway): they must learn that the one they know is stale.
+        let event = ChannelEvent::PasswordChanged {
+            channel: channel.to_owned(),
+            protected: key.is_some(),
+        };
+        for member in ch.members.clone() {
+            if member != id {
+                lifecycle::tell(&inner, member, &event);
+            }
+        }
         let body = json!({"channel": channel, "protected": key.is_some()});
         announce(&inner, Happening::new("password.changed", body));
         tracing::info!(
