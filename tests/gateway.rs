@@ -248,6 +248,14 @@ async fn each_error_has_its_status_and_a_json_body() {
             "{path} {body}: {answer}"
         );
     }
+    let unknown = s
+        .http
+        .get(format!("{}/v2/nothing", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(code(&unknown.json().await.unwrap()), "method_not_found");
     let (_, failed) = s.call("math/call/fail", "", &[]).await;
     assert_eq!(failed["error"]["message"], "the disk is full");
 
@@ -367,12 +375,14 @@ async fn with_a_secret_nothing_is_reachable_without_it() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let bearer = format!("Bearer {SECRET}");
-    assert_eq!(
-        s.call("math/call/add", "[1, 2]", &[("Authorization", &bearer)])
-            .await,
-        (StatusCode::OK, json!(3))
-    );
+    for scheme in ["Bearer", "bearer"] {
+        let bearer = format!("{scheme} {SECRET}");
+        assert_eq!(
+            s.call("math/call/add", "[1, 2]", &[("Authorization", &bearer)])
+                .await,
+            (StatusCode::OK, json!(3))
+        );
+    }
     s.stop().await;
 }
 

@@ -12,6 +12,7 @@ use busline_core::{Error, ErrorCode, Payload};
 use serde_json::Value;
 
 use super::{error::ApiError, Shared, PASSWORD_HEADER};
+use crate::broker::Channel;
 
 /// Call `method` on `channel` with the JSON body as its arguments (an
 /// empty body is `null`); its result, as JSON.
@@ -81,14 +82,30 @@ pub(super) async fn call(
     };
     let password = password(&headers)?;
     let channel = gateway.channels.get(&channel, password).await?;
-    let answer = tokio::time::timeout(
-        gateway.call_timeout,
-        channel.call_raw(&method, Payload::json(&args)?),
-    )
-    .await
-    .unwrap_or(Err(Error::Timeout(gateway.call_timeout)))
-    .map_err(|e| ApiError::from_error(&e, password.is_some()))?;
-    Ok(Json(answer.decode()?))
+    let answer = call_json(&gateway, &channel, &method, &args)
+        .await
+        .map_err(|e| ApiError::from_error(&e, password.is_some()))?;
+    Ok(Json(answer))
+}
+
+/// Call `method` on `channel` with JSON arguments, within the gateway's
+/// call timeout; its answer as JSON (one that is not is the provider's
+/// fault: `Disconnected`'s 502, not the caller's 400).
+pub(super) async fn call_json(
+    gateway: &Shared,
+    channel: &Channel,
+    method: &str,
+    args: &Value,
+) -> busline_core::Result<Value> {
+    let call = channel.call_raw(method, Payload::json(args)?);
+    let answer = tokio::time::timeout(gateway.call_timeout, call)
+        .await
+        .unwrap_or(Err(Error::Timeout(gateway.call_timeout)))?;
+    answer.decode().map_err(|e| {
+        Error::Disconnected(format!(
+            "the provider of {method:?} answered what is not JSON: {e}"
+        ))
+    })
 }
 
 /// The channel password a request carries, if any.
@@ -96,9 +113,8 @@ pub(super) fn password(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     headers
         .get(PASSWORD_HEADER)
         .map(|value| {
-            value.to_str().map_err(|_| {
-                Error::Protocol(format!("{PASSWORD_HEADER} must be visible ASCII text"))
-            })
+            std::str::from_utf8(value.as_bytes())
+                .map_err(|_| Error::Protocol(format!("{PASSWORD_HEADER} must be UTF-8 text")))
         })
         .transpose()
         .map_err(ApiError::from)

@@ -128,6 +128,7 @@ impl Gateway {
             .route("/v1/status", get(status::status))
             .route("/v1/status/events", get(status::status_events))
             .route("/v1/openapi.json", get(openapi))
+            .fallback(no_such_endpoint)
             .layer(middleware::from_fn_with_state(
                 self.shared.clone(),
                 require_secret,
@@ -196,6 +197,15 @@ impl GatewayBuilder {
     }
 }
 
+/// Any other path: a JSON error like every other.
+async fn no_such_endpoint(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotFound,
+        format!("no endpoint {} (see /v1/openapi.json)", uri.path()),
+    )
+}
+
 /// Refuse a request a browser sends from another site's page: a page may
 /// post forms and open WebSockets anywhere, and the gateway may be
 /// reachable only from this machine or network. A request naming no
@@ -233,7 +243,9 @@ async fn require_secret(
         let token = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..]);
         match token {
             None => {
                 return Err(ApiError::new(

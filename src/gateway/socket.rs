@@ -20,7 +20,7 @@ use axum::{
     },
     response::Response,
 };
-use busline_core::{Error, Payload, PeerInfo, Result};
+use busline_core::{Payload, PeerInfo, Result};
 use busline_jsonrpc::{Framing, JsonRpcCodec};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tower::service_fn;
 
-use super::Shared;
+use super::{call::call_json, Shared};
 use crate::{
     broker::{Channel, Event},
     rpc::{Reply, Request, Router, Server},
@@ -134,11 +134,8 @@ fn router(gateway: Arc<Shared>) -> Router {
                 async move {
                     let p: MethodParams = req.arguments()?;
                     let channel = join(&gateway, &p.channel, p.password.as_deref()).await?;
-                    let call = channel.call_raw(&p.method, Payload::json(&p.args)?);
-                    let answer = tokio::time::timeout(gateway.call_timeout, call)
-                        .await
-                        .unwrap_or(Err(Error::Timeout(gateway.call_timeout)))?;
-                    Ok(Reply::Unary(Payload::json(&answer.decode::<Value>()?)?))
+                    let answer = call_json(&gateway, &channel, &p.method, &p.args).await?;
+                    Ok(Reply::Unary(Payload::json(&answer)?))
                 }
             }),
         )
