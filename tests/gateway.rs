@@ -109,6 +109,7 @@ impl Setup {
 
         let mut gateway = Gateway::builder(memory_client(&addr).await)
             .call_timeout(Duration::from_millis(300))
+            .max_streams(3)
             .max_body_bytes(64 << 10);
         if let Some(secret) = secret {
             gateway = gateway.secret(SharedSecret::new(secret).unwrap());
@@ -871,5 +872,62 @@ async fn a_gateway_made_owner_leaves_the_channel() {
         s.call("handover/call/peek", "", &[]).await,
         (StatusCode::OK, json!(7))
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_sockets_at_once_are_bounded() {
+    let s = Setup::start("bounded", None).await;
+    let mut open = vec![
+        Events::new(s.get("math/stream/ticks", &[]).await),
+        Events::new(s.get("math/stream/ticks", &[]).await),
+    ];
+    let _socket = Socket::open(&s).await;
+    let response = s.get("math/stream/ticks", &[]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code(&response.json().await.unwrap()), "overloaded");
+    // Calls are not streams: they still pass.
+    assert_eq!(
+        s.call("math/call/add", "[1, 1]", &[]).await.0,
+        StatusCode::OK
+    );
+    // One closed makes room for one more.
+    open.pop();
+    eventually("a stream's room is given back", || async {
+        s.get("math/stream/ticks", &[]).await.status() == StatusCode::OK
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_secret_every_endpoint_wants_it() {
+    let open = Setup::start("paths", None).await;
+    let api: Value = open
+        .http
+        .get(format!("{}/v1/openapi.json", open.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    open.stop().await;
+    let s = Setup::start("paths-secret", Some(SECRET)).await;
+    for (path, methods) in api["paths"].as_object().unwrap() {
+        let path = path
+            .replace("{channel}", "math")
+            .replace("{method}", "add")
+            .replace("{pattern}", "x");
+        for method in methods.as_object().unwrap().keys() {
+            let request = match method.as_str() {
+                "get" => s.http.get(format!("{}{path}", s.url)),
+                "post" => s.http.post(format!("{}{path}", s.url)),
+                other => panic!("an endpoint answers {other}"),
+            };
+            let status = request.send().await.unwrap().status();
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+    }
     s.stop().await;
 }

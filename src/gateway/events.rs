@@ -71,6 +71,7 @@ pub(super) async fn stream_items(
         })?,
         None => Value::Null,
     };
+    let slot = gateway.stream_slot()?;
     let password = password(&headers)?;
     let refused = |e: Error| ApiError::from_error(&e, password.is_some());
     let channel = gateway.channels.get(&channel, password).await?;
@@ -94,7 +95,10 @@ pub(super) async fn stream_items(
             None => (SseEvent::default().event("end").data(""), None),
         })
     })
-    .map(Ok)
+    .map(move |event| {
+        let _held = &slot;
+        Ok(event)
+    })
     .take_until(gateway.closing.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
@@ -129,6 +133,7 @@ pub(super) async fn subscribe(
     headers: HeaderMap,
 ) -> std::result::Result<Sse<impl Stream<Item = std::result::Result<SseEvent, Infallible>>>, ApiError>
 {
+    let slot = gateway.stream_slot()?;
     let password = password(&headers)?;
     let channel = gateway.channels.get(&channel, password).await?;
     let subscription = channel
@@ -136,7 +141,8 @@ pub(super) async fn subscribe(
         .await
         .map_err(|e| ApiError::from_error(&e, password.is_some()))?;
     let closing = gateway.closing.clone().cancelled_owned();
-    let events = subscription.take_until(closing).map(|event| {
+    let events = subscription.take_until(closing).map(move |event| {
+        let _held = &slot;
         Ok(match event {
             Ok(Event::Message(publication)) => match publication.decode::<Value>() {
                 Ok(message) => json_event(

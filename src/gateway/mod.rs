@@ -68,6 +68,9 @@ pub const PASSWORD_HEADER: &str = "x-busline-password";
 /// Default longest wait for a call's answer: [`GatewayBuilder::call_timeout`].
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default most streams and WebSockets at once: [`GatewayBuilder::max_streams`].
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+
 /// Default largest request body: [`GatewayBuilder::max_body_bytes`].
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
@@ -85,6 +88,7 @@ pub struct GatewayBuilder {
     secret: Option<SharedSecret>,
     call_timeout: Duration,
     max_body: usize,
+    max_streams: usize,
 }
 
 /// What every request handler shares.
@@ -97,6 +101,27 @@ struct Shared {
     max_message: usize,
     /// Cancelled when serving ends: streams and sockets end with it.
     closing: CancellationToken,
+    /// Room for event streams and WebSockets open at once.
+    streams: Arc<tokio::sync::Semaphore>,
+    max_streams: usize,
+}
+
+impl Shared {
+    /// Room for one more stream or WebSocket, held as long as it is open;
+    /// 503 when all are taken, so a few clients cannot starve the rest.
+    fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Overloaded,
+                format!(
+                    "{} streams and WebSockets are open, the most this gateway serves \
+                     (raise it with max_streams)",
+                    self.max_streams
+                ),
+            )
+        })
+    }
 }
 
 impl Gateway {
@@ -107,6 +132,7 @@ impl Gateway {
             secret: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             max_body: DEFAULT_MAX_BODY_BYTES,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 
@@ -182,6 +208,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// The most server-sent event streams and WebSockets open at once;
+    /// more are answered 503. Each holds one of the gateway's broker
+    /// client's calls in flight while it streams. Default:
+    /// [`DEFAULT_MAX_STREAMS`].
+    pub fn max_streams(mut self, streams: usize) -> Self {
+        self.max_streams = streams.max(1);
+        self
+    }
+
     /// The gateway, ready to serve. Call within a tokio runtime: it starts
     /// following the broker's news about the channels it joins.
     pub fn build(self) -> Gateway {
@@ -192,6 +227,8 @@ impl GatewayBuilder {
                 call_timeout: self.call_timeout,
                 max_message: self.max_body,
                 closing: CancellationToken::new(),
+                streams: Arc::new(tokio::sync::Semaphore::new(self.max_streams)),
+                max_streams: self.max_streams,
             }),
         }
     }

@@ -28,11 +28,14 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tower::service_fn;
 
-use super::{call::call_json, Shared};
+use super::{call::call_json, error::ApiError, Shared};
 use crate::{
     broker::{Channel, Event},
     rpc::{Reply, Request, Router, Server},
 };
+
+/// Calls and streams one WebSocket may have running at once.
+const MAX_HANDLERS: usize = 64;
 
 /// Bytes in flight between the socket and the RPC layer, each way.
 const PIPE_BYTES: usize = 64 << 10;
@@ -45,14 +48,24 @@ const PIPE_BYTES: usize = 64 << 10;
     responses(
         (status = 101, description = "Switching to a WebSocket carrying JSON-RPC 2.0: \
             `call`, `stream` and `subscribe`"),
+        (status = 503, description = "As many streams and WebSockets are open as the gateway serves",
+            body = super::ErrorReply),
     ),
     security((), ("bearer" = [])),
 )]
-pub(super) async fn upgrade(State(gateway): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+pub(super) async fn upgrade(
+    State(gateway): State<Arc<Shared>>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let slot = gateway.stream_slot()?;
     let max = gateway.max_message;
-    ws.max_message_size(max)
+    Ok(ws
+        .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(gateway, socket))
+        .on_upgrade(move |socket| async move {
+            serve(gateway, socket).await;
+            drop(slot);
+        }))
 }
 
 /// Serve JSON-RPC on `socket` until either side closes it.
@@ -61,7 +74,8 @@ async fn serve(gateway: Arc<Shared>, socket: WebSocket) {
     let codec = JsonRpcCodec::new()
         .framing(Framing::Lines)
         .transcode_cbor(true);
-    let server = Server::builder(router(gateway), codec);
+    // A socket's calls wait for room rather than crowd out the others'.
+    let server = Server::builder(router(gateway), codec).max_handlers(MAX_HANDLERS);
     let (rpc_side, pipe) = tokio::io::duplex(PIPE_BYTES);
     let (pipe_read, mut pipe_write) = tokio::io::split(pipe);
     let (mut to_client, mut from_client) = socket.split();

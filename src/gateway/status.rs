@@ -68,7 +68,8 @@ pub(super) async fn status(
 )]
 pub(super) async fn status_events(
     State(gateway): State<Arc<Shared>>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let slot = gateway.stream_slot()?;
     let closing = gateway.closing.clone().cancelled_owned();
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,5 +115,9 @@ pub(super) async fn status_events(
             }
         },
     );
-    Sse::new(events.take_until(closing).boxed()).keep_alive(KeepAlive::default())
+    let events = events.take_until(closing).map(move |event| {
+        let _held = &slot;
+        event
+    });
+    Ok(Sse::new(events.boxed()).keep_alive(KeepAlive::default()))
 }
