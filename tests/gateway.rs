@@ -110,6 +110,7 @@ impl Setup {
         let mut gateway = Gateway::builder(memory_client(&addr).await)
             .call_timeout(Duration::from_millis(300))
             .max_streams(3)
+            .allow_host("bus.example")
             .max_body_bytes(64 << 10);
         if let Some(secret) = secret {
             gateway = gateway.secret(SharedSecret::new(secret).unwrap());
@@ -270,6 +271,21 @@ async fn each_error_has_its_status_and_a_json_body() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Sent to a name that is not the gateway's (DNS rebinding): refused.
+    let (status, _) = s
+        .call("math/call/add", "[1, 2]", &[("Host", "evil.example:80")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for host in [
+        "bus.example:8080",
+        "BUS.example",
+        "localhost:1",
+        "[::1]:8080",
+        "10.1.2.3",
+    ] {
+        let (status, _) = s.call("math/call/add", "[1, 2]", &[("Host", host)]).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+    }
     // From another site's page: refused, whatever it asks.
     let (status, answer) = s
         .call(
@@ -323,9 +339,12 @@ async fn a_protected_channel_takes_its_password_on_every_request() {
         s.call("vault/call/gold", "", &right).await,
         (StatusCode::OK, json!(1000))
     );
-    // Once the gateway is in the channel, it still asks every request.
+    // Once the gateway is in the channel, it still asks every request,
+    // and a wrong password waits for its answer (a floor, not a speed).
+    let guessing = std::time::Instant::now();
     let (status, _) = s.call("vault/call/gold", "", &wrong).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(guessing.elapsed() >= Duration::from_millis(250));
     let (status, answer) = s.call("vault/call/gold", "", &[]).await;
     assert_eq!(
         (status, code(&answer)),

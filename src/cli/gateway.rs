@@ -26,6 +26,10 @@ pub(crate) struct GatewayArgs {
     /// before it (afterwards the gateway reconnects whenever it is lost).
     #[arg(long, value_name = "MS", default_value_t = 0)]
     retry: u64,
+    /// Take requests sent to this host name too (repeatable); addresses
+    /// and localhost are always taken, other names refused.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    hosts: Vec<String>,
     #[command(flatten)]
     codec: CodecArgs,
 }
@@ -43,7 +47,13 @@ pub(crate) async fn run(args: GatewayArgs, auth: &AuthArgs) -> Result<()> {
         .connect(&busline::any_transport(), &addr)
         .await?;
     let stop = CancellationToken::new();
-    let serving = tokio::spawn(serve(bus, args.http, auth.secret()?, stop.clone()));
+    let serving = tokio::spawn(serve(
+        bus,
+        args.http,
+        auth.secret()?,
+        args.hosts,
+        stop.clone(),
+    ));
     tokio::select! {
         served = serving => return served.map_err(|e| Error::Protocol(format!("the gateway failed: {e}")))?,
         () = super::shutdown_signal() => {}
@@ -59,6 +69,7 @@ pub(crate) async fn serve(
     bus: BrokerClient,
     http: SocketAddr,
     secret: Option<SharedSecret>,
+    hosts: Vec<String>,
     stop: CancellationToken,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| {
@@ -74,7 +85,9 @@ pub(crate) async fn serve(
              put a TLS proxy in front, or serve on a loopback address"
         );
     }
-    let mut gateway = Gateway::builder(bus);
+    let mut gateway = hosts
+        .into_iter()
+        .fold(Gateway::builder(bus), |g, host| g.allow_host(host));
     if let Some(secret) = secret {
         gateway = gateway.secret(secret);
     }

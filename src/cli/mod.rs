@@ -169,6 +169,10 @@ pub(crate) struct BrokerArgs {
     /// the secret as `Authorization: Bearer <secret>`.
     #[arg(long, value_name = "ADDR")]
     http: Option<std::net::SocketAddr>,
+    /// With --http: take requests sent to this host name too (repeatable);
+    /// addresses and localhost are always taken, other names refused.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    hosts: Vec<String>,
 }
 
 /// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
@@ -260,7 +264,7 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
                 &inside,
             )
             .await?;
-            let serving = gateway::serve(bus, http, secret, stop_gateway.clone());
+            let serving = gateway::serve(bus, http, secret, args.hosts, stop_gateway.clone());
             Some(tokio::spawn(serving))
         }
         None => None,

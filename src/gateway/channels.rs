@@ -20,6 +20,10 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use crate::broker::{BrokerClient, Channel, ChannelEvent, ConnectionEvent};
 
+/// How long a wrong password waits for its answer, while no other join
+/// goes on.
+const WRONG_PASSWORD_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A digest of a channel's password, as the gateway keeps it.
 type PasswordDigest = [u8; 32];
 
@@ -66,12 +70,25 @@ impl Channels {
     }
 
     /// `name`, for a request that gave `password` (or none): joined now if
-    /// the gateway is not in it yet; never created.
+    /// the gateway is not in it yet; never created. A wrong password is
+    /// answered after [`WRONG_PASSWORD_DELAY`], one at a time: guessing
+    /// through the gateway is no faster than against the broker.
     pub(super) async fn get(
         &self,
         name: &str,
         password: Option<&str>,
     ) -> Result<Channel, ApiError> {
+        let got = self.check(name, password).await;
+        if let Err(refusal) = &got {
+            if password.is_some() && refusal.status() == StatusCode::FORBIDDEN {
+                let _one = self.joining.lock().await;
+                tokio::time::sleep(WRONG_PASSWORD_DELAY).await;
+            }
+        }
+        got
+    }
+
+    async fn check(&self, name: &str, password: Option<&str>) -> Result<Channel, ApiError> {
         let given = password.map(|p| digest(name, p));
         if let Some(known) = self.known(name, given.as_ref()) {
             return known;

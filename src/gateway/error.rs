@@ -69,7 +69,6 @@ impl ApiError {
     }
 
     /// The status it answers with.
-    #[cfg(test)]
     pub(super) fn status(&self) -> StatusCode {
         self.status
     }

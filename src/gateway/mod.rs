@@ -89,6 +89,7 @@ pub struct GatewayBuilder {
     call_timeout: Duration,
     max_body: usize,
     max_streams: usize,
+    hosts: Vec<String>,
 }
 
 /// What every request handler shares.
@@ -104,9 +105,29 @@ struct Shared {
     /// Room for event streams and WebSockets open at once.
     streams: Arc<tokio::sync::Semaphore>,
     max_streams: usize,
+    /// Host names requests may be sent to, beside addresses and localhost.
+    hosts: Vec<String>,
 }
 
 impl Shared {
+    /// Whether `host` (a `Host` header: a name or address, maybe a port)
+    /// names this gateway.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            // [v6 address]:port
+            Some(rest) => {
+                return rest
+                    .split(']')
+                    .next()
+                    .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+            }
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+
     /// Room for one more stream or WebSocket, held as long as it is open;
     /// 503 when all are taken, so a few clients cannot starve the rest.
     fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
@@ -133,6 +154,7 @@ impl Gateway {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             max_body: DEFAULT_MAX_BODY_BYTES,
             max_streams: DEFAULT_MAX_STREAMS,
+            hosts: Vec::new(),
         }
     }
 
@@ -159,7 +181,10 @@ impl Gateway {
                 self.shared.clone(),
                 require_secret,
             ))
-            .layer(middleware::from_fn(same_origin))
+            .layer(middleware::from_fn_with_state(
+                self.shared.clone(),
+                same_origin,
+            ))
             .layer(DefaultBodyLimit::max(self.shared.max_message));
         api.with_state(self.shared.clone())
     }
@@ -217,6 +242,16 @@ impl GatewayBuilder {
         self
     }
 
+    /// Take requests sent to `host` (a DNS name, e.g. `bus.example.com`)
+    /// besides those sent to an address or `localhost`, which are always
+    /// taken; others are refused, so that a web page whose own name
+    /// resolves to this machine cannot reach the gateway through the
+    /// visitor's browser (DNS rebinding).
+    pub fn allow_host(mut self, host: impl Into<String>) -> Self {
+        self.hosts.push(host.into());
+        self
+    }
+
     /// The gateway, ready to serve. Call within a tokio runtime: it starts
     /// following the broker's news about the channels it joins.
     pub fn build(self) -> Gateway {
@@ -229,6 +264,7 @@ impl GatewayBuilder {
                 closing: CancellationToken::new(),
                 streams: Arc::new(tokio::sync::Semaphore::new(self.max_streams)),
                 max_streams: self.max_streams,
+                hosts: self.hosts,
             }),
         }
     }
@@ -247,8 +283,28 @@ async fn no_such_endpoint(uri: axum::http::Uri) -> ApiError {
 /// post forms and open WebSockets anywhere, and the gateway may be
 /// reachable only from this machine or network. A request naming no
 /// origin (curl, programs) or this gateway's own (its status page) passes.
-async fn same_origin(request: Request, next: Next) -> Result<Response, ApiError> {
+/// The host it was sent to must be an address, `localhost` or a name
+/// allowed ([`GatewayBuilder::allow_host`]): a site whose name its DNS
+/// turns into this machine's address is not this gateway's site.
+async fn same_origin(
+    State(gateway): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !gateway.host_allowed(host) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            ErrorCode::Unauthorized,
+            format!(
+                "host {host:?} is not this gateway's (allow it with allow_host / --allow-host)"
+            ),
+        ));
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).map(|h| h.as_bytes());
         let origin_host = origin
