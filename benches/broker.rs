@@ -120,6 +120,17 @@ async fn rig() -> Rig {
     }
 }
 
+/// `in_flight` echo calls on `channel` at once, each answered.
+async fn echoes(channel: Channel, in_flight: usize) {
+    let calls = (0..in_flight as u64).map(|i| {
+        let channel = channel.clone();
+        async move { channel.call::<_, u64>("echo", &i).await }
+    });
+    for answer in join_all(calls).await {
+        answer.expect("call");
+    }
+}
+
 /// Run `n` iterations of `op` inside the runtime and time them there.
 fn timed<F, Fut>(rt: &Runtime, n: u64, op: F) -> Duration
 where
@@ -164,18 +175,7 @@ fn calls(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(*name, label), |b| {
                 b.iter_custom(|n| {
                     let channel = channel.clone();
-                    timed(&rt, n, move || {
-                        let channel = channel.clone();
-                        async move {
-                            let calls = (0..in_flight as u64).map(|i| {
-                                let channel = channel.clone();
-                                async move { channel.call::<_, u64>("echo", &i).await }
-                            });
-                            for answer in join_all(calls).await {
-                                answer.expect("call");
-                            }
-                        }
-                    })
+                    timed(&rt, n, move || echoes(channel.clone(), in_flight))
                 })
             });
         }
@@ -301,18 +301,7 @@ fn gateway(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("busline_client", label), |b| {
             b.iter_custom(|n| {
                 let channel = channel.clone();
-                timed(&rt, n, move || {
-                    let channel = channel.clone();
-                    async move {
-                        let calls = (0..in_flight as u64).map(|i| {
-                            let channel = channel.clone();
-                            async move { channel.call::<_, u64>("echo", &i).await }
-                        });
-                        for answer in join_all(calls).await {
-                            answer.expect("call");
-                        }
-                    }
-                })
+                timed(&rt, n, move || echoes(channel.clone(), in_flight))
             })
         });
         let (http, url) = (http.clone(), url.clone());

@@ -153,7 +153,13 @@ impl Setup {
         (status, response.json().await.unwrap())
     }
 
-    /// GET `path`, with `headers`.
+    /// GET `path` below the gateway's root, as JSON.
+    async fn json(&self, path: &str) -> Value {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await;
+        response.unwrap().json().await.unwrap()
+    }
+
+    /// GET `path` below `/v1/channels/`, with `headers`.
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
         let mut request = self.http.get(format!("{}/v1/channels/{path}", self.url));
         for (name, value) in headers {
@@ -409,15 +415,7 @@ async fn with_a_secret_nothing_is_reachable_without_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_description_is_generated_from_the_handlers() {
     let s = Setup::start("openapi", None).await;
-    let api: Value = s
-        .http
-        .get(format!("{}/v1/openapi.json", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api: Value = s.json("/v1/openapi.json").await;
     assert!(api["openapi"].as_str().unwrap().starts_with("3."), "{api}");
     let call = &api["paths"]["/v1/channels/{channel}/call/{method}"]["post"];
     let statuses: Vec<&str> = call["responses"]
@@ -724,15 +722,7 @@ async fn a_websocket_carries_json_rpc_calls_streams_and_subscriptions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_counts_calls_and_publications_live() {
     let s = Setup::start("status", None).await;
-    let status: Value = s
-        .http
-        .get(format!("{}/v1/status", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = s.json("/v1/status").await;
     let names: Vec<&str> = status["channels"]
         .as_array()
         .unwrap()
@@ -922,15 +912,7 @@ async fn streams_and_sockets_at_once_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_secret_every_endpoint_wants_it() {
     let open = Setup::start("paths", None).await;
-    let api: Value = open
-        .http
-        .get(format!("{}/v1/openapi.json", open.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api: Value = open.json("/v1/openapi.json").await;
     open.stop().await;
     let s = Setup::start("paths-secret", Some(SECRET)).await;
     for (path, methods) in api["paths"].as_object().unwrap() {
