@@ -762,6 +762,19 @@ async fn the_status_counts_calls_and_publications_live() {
     assert_eq!(later["status"]["calls"].as_u64(), Some(calls_before + 10));
     assert!(later["calls_per_s"].as_f64().unwrap() > 0.0, "{later}");
 
+    // A second viewer shares the first one's poll of the broker: its first
+    // event is the latest update, rates and all (a poll of its own would
+    // start without rates).
+    let response = s
+        .http
+        .get(format!("{}/v1/status/events", s.url))
+        .send()
+        .await
+        .unwrap();
+    let (_, data) = Events::new(response).next().await;
+    let shared: Value = serde_json::from_str(&data).unwrap();
+    assert!(shared["calls_per_s"].is_number(), "{shared}");
+
     // The page itself, served as it is.
     let page = s.http.get(&s.url).send().await.unwrap();
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");

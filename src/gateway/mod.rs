@@ -107,6 +107,8 @@ struct Shared {
     max_streams: usize,
     /// Host names requests may be sent to, beside addresses and localhost.
     hosts: Vec<String>,
+    /// The status page's updates.
+    status: status::StatusFeed,
 }
 
 impl Shared {
@@ -265,6 +267,7 @@ impl GatewayBuilder {
                 streams: Arc::new(tokio::sync::Semaphore::new(self.max_streams)),
                 max_streams: self.max_streams,
                 hosts: self.hosts,
+                status: status::StatusFeed::default(),
             }),
         }
     }
