@@ -55,8 +55,9 @@ impl Drop for Channels {
 
 impl Channels {
     /// Channels joined through `bus`, which must be the gateway's own
-    /// client (one that joined a channel for itself would let requests in
-    /// without its password). Call within a tokio runtime.
+    /// client: the gateway leaves channels (when their password changes,
+    /// when it would own them), which would take another user's
+    /// memberships with them. Call within a tokio runtime.
     pub(super) fn new(bus: BrokerClient) -> Channels {
         let joined: Arc<Mutex<HashMap<String, Joined>>> = Arc::default();
         let joining = Arc::new(tokio::sync::Mutex::new(()));

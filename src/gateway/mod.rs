@@ -148,7 +148,9 @@ impl Shared {
 }
 
 impl Gateway {
-    /// A gateway whose requests go to the broker through `bus`.
+    /// A gateway whose requests go to the broker through `bus`, a client
+    /// of its own: the gateway joins and leaves channels on it as HTTP
+    /// clients come and the broker's news says.
     pub fn builder(bus: BrokerClient) -> GatewayBuilder {
         GatewayBuilder {
             bus,
