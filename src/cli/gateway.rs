@@ -9,6 +9,7 @@ use busline::{
     rpc::Client,
     Error, Result, SharedSecret,
 };
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{AuthArgs, CodecArgs};
@@ -54,13 +55,26 @@ pub(crate) async fn run(args: GatewayArgs, auth: &AuthArgs) -> Result<()> {
         args.hosts,
         stop.clone(),
     ));
-    tokio::select! {
-        served = serving => return served.map_err(|e| Error::Protocol(format!("the gateway failed: {e}")))?,
-        () = super::shutdown_signal() => {}
-    }
+    let failed = until_signal(serving, stop).await;
     eprintln!("busline: shutting down");
-    stop.cancel();
-    Ok(())
+    failed.unwrap_or(Ok(()))
+}
+
+/// Let the gateway task serve until Ctrl-C or SIGTERM, then stop it and
+/// wait for the requests in progress; its error if it ended first.
+pub(crate) async fn until_signal(
+    mut serving: JoinHandle<Result<()>>,
+    stop: CancellationToken,
+) -> Option<Result<()>> {
+    let served = tokio::select! {
+        served = &mut serving => served,
+        () = super::shutdown_signal() => {
+            stop.cancel();
+            let _ = serving.await;
+            return None;
+        }
+    };
+    Some(served.unwrap_or_else(|e| Err(Error::Protocol(format!("the gateway failed: {e}")))))
 }
 
 /// Serve the gateway for `bus` on `http` until `stop`; the requests in

@@ -272,10 +272,7 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
     let mut bridges = bridge::to_peers(broker.local_addrs()[0], &args.bridges, auth);
     eprintln!("busline: Ctrl-C to stop");
     let failed = match gateway {
-        Some(mut serving) => tokio::select! {
-            served = &mut serving => Some(served),
-            () = shutdown_signal() => { stop_gateway.cancel(); let _ = serving.await; None }
-        },
+        Some(serving) => gateway::until_signal(serving, stop_gateway).await,
         None => {
             shutdown_signal().await;
             None
@@ -284,10 +281,7 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
     eprintln!("busline: shutting down");
     bridges.shutdown().await;
     broker.shutdown().await;
-    match failed {
-        Some(served) => served.map_err(|e| Error::Protocol(format!("the gateway failed: {e}")))?,
-        None => Ok(()),
-    }
+    failed.unwrap_or(Ok(()))
 }
 
 pub(crate) async fn shutdown_signal() {
