@@ -153,10 +153,15 @@ impl Setup {
         (status, response.json().await.unwrap())
     }
 
+    /// GET `path` below the gateway's root.
+    async fn fetch(&self, path: &str) -> reqwest::Response {
+        let request = self.http.get(format!("{}{path}", self.url));
+        request.send().await.unwrap()
+    }
+
     /// GET `path` below the gateway's root, as JSON.
     async fn json(&self, path: &str) -> Value {
-        let response = self.http.get(format!("{}{path}", self.url)).send().await;
-        response.unwrap().json().await.unwrap()
+        self.fetch(path).await.json().await.unwrap()
     }
 
     /// GET `path` below `/v1/channels/`, with `headers`.
@@ -256,12 +261,7 @@ async fn each_error_has_its_status_and_a_json_body() {
             "{path} {body}: {answer}"
         );
     }
-    let unknown = s
-        .http
-        .get(format!("{}/v2/nothing", s.url))
-        .send()
-        .await
-        .unwrap();
+    let unknown = s.fetch("/v2/nothing").await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     assert_eq!(code(&unknown.json().await.unwrap()), "method_not_found");
     let (_, failed) = s.call("math/call/fail", "", &[]).await;
@@ -377,7 +377,7 @@ async fn a_protected_channel_takes_its_password_on_every_request() {
 async fn with_a_secret_nothing_is_reachable_without_it() {
     let s = Setup::start("secret", Some(SECRET)).await;
     for path in ["/v1/openapi.json"] {
-        let response = s.http.get(format!("{}{path}", s.url)).send().await.unwrap();
+        let response = s.fetch(path).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             response.headers()["www-authenticate"],
@@ -733,12 +733,7 @@ async fn the_status_counts_calls_and_publications_live() {
     assert_eq!(status["protected_channels"], 1);
     let calls_before = status["calls"].as_u64().unwrap();
 
-    let response = s
-        .http
-        .get(format!("{}/v1/status/events", s.url))
-        .send()
-        .await
-        .unwrap();
+    let response = s.fetch("/v1/status/events").await;
     let mut events = Events::new(response);
     let (event, first) = events.next().await;
     assert_eq!(event, "status");
@@ -765,18 +760,13 @@ async fn the_status_counts_calls_and_publications_live() {
     // A second viewer shares the first one's poll of the broker: its first
     // event is the latest update, rates and all (a poll of its own would
     // start without rates).
-    let response = s
-        .http
-        .get(format!("{}/v1/status/events", s.url))
-        .send()
-        .await
-        .unwrap();
+    let response = s.fetch("/v1/status/events").await;
     let (_, data) = Events::new(response).next().await;
     let shared: Value = serde_json::from_str(&data).unwrap();
     assert!(shared["calls_per_s"].is_number(), "{shared}");
 
     // The page itself, served as it is.
-    let page = s.http.get(&s.url).send().await.unwrap();
+    let page = s.fetch("/").await;
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     assert!(page.text().await.unwrap().contains("/v1/status/events"));
     s.stop().await;
