@@ -7,7 +7,7 @@ use tokio_util::codec::{Decoder, Encoder};
 #[cfg(feature = "cbor")]
 use busline_cbor::CborCodec;
 #[cfg(feature = "jsonline")]
-use busline_jsonline::JsonLineCodec;
+use busline_jsonline::{JsonLineCodec, PlainJsonLineCodec};
 #[cfg(feature = "jsonrpc")]
 use busline_jsonrpc::{Framing, JsonRpcCodec};
 
@@ -27,6 +27,9 @@ pub enum AnyCodec {
     /// See [`JsonLineCodec`].
     #[cfg(feature = "jsonline")]
     JsonLine(JsonLineCodec),
+    /// See [`PlainJsonLineCodec`].
+    #[cfg(feature = "jsonline")]
+    PlainJsonLine(PlainJsonLineCodec),
     /// See [`JsonRpcCodec`].
     #[cfg(feature = "jsonrpc")]
     JsonRpc(Box<JsonRpcCodec>),
@@ -39,12 +42,15 @@ impl AnyCodec {
     /// The codec used when an address names none.
     pub const DEFAULT: &'static str = "cbor";
 
-    /// The codec called `name` (`jsonline`, `jsonrpc` or `cbor`), with
+    /// The codec called `name` (`jsonline`, `plain-jsonline`, `jsonrpc` or
+    /// `cbor`), with
     /// default limits (and, for `jsonrpc`, framing detected per connection).
     pub fn named(name: &str) -> Result<Self> {
         match name {
             #[cfg(feature = "jsonline")]
             "jsonline" | "json" => Ok(AnyCodec::JsonLine(JsonLineCodec::new())),
+            #[cfg(feature = "jsonline")]
+            "plain-jsonline" => Ok(AnyCodec::PlainJsonLine(PlainJsonLineCodec::new())),
             #[cfg(feature = "jsonrpc")]
             "jsonrpc" => Ok(AnyCodec::JsonRpc(Box::default())),
             #[cfg(feature = "cbor")]
@@ -62,7 +68,8 @@ impl AnyCodec {
     /// The codec an address asks for with `?codec=`, or [`AnyCodec::DEFAULT`];
     /// for `jsonrpc`, `&framing=lines` or `&framing=content-length` fixes
     /// the framing, and `&transcode=cbor` sends CBOR payloads as JSON to
-    /// plain JSON-RPC peers.
+    /// plain JSON-RPC peers; for `plain-jsonline`, `&method=NAME` names the
+    /// method each line calls.
     pub fn for_address(addr: &Address) -> Result<Self> {
         let bad = |reason: String| Error::Address {
             url: addr.to_string(),
@@ -74,7 +81,19 @@ impl AnyCodec {
                 other => other,
             })?;
         let (framing, transcode) = (addr.param("framing"), addr.param("transcode"));
+        let method = addr.param("method");
         match codec {
+            #[cfg(feature = "jsonline")]
+            AnyCodec::PlainJsonLine(c) if framing.is_none() && transcode.is_none() => {
+                Ok(AnyCodec::PlainJsonLine(match method {
+                    Some(method) => c.method(method),
+                    None => c,
+                }))
+            }
+            codec if method.is_some() => Err(bad(format!(
+                "?method= applies to the plain-jsonline codec, not {}",
+                codec.name()
+            ))),
             #[cfg(feature = "jsonrpc")]
             AnyCodec::JsonRpc(mut c) => {
                 if let Some(framing) = framing {
@@ -113,6 +132,7 @@ impl AnyCodec {
     pub fn available() -> Vec<&'static str> {
         [
             ("jsonline", cfg!(feature = "jsonline")),
+            ("plain-jsonline", cfg!(feature = "jsonline")),
             ("jsonrpc", cfg!(feature = "jsonrpc")),
             ("cbor", cfg!(feature = "cbor")),
         ]
@@ -127,6 +147,8 @@ macro_rules! each {
         match $self {
             #[cfg(feature = "jsonline")]
             AnyCodec::JsonLine($c) => $body,
+            #[cfg(feature = "jsonline")]
+            AnyCodec::PlainJsonLine($c) => $body,
             #[cfg(feature = "jsonrpc")]
             AnyCodec::JsonRpc($c) => $body,
             #[cfg(feature = "cbor")]
@@ -171,6 +193,10 @@ impl Codec for AnyCodec {
 
     fn hello_optional(&self) -> bool {
         each!(self, c => c.hello_optional())
+    }
+
+    fn calls_outlive_hangup(&self) -> bool {
+        each!(self, c => c.calls_outlive_hangup())
     }
 
     fn encode_spliced(

@@ -55,7 +55,7 @@ pub use busline_cbor::CborCodec;
 #[cfg(all(feature = "fifo", any(target_os = "linux", target_os = "android")))]
 pub use busline_fifo::{FifoChannel, FifoReceiver, FifoTransport};
 #[cfg(feature = "jsonline")]
-pub use busline_jsonline::JsonLineCodec;
+pub use busline_jsonline::{JsonLineCodec, PlainJsonLineCodec};
 #[cfg(feature = "jsonrpc")]
 pub use busline_jsonrpc::{Framing as JsonRpcFraming, JsonRpcCodec};
 #[cfg(all(feature = "shm", any(target_os = "linux", target_os = "android")))]

@@ -55,6 +55,18 @@ fn bad_input_is_a_clear_error() {
         "cannot be used with",
     );
     fails_with(&["frobnicate"], "unrecognized subcommand");
+    fails_with(
+        &["call", "unix:///tmp/x.sock?codec=cbor&method=echo", "add"],
+        "?method= applies to the plain-jsonline codec",
+    );
+    fails_with(
+        &[
+            "broker",
+            "--listen",
+            "unix:///tmp/x.sock?codec=plain-jsonline",
+        ],
+        "plain-jsonline serves one handler",
+    );
 }
 
 /// Every option and configuration file with a wrong value: a usage error
@@ -213,6 +225,32 @@ fn serve_and_call() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     assert_eq!(String::from_utf8_lossy(&streamed.stdout), "0\n1\n2\n");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("method not found"));
+}
+
+/// `?codec=plain-jsonline&method=echo`: each bare JSON line is an `echo`
+/// call, answered as one bare line, as codechu-ipc's clients expect.
+#[test]
+fn serve_plain_json_lines() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.sock");
+    let url = format!("unix://{}?codec=plain-jsonline&method=echo", path.display());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["serve", &url])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    eventually("the server listens", || path.exists());
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"{\"cmd\": \"status\"}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(line, "{\"cmd\":\"status\"}\n");
 }
 
 fn free_port() -> u16 {

@@ -59,6 +59,15 @@ pub trait Codec:
         false
     }
 
+    /// Whether calls already read still run, and their answers are still
+    /// written, when the peer closes its side of the connection. A busline
+    /// peer that hangs up has given up on its calls, so they are cancelled;
+    /// a codec for a foreign protocol whose clients send and hang up
+    /// (codechu-ipc's notifications) says otherwise.
+    fn calls_outlive_hangup(&self) -> bool {
+        false
+    }
+
     /// Encode `msg` as [`Encoder::encode`] does, but leaving large byte
     /// runs (payloads) out of `dst`: each goes into `splices` with the
     /// offset in `dst` where it belongs. Writers send the parts in order,

@@ -71,7 +71,7 @@ impl AuthArgs {
 /// The `--codec` option shared by the commands.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CodecArgs {
-    /// The codec: jsonline, jsonrpc or cbor. Overrides the URL's ?codec=
+    /// The codec: jsonline, plain-jsonline, jsonrpc or cbor. Overrides the URL's ?codec=
     /// (a jsonrpc URL's &framing= still applies).
     #[arg(long, value_name = "NAME", value_parser = codec_name)]
     codec: Option<String>,
@@ -239,6 +239,14 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
     for url in &args.listen {
         let addr: Address = url.parse()?;
         let codec = AnyCodec::for_address(&addr)?;
+        if let AnyCodec::PlainJsonLine(_) = codec {
+            return Err(Error::Address {
+                url: url.clone(),
+                reason: "a broker speaks busline's protocol; plain-jsonline serves one \
+                         handler (busline serve)"
+                    .into(),
+            });
+        }
         builder = builder.listen_with(busline::any_transport(), addr, codec, auth.clone());
     }
     // The gateway's way in: in this process only, so it needs no secret

@@ -31,7 +31,10 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod plain;
 mod wire;
+
+pub use plain::{PlainJsonLineCodec, DEFAULT_METHOD};
 
 use busline_core::{Codec, Encoding, Error, Message, DEFAULT_MAX_FRAME_SIZE};
 use bytes::{BufMut, BytesMut};

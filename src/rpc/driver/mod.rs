@@ -111,6 +111,9 @@ pub(crate) struct Driver<I, C> {
     /// Once closing: when to give up writing the last frames.
     close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     reading: bool,
+    /// The peer closed its side, and the codec lets the calls it made run
+    /// on ([`Codec::calls_outlive_hangup`]): close once they are answered.
+    hung_up: bool,
     closing: Option<Error>,
     needs_flush: bool,
     spliced: write::Spliced,
@@ -150,6 +153,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             closed: setup.closed,
             close_deadline: None,
             reading: true,
+            hung_up: false,
             closing: None,
             needs_flush: false,
             spliced: write::Spliced::default(),
@@ -387,6 +391,10 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                         tracing::warn!(error = %err, "bad frame; closing the connection");
                         this.close(err, true);
                     }
+                    Poll::Ready(None) if this.framed.codec().calls_outlive_hangup() => {
+                        this.reading = false;
+                        this.hung_up = true;
+                    }
                     Poll::Ready(None) => this.close(
                         Error::Disconnected("the peer closed the connection".into()),
                         false,
@@ -410,6 +418,12 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                     this.outbox.push_back(msg);
                 }
                 progress = true;
+            }
+            if this.hung_up && this.calls.is_empty() && this.streams.is_empty() {
+                this.close(
+                    Error::Disconnected("the peer closed the connection".into()),
+                    false,
+                );
             }
             while !this.notifications.is_empty() {
                 if this.notifications.poll_next_unpin(cx).is_pending() {

@@ -169,7 +169,12 @@ impl<C: Codec> FifoReceiver<C> {
                 }
             };
             match frame {
-                Some(Message::Notify { payload, .. }) => return payload.decode(),
+                // A codec without one-way framing (plain JSON lines) reads
+                // every message as a request: its payload is the message.
+                Some(Message::Notify { payload, .. } | Message::Request { payload, .. }) => {
+                    return payload.decode()
+                }
+                Some(Message::Rejected { error, .. }) => return Err(error.into_error()),
                 Some(other) => {
                     return Err(Error::Protocol(format!(
                         "a FIFO channel carries messages, not a {}",
