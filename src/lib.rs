@@ -29,7 +29,8 @@
 //! ```
 //!
 //! Cargo features (all on by default): `unix`, `fifo`, `shm`, `tcp`, `tls` (transports),
-//! `jsonline`, `jsonrpc`, `cbor` (codecs), `gateway` (HTTP in front of a broker, on
+//! `jsonline`, `jsonrpc`, `cbor` (codecs), `srb` (serving shm-rpc-bridge's Python
+//! clients, Linux), `gateway` (HTTP in front of a broker, on
 //! axum), `cli` (the `busline` program).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -42,6 +43,8 @@ pub mod daemon;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod rpc;
+#[cfg(all(feature = "srb", target_os = "linux"))]
+pub mod srb;
 
 pub use busline_core::{
     auth, handshake, Address, AnyTransport, AuthChannel, Authenticator, BoxIo, BoxListener, Codec,
