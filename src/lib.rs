@@ -38,6 +38,8 @@
 pub mod bridge;
 pub mod broker;
 pub mod codec;
+#[cfg(feature = "comm-ipc")]
+pub mod comm_ipc;
 #[cfg(unix)]
 pub mod daemon;
 #[cfg(feature = "gateway")]

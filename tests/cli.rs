@@ -67,6 +67,16 @@ fn bad_input_is_a_clear_error() {
         ],
         "plain-jsonline serves one handler",
     );
+    fails_with(
+        &[
+            "broker",
+            "--listen",
+            "unix:///tmp/x.sock?codec=comm-ipc",
+            "--allow-uid",
+            "0",
+        ],
+        "do not apply to comm-ipc listeners",
+    );
 }
 
 /// Every option and configuration file with a wrong value: a usage error

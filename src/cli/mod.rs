@@ -4,6 +4,7 @@
 
 pub(crate) mod bridge;
 pub(crate) mod bus;
+mod comm_ipc;
 pub(crate) mod demo;
 pub(crate) mod gateway;
 mod service;
@@ -42,6 +43,16 @@ impl AuthArgs {
             .as_ref()
             .map(SharedSecret::from_file)
             .transpose()
+    }
+
+    /// The shared secret's bytes, checked as [`AuthArgs::secret`] checks
+    /// them: comm-ipc's connection secret.
+    pub(crate) fn secret_bytes(&self) -> Result<Option<Vec<u8>>> {
+        let Some(path) = &self.secret_file else {
+            return Ok(None);
+        };
+        SharedSecret::from_file(path)?;
+        SharedSecret::read_file(path).map(Some)
     }
 
     /// Whether only some peers are let in by their credentials
@@ -137,7 +148,8 @@ pub(crate) struct CallArgs {
 pub(crate) struct BrokerArgs {
     /// Where to listen, once per listener, e.g. --listen unix:///run/busline.sock
     /// --listen 'tcp://127.0.0.1:7400?codec=jsonrpc'. Each URL's ?codec= picks
-    /// that listener's codec.
+    /// that listener's codec; ?codec=comm-ipc serves the comm_ipc Python
+    /// package's clients (with --secret-file as their connection secret).
     #[arg(long = "listen", value_name = "URL", required = true)]
     listen: Vec<String>,
     /// This broker's id among brokers bridged together (letters, digits,
@@ -226,6 +238,22 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
     if let Err(e) = busline::daemon::raise_fd_limit() {
         eprintln!("busline: cannot raise the open file limit: {e}");
     }
+    // comm-ipc's clients come in through a listener of their own, which
+    // acts for each of them as a busline client of this broker.
+    let (comm_ipc, listen): (Vec<Address>, Vec<Address>) = args
+        .listen
+        .iter()
+        .map(|url| url.parse::<Address>())
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .partition(|addr| addr.param("codec") == Some("comm-ipc"));
+    if !comm_ipc.is_empty() && auth_args.restricts_peers() {
+        return Err(Error::Unauthorized(
+            "--allow-uid and --allow-gid do not apply to comm-ipc listeners: protect them \
+             with --secret-file (comm-ipc's connection secret) or the socket's file mode"
+                .into(),
+        ));
+    }
     let mut builder = Broker::builder();
     if let Some(id) = &args.id {
         builder = builder.id(id);
@@ -236,12 +264,11 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
     if args.spin {
         builder = builder.spin(busline::Spin::ADAPTIVE);
     }
-    for url in &args.listen {
-        let addr: Address = url.parse()?;
+    for addr in listen {
         let codec = AnyCodec::for_address(&addr)?;
         if let AnyCodec::PlainJsonLine(_) = codec {
             return Err(Error::Address {
-                url: url.clone(),
+                url: addr.to_string(),
                 reason: "a broker speaks busline's protocol; plain-jsonline serves one \
                          handler (busline serve)"
                     .into(),
@@ -249,10 +276,10 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
         }
         builder = builder.listen_with(busline::any_transport(), addr, codec, auth.clone());
     }
-    // The gateway's way in: in this process only, so it needs no secret
-    // (it asks its HTTP clients for it instead).
-    let inside = Address::memory(format!("busline-gateway-{}", std::process::id()));
-    if args.http.is_some() {
+    // The way in of the gateway and the comm-ipc listeners: in this process
+    // only, so it needs no secret (they ask their own clients for it).
+    let inside = Address::memory(format!("busline-inside-{}", std::process::id()));
+    if args.http.is_some() || !comm_ipc.is_empty() {
         builder = builder.listen(
             busline::MemoryTransport::new(),
             inside.clone(),
@@ -262,6 +289,16 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
     let broker = builder.start().await?;
     for addr in broker.local_addrs() {
         eprintln!("busline: broker {} listening on {addr}", broker.id());
+    }
+    let mut comm_ipc_listeners = Vec::new();
+    for addr in comm_ipc {
+        let listener = comm_ipc::listen(&addr, broker.id(), &inside, auth_args).await?;
+        eprintln!(
+            "busline: broker {} listening for comm-ipc clients on {}",
+            broker.id(),
+            listener.local_addr()
+        );
+        comm_ipc_listeners.push(listener);
     }
     let stop_gateway = tokio_util::sync::CancellationToken::new();
     let gateway = match args.http {
@@ -287,6 +324,9 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
         }
     };
     eprintln!("busline: shutting down");
+    for listener in comm_ipc_listeners {
+        listener.shutdown().await;
+    }
     bridges.shutdown().await;
     broker.shutdown().await;
     failed.unwrap_or(Ok(()))

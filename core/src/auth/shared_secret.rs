@@ -69,6 +69,19 @@ impl SharedSecret {
     /// Read the key from a file, ignoring one trailing newline.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        Self::new(Self::read_file(path)?).map_err(|e| match e {
+            Error::Unauthorized(why) => {
+                Error::Unauthorized(format!("secret file {}: {why}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// The bytes of a secret file as [`SharedSecret::from_file`] takes
+    /// them (one trailing newline dropped), for a protocol that uses the
+    /// secret in its own way (comm-ipc's connection secret).
+    pub fn read_file(path: impl AsRef<Path>) -> Result<Vec<u8>> {
+        let path = path.as_ref();
         let mut bytes = std::fs::read(path).map_err(|e| {
             Error::transport(std::io::Error::new(
                 e.kind(),
@@ -81,12 +94,7 @@ impl SharedSecret {
                 bytes.pop();
             }
         }
-        Self::new(bytes).map_err(|e| match e {
-            Error::Unauthorized(why) => {
-                Error::Unauthorized(format!("secret file {}: {why}", path.display()))
-            }
-            other => other,
-        })
+        Ok(bytes)
     }
 
     /// Whether `candidate` is this secret, compared in constant time: for

@@ -1,0 +1,479 @@
+//! comm-ipc's own Python clients (the `comm_ipc` package, unmodified)
+//! through a busline broker's comm-ipc listener, beside busline clients on
+//! the same channels.
+
+mod seeds;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use busline::{
+    broker::{Broker, BrokerClient, BrokerHandle},
+    comm_ipc::{in_process, CommIpcListener},
+    rpc::Client,
+    Address, CborCodec, MemoryTransport, UnixTransport,
+};
+use futures::{stream, StreamExt};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A broker, and a comm-ipc listener on a Unix socket in `dir` feeding it.
+async fn broker_with_listener(
+    dir: &std::path::Path,
+    secret: Option<&str>,
+) -> (BrokerHandle, CommIpcListener, Address) {
+    let inside = Address::memory(format!("comm-ipc-{}", dir.display()));
+    let broker = Broker::builder()
+        .id("test-broker")
+        .listen(MemoryTransport::new(), inside.clone(), CborCodec::new())
+        .start()
+        .await
+        .unwrap();
+    let mut builder = CommIpcListener::builder().server_id(broker.id());
+    if let Some(secret) = secret {
+        builder = builder.connection_secret(secret);
+    }
+    let listener = builder
+        .bind(
+            &UnixTransport::new(),
+            &Address::unix(dir.join("comm.sock")),
+            in_process(inside.clone()),
+        )
+        .await
+        .unwrap();
+    (broker, listener, inside)
+}
+
+async fn busline_client(inside: &Address) -> BrokerClient {
+    BrokerClient::connect(
+        Client::builder(CborCodec::new()),
+        &MemoryTransport::new(),
+        inside,
+    )
+    .await
+    .unwrap()
+}
+
+/// Providers in Python: `add`, a stream `count`, a failing `boom`, and a
+/// group event provided twice. Prints "ready", waits for a line on stdin,
+/// then calls as a second client and prints what it saw as JSON.
+const SCRIPT: &str = r#"
+import asyncio, json, sys
+from comm_ipc import CommIPC
+
+path = sys.argv[1]
+
+def client(name):
+    return CommIPC(client_id=name, socket_path=path, auto_reconnect=False)
+
+async def main():
+    prov = client("py-prov")
+    await prov.connect()
+    math = await prov.open("math")
+
+    async def add(cd):
+        return cd.data["a"] + cd.data["b"]
+
+    async def count(cd):
+        for i in range(cd.data["n"]):
+            yield {"i": i}
+
+    async def boom(cd):
+        raise ValueError("no such thing")
+
+    await math.add_event("add", add)
+    await math.add_event("count", count)
+    await math.add_event("boom", boom)
+
+    workers = []
+    for name in ("py-w1", "py-w2"):
+        w = client(name)
+        await w.connect()
+        ch = await w.open("math")
+        async def work(cd, name=name):
+            return name
+        await ch.group("grp").provide("work", work)
+        workers.append(w)
+
+    out = {}
+    rival = client("py-rival")
+    await rival.connect()
+    r = await rival.open("math")
+    async def add2(cd):
+        return 0
+    try:
+        await r.add_event("add", add2)
+        out["rival"] = "registered"
+    except Exception as e:
+        out["rival"] = str(e)
+
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+    caller = client("py-caller")
+    await caller.connect()
+    m = await caller.open("math")
+    out["add"] = (await m.event("add", {"a": 2, "b": 40})).data
+    out["count"] = [cd.data async for cd in m.stream("count", {"n": 3})]
+    out["work"] = (await m.group("grp").get("work", {})).data
+    for name, args in (("boom", {}), ("nope", {})):
+        try:
+            await m.event(name, args)
+            out[name] = "no error"
+        except Exception as e:
+            out[name] = str(e)
+    # Served by busline clients.
+    out["mul"] = (await m.event("mul", [6, 7])).data
+    out["ticks"] = [cd.data async for cd in m.stream("ticks", 3)]
+    members = await m.list_members()
+    out["members"] = sorted(x["id"] for x in members.data["members"])
+
+    dup = client("py-caller")
+    try:
+        await dup.connect()
+        out["dup"] = "connected"
+    except Exception as e:
+        out["dup"] = str(e)
+    print(json.dumps(out), flush=True)
+    for c in [prov, rival, caller, *workers]:
+        await c.close()
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comm_ipc_clients_call_stream_and_meet_busline_clients() {
+    let Some(python) = seeds::python("comm_ipc_clients_call_stream_and_meet_busline_clients")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, listener, inside) = broker_with_listener(dir.path(), None).await;
+
+    // A busline member provides on the same channel.
+    let rust = busline_client(&inside).await;
+    let math = rust.open("math").await.unwrap();
+    math.provide(
+        "mul",
+        |(a, b): (i64, i64)| async move { Ok::<_, String>(a * b) },
+    )
+    .await
+    .unwrap();
+    math.provide_stream("ticks", |n: u64| {
+        stream::iter((0..n).map(|i| Ok::<_, String>(format!("tick {i}"))))
+    })
+    .await
+    .unwrap();
+
+    let socket = dir.path().join("comm.sock");
+    let mut py = Command::new(&python)
+        .args(["-c", SCRIPT, socket.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    let ready = tokio::task::spawn_blocking(move || {
+        let first = lines.next();
+        (first, lines)
+    });
+    let (first, mut lines) = tokio::time::timeout(LIMIT, ready).await.unwrap().unwrap();
+    assert_eq!(first.unwrap().unwrap(), "ready");
+
+    // busline calls and streams what Python provides.
+    let sum: i64 = math.call("add", &json!({"a": 1, "b": 2})).await.unwrap();
+    assert_eq!(sum, 3);
+    let counted: Vec<Value> = math
+        .stream::<_, Value>("count", &json!({"n": 2}))
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(counted, [json!({"i": 0}), json!({"i": 1})]);
+    let boom = math.call::<_, Value>("boom", &json!({})).await.unwrap_err();
+    assert!(boom.to_string().contains("no such thing"), "{boom}");
+
+    py.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let out = tokio::task::spawn_blocking(move || lines.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let status = py.wait().unwrap();
+    assert!(status.success(), "the Python script failed: {out}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+
+    assert_eq!(
+        out["rival"],
+        "Provider already exists for math:add and group mode is incompatible"
+    );
+    assert_eq!(out["add"], 42);
+    assert_eq!(out["count"], json!([{"i": 0}, {"i": 1}, {"i": 2}]));
+    assert!(
+        ["py-w1", "py-w2"].contains(&out["work"].as_str().unwrap()),
+        "{out}"
+    );
+    assert_eq!(out["boom"], "no such thing");
+    assert_eq!(out["nope"], "No provider for math:nope");
+    assert_eq!(out["mul"], 42);
+    assert_eq!(out["ticks"], json!(["tick 0", "tick 1", "tick 2"]));
+    let members = out["members"].as_array().unwrap();
+    for id in ["py-prov", "py-w1", "py-w2", "py-rival", "py-caller"] {
+        assert!(members.contains(&json!(id)), "{id} not in {members:?}");
+    }
+    assert_eq!(members.len(), 6, "and the busline member: {members:?}");
+    assert_eq!(
+        out["dup"],
+        "Connection failed: Client ID py-caller already in use"
+    );
+
+    listener.shutdown().await;
+    broker.shutdown().await;
+}
+
+const SECRET_SCRIPT: &str = r#"
+import asyncio, json, sys
+from comm_ipc import CommIPC
+
+path = sys.argv[1]
+
+async def attempt(secret):
+    c = CommIPC(socket_path=path, connection_secret=secret, auto_reconnect=False)
+    try:
+        await c.connect()
+        ch = await c.open("math")
+        result = (await ch.event("mul", [3, 3])).data
+        await c.close()
+        return result
+    except Exception as e:
+        return str(e)
+
+async def main():
+    out = {
+        "right": await attempt("correct horse battery staple"),
+        "wrong": await attempt("incorrect horse"),
+        "none": await attempt(None),
+    }
+    print(json.dumps(out))
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_secret_is_comm_ipcs_challenge() {
+    let Some(python) = seeds::python("the_connection_secret_is_comm_ipcs_challenge") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, listener, inside) =
+        broker_with_listener(dir.path(), Some("correct horse battery staple")).await;
+    let rust = busline_client(&inside).await;
+    rust.open("math")
+        .await
+        .unwrap()
+        .provide(
+            "mul",
+            |(a, b): (i64, i64)| async move { Ok::<_, String>(a * b) },
+        )
+        .await
+        .unwrap();
+    let socket = dir.path().join("comm.sock");
+    let out = tokio::task::spawn_blocking(move || {
+        seeds::run(&python, SECRET_SCRIPT, &[socket.to_str().unwrap()], LIMIT)
+    })
+    .await
+    .unwrap();
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(out["right"], 9);
+    assert_eq!(out["wrong"], "Connection failed: Authentication failed");
+    assert_eq!(
+        out["none"],
+        "Server required connection secret but none provided"
+    );
+    listener.shutdown().await;
+    broker.shutdown().await;
+}
+
+/// Bad input (no Python needed): each gets a clear error message, costs
+/// at most its own connection, and the listener serves the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_cost_one_connection() {
+    use rmpv::Value as V;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::UnixStream,
+    };
+
+    fn frame(value: &V) -> Vec<u8> {
+        let mut body = Vec::new();
+        rmpv::encode::write_value(&mut body, value).unwrap();
+        [&(body.len() as u32).to_be_bytes()[..], &body].concat()
+    }
+    fn map(entries: &[(&str, V)]) -> V {
+        V::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (V::from(*k), v.clone()))
+                .collect(),
+        )
+    }
+    async fn read(sock: &mut UnixStream) -> V {
+        let mut len = [0; 4];
+        sock.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        sock.read_exact(&mut body).await.unwrap();
+        rmpv::decode::read_value(&mut &body[..]).unwrap()
+    }
+    async fn closed(sock: &mut UnixStream) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(LIMIT, sock.read_to_end(&mut rest)).await,
+            Ok(Ok(0))
+        )
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, listener, _) = broker_with_listener(dir.path(), None).await;
+    let path = dir.path().join("comm.sock");
+    let identify = |id: &str| {
+        frame(&map(&[
+            ("type", V::from("identify")),
+            ("client_id", V::from(id)),
+        ]))
+    };
+
+    // Not an identify first.
+    let mut sock = UnixStream::connect(&path).await.unwrap();
+    sock.write_all(&frame(&map(&[("type", V::from("call"))])))
+        .await
+        .unwrap();
+    let said = read(&mut sock).await;
+    assert_eq!(said["type"].as_str(), Some("error"));
+    assert!(said["message"].as_str().unwrap().contains("identify"));
+    assert!(closed(&mut sock).await);
+
+    // After identifying: a frame that is not msgpack, one that is not a
+    // map, an unknown type and a call missing its event are each answered.
+    let mut sock = UnixStream::connect(&path).await.unwrap();
+    sock.write_all(&identify("raw")).await.unwrap();
+    assert_eq!(read(&mut sock).await["type"].as_str(), Some("identified"));
+    let unknown = frame(&map(&[
+        ("type", V::from("teleport")),
+        ("request_id", V::from("r1")),
+    ]));
+    let no_event = frame(&map(&[
+        ("type", V::from("call")),
+        ("channel", V::from("math")),
+        ("request_id", V::from("r2")),
+    ]));
+    sock.write_all(&[unknown, no_event].concat()).await.unwrap();
+    let first = read(&mut sock).await;
+    assert_eq!(first["request_id"].as_str(), Some("r1"));
+    assert!(first["error"].as_str().unwrap().contains("teleport"));
+    let second = read(&mut sock).await;
+    assert_eq!(second["request_id"].as_str(), Some("r2"));
+    assert!(second["error"].as_str().unwrap().contains("event"));
+    sock.write_all(&[0, 0, 0, 2, 0xd9, 0xc8]).await.unwrap();
+    let said = read(&mut sock).await;
+    assert!(
+        said["message"].as_str().unwrap().contains("not msgpack"),
+        "{said}"
+    );
+    assert!(closed(&mut sock).await);
+
+    // A length past the frame limit.
+    let mut sock = UnixStream::connect(&path).await.unwrap();
+    sock.write_all(&identify("big")).await.unwrap();
+    read(&mut sock).await;
+    sock.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let said = read(&mut sock).await;
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit"),
+        "{said}"
+    );
+    assert!(closed(&mut sock).await);
+
+    // And the listener still serves.
+    let mut sock = UnixStream::connect(&path).await.unwrap();
+    sock.write_all(&identify("after")).await.unwrap();
+    assert_eq!(read(&mut sock).await["type"].as_str(), Some("identified"));
+    listener.shutdown().await;
+    broker.shutdown().await;
+}
+
+const PROVIDER: &str = r#"
+import asyncio, sys
+from comm_ipc import CommIPC
+
+async def main():
+    c = CommIPC(client_id="py-adder", socket_path=sys.argv[1], auto_reconnect=False)
+    for _ in range(100):
+        try:
+            await c.connect()
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    ch = await c.open("math")
+    async def add(cd):
+        return cd.data["a"] + cd.data["b"]
+    await ch.add_event("add", add)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await c.close()
+
+asyncio.run(main())
+"#;
+
+/// `busline broker --listen '...?codec=comm-ipc'`, and `busline call`
+/// reaching a comm-ipc provider through it.
+#[test]
+fn the_broker_program_listens_for_comm_ipc_clients() {
+    let Some(python) = seeds::python("the_broker_program_listens_for_comm_ipc_clients") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (native, comm) = (dir.path().join("b.sock"), dir.path().join("c.sock"));
+    let native_url = format!("unix://{}", native.display());
+    let comm_url = format!("unix://{}?codec=comm-ipc", comm.display());
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["broker", "--listen", &native_url, "--listen", &comm_url])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut py = Command::new(&python)
+        .args(["-c", PROVIDER, comm.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(py.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args([
+            "call",
+            &native_url,
+            "--channel",
+            "math",
+            "add",
+            r#"{"a": 2, "b": 40}"#,
+        ])
+        .output()
+        .unwrap();
+    drop(py.stdin.take());
+    let _ = py.wait();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert_eq!(ready.trim(), "ready");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}
