@@ -1543,9 +1543,14 @@ async fn a_topic_owner_learns_when_it_is_wanted() {
     drop(sub_b);
     assert_eq!(next(&mut events).await, demand(false));
 
-    // Nobody else may publish there, or take it over.
+    // Nobody else may publish there, or take it over, or give it up.
     let err = b.own_topic("prices.eur").await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    let err = b.disown_topic("prices.eur").await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    // Until its owner gives it up.
+    ch.disown_topic("prices.eur").await.unwrap();
+    b.own_topic("prices.eur").await.unwrap();
     s.broker.shutdown().await;
 }
 

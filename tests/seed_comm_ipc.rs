@@ -477,3 +477,167 @@ fn the_broker_program_listens_for_comm_ipc_clients() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 }
+
+/// comm-ipc's named subscriptions and broadcasts, with a busline member
+/// hearing and speaking on the same topics.
+const PUBSUB: &str = r#"
+import asyncio, json, sys
+from comm_ipc import CommIPC
+
+path = sys.argv[1]
+errors = {}
+
+def client(name):
+    async def on_error(e):
+        errors.setdefault(name, []).append(str(e))
+    return CommIPC(client_id=name, socket_path=path, auto_reconnect=False, on_error=on_error)
+
+async def until(check, what):
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+async def main():
+    out = {"edges": [], "got": [], "heard": [], "owner_heard": []}
+    owner = client("py-owner")
+    await owner.connect()
+    news = await owner.open("news")
+    async def edge(cd):
+        out["edges"].append(cd.event)
+    news.on_receive(edge, "subscription.prices.first")
+    news.on_receive(edge, "subscription.prices.last")
+    async def owner_heard(cd):
+        out["owner_heard"].append(cd.data)
+    news.on_receive(owner_heard, "hello")
+    await news.add_subscription("prices")
+
+    sub = client("py-sub")
+    await sub.connect()
+    snews = await sub.open("news")
+    async def price(cd):
+        out["got"].append([cd.data, cd.sender_id])
+    await sub.subscribe("news", "prices", price)
+    await until(lambda: out["edges"] == ["subscription.prices.first"], "the first subscriber")
+    # The busline member subscribes too (not a first: Python's was).
+    print("subscribed", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    async def hello(cd):
+        out["heard"].append([cd.data, cd.sender_id])
+    snews.on_receive(hello, "hello")
+
+    await news.publish("prices", {"eur": 1.1})
+    await news.broadcast("hello", {"from": "owner"})
+    print("published", flush=True)
+    # The busline member broadcasts bare data in turn.
+    await until(lambda: len(out["heard"]) == 2, "both broadcasts")
+    await until(lambda: len(out["got"]) == 1, "the publication")
+
+    rival = client("py-rival")
+    await rival.connect()
+    rnews = await rival.open("news")
+    try:
+        await rnews.add_subscription("prices")
+        out["rival_add"] = "added"
+    except Exception as e:
+        out["rival_add"] = str(e)
+    await rival.publish("news", "prices", {"eur": 0})
+    await until(lambda: "py-rival" in errors, "the refused publication")
+    out["rival_publish"] = errors["py-rival"]
+
+    await sub.unsubscribe("news", "prices")
+    await until(lambda: len(out["edges"]) == 2, "the last subscriber leaving")
+    out["removed"] = (await news.remove_subscription("prices")).data
+    print(json.dumps(out), flush=True)
+    for c in (owner, sub, rival):
+        await c.close()
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comm_ipc_subscriptions_and_broadcasts_meet_busline_topics() {
+    use busline::broker::Event;
+    let Some(python) = seeds::python("comm_ipc_subscriptions_and_broadcasts_meet_busline_topics")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, listener, inside) = broker_with_listener(dir.path(), None).await;
+    let rust = busline_client(&inside).await;
+    let news = rust.open("news").await.unwrap();
+    let mut broadcasts = news.subscribe("broadcast.>").await.unwrap();
+
+    let socket = dir.path().join("comm.sock");
+    let mut py = Command::new(&python)
+        .args(["-c", PUBSUB, socket.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    let line = |mut lines: std::io::Lines<BufReader<std::process::ChildStdout>>| async move {
+        let read = tokio::task::spawn_blocking(move || (lines.next(), lines));
+        let (line, lines) = tokio::time::timeout(LIMIT, read).await.unwrap().unwrap();
+        (line.unwrap().unwrap(), lines)
+    };
+    let (said, lines) = line(lines).await;
+    assert_eq!(said, "subscribed");
+    let mut prices = news.subscribe("sub.prices").await.unwrap();
+    py.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let (said, lines) = line(lines).await;
+    assert_eq!(said, "published");
+
+    // busline hears both, as the documented topics and payloads.
+    let next = |e: Option<busline::Result<Event>>| match e {
+        Some(Ok(Event::Message(p))) => (p.topic.clone(), p.decode::<Value>().unwrap()),
+        other => panic!("{other:?}"),
+    };
+    let price = tokio::time::timeout(LIMIT, prices.next()).await.unwrap();
+    assert_eq!(next(price), ("sub.prices".into(), json!({"eur": 1.1})));
+    let said = tokio::time::timeout(LIMIT, broadcasts.next())
+        .await
+        .unwrap();
+    assert_eq!(
+        next(said),
+        (
+            "broadcast.hello".into(),
+            json!({"sender": "py-owner", "data": {"from": "owner"}})
+        )
+    );
+    // Gone before Python's subscriber leaves, which is then the last.
+    drop(prices);
+    news.publish("broadcast.hello", &json!({"from": "busline"}))
+        .await
+        .unwrap();
+
+    let (out, _) = line(lines).await;
+    assert!(py.wait().unwrap().success(), "{out}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["got"], json!([[{"eur": 1.1}, "py-owner"]]));
+    assert_eq!(
+        out["heard"],
+        json!([[{"from": "owner"}, "py-owner"], [{"from": "busline"}, "busline"]])
+    );
+    assert_eq!(
+        out["owner_heard"],
+        json!([{"from": "busline"}]),
+        "not its own"
+    );
+    assert_eq!(
+        out["edges"],
+        json!(["subscription.prices.first", "subscription.prices.last"])
+    );
+    assert_eq!(
+        out["rival_add"],
+        "Subscription prices already owned by another client"
+    );
+    assert_eq!(
+        out["rival_publish"],
+        json!(["only the owner of subscription prices on channel news may publish"])
+    );
+    assert_eq!(out["removed"], json!({"success": true}));
+    listener.shutdown().await;
+    broker.shutdown().await;
+}

@@ -345,6 +345,19 @@ impl Channel {
         Ok(())
     }
 
+    /// Give up a topic taken with [`Channel::own_topic`]: anyone may publish
+    /// on it again. Returns once the broker confirms.
+    pub async fn disown_topic(&self, topic: &str) -> Result<()> {
+        topic::check_topic(topic)?;
+        let args = TopicArgs {
+            channel: self.name.clone(),
+            topic: topic.to_owned(),
+        };
+        self.control(protocol::DISOWN_TOPIC, &args).await?;
+        self.record(|joined| joined.topics.retain(|t| t != topic));
+        Ok(())
+    }
+
     /// Receive what is published on this channel under topics matching
     /// `pattern` (`*` one token, a final `>` the rest). Returns once the
     /// broker confirms; dropping the subscription unsubscribes.

@@ -33,6 +33,8 @@ pub(crate) const UNPROVIDE: &str = "busline.unprovide";
 pub(crate) const DESCRIBE: &str = "busline.describe";
 /// Become the only publisher of a topic, told when it has subscribers.
 pub(crate) const OWN_TOPIC: &str = "busline.own_topic";
+/// Stop being the only publisher of a topic.
+pub(crate) const DISOWN_TOPIC: &str = "busline.disown_topic";
 /// Claim a client id, unique among live connections.
 pub(crate) const IDENTIFY: &str = "busline.identify";
 /// The whole broker: clients and every unprotected channel.

@@ -137,6 +137,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             }),
         )
         .route(
+            protocol::DISOWN_TOPIC,
+            control(&state, |state, peer, args: TopicArgs| {
+                state.disown_topic(&args.channel, &args.topic, peer.connection_id())
+            }),
+        )
+        .route(
             protocol::IDENTIFY,
             control(&state, |state, peer, args: IdentifyArgs| {
                 state.identify(peer.connection_id(), &args.client_id)

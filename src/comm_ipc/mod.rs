@@ -13,6 +13,9 @@
 //! | `register` with `is_provider` (groups too) | provide the event; calls reach the client as `call`, its `response`s answer them |
 //! | `call`, `is_stream` | call or stream the event; the answer comes as `response`s |
 //! | `send` | send: one provider gets it, nobody answers |
+//! | `broadcast` of event `E` | publish `{"sender", "data"}` on topic `broadcast.E`; members that opened the channel hear it, but the sender |
+//! | `add_subscription` / `remove_subscription` `S` | own (or give up) topic `sub.S`: only the owner publishes there |
+//! | `subscribe` / `unsubscribe` / `publish` `S` | subscribe to / publish `data` on topic `sub.S`; the owner hears `subscription.S.first` and `.last` |
 //! | `list_members` | the channel's members, by client id |
 //! | `ping` | `pong` |
 //!
@@ -42,8 +45,11 @@
 //! # Ok(()) }
 //! ```
 
+mod calls;
 mod forward;
 mod frame;
+mod handshake;
+mod pubsub;
 mod session;
 
 use std::{
@@ -97,12 +103,16 @@ struct Registry {
     modes: HashMap<String, String>,
     /// (channel, event) → what its comm-ipc providers registered.
     events: HashMap<(String, String), EventMeta>,
+    /// (channel, subscription) → the client id that added it, and the
+    /// schema it gave.
+    subs: HashMap<(String, String), (String, Value)>,
 }
 
 impl Registry {
     /// A client is gone: drop what it registered.
     fn forget(&mut self, client_id: &str) {
         self.modes.remove(client_id);
+        self.subs.retain(|_, (owner, _)| owner != client_id);
         self.events.retain(|_, meta| {
             meta.providers.retain(|p| p != client_id);
             !meta.providers.is_empty()

@@ -51,6 +51,24 @@ impl State {
         Ok(())
     }
 
+    /// Connection `id` gives up `topic` on `channel`: anyone may publish
+    /// on it again, or own it. Giving up a topic one does not own is
+    /// refused.
+    pub(crate) fn disown_topic(&self, channel: &str, topic_name: &str, id: u64) -> Result<()> {
+        topic::check_topic(topic_name)?;
+        let mut inner = self.lock();
+        let ch = member_of(&mut inner, channel, id)?;
+        match ch.topics.get(topic_name) {
+            Some((owner, _)) if *owner == id => {
+                ch.topics.remove(topic_name);
+                Ok(())
+            }
+            _ => Err(busline_core::Error::Unauthorized(format!(
+                "topic {topic_name:?} on channel {channel:?} is not this client's"
+            ))),
+        }
+    }
+
     /// Connection `peer` receives publications on `channel` whose topic
     /// matches `pattern`: as they are, or, for a bridge subscribing on
     /// behalf of subscribers on the brokers in `via`, as [`protocol::RELAYED`]
