@@ -641,3 +641,242 @@ async fn comm_ipc_subscriptions_and_broadcasts_meet_busline_topics() {
     listener.shutdown().await;
     broker.shutdown().await;
 }
+
+/// A channel protected by its comm-ipc owner: comm-ipc's challenges,
+/// signatures checked and made on everything (stream chunks and
+/// publications too, which comm-ipc itself leaves unsigned), and a busline
+/// member joining with the same password.
+const PROTECTED: &str = r#"
+import asyncio, json, sys
+from comm_ipc import CommIPC
+
+path = sys.argv[1]
+
+def client(name):
+    return CommIPC(client_id=name, socket_path=path, auto_reconnect=False)
+
+async def until(check, what):
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+async def main():
+    out = {}
+    owner = client("py-owner")
+    await owner.connect()
+    vault = await owner.open("vault")
+    async def early(cd):
+        return "served since before the password"
+    await vault.add_event("early", early)
+    await owner.set_password("vault", "s3cret")
+    async def get(cd):
+        return {"secret": 42, "asked": cd.data}
+    async def items(cd):
+        for i in range(cd.data["n"]):
+            yield {"i": i}
+    await vault.add_event("get", get)
+    await vault.add_event("items", items)
+    await vault.add_subscription("feed")
+    print("protected", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+    member = client("py-member")
+    await member.connect()
+    m = await member.open("vault", password="s3cret")
+    out["get"] = (await m.event("get", {"q": "grüße ✓", "f": 1.5, "n": None})).data
+    out["early"] = (await m.event("early", {})).data
+    out["items"] = [cd.data async for cd in m.stream("items", {"n": 3})]
+    got = []
+    async def feed(cd):
+        got.append(cd.data)
+    await member.subscribe("vault", "feed", feed)
+    await vault.publish("feed", {"v": 1})
+    await until(lambda: got, "the signed publication")
+    out["feed"] = got
+    heard = []
+    async def hello(cd):
+        heard.append(cd.data)
+    m.on_receive(hello, "hello")
+    await vault.broadcast("hello", {"h": 1})
+    await until(lambda: heard, "the signed broadcast")
+    out["heard"] = heard
+
+    for name, password in (("py-wrong", "wrong"), ("py-none", None)):
+        c = client(name)
+        await c.connect()
+        try:
+            await c.open("vault", password=password)
+            out[name] = "joined"
+        except Exception as e:
+            out[name] = str(e)
+        await c.close()
+    # CommIPC.call signs nothing: refused on a protected channel.
+    try:
+        await member.call("vault", "get", {})
+        out["unsigned"] = "answered"
+    except Exception as e:
+        out["unsigned"] = str(e)
+    try:
+        await member.set_password("vault", "mine")
+        out["steal"] = "changed"
+    except Exception as e:
+        out["steal"] = str(e)
+    print(json.dumps(out), flush=True)
+    await member.close()
+    await owner.close()
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_channels_take_comm_ipcs_challenges_and_signatures() {
+    let Some(python) = seeds::python("protected_channels_take_comm_ipcs_challenges_and_signatures")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, listener, inside) = broker_with_listener(dir.path(), None).await;
+    let socket = dir.path().join("comm.sock");
+    let mut py = Command::new(&python)
+        .args(["-c", PROTECTED, socket.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    let line = |mut lines: std::io::Lines<BufReader<std::process::ChildStdout>>| async move {
+        let read = tokio::task::spawn_blocking(move || (lines.next(), lines));
+        let (line, lines) = tokio::time::timeout(LIMIT, read).await.unwrap().unwrap();
+        (line.unwrap().unwrap(), lines)
+    };
+    let (said, lines) = line(lines).await;
+    assert_eq!(said, "protected");
+
+    // busline members: with the password, they call the comm-ipc provider
+    // (signed end to end by busline); without it, they are refused.
+    let rust = busline_client(&inside).await;
+    let vault = rust.open_with_password("vault", "s3cret").await.unwrap();
+    let got: Value = vault
+        .call("get", &json!({"from": "busline"}))
+        .await
+        .unwrap();
+    assert_eq!(got, json!({"secret": 42, "asked": {"from": "busline"}}));
+    let stranger = busline_client(&inside).await;
+    let refused = stranger.open("vault").await.unwrap_err();
+    assert!(
+        matches!(refused, busline::Error::Unauthorized(_)),
+        "{refused}"
+    );
+
+    py.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let (out, _) = line(lines).await;
+    assert!(py.wait().unwrap().success(), "{out}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        out["get"],
+        json!({"secret": 42, "asked": {"q": "grüße ✓", "f": 1.5, "n": null}})
+    );
+    assert_eq!(out["early"], "served since before the password");
+    assert_eq!(out["items"], json!([{"i": 0}, {"i": 1}, {"i": 2}]));
+    assert_eq!(out["feed"], json!([{"v": 1}]));
+    assert_eq!(out["heard"], json!([{"h": 1}]));
+    assert_eq!(out["py-wrong"], "Invalid channel password");
+    assert_eq!(
+        out["py-none"],
+        "Channel vault requires authentication, but no password was provided."
+    );
+    assert_eq!(out["unsigned"], "Invalid signature for channel vault");
+    assert_eq!(
+        out["steal"],
+        "Only the channel owner can set or change the password"
+    );
+    listener.shutdown().await;
+    broker.shutdown().await;
+}
+
+const KICKED: &str = r#"
+import asyncio, json, sys
+from comm_ipc import CommIPC
+
+path = sys.argv[1]
+errors = []
+
+async def on_error(e):
+    errors.append(str(e))
+
+async def main():
+    out = {}
+    # A channel a busline member protected; the listener was given its password.
+    c = CommIPC(client_id="py-guest", socket_path=path, auto_reconnect=False, on_error=on_error)
+    await c.connect()
+    ledger = await c.open("ledger", password="ledger-pw")
+    out["total"] = (await ledger.event("total", [1, 2, 3])).data
+    # An open channel whose comm-ipc owner then protects it: members are
+    # told to reconnect, as by comm-ipc's server.
+    owner = CommIPC(client_id="py-owner", socket_path=path, auto_reconnect=False)
+    await owner.connect()
+    await owner.open("club")
+    await c.open("club")
+    await owner.set_password("club", "members-only")
+    for _ in range(200):
+        if errors:
+            break
+        await asyncio.sleep(0.05)
+    out["errors"] = errors
+    print(json.dumps(out), flush=True)
+    await c.close()
+    await owner.close()
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_given_to_the_listener_and_password_changes() {
+    let Some(python) = seeds::python("passwords_given_to_the_listener_and_password_changes")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let inside = Address::memory(format!("comm-ipc-{}", dir.path().display()));
+    let broker = Broker::builder()
+        .listen(MemoryTransport::new(), inside.clone(), CborCodec::new())
+        .start()
+        .await
+        .unwrap();
+    let listener = CommIpcListener::builder()
+        .channel_password("ledger", "ledger-pw")
+        .bind(
+            &UnixTransport::new(),
+            &Address::unix(dir.path().join("comm.sock")),
+            in_process(inside.clone()),
+        )
+        .await
+        .unwrap();
+    let rust = busline_client(&inside).await;
+    let ledger = rust
+        .open_with_password("ledger", "ledger-pw")
+        .await
+        .unwrap();
+    ledger
+        .provide("total", |xs: Vec<i64>| async move {
+            Ok::<_, String>(xs.iter().sum::<i64>())
+        })
+        .await
+        .unwrap();
+    let socket = dir.path().join("comm.sock");
+    let out = tokio::task::spawn_blocking(move || {
+        seeds::run(&python, KICKED, &[socket.to_str().unwrap()], LIMIT)
+    })
+    .await
+    .unwrap();
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(out["total"], 6);
+    assert_eq!(
+        out["errors"],
+        json!(["Channel password changed, please reconnect"])
+    );
+    listener.shutdown().await;
+    broker.shutdown().await;
+}

@@ -13,6 +13,7 @@ use super::{
     frame::Msg,
     now,
     session::{response, text, Session},
+    sign::{sign, Key},
 };
 use crate::broker::Channel;
 
@@ -55,13 +56,14 @@ impl Session {
             self.hear_broadcasts(&name).await?;
         }
         // comm-ipc answers every registration so, a provider's twice.
+        let protected = self.shared.registry().passwords.contains_key(&name);
         let data = Value::Map(vec![
             (Value::from("channel"), Value::from(name.as_str())),
             (
                 Value::from("event"),
                 event.clone().map_or(Value::Nil, Value::from),
             ),
-            (Value::from("authenticated"), Value::from(false)),
+            (Value::from("authenticated"), Value::from(protected)),
         ]);
         let mut joined = response(id, Ok(data));
         joined.set("channel", Value::from(name.as_str()));
@@ -91,14 +93,9 @@ impl Session {
                 channel.name()
             )));
         }
-        let forward = Forward {
-            out: self.out.clone(),
-            pending: self.pending.clone(),
-            channel: channel.name().to_owned(),
-            event: event.to_owned(),
-            server_id: self.shared.server_id.clone(),
-        };
-        channel.provide_service(event, forward).await?;
+        channel
+            .provide_service(event, self.forward(channel.name(), event))
+            .await?;
         let mut registry = self.shared.registry();
         let meta = registry.events.entry(key).or_default();
         meta.is_stream = reg.flag("is_stream");
@@ -109,6 +106,19 @@ impl Session {
             meta.providers.push(self.client_id.clone());
         }
         Ok(())
+    }
+
+    /// The handler service that brings the broker's calls of `event` on
+    /// `channel` to this client.
+    pub(super) fn forward(&self, channel: &str, event: &str) -> Forward {
+        Forward {
+            out: self.out.clone(),
+            pending: self.pending.clone(),
+            channel: channel.to_owned(),
+            event: event.to_owned(),
+            server_id: self.shared.server_id.clone(),
+            key: self.keys.get(channel).copied(),
+        }
     }
 
     /// Tell a client that opened `channel` what it offers (`channel_sync`).
@@ -200,7 +210,11 @@ impl Session {
             event: event.clone(),
             server_id: self.shared.server_id.clone(),
             client_id: self.client_id.clone(),
+            key: self.keys.get(&name).copied(),
         };
+        if let Err(err) = self.check_signature(&name, &msg) {
+            return respond.failed(text(err)).await;
+        }
         let (data, stream) = (msg.value("data"), msg.flag("is_stream"));
         self.tasks.spawn(async move {
             let channel = match channel {
@@ -233,6 +247,7 @@ impl Session {
         let name = msg.required("channel")?.to_owned();
         let event = msg.required("event")?.to_owned();
         let channel = self.join(&name, false).await?;
+        self.check_signature(&name, msg)?;
         channel.send(&event, &msg.value("data")).await
     }
 
@@ -285,6 +300,8 @@ struct Responder {
     event: String,
     server_id: String,
     client_id: String,
+    /// The channel's comm-ipc message key, if it is protected.
+    key: Option<Key>,
 }
 
 impl Responder {
@@ -301,14 +318,23 @@ impl Responder {
         msg
     }
 
+    /// Send `msg`, signed on a protected channel (comm-ipc signs none of
+    /// its answers, so its own clients fail to check stream chunks).
+    async fn deliver(&self, mut msg: Msg) {
+        if let Some(key) = &self.key {
+            sign(key, &mut msg);
+        }
+        let _ = self.out.send(msg).await;
+    }
+
     async fn chunk(&self, data: Value, stream: bool, last: bool) {
         let mut msg = self.message(Ok(data));
         msg.set("is_stream", Value::from(stream));
         msg.set("is_final", Value::from(last));
-        let _ = self.out.send(msg).await;
+        self.deliver(msg).await;
     }
 
     async fn failed(&self, error: String) {
-        let _ = self.out.send(self.message(Err(error))).await;
+        self.deliver(self.message(Err(error))).await;
     }
 }

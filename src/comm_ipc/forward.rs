@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     frame::{payload_of, value_of, Msg},
     now,
+    sign::{sign, Key},
 };
 use crate::rpc::{CallKind, Reply, Request};
 
@@ -137,13 +138,15 @@ pub(super) struct Forward {
     pub(super) channel: String,
     pub(super) event: String,
     pub(super) server_id: String,
+    /// The channel's comm-ipc message key, if it is protected.
+    pub(super) key: Option<Key>,
 }
 
 impl Forward {
     /// The message that carries a call to the client.
     fn message(&self, kind: &str, id: Option<&str>, data: Value, stream: bool) -> Msg {
         let server = Value::from(self.server_id.as_str());
-        Msg::new([
+        let mut msg = Msg::new([
             ("type", Value::from(kind)),
             ("channel", Value::from(self.channel.as_str())),
             ("event", Value::from(self.event.as_str())),
@@ -159,7 +162,11 @@ impl Forward {
             ("is_final", Value::from(!stream)),
             ("sub_name", Value::Nil),
             ("path", Value::Array(vec![server])),
-        ])
+        ]);
+        if let Some(key) = &self.key {
+            sign(key, &mut msg);
+        }
+        msg
     }
 
     async fn forward(self, req: Request) -> Result<Reply> {

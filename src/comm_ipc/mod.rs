@@ -16,8 +16,18 @@
 //! | `broadcast` of event `E` | publish `{"sender", "data"}` on topic `broadcast.E`; members that opened the channel hear it, but the sender |
 //! | `add_subscription` / `remove_subscription` `S` | own (or give up) topic `sub.S`: only the owner publishes there |
 //! | `subscribe` / `unsubscribe` / `publish` `S` | subscribe to / publish `data` on topic `sub.S`; the owner hears `subscription.S.first` and `.last` |
+//! | `set_password`, `auth_challenge` and its proof | protect the busline channel with the same password; joiners answer comm-ipc's challenge |
+//! | `signature` on a protected channel | checked on what comm-ipc clients send, made on everything they receive |
 //! | `list_members` | the channel's members, by client id |
 //! | `ping` | `pong` |
+//!
+//! On a protected channel the listener holds the password, as comm-ipc's
+//! server does (its owner sends it in `set_password`, or the listener is
+//! given it with [`CommIpcBuilder::channel_password`] for a channel a
+//! busline member protected), and signs on each leg: comm-ipc's signature
+//! to and from its clients, busline's across the broker. Unlike comm-ipc's
+//! server it signs stream chunks and publications too, so protected
+//! streams and subscriptions work for comm-ipc's own clients.
 //!
 //! `data` crosses as CBOR, which holds every msgpack value, so a busline
 //! member decodes it into its own types and answers in whatever encoding
@@ -49,8 +59,10 @@ mod calls;
 mod forward;
 mod frame;
 mod handshake;
+mod password;
 mod pubsub;
 mod session;
+mod sign;
 
 use std::{
     collections::HashMap,
@@ -106,6 +118,9 @@ struct Registry {
     /// (channel, subscription) → the client id that added it, and the
     /// schema it gave.
     subs: HashMap<(String, String), (String, Value)>,
+    /// Channel → the password its comm-ipc owner set (or the listener
+    /// was given).
+    passwords: HashMap<String, password::Password>,
 }
 
 impl Registry {
@@ -113,6 +128,7 @@ impl Registry {
     fn forget(&mut self, client_id: &str) {
         self.modes.remove(client_id);
         self.subs.retain(|_, (owner, _)| owner != client_id);
+        self.passwords.retain(|_, p| p.set_by != client_id);
         self.events.retain(|_, meta| {
             meta.providers.retain(|p| p != client_id);
             !meta.providers.is_empty()
@@ -172,6 +188,7 @@ pub struct CommIpcBuilder {
     idle_timeout: Duration,
     max_frame: usize,
     max_connections: usize,
+    passwords: HashMap<String, password::Password>,
 }
 
 impl std::fmt::Debug for CommIpcBuilder {
@@ -182,6 +199,7 @@ impl std::fmt::Debug for CommIpcBuilder {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_frame", &self.max_frame)
             .field("max_connections", &self.max_connections)
+            .field("passwords", &self.passwords.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -198,6 +216,25 @@ impl CommIpcBuilder {
     /// clients prove they know it by answering a challenge.
     pub fn connection_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.secret_hash = Some(hex::encode(Sha256::digest(secret.as_ref())));
+        self
+    }
+
+    /// Let comm-ipc clients join `channel`, protected by a busline member
+    /// with `password`: the listener checks their answers to its
+    /// challenges with it, as comm-ipc's server does with the passwords it
+    /// is given (`system_passwords`). Channels whose comm-ipc owner set
+    /// the password need nothing here. Derives the channel's keys, which
+    /// takes a moment of CPU on purpose.
+    pub fn channel_password(mut self, channel: &str, password: &str) -> Self {
+        let key = sign::derive(channel, password);
+        self.passwords.insert(
+            channel.to_owned(),
+            password::Password {
+                text: password.to_owned(),
+                key,
+                set_by: String::new(),
+            },
+        );
         self
     }
 
@@ -242,7 +279,10 @@ impl CommIpcBuilder {
             idle_timeout: self.idle_timeout,
             max_frame: self.max_frame,
             connect: Arc::new(connect),
-            registry: Mutex::default(),
+            registry: Mutex::new(Registry {
+                passwords: self.passwords,
+                ..Registry::default()
+            }),
         });
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -301,6 +341,7 @@ impl CommIpcListener {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_frame: DEFAULT_MAX_FRAME_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            passwords: HashMap::new(),
         }
     }
 

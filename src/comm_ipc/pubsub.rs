@@ -22,6 +22,7 @@ use super::{
     frame::{value_of, Msg},
     now,
     session::Session,
+    sign::{sign, Key},
 };
 use crate::broker::{check_topic, Event, Publication, Subscription};
 
@@ -122,6 +123,15 @@ fn delivery(
     ])
 }
 
+/// `msg`, signed if its channel is protected (comm-ipc leaves publications
+/// unsigned, which its own subscribers then drop).
+fn signed(key: Option<&Key>, mut msg: Msg) -> Msg {
+    if let Some(key) = key {
+        sign(key, &mut msg);
+    }
+    msg
+}
+
 /// Relay a subscription's publications to the client as `deliver` words
 /// each, until it ends or is aborted.
 async fn relay(
@@ -161,6 +171,7 @@ impl Session {
             self.shared.server_id.clone(),
             channel.to_owned(),
         );
+        let key = self.keys.get(channel).copied();
         let what = format!("broadcasts on channel {channel}");
         let task = self
             .tasks
@@ -175,7 +186,8 @@ impl Session {
                     ),
                     _ => ("busline".to_owned(), value.clone()),
                 };
-                (sender != me).then(|| delivery("broadcast", &name, event, data, &sender, &server))
+                let msg = delivery("broadcast", &name, event, data, &sender, &server);
+                (sender != me).then(|| signed(key.as_ref(), msg))
             }));
         self.topics.hearing.insert(channel.to_owned(), task);
         Ok(())
@@ -197,6 +209,7 @@ impl Session {
             Err(Error::MethodNotFound(_)) => return Ok(()),
             Err(err) => return Err(err),
         };
+        self.check_signature(&channel, msg)?;
         let envelope = Value::Map(vec![
             (Value::from("sender"), Value::from(self.client_id.as_str())),
             (Value::from("data"), msg.value("data")),
@@ -249,30 +262,60 @@ impl Session {
     pub(super) async fn subscribe(&mut self, msg: &Msg) -> Result<()> {
         let key = names(msg)?;
         if !self.topics.subscribed.contains_key(&key) {
-            let topic = sub_topic(&key.1)?;
-            let joined = self.join(&key.0, true).await?;
-            let subscription = joined.subscribe(&topic).await?;
-            let (channel, sub) = key.clone();
-            let shared = self.shared.clone();
-            let event = format!("subscription.{sub}.data");
-            let what = format!("publications of {sub} on channel {channel}");
-            let task = self
-                .tasks
-                .spawn(relay(subscription, self.out.clone(), what, move |p| {
-                    let data = value_of(&p.payload).unwrap_or(Value::Nil);
-                    let owner = shared
-                        .registry()
-                        .subs
-                        .get(&(channel.clone(), sub.clone()))
-                        .map_or_else(|| "busline".to_owned(), |(owner, _)| owner.clone());
-                    let mut msg =
-                        delivery("receive", &channel, &event, data, &owner, &shared.server_id);
-                    msg.set("sub_name", Value::from(sub.as_str()));
-                    Some(msg)
-                }));
-            self.topics.subscribed.insert(key, task);
+            self.relay_subscription(key).await?;
         }
         self.succeeded(msg).await;
+        Ok(())
+    }
+
+    /// Relay what is published on subscription `(channel, sub)`.
+    async fn relay_subscription(&mut self, key: (String, String)) -> Result<()> {
+        let topic = sub_topic(&key.1)?;
+        let joined = self.join(&key.0, true).await?;
+        let subscription = joined.subscribe(&topic).await?;
+        let (channel, sub) = key.clone();
+        let shared = self.shared.clone();
+        let event = format!("subscription.{sub}.data");
+        let what = format!("publications of {sub} on channel {channel}");
+        let signing = self.keys.get(&channel).copied();
+        let task = self
+            .tasks
+            .spawn(relay(subscription, self.out.clone(), what, move |p| {
+                let data = value_of(&p.payload).unwrap_or(Value::Nil);
+                let owner = shared
+                    .registry()
+                    .subs
+                    .get(&(channel.clone(), sub.clone()))
+                    .map_or_else(|| "busline".to_owned(), |(owner, _)| owner.clone());
+                let mut msg =
+                    delivery("receive", &channel, &event, data, &owner, &shared.server_id);
+                msg.set("sub_name", Value::from(sub.as_str()));
+                Some(signed(signing.as_ref(), msg))
+            }));
+        self.topics.subscribed.insert(key, task);
+        Ok(())
+    }
+
+    /// The channel's password changed here: what was heard and
+    /// subscribed to with the old keys is heard again with the new.
+    pub(super) async fn rehear(&mut self, channel: &str) -> Result<()> {
+        if let Some(task) = self.topics.hearing.remove(channel) {
+            task.abort();
+            self.hear_broadcasts(channel).await?;
+        }
+        let subscribed: Vec<_> = self
+            .topics
+            .subscribed
+            .keys()
+            .filter(|(ch, _)| ch == channel)
+            .cloned()
+            .collect();
+        for key in subscribed {
+            if let Some(task) = self.topics.subscribed.remove(&key) {
+                task.abort();
+            }
+            self.relay_subscription(key).await?;
+        }
         Ok(())
     }
 
@@ -323,6 +366,6 @@ impl Session {
         let event = format!("subscription.{sub}.{edge}");
         let server = self.shared.server_id.clone();
         let msg = delivery("receive", channel, &event, data, "system", &server);
-        self.send(msg).await;
+        self.send(signed(self.keys.get(channel), msg)).await;
     }
 }

@@ -1,7 +1,10 @@
 //! One comm-ipc client's connection: its handshake, then each message it
 //! sends acted on through a broker client of its own.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use busline_core::{Error, Io, Result};
 use futures::{SinkExt, StreamExt};
@@ -13,7 +16,9 @@ use super::{
     forward::Pending,
     frame::{FrameCodec, Msg},
     handshake::handshake,
+    password::Challenge,
     pubsub::Topics,
+    sign::Key,
     Shared,
 };
 use crate::broker::{BrokerClient, Channel, ChannelEvent};
@@ -42,6 +47,9 @@ pub(super) async fn serve<I: Io>(shared: Arc<Shared>, io: I) {
         bus,
         out,
         channels: HashMap::new(),
+        keys: HashMap::new(),
+        challenges: HashMap::new(),
+        changed_passwords: HashSet::new(),
         pending: Pending::default(),
         tasks: JoinSet::new(),
         topics: Topics::default(),
@@ -122,7 +130,13 @@ pub(super) struct Session {
     pub(super) client_id: String,
     pub(super) bus: BrokerClient,
     pub(super) out: mpsc::Sender<Msg>,
-    channels: HashMap<String, Channel>,
+    pub(super) channels: HashMap<String, Channel>,
+    /// Protected channels it proved the password of: their message keys.
+    pub(super) keys: HashMap<String, Key>,
+    /// Its challenges outstanding, by challenge id.
+    pub(super) challenges: HashMap<String, Challenge>,
+    /// Channels whose password it set (their news of it is its own).
+    pub(super) changed_passwords: HashSet<String>,
     /// Calls to events this client provides, awaiting its answers.
     pub(super) pending: Pending,
     /// Calls this client made, running.
@@ -170,7 +184,12 @@ impl Session {
                     _ => msg.clone(),
                 };
                 // A refusal answers the request id the registration had.
-                if let Err(err) = self.register(&reg).await {
+                let done = match self.authorize(reg.clone()) {
+                    Ok(Some(authorized)) => self.register(&authorized).await,
+                    Ok(None) => Ok(()),
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = done {
                     self.refuse(&reg, text(err)).await;
                 }
                 return;
@@ -194,9 +213,7 @@ impl Session {
             "subscribe" => self.subscribe(&msg).await,
             "unsubscribe" => self.unsubscribe(&msg).await,
             "publish" => self.publish(&msg).await,
-            "set_password" => Err(Error::Protocol(
-                "set_password is not carried by busline's comm-ipc listener yet".into(),
-            )),
+            "set_password" => self.set_password(&msg).await,
             other => Err(Error::Protocol(format!(
                 "unknown comm-ipc message type {other:?}"
             ))),
@@ -211,10 +228,11 @@ impl Session {
         if let Some(channel) = self.channels.get(name) {
             return Ok(channel.clone());
         }
-        let channel = if create {
-            self.bus.open(name).await?
-        } else {
-            self.bus.open_existing(name, None).await?
+        let password = self.password_for(name);
+        let channel = match (&password, create) {
+            (Some(password), true) => self.bus.open_with_password(name, password).await?,
+            (password, false) => self.bus.open_existing(name, password.as_deref()).await?,
+            (None, true) => self.bus.open(name).await?,
         };
         self.channels.insert(name.to_owned(), channel.clone());
         Ok(channel)
@@ -236,6 +254,9 @@ impl Session {
                 topic,
                 wanted,
             } => self.on_demand(&channel, &topic, wanted).await,
+            ChannelEvent::PasswordChanged { channel, .. } => {
+                self.on_password_changed(&channel).await
+            }
             _ => {}
         }
     }
