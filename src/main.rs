@@ -37,7 +37,12 @@ enum Command {
     /// until Ctrl-C or SIGTERM.
     Serve {
         /// Where to listen, e.g. unix:///tmp/busline.sock or tcp://127.0.0.1:7400.
-        url: String,
+        #[arg(required_unless_present = "shm_rpc_bridge")]
+        url: Option<String>,
+        /// Also serve shm-rpc-bridge's Python clients, as service NAME
+        /// (RPCClient("NAME").call("add", a=1, b=2)).
+        #[arg(long, value_name = "NAME")]
+        shm_rpc_bridge: Option<String>,
         #[command(flatten)]
         codec: cli::CodecArgs,
         #[command(flatten)]
@@ -117,8 +122,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo => cli::demo::run().await,
-            Command::Serve { url, codec, auth } => {
-                cli::serve(&url, &codec, auth.authenticator()?).await
+            Command::Serve {
+                url,
+                shm_rpc_bridge,
+                codec,
+                auth,
+            } => {
+                let url = url.as_deref();
+                let srb = shm_rpc_bridge.as_deref();
+                cli::serve(url, srb, &codec, auth.authenticator()?).await
             }
             Command::Broker { broker, auth } => cli::broker(broker, &auth).await,
             Command::Gateway { args, auth } => cli::gateway::run(args, &auth).await,

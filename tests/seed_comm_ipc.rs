@@ -834,8 +834,7 @@ asyncio.run(main())
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_given_to_the_listener_and_password_changes() {
-    let Some(python) = seeds::python("passwords_given_to_the_listener_and_password_changes")
-    else {
+    let Some(python) = seeds::python("passwords_given_to_the_listener_and_password_changes") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

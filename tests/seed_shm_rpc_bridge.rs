@@ -222,3 +222,36 @@ async fn bad_requests_are_answered_and_the_service_carries_on() {
     );
     server.shutdown().await;
 }
+
+/// `busline serve --shm-rpc-bridge NAME`: the demo service for
+/// shm-rpc-bridge's clients, its objects removed on SIGTERM.
+#[test]
+fn the_busline_program_serves_shm_rpc_bridge_clients() {
+    let Some(python) = seeds::python("the_busline_program_serves_shm_rpc_bridge_clients") else {
+        return;
+    };
+    let name = service("cli");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args(["serve", "--shm-rpc-bridge", &name])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let code = r#"
+import sys
+from shm_rpc_bridge import RPCClient
+client = RPCClient(sys.argv[1], wait_for_server=20)
+print(client.call("add", a=2, b=40), client.call("echo", x="y"))
+"#;
+    let out = seeds::run(&python, code, &[&name], LIMIT);
+    let stopped = std::process::Command::new("kill")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(server.wait().unwrap().success());
+    assert_eq!(out.trim(), "42 {'x': 'y'}");
+    assert!(
+        !SrbChannel::exists(&name),
+        "the objects outlived the server"
+    );
+}

@@ -187,24 +187,45 @@ pub(crate) struct BrokerArgs {
     hosts: Vec<String>,
 }
 
-/// `busline serve URL`: the demo service until Ctrl-C or SIGTERM.
+/// `busline serve [URL] [--shm-rpc-bridge NAME]`: the demo service until
+/// Ctrl-C or SIGTERM.
 pub(crate) async fn serve(
-    url: &str,
+    url: Option<&str>,
+    shm_rpc_bridge: Option<&str>,
     codec: &CodecArgs,
     auth: Arc<dyn Authenticator>,
 ) -> Result<()> {
-    let (addr, codec) = codec.resolve(url.parse()?)?;
-    let server = Server::builder(service::router(), codec)
-        .auth(auth)
-        .bind(&busline::any_transport(), &addr)
-        .await?;
-    eprintln!(
-        "busline: serving on {} (Ctrl-C to stop)",
-        server.local_addr()
-    );
+    let server = match url {
+        Some(url) => {
+            let (addr, codec) = codec.resolve(url.parse()?)?;
+            let server = Server::builder(service::router(), codec)
+                .auth(auth)
+                .bind(&busline::any_transport(), &addr)
+                .await?;
+            eprintln!("busline: serving on {}", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let srb = match shm_rpc_bridge {
+        Some(name) => {
+            let srb = busline::srb::SrbServer::builder(service::router())
+                .bind(name)
+                .await?;
+            eprintln!("busline: serving shm-rpc-bridge service {name}");
+            Some(srb)
+        }
+        None => None,
+    };
+    eprintln!("busline: Ctrl-C to stop");
     shutdown_signal().await;
     eprintln!("busline: shutting down");
-    server.shutdown().await;
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    if let Some(srb) = srb {
+        srb.shutdown().await;
+    }
     Ok(())
 }
 

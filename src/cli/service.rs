@@ -7,11 +7,23 @@ use busline::rpc::Router;
 use futures::{stream, StreamExt};
 use serde_json::Value;
 
+/// Two numbers, as `[a, b]` or as keyword arguments `{"a": …, "b": …}`
+/// (shm-rpc-bridge's clients send those).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Pair {
+    Listed(i64, i64),
+    Named { a: i64, b: i64 },
+}
+
 /// echo, add, sum, count (stream), sleep, fail and log (notification).
 pub(crate) fn router() -> Router {
     Router::new()
         .unary("echo", |v: Value| async move { Ok::<_, String>(v) })
-        .unary("add", |(a, b): (i64, i64)| async move {
+        .unary("add", |pair: Pair| async move {
+            let (a, b) = match pair {
+                Pair::Listed(a, b) | Pair::Named { a, b } => (a, b),
+            };
             a.checked_add(b)
                 .ok_or_else(|| format!("{a} + {b} overflows a 64-bit integer"))
         })
