@@ -879,3 +879,115 @@ async fn passwords_given_to_the_listener_and_password_changes() {
     listener.shutdown().await;
     broker.shutdown().await;
 }
+
+/// Found in review: a proof for one channel's challenge once got a
+/// registration on another channel acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_answers_only_its_own_channels_challenge() {
+    use hmac::{Hmac, Mac};
+    use rmpv::Value as V;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::UnixStream,
+    };
+
+    async fn send(sock: &mut UnixStream, entries: &[(&str, V)]) {
+        let map = V::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (V::from(*k), v.clone()))
+                .collect(),
+        );
+        let mut body = Vec::new();
+        rmpv::encode::write_value(&mut body, &map).unwrap();
+        let frame = [&(body.len() as u32).to_be_bytes()[..], &body].concat();
+        sock.write_all(&frame).await.unwrap();
+    }
+    async fn read(sock: &mut UnixStream) -> V {
+        let mut len = [0; 4];
+        sock.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        sock.read_exact(&mut body).await.unwrap();
+        rmpv::decode::read_value(&mut &body[..]).unwrap()
+    }
+    /// The next message of type `kind`, skipping others.
+    async fn next(sock: &mut UnixStream, kind: &str) -> V {
+        loop {
+            let msg = tokio::time::timeout(LIMIT, read(sock)).await.unwrap();
+            if msg["type"].as_str() == Some(kind) {
+                return msg;
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let inside = Address::memory(format!("comm-ipc-{}", dir.path().display()));
+    let broker = Broker::builder()
+        .listen(MemoryTransport::new(), inside.clone(), CborCodec::new())
+        .start()
+        .await
+        .unwrap();
+    let listener = CommIpcListener::builder()
+        .channel_password("payroll", "payroll-pw")
+        .bind(
+            &UnixTransport::new(),
+            &Address::unix(dir.path().join("comm.sock")),
+            in_process(inside.clone()),
+        )
+        .await
+        .unwrap();
+    let mut sock = UnixStream::connect(dir.path().join("comm.sock"))
+        .await
+        .unwrap();
+    send(
+        &mut sock,
+        &[("type", V::from("identify")), ("client_id", V::from("m"))],
+    )
+    .await;
+    next(&mut sock, "identified").await;
+    // A challenge for the protected channel...
+    let register = |channel: &str, rid: &str| {
+        vec![
+            ("type", V::from("register")),
+            ("channel", V::from(channel)),
+            ("request_id", V::from(rid)),
+        ]
+    };
+    send(&mut sock, &register("payroll", "r1")).await;
+    let payroll = next(&mut sock, "auth_challenge").await;
+    // ...answered with the password of a channel of its own.
+    send(
+        &mut sock,
+        &[
+            ("type", V::from("set_password")),
+            ("channel", V::from("mine")),
+            ("password", V::from("mine-pw")),
+            ("request_id", V::from("r2")),
+        ],
+    )
+    .await;
+    next(&mut sock, "response").await;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"mine-pw").unwrap();
+    mac.update(payroll["challenge"].as_str().unwrap().as_bytes());
+    let proof = hex::encode(mac.finalize().into_bytes());
+    let mut forged = register("mine", "r3");
+    forged.push(("proof", V::from(proof)));
+    forged.push(("challenge_id", payroll["challenge_id"].clone()));
+    send(&mut sock, &forged).await;
+    let answer = next(&mut sock, "response").await;
+    assert_eq!(answer["request_id"].as_str(), Some("r3"));
+    assert_eq!(
+        answer["error"].as_str(),
+        Some("Invalid or expired challenge"),
+        "{answer}"
+    );
+    // And payroll was neither joined nor made by it.
+    let rust = busline_client(&inside).await;
+    let missing = rust.open_existing("payroll", None).await.unwrap_err();
+    assert!(
+        matches!(missing, busline::Error::MethodNotFound(_)),
+        "{missing}"
+    );
+    listener.shutdown().await;
+    broker.shutdown().await;
+}

@@ -199,6 +199,9 @@ impl Session {
             let error = "a call needs a channel and an event".to_owned();
             return self.refuse(&msg, error).await;
         };
+        if let Err(err) = self.room_for_work() {
+            return self.refuse(&msg, text(err)).await;
+        }
         let (name, event) = (name.to_owned(), event.to_owned());
         // Calls do not create channels: one that does not exist has no
         // provider.
@@ -259,6 +262,9 @@ impl Session {
                 .refuse(&msg, "list_members needs a channel".into())
                 .await;
         };
+        if let Err(err) = self.room_for_work() {
+            return self.refuse(&msg, text(err)).await;
+        }
         let channel = self.join(&name, false).await;
         let (bus, out, shared) = (self.bus.clone(), self.out.clone(), self.shared.clone());
         self.tasks.spawn(async move {

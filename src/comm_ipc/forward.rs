@@ -67,18 +67,18 @@ impl Pending {
                 // A handler that answers once (no is_stream) ends the
                 // stream with that one item, as does the last chunk.
                 _ if msg.flag("is_stream") && msg.flag("is_final") => true,
+                // The queue's last place is kept for the error that ends
+                // an overrun stream, so that it is never lost.
+                _ if items.capacity() <= 1 => {
+                    let _ = items.try_send(Err(Error::Overloaded(format!(
+                        "the comm-ipc provider sent more than {STREAM_AHEAD} chunks \
+                         ahead of their reader"
+                    ))));
+                    true
+                }
                 _ => {
-                    let item = value_to_payload(msg.value("data"));
-                    let ended = !msg.flag("is_stream");
-                    if items.try_send(item).is_err() {
-                        let _ = items.try_send(Err(Error::Overloaded(format!(
-                            "the comm-ipc provider sent more than {STREAM_AHEAD} chunks \
-                             ahead of their reader"
-                        ))));
-                        true
-                    } else {
-                        ended
-                    }
+                    let _ = items.try_send(payload_of(&msg.value("data")));
+                    !msg.flag("is_stream")
                 }
             },
         };
@@ -108,10 +108,6 @@ impl Drop for Unregister {
     fn drop(&mut self) {
         self.pending.lock().remove(&self.id);
     }
-}
-
-fn value_to_payload(value: Value) -> Result<Payload> {
-    payload_of(&value)
 }
 
 /// An error value as text (comm-ipc sends `str(exception)`).
@@ -192,7 +188,8 @@ impl Forward {
             }
             CallKind::Stream => {
                 let id = request_id();
-                let (tx, rx) = mpsc::channel(STREAM_AHEAD);
+                // One more place than items allowed, for an overrun's error.
+                let (tx, rx) = mpsc::channel(STREAM_AHEAD + 1);
                 let registered = self.pending.insert(id.clone(), Waiting::Stream(tx));
                 let msg = self.message("call", Some(&id), data, true);
                 self.out.send(msg).await.map_err(|_| gone())?;

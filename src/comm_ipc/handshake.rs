@@ -13,6 +13,7 @@ use tokio_util::codec::Framed;
 use super::{
     forward::request_id,
     frame::{FrameCodec, Msg},
+    password::random_hex,
     Shared,
 };
 use crate::broker::BrokerClient;
@@ -37,7 +38,8 @@ pub(super) async fn handshake<I: Io>(
     };
     let mode = first.str("mode").unwrap_or("client").to_owned();
     if let Some(key) = &shared.secret_hash {
-        let challenge = request_id() + &request_id();
+        let challenge = random_hex().and_then(|a| Ok(a + &random_hex()?));
+        let challenge = challenge.map_err(|e| e.to_string())?;
         let ask = Msg::new([
             ("type", Value::from("conn_challenge")),
             ("challenge", Value::from(challenge.as_str())),

@@ -70,7 +70,7 @@ use std::{
     time::Duration,
 };
 
-use busline_core::{Address, Listener, MemoryTransport, Result, Transport, DEFAULT_MAX_FRAME_SIZE};
+use busline_core::{Address, Listener, MemoryTransport, Result, Transport};
 use futures::future::BoxFuture;
 use rmpv::Value;
 use sha2::{Digest, Sha256};
@@ -82,6 +82,12 @@ use crate::{broker::BrokerClient, rpc::Client, CborCodec};
 /// comm-ipc's idle timeout: a connection silent this long is dropped (its
 /// clients ping every 30 s).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest message taken by default: 4 MiB. A msgpack frame decodes to
+/// values many times its size (a frame of nils, 40 times), so the limit is
+/// lower than busline's own codecs'; comm-ipc's file transfers send 64 KiB
+/// chunks.
+pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
 
 /// Connections served at once by default; more wait to be accepted.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -128,7 +134,6 @@ impl Registry {
     fn forget(&mut self, client_id: &str) {
         self.modes.remove(client_id);
         self.subs.retain(|_, (owner, _)| owner != client_id);
-        self.passwords.retain(|_, p| p.set_by != client_id);
         self.events.retain(|_, meta| {
             meta.providers.retain(|p| p != client_id);
             !meta.providers.is_empty()
@@ -232,7 +237,7 @@ impl CommIpcBuilder {
             password::Password {
                 text: password.to_owned(),
                 key,
-                set_by: String::new(),
+                given: true,
             },
         );
         self
@@ -245,8 +250,8 @@ impl CommIpcBuilder {
         self
     }
 
-    /// Refuse messages larger than this (default 16 MiB; comm-ipc itself
-    /// sets none).
+    /// Refuse messages larger than this (default [`DEFAULT_MAX_FRAME`];
+    /// comm-ipc itself sets none).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
         self
@@ -339,7 +344,7 @@ impl CommIpcListener {
             server_id: "busline".into(),
             secret_hash: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_frame: DEFAULT_MAX_FRAME_SIZE,
+            max_frame: DEFAULT_MAX_FRAME,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             passwords: HashMap::new(),
         }

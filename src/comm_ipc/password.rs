@@ -17,7 +17,6 @@ use rmpv::Value;
 use sha2::Sha256;
 
 use super::{
-    forward::request_id,
     frame::Msg,
     session::Session,
     sign::{derive, verify, Key},
@@ -29,17 +28,35 @@ const CHALLENGE_LIFE: Duration = Duration::from_secs(60);
 /// Challenges one connection may have outstanding; more are refused.
 const MAX_CHALLENGES: usize = 64;
 
+/// Channel passwords one listener keeps; protecting more is refused.
+pub(super) const MAX_PASSWORDS: usize = 4096;
+
+/// 32 hex digits from the OS's random source, for challenges: a failing
+/// source fails the challenge rather than make a guessable one.
+pub(super) fn random_hex() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::transport(std::io::Error::other(format!(
+            "no randomness for a challenge: {e}"
+        )))
+    })?;
+    Ok(hex::encode(bytes))
+}
+
 /// A channel password this listener knows, as comm-ipc's server keeps it.
 pub(super) struct Password {
     pub(super) text: String,
     pub(super) key: Key,
-    /// The client that set it ("" for one the listener was given): the
-    /// password is forgotten when it leaves.
-    pub(super) set_by: String,
+    /// Given to the listener ([`CommIpcBuilder::channel_password`]): kept
+    /// when the channel closes, for when it is made again.
+    ///
+    /// [`CommIpcBuilder::channel_password`]: super::CommIpcBuilder::channel_password
+    pub(super) given: bool,
 }
 
 /// A challenge sent for a registration on a protected channel.
 pub(super) struct Challenge {
+    channel: String,
     challenge: String,
     registration: Msg,
     sent: Instant,
@@ -58,7 +75,7 @@ impl Session {
     /// `None` while a challenge is out. comm-ipc challenges every
     /// registration on a protected channel, and answers a proof with the
     /// registration that was challenged.
-    pub(super) fn authorize(&mut self, reg: Msg) -> Result<Option<Msg>> {
+    pub(super) async fn authorize(&mut self, reg: Msg) -> Result<Option<Msg>> {
         let channel = reg.required("channel")?.to_owned();
         let password = match self.shared.registry().passwords.get(&channel) {
             Some(password) => (password.text.clone(), password.key),
@@ -66,11 +83,12 @@ impl Session {
         };
         let (text, key) = password;
         let Some(proof) = reg.str("proof") else {
-            self.challenge(&channel, reg)?;
+            self.challenge(&channel, reg).await?;
             return Ok(None);
         };
         let id = reg.str("challenge_id").unwrap_or_default();
-        let Some(challenge) = self.challenges.remove(id) else {
+        // A challenge answers for the channel it was sent for, no other.
+        let Some(challenge) = self.challenges.remove(id).filter(|c| c.channel == channel) else {
             return Err(Error::Protocol("Invalid or expired challenge".into()));
         };
         if challenge.sent.elapsed() > CHALLENGE_LIFE {
@@ -87,7 +105,7 @@ impl Session {
     }
 
     /// Send an `auth_challenge` for `reg`.
-    fn challenge(&mut self, channel: &str, reg: Msg) -> Result<()> {
+    async fn challenge(&mut self, channel: &str, reg: Msg) -> Result<()> {
         self.challenges
             .retain(|_, c| c.sent.elapsed() <= CHALLENGE_LIFE);
         if self.challenges.len() >= MAX_CHALLENGES {
@@ -96,8 +114,8 @@ impl Session {
             )));
         }
         // 32 letters and digits, as comm-ipc's; hex is both.
-        let challenge = request_id();
-        let id = request_id();
+        let challenge = random_hex()?;
+        let id = random_hex()?;
         let ask = Msg::new([
             ("type", Value::from("auth_challenge")),
             ("channel", Value::from(channel)),
@@ -108,16 +126,13 @@ impl Session {
         self.challenges.insert(
             id,
             Challenge {
+                channel: channel.to_owned(),
                 challenge,
                 registration: reg,
                 sent: Instant::now(),
             },
         );
-        // Queued, not awaited: the caller is mid-message.
-        let out = self.out.clone();
-        self.tasks.spawn(async move {
-            let _ = out.send(ask).await;
-        });
+        self.send(ask).await;
         Ok(())
     }
 
@@ -129,14 +144,20 @@ impl Session {
         registry.passwords.get(channel).map(|p| p.text.clone())
     }
 
-    /// On a protected channel, a message from this client must carry its
-    /// comm-ipc signature.
+    /// On a protected channel, a call, send or broadcast from this client
+    /// must carry its comm-ipc signature (comm-ipc's clients sign those,
+    /// and nothing else).
     pub(super) fn check_signature(&self, channel: &str, msg: &Msg) -> Result<()> {
-        match self.keys.get(channel) {
-            Some(key) if !verify(key, msg) => Err(Error::Protocol(format!(
+        let signed = match self.keys.get(channel) {
+            Some(key) => verify(key, msg),
+            None => !self.shared.registry().passwords.contains_key(channel),
+        };
+        if signed {
+            Ok(())
+        } else {
+            Err(Error::Protocol(format!(
                 "Invalid signature for channel {channel}"
-            ))),
-            _ => Ok(()),
+            )))
         }
     }
 
@@ -163,8 +184,7 @@ impl Session {
                 }
                 other => other,
             })?;
-        self.changed_passwords.insert(name.clone());
-        self.remember_password(name.clone(), text.zip(key));
+        self.remember_password(name.clone(), text.zip(key))?;
         // What this client serves and hears there now takes the new keys.
         let provided: Vec<String> = self
             .shared
@@ -185,30 +205,45 @@ impl Session {
         Ok(())
     }
 
-    /// Keep (or forget) the password this client set on `name`.
-    fn remember_password(&mut self, name: String, password: Option<(String, Key)>) {
+    /// Keep (or forget) the password this client set on `name`. It is kept
+    /// while the channel lives, after its owner leaves too (a channel's
+    /// next owner keeps its password), up to [`MAX_PASSWORDS`] channels.
+    fn remember_password(&mut self, name: String, password: Option<(String, Key)>) -> Result<()> {
         let mut registry = self.shared.registry();
         match password {
             Some((text, key)) => {
+                let known = registry.passwords.contains_key(&name);
+                if !known && registry.passwords.len() >= MAX_PASSWORDS {
+                    return Err(Error::Overloaded(format!(
+                        "the comm-ipc listener keeps the passwords of {MAX_PASSWORDS} channels, \
+                         and has as many"
+                    )));
+                }
                 self.keys.insert(name.clone(), key);
-                let set_by = self.client_id.clone();
+                let given = false;
                 registry
                     .passwords
-                    .insert(name, Password { text, key, set_by });
+                    .insert(name, Password { text, key, given });
             }
             None => {
                 self.keys.remove(&name);
                 registry.passwords.remove(&name);
             }
         }
+        Ok(())
+    }
+
+    /// The channel closed: so is the password its owner set forgotten.
+    pub(super) fn forget_password(&self, channel: &str) {
+        let mut registry = self.shared.registry();
+        if registry.passwords.get(channel).is_some_and(|p| !p.given) {
+            registry.passwords.remove(channel);
+        }
     }
 
     /// Another member changed the channel's password: as comm-ipc's server
     /// does, this client is told to reconnect and leaves the channel.
     pub(super) async fn on_password_changed(&mut self, name: &str) {
-        if self.changed_passwords.contains(name) {
-            return;
-        }
         let Some(channel) = self.channels.remove(name) else {
             return;
         };

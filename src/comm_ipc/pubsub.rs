@@ -164,6 +164,7 @@ impl Session {
         if self.topics.hearing.contains_key(channel) {
             return Ok(());
         }
+        self.room_for_work()?;
         let joined = self.join(channel, true).await?;
         let subscription = joined.subscribe(&format!("{BROADCAST}>")).await?;
         let (me, server, name) = (
@@ -262,6 +263,7 @@ impl Session {
     pub(super) async fn subscribe(&mut self, msg: &Msg) -> Result<()> {
         let key = names(msg)?;
         if !self.topics.subscribed.contains_key(&key) {
+            self.room_for_work()?;
             self.relay_subscription(key).await?;
         }
         self.succeeded(msg).await;

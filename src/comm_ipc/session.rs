@@ -1,10 +1,7 @@
 //! One comm-ipc client's connection: its handshake, then each message it
 //! sends acted on through a broker client of its own.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use busline_core::{Error, Io, Result};
 use futures::{SinkExt, StreamExt};
@@ -22,6 +19,10 @@ use super::{
     Shared,
 };
 use crate::broker::{BrokerClient, Channel, ChannelEvent};
+
+/// Calls, subscriptions and broadcast listeners one connection may have
+/// running at once.
+pub(super) const MAX_TASKS: usize = 1024;
 
 /// Messages queued for one client's socket; producers wait beyond it, so
 /// a client that does not read slows its own streams, nobody else's.
@@ -49,7 +50,6 @@ pub(super) async fn serve<I: Io>(shared: Arc<Shared>, io: I) {
         channels: HashMap::new(),
         keys: HashMap::new(),
         challenges: HashMap::new(),
-        changed_passwords: HashSet::new(),
         pending: Pending::default(),
         tasks: JoinSet::new(),
         topics: Topics::default(),
@@ -84,20 +84,22 @@ async fn write_all<S>(mut sink: S, mut queued: mpsc::Receiver<Msg>)
 where
     S: futures::Sink<Msg, Error = Error> + Unpin,
 {
-    while let Some(mut msg) = queued.recv().await {
-        loop {
-            if let Err(err) = sink.feed(msg.clone()).await {
-                let Error::FrameTooLarge { .. } = err else {
-                    return;
-                };
-                let Some(id) = msg.get("request_id").filter(|id| !id.is_nil()) else {
-                    tracing::warn!(error = %err, "dropped a comm-ipc message too large to send");
-                    break;
-                };
-                msg = response(id.clone(), Err(err.to_string()));
-                continue;
-            }
-            break;
+    while let Some(msg) = queued.recv().await {
+        let id = msg.get("request_id").filter(|id| !id.is_nil()).cloned();
+        match sink.feed(msg).await {
+            Ok(()) => {}
+            Err(err @ Error::FrameTooLarge { .. }) => match id {
+                // Its caller learns why instead of waiting on.
+                Some(id) => {
+                    if sink.feed(response(id, Err(err.to_string()))).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    tracing::warn!(error = %err, "dropped a comm-ipc message too large to send")
+                }
+            },
+            Err(_) => return,
         }
         if queued.is_empty() && sink.flush().await.is_err() {
             return;
@@ -135,8 +137,6 @@ pub(super) struct Session {
     pub(super) keys: HashMap<String, Key>,
     /// Its challenges outstanding, by challenge id.
     pub(super) challenges: HashMap<String, Challenge>,
-    /// Channels whose password it set (their news of it is its own).
-    pub(super) changed_passwords: HashSet<String>,
     /// Calls to events this client provides, awaiting its answers.
     pub(super) pending: Pending,
     /// Calls this client made, running.
@@ -184,7 +184,7 @@ impl Session {
                     _ => msg.clone(),
                 };
                 // A refusal answers the request id the registration had.
-                let done = match self.authorize(reg.clone()) {
+                let done = match self.authorize(reg.clone()).await {
                     Ok(Some(authorized)) => self.register(&authorized).await,
                     Ok(None) => Ok(()),
                     Err(err) => Err(err),
@@ -223,6 +223,17 @@ impl Session {
         }
     }
 
+    /// Refuse more work than [`MAX_TASKS`] at once on one connection: a
+    /// client that calls without waiting for answers is held to it.
+    pub(super) fn room_for_work(&self) -> Result<()> {
+        if self.tasks.len() >= MAX_TASKS {
+            return Err(Error::Overloaded(format!(
+                "{MAX_TASKS} calls and subscriptions already in progress on this connection"
+            )));
+        }
+        Ok(())
+    }
+
     /// The channel, joined (and created, if `create`) on first use.
     pub(super) async fn join(&mut self, name: &str, create: bool) -> Result<Channel> {
         if let Some(channel) = self.channels.get(name) {
@@ -242,6 +253,7 @@ impl Session {
     async fn on_event(&mut self, event: ChannelEvent) {
         match event {
             ChannelEvent::Closed { channel, reason } => {
+                self.forget_password(&channel);
                 self.channels.remove(&channel);
                 self.topics.close_channel(&channel);
                 self.send(Msg::error(format!(
