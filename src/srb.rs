@@ -89,15 +89,17 @@ impl SrbServerBuilder {
         let runtime = Handle::current();
         let (buffer_size, timeout) = (self.buffer_size, self.timeout);
         let owned = name.to_owned();
-        let channel = tokio::task::spawn_blocking(move || create(&owned, buffer_size))
+        let channel = tokio::task::spawn_blocking(move || create(&owned, buffer_size, timeout))
             .await
             .map_err(|e| Error::Protocol(format!("creating the service panicked: {e}")))??;
         let stop = Arc::new(AtomicBool::new(false));
+        let removed = Arc::new(AtomicBool::new(false));
         let serving = Serving {
             channel,
             router: self.router,
             timeout,
             stop: stop.clone(),
+            removed: removed.clone(),
             runtime,
         };
         let thread = std::thread::Builder::new()
@@ -106,6 +108,7 @@ impl SrbServerBuilder {
         Ok(SrbServer {
             name: name.to_owned(),
             stop,
+            removed,
             thread: Some(thread),
         })
     }
@@ -122,6 +125,9 @@ impl SrbServerBuilder {
 pub struct SrbServer {
     name: String,
     stop: Arc<AtomicBool>,
+    /// Set when a drop removed the objects' names: the serving thread then
+    /// leaves them alone (they may be a new server's by the time it ends).
+    removed: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -152,7 +158,8 @@ impl SrbServer {
 impl Drop for SrbServer {
     fn drop(&mut self) {
         if self.thread.is_some() {
-            self.stop.store(true, Ordering::Relaxed);
+            self.removed.store(true, Ordering::SeqCst);
+            self.stop.store(true, Ordering::SeqCst);
             // The process may end before the thread does: nothing may be
             // left in /dev/shm.
             SrbChannel::remove(&self.name);
@@ -161,16 +168,27 @@ impl Drop for SrbServer {
 }
 
 /// Make the service's objects, taking over those a dead server left.
-fn create(name: &str, buffer_size: usize) -> Result<SrbChannel> {
+fn create(name: &str, buffer_size: usize, timeout: Duration) -> Result<SrbChannel> {
     if SrbChannel::exists(name) {
-        if answers(name, buffer_size) {
-            return Err(Error::Transport(
-                std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("a server already serves shm-rpc-bridge service {name:?}"),
-                )
-                .into(),
-            ));
+        let refused = |why: String| {
+            Error::Transport(std::io::Error::new(std::io::ErrorKind::AddrInUse, why).into())
+        };
+        match SrbChannel::open(name, buffer_size) {
+            // Some of them only: a server died making or removing them.
+            Err(Error::Transport(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(other) => {
+                return Err(refused(format!(
+                    "shm-rpc-bridge service {name:?} exists and cannot be checked ({other}); \
+                     remove its objects (busline_srb::SrbChannel::remove) if no server uses them"
+                )))
+            }
+            Ok(mut channel) => {
+                if answers(&mut channel, timeout) {
+                    return Err(refused(format!(
+                        "a server already serves shm-rpc-bridge service {name:?}"
+                    )));
+                }
+            }
         }
         tracing::warn!(service = name, "removing the objects a dead server left");
         SrbChannel::remove(name);
@@ -178,14 +196,11 @@ fn create(name: &str, buffer_size: usize) -> Result<SrbChannel> {
     SrbChannel::create(name, buffer_size)
 }
 
-/// Whether a server answers `__running__` on service `name` within a second.
-fn answers(name: &str, buffer_size: usize) -> bool {
-    let Ok(channel) = SrbChannel::open(name, buffer_size) else {
-        return false;
-    };
+/// Whether a server answers `__running__` on `channel` within `timeout`
+/// (its clients' timeout: a live server answers within it, even busy).
+fn answers(channel: &mut SrbChannel, timeout: Duration) -> bool {
     let probe = br#"{"request_id":"busline-probe","method":"__running__","params":{}}"#;
-    let wait = Duration::from_secs(1);
-    channel.send_request(probe, wait).is_ok() && channel.receive_response(wait).is_ok()
+    channel.send_request(probe, timeout).is_ok() && channel.receive_response(timeout).is_ok()
 }
 
 /// The serving thread's state.
@@ -194,11 +209,19 @@ struct Serving {
     router: Router,
     timeout: Duration,
     stop: Arc<AtomicBool>,
+    removed: Arc<AtomicBool>,
     runtime: Handle,
 }
 
 impl Serving {
-    fn run(self) {
+    fn run(mut self) {
+        self.serve();
+        if self.removed.load(Ordering::SeqCst) {
+            self.channel.disown();
+        }
+    }
+
+    fn serve(&mut self) {
         let mut slot_taken_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let answer = match self.channel.receive_request(POLL) {
@@ -227,7 +250,7 @@ impl Serving {
 
     /// A client killed between taking the request slot and filling it
     /// would block every later one: free a slot held that long.
-    fn watch_request_slot(&self, since: &mut Option<Instant>) {
+    fn watch_request_slot(&mut self, since: &mut Option<Instant>) {
         match self.channel.request_slot_taken() {
             Ok(true) => {
                 let since = since.get_or_insert_with(Instant::now);
@@ -333,10 +356,7 @@ fn python_error(method: &str, err: Error) -> String {
         Error::Timeout(_) => format!("RPCTimeoutError: {err}"),
         Error::Unauthorized(_) => format!("PermissionError: {err}"),
         Error::HandlerFailed { message, kind } => {
-            // A Rust type path, generics and all: its last segment names it.
-            let base = kind.split('<').next().unwrap_or(&kind);
-            let name = base.rsplit("::").next().unwrap_or(base);
-            format!("{name}: {message}")
+            format!("{}: {message}", busline_core::short_type_name(&kind))
         }
         other => format!("RPCError: {other}"),
     }

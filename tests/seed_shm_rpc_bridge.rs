@@ -163,7 +163,12 @@ async fn a_live_servers_service_is_refused_and_a_dead_ones_taken_over() {
     // A server killed before it could clean up: its objects are taken over.
     let name = service("dead");
     std::mem::forget(SrbChannel::create(&name, SrbChannel::DEFAULT_BUFFER_SIZE).unwrap());
-    let server = SrbServer::builder(router()).bind(&name).await.unwrap();
+    // Nobody answers the probe within the (shortened) timeout.
+    let server = SrbServer::builder(router())
+        .timeout(Duration::from_millis(500))
+        .bind(&name)
+        .await
+        .unwrap();
     let arg = name.clone();
     let code = r#"
 import sys
@@ -189,9 +194,9 @@ async fn bad_requests_are_answered_and_the_service_carries_on() {
     let server = SrbServer::builder(router()).bind(&name).await.unwrap();
     let arg = name.clone();
     let answers = tokio::task::spawn_blocking(move || {
-        let client = SrbChannel::open(&arg, SrbChannel::DEFAULT_BUFFER_SIZE).unwrap();
+        let mut client = SrbChannel::open(&arg, SrbChannel::DEFAULT_BUFFER_SIZE).unwrap();
         let wait = Duration::from_secs(10);
-        let call = |request: &[u8]| -> Value {
+        let mut call = |request: &[u8]| -> Value {
             client.send_request(request, wait).unwrap();
             serde_json::from_slice(&client.receive_response(wait).unwrap()).unwrap()
         };
@@ -254,4 +259,37 @@ print(client.call("add", a=2, b=40), client.call("echo", x="y"))
         !SrbChannel::exists(&name),
         "the objects outlived the server"
     );
+}
+
+/// Found in review: a dropped server's thread, ending after a new server
+/// of the same name started, once removed the new one's objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_server_leaves_its_successors_objects_alone() {
+    let name = service("successor");
+    let slow = Router::new().unary("slow", |_: Value| async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Ok::<_, String>(())
+    });
+    let first = SrbServer::builder(slow).bind(&name).await.unwrap();
+    // Keep its thread busy past the second server's start.
+    let mut client = SrbChannel::open(&name, SrbChannel::DEFAULT_BUFFER_SIZE).unwrap();
+    let request = br#"{"request_id":"1","method":"slow","params":{}}"#;
+    client
+        .send_request(request, Duration::from_secs(5))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(first);
+    assert!(
+        !SrbChannel::exists(&name),
+        "dropping removes the names at once"
+    );
+    let second = SrbServer::builder(router()).bind(&name).await.unwrap();
+    // The first server's handler is done by now, and its thread ended.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        SrbChannel::exists(&name),
+        "the first server removed the second's objects"
+    );
+    second.shutdown().await;
+    assert!(!SrbChannel::exists(&name));
 }

@@ -233,6 +233,19 @@ impl ErrorCode {
     }
 }
 
+/// The name of a handler's error type (an [`Error::HandlerFailed`]'s
+/// `kind`, a Rust type path) without its path or generics, as protocols
+/// that name errors by class want it.
+///
+/// ```
+/// assert_eq!(busline_core::short_type_name("app::errors::NotReady<u8>"), "NotReady");
+/// assert_eq!(busline_core::short_type_name("String"), "String");
+/// ```
+pub fn short_type_name(kind: &str) -> &str {
+    let base = kind.split('<').next().unwrap_or(kind);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
 /// An error as it crosses the wire: a category, a message, and an optional
 /// machine-readable detail (the handler's error type, a size, a duration).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,7 +40,7 @@ pub use auth::{
     DEFAULT_HANDSHAKE_TIMEOUT,
 };
 pub use codec::{Codec, Splices, DEFAULT_MAX_FRAME_SIZE};
-pub use error::{Error, ErrorCode, RemoteError, Result};
+pub use error::{short_type_name, Error, ErrorCode, RemoteError, Result};
 pub use memory::{MemoryListener, MemoryTransport};
 pub use message::{Message, PROTOCOL_VERSION};
 pub use payload::{Encoding, Payload};

@@ -51,8 +51,10 @@ impl AuthArgs {
         let Some(path) = &self.secret_file else {
             return Ok(None);
         };
+        let bytes = SharedSecret::read_file(path)?;
+        // The same checks, and errors, as for busline's own handshake.
         SharedSecret::from_file(path)?;
-        SharedSecret::read_file(path).map(Some)
+        Ok(Some(bytes))
     }
 
     /// Whether only some peers are let in by their credentials

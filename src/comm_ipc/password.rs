@@ -5,9 +5,10 @@
 //! does the same, as comm-ipc's server would, and protects the busline
 //! channel with it too, so busline members join with the same password.
 //! Messages are signed end to end on each leg: comm-ipc's signatures
-//! between its clients and this listener (checked on arrival, made on
-//! everything delivered, stream chunks and publications included, which
-//! comm-ipc itself leaves unsigned), busline's across the broker.
+//! between its clients and this listener (checked on the calls, sends and
+//! broadcasts they sign, made on everything delivered to them, stream
+//! chunks and publications included, which comm-ipc itself leaves
+//! unsigned), busline's across the broker.
 
 use std::time::{Duration, Instant};
 

@@ -27,6 +27,7 @@ pub use client::{
     Call, Client, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED_NOTIFICATIONS, DEFAULT_STREAM_WINDOW,
 };
 pub use connect::ClientBuilder;
+#[cfg(all(feature = "srb", target_os = "linux"))]
 pub(crate) use driver::guarded;
 pub(crate) use handler::{StreamFn, UnaryFn};
 pub use router::{CallKind, PayloadStream, Reply, Request, Router};

@@ -34,7 +34,7 @@
 mod plain;
 mod wire;
 
-pub use plain::{PlainJsonLineCodec, DEFAULT_METHOD};
+pub use plain::{PlainJsonLineCodec, DEFAULT_METHOD, MAX_HELD, MAX_HELD_BYTES};
 
 use busline_core::{Codec, Encoding, Error, Message, DEFAULT_MAX_FRAME_SIZE};
 use bytes::{BufMut, BytesMut};

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use busline_core::{
-    Codec, Encoding, Error, ErrorCode, Message, Payload, RemoteError, DEFAULT_MAX_FRAME_SIZE,
+    short_type_name, Codec, Encoding, Error, ErrorCode, Message, Payload, RemoteError,
+    DEFAULT_MAX_FRAME_SIZE,
 };
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
@@ -27,7 +28,13 @@ pub const DEFAULT_METHOD: &str = "request";
 ///   error category (`MethodNotFound`, `Timeout`, …), as codechu-ipc writes
 ///   the Python exception's class name.
 /// - Answers leave in the order the lines came, whatever order the handlers
-///   finish in, since the lines carry no ids to match them by.
+///   finish in, since the lines carry no ids to match them by. A client
+///   that keeps sending while an early line is slow is disconnected once
+///   [`MAX_HELD`] answers (or [`MAX_HELD_BYTES`]) wait behind it.
+/// - A last line without its newline is taken if it is whole JSON (`printf`
+///   and `socat` leave it off).
+/// - No heartbeat: plain clients cannot answer busline's probes, so a
+///   server with [`heartbeat`](https://docs.rs/busline) set drops them.
 /// - Calls already read run to the end when the client closes its side:
 ///   codechu-ipc's `notify` writes one line and hangs up.
 ///
@@ -66,10 +73,18 @@ pub struct PlainJsonLineCodec {
     /// Id of the next answer to write.
     next_out: u64,
     /// Answers that finished before an earlier line's: id → the line to
-    /// write (empty for none). As many as calls run at once on the
-    /// connection, which the server bounds.
+    /// write (empty for none), and their bytes.
     held: BTreeMap<u64, Vec<u8>>,
+    held_bytes: usize,
 }
+
+/// Answers held behind a slower earlier line past which the client is
+/// disconnected.
+pub const MAX_HELD: usize = 4096;
+
+/// Bytes of answers held behind a slower earlier line past which the
+/// client is disconnected.
+pub const MAX_HELD_BYTES: usize = 64 << 20;
 
 impl PlainJsonLineCodec {
     /// A codec with the default 16 MiB line limit, calling
@@ -87,6 +102,7 @@ impl PlainJsonLineCodec {
             next_in: 1,
             next_out: 1,
             held: BTreeMap::new(),
+            held_bytes: 0,
         }
     }
 
@@ -120,6 +136,15 @@ impl PlainJsonLineCodec {
             if trimmed.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
+            if self.held.len() >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES {
+                return Err(Error::Overloaded(format!(
+                    "{} answers ({} bytes) wait behind line {}, which is still being \
+                     served; the client sends faster than that line is answered",
+                    self.held.len(),
+                    self.held_bytes,
+                    self.next_out
+                )));
+            }
             let id = self.next_in;
             self.next_in += 1;
             if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed) {
@@ -149,12 +174,14 @@ impl PlainJsonLineCodec {
             )));
         }
         if id != self.next_out {
+            self.held_bytes += line.len();
             self.held.insert(id, line);
             return Ok(());
         }
         dst.extend_from_slice(&line);
         self.next_out += 1;
         while let Some(line) = self.held.remove(&self.next_out) {
+            self.held_bytes -= line.len();
             dst.extend_from_slice(&line);
             self.next_out += 1;
         }
@@ -201,11 +228,7 @@ impl PlainJsonLineCodec {
 /// `{"error": message, "type": name}`, as codechu-ipc answers a failure.
 fn error_line(error: &RemoteError) -> Vec<u8> {
     let kind = match (&error.code, &error.detail) {
-        (ErrorCode::HandlerFailed, Some(kind)) => {
-            // A Rust type path, generics and all: its last segment names it.
-            let base = kind.split('<').next().unwrap_or(kind);
-            base.rsplit("::").next().unwrap_or(base).to_owned()
-        }
+        (ErrorCode::HandlerFailed, Some(kind)) => short_type_name(kind).to_owned(),
         (code, _) => code_name(*code),
     };
     let mut line = serde_json::json!({ "error": error.message, "type": kind }).to_string();
@@ -287,8 +310,12 @@ impl Decoder for PlainJsonLineCodec {
                 src.clear();
                 Ok(None)
             }
-            // Half a line: its sender died mid-write (codechu-ipc always
-            // ends a line).
+            // A last line left without its newline, but whole.
+            None if serde_json::from_slice::<serde::de::IgnoredAny>(src).is_ok() => {
+                src.extend_from_slice(b"\n");
+                self.decode_line(src)
+            }
+            // Half a line: its sender died mid-write.
             None => Err(Error::Protocol(format!(
                 "connection closed inside a line ({} bytes without a newline)",
                 src.len()
@@ -473,6 +500,32 @@ mod tests {
         let mut half = BytesMut::from(&b"{\"a\":"[..]);
         assert_eq!(codec.decode(&mut half).unwrap(), None);
         assert!(codec.decode_eof(&mut half).is_err());
+        // Whole, only without its newline: taken.
+        let mut last = BytesMut::from(&b"{\"a\":1}"[..]);
+        assert_eq!(codec.decode(&mut last).unwrap(), None);
+        assert!(matches!(
+            codec.decode_eof(&mut last),
+            Ok(Some(Message::Request { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_client_racing_ahead_of_a_slow_line_is_cut_off() {
+        let mut codec = PlainJsonLineCodec::new();
+        let lines = "1\n".repeat(MAX_HELD + 2);
+        let mut buf = BytesMut::from(lines.as_bytes());
+        let mut out = BytesMut::new();
+        // Line 1 is slow; every later one is answered at once.
+        for _ in 0..=MAX_HELD {
+            let Some(Message::Request { id, .. }) = codec.decode(&mut buf).unwrap() else {
+                panic!("a call")
+            };
+            if id > 1 {
+                codec.encode(reply(id, "1"), &mut out).unwrap();
+            }
+        }
+        assert!(out.is_empty());
+        assert!(matches!(codec.decode(&mut buf), Err(Error::Overloaded(_))));
     }
 
     proptest! {

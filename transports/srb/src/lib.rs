@@ -3,7 +3,8 @@
 //! `RPCClient` and `RPCServer` talk, so either side can be busline.
 //!
 //! A service `NAME` is six kernel objects, exactly as shm-rpc-bridge 0.2
-//! makes them (its POSIX transport, the one it uses):
+//! makes them with its POSIX transport (the one its published package
+//! runs; its futex transport needs a module the package does not ship):
 //!
 //! - `/dev/shm/srb_NAME_req` and `/dev/shm/srb_NAME_resp`: one buffer each
 //!   way, `buffer_size` bytes (4096 by default), mode `0600`; a message is
@@ -22,8 +23,8 @@
 //! use busline_srb::SrbChannel;
 //!
 //! let name = format!("doc-{}", std::process::id());
-//! let server = SrbChannel::create(&name, SrbChannel::DEFAULT_BUFFER_SIZE)?;
-//! let client = SrbChannel::open(&name, SrbChannel::DEFAULT_BUFFER_SIZE)?;
+//! let mut server = SrbChannel::create(&name, SrbChannel::DEFAULT_BUFFER_SIZE)?;
+//! let mut client = SrbChannel::open(&name, SrbChannel::DEFAULT_BUFFER_SIZE)?;
 //! client.send_request(b"{}", Duration::from_secs(5))?;
 //! let request = server.receive_request(Duration::from_secs(5))?;
 //! assert_eq!(request.as_deref(), Some(&b"{}"[..]));
@@ -134,11 +135,21 @@ impl Slot {
         };
         // The slot is free again either way: a bad message must not wedge it.
         self.empty.post()?;
+        // A slot freed for a writer that was only slow, not dead
+        // ([`SrbChannel::free_request_slot`]), is counted twice once that
+        // writer is read: back to one, or two writers could write at once.
+        while self.empty.value()? > 1 {
+            self.empty.try_wait()?;
+        }
         message
     }
 }
 
 /// The shared memory and semaphores of one shm-rpc-bridge service.
+///
+/// Its methods take `&mut self`: one thread of a process sends and
+/// receives on a channel at a time, so no two in it ever copy into the
+/// same bytes.
 ///
 /// Contract (as shm-rpc-bridge's own transport keeps it):
 /// - one message in each direction at a time: a sender waits (up to its
@@ -240,6 +251,12 @@ impl SrbChannel {
         })
     }
 
+    /// Stop owning the objects: dropping this no longer removes them (their
+    /// names were removed already, and may now be another server's).
+    pub fn disown(&mut self) {
+        self.owner = false;
+    }
+
     /// The service name.
     pub fn name(&self) -> &str {
         &self.name
@@ -252,12 +269,12 @@ impl SrbChannel {
     }
 
     /// Client side: send a request, waiting up to `timeout` for the slot.
-    pub fn send_request(&self, data: &[u8], timeout: Duration) -> Result<()> {
+    pub fn send_request(&mut self, data: &[u8], timeout: Duration) -> Result<()> {
         self.request.send(data, timeout)
     }
 
     /// Client side: the response, waiting up to `timeout` for it.
-    pub fn receive_response(&self, timeout: Duration) -> Result<Vec<u8>> {
+    pub fn receive_response(&mut self, timeout: Duration) -> Result<Vec<u8>> {
         self.response
             .receive(timeout)?
             .ok_or(Error::Timeout(timeout))
@@ -265,7 +282,7 @@ impl SrbChannel {
 
     /// Server side: the next request, or `None` if none came within
     /// `timeout` (a server polls, so that it can stop).
-    pub fn receive_request(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
+    pub fn receive_request(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
         self.request.receive(timeout)
     }
 
@@ -275,7 +292,7 @@ impl SrbChannel {
     /// client gave up on it (or died): it is dropped and this one takes
     /// its place, since otherwise the one response slot stays blocked and
     /// every later client times out.
-    pub fn send_response(&self, data: &[u8], timeout: Duration) -> Result<()> {
+    pub fn send_response(&mut self, data: &[u8], timeout: Duration) -> Result<()> {
         let slot = &self.response;
         slot.check_fits(data)?;
         if slot.empty.wait(timeout)? {
@@ -303,7 +320,7 @@ impl SrbChannel {
     /// Server side: give the request slot back, after
     /// [`SrbChannel::request_slot_taken`] said it was held for longer than
     /// any writer needs (a copy of at most `buffer_size` bytes).
-    pub fn free_request_slot(&self) -> Result<()> {
+    pub fn free_request_slot(&mut self) -> Result<()> {
         tracing::warn!(
             service = %self.name,
             "freeing the request slot a client took and never filled"
@@ -383,8 +400,8 @@ mod tests {
     #[test]
     fn a_request_and_its_response_cross() {
         let name = unique();
-        let server = SrbChannel::create(&name, 64).unwrap();
-        let client = SrbChannel::open(&name, 64).unwrap();
+        let mut server = SrbChannel::create(&name, 64).unwrap();
+        let mut client = SrbChannel::open(&name, 64).unwrap();
         let serving = thread::spawn(move || {
             let request = server.receive_request(WAIT).unwrap().unwrap();
             server
@@ -394,7 +411,7 @@ mod tests {
         });
         client.send_request(b"hello", WAIT).unwrap();
         assert_eq!(client.receive_response(WAIT).unwrap(), b"hello!");
-        let server = serving.join().unwrap();
+        let mut server = serving.join().unwrap();
         assert_eq!(
             server.receive_request(Duration::from_millis(10)).unwrap(),
             None
@@ -411,7 +428,7 @@ mod tests {
     #[test]
     fn limits_and_names_are_typed_errors() {
         let name = unique();
-        let server = SrbChannel::create(&name, 16).unwrap();
+        let mut server = SrbChannel::create(&name, 16).unwrap();
         assert_eq!(server.max_message(), 12);
         assert!(matches!(
             server.send_response(&[0; 13], WAIT),
@@ -453,7 +470,7 @@ mod tests {
     #[test]
     fn a_bad_length_costs_one_message_not_the_slot() {
         let name = unique();
-        let server = SrbChannel::create(&name, 16).unwrap();
+        let mut server = SrbChannel::create(&name, 16).unwrap();
         // A writer that claims more than the buffer holds.
         assert!(server.request.empty.wait(WAIT).unwrap());
         server.request.buffer.write(0, &1000u32.to_ne_bytes());
@@ -462,7 +479,7 @@ mod tests {
             server.receive_request(WAIT),
             Err(Error::Protocol(_))
         ));
-        let client = SrbChannel::open(&name, 16).unwrap();
+        let mut client = SrbChannel::open(&name, 16).unwrap();
         client.send_request(b"next", WAIT).unwrap();
         assert_eq!(
             server.receive_request(WAIT).unwrap().as_deref(),
@@ -473,8 +490,8 @@ mod tests {
     #[test]
     fn an_unread_response_gives_way_to_the_next() {
         let name = unique();
-        let server = SrbChannel::create(&name, 64).unwrap();
-        let client = SrbChannel::open(&name, 64).unwrap();
+        let mut server = SrbChannel::create(&name, 64).unwrap();
+        let mut client = SrbChannel::open(&name, 64).unwrap();
         let short = Duration::from_millis(20);
         server.send_response(b"never read", short).unwrap();
         server.send_response(b"second", short).unwrap();
@@ -488,8 +505,8 @@ mod tests {
     #[test]
     fn a_request_slot_taken_and_never_filled_can_be_freed() {
         let name = unique();
-        let server = SrbChannel::create(&name, 64).unwrap();
-        let client = SrbChannel::open(&name, 64).unwrap();
+        let mut server = SrbChannel::create(&name, 64).unwrap();
+        let mut client = SrbChannel::open(&name, 64).unwrap();
         assert!(!server.request_slot_taken().unwrap());
         // A client that died between taking the slot and filling it.
         assert!(client.request.empty.wait(WAIT).unwrap());
@@ -501,6 +518,18 @@ mod tests {
         server.free_request_slot().unwrap();
         client.send_request(b"x", WAIT).unwrap();
         assert!(!server.request_slot_taken().unwrap());
+        assert_eq!(
+            server.receive_request(WAIT).unwrap().as_deref(),
+            Some(&b"x"[..])
+        );
+        // The writer was only slow: its request still comes, and the slot
+        // counts one writer again, not two.
+        client.request.fill(b"late").unwrap();
+        assert_eq!(
+            server.receive_request(WAIT).unwrap().as_deref(),
+            Some(&b"late"[..])
+        );
+        assert_eq!(server.request.empty.value().unwrap(), 1);
     }
 
     #[test]

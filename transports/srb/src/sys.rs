@@ -15,9 +15,11 @@
 //!    keeps the two sides off the same bytes; a process breaking it races
 //!    with the copy, and the worst outcome is torn bytes, which callers
 //!    treat as untrusted input (as every shared-memory transport assumes).
-//! 3. The object is made `len` bytes long before it is mapped. Only a
-//!    process of the same user (the objects are `0600`) could shrink it
-//!    under the mapping, and so make an access fault.
+//! 3. The object is made `len` bytes long before it is mapped, and one
+//!    opened must belong to this process's user: `/dev/shm` is writable by
+//!    all, and another user's object could be shrunk under the mapping to
+//!    make an access fault. Only the same user (the objects are `0600`)
+//!    can still do that, as it can anything to this process.
 
 use std::{ffi::CString, io, os::fd::AsFd, ptr::NonNull, time::Duration};
 
@@ -58,8 +60,12 @@ impl NamedSemaphore {
         Self::opened(sem)
     }
 
-    /// Open the existing semaphore `name`.
+    /// Open the existing semaphore `name`, which must be this user's
+    /// (invariant 3 holds for its memory too).
     pub(crate) fn open(name: &str) -> io::Result<Self> {
+        // glibc keeps it as the file /dev/shm/sem.<name without '/'>.
+        let file = format!("/dev/shm/sem.{}", name.trim_start_matches('/'));
+        mine(name, rustix::fs::stat(file.as_str())?.st_uid)?;
         let name = c_name(name)?;
         // SAFETY: `name` is a valid C string; without O_CREAT no variadic
         // arguments are read.
@@ -179,19 +185,22 @@ impl SharedBuffer {
             shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
             Mode::from_raw_mode(0o600),
         )?;
-        let sized = rustix::fs::ftruncate(&fd, len as u64).map_err(io::Error::from);
-        if let Err(err) = sized {
+        let mapped = rustix::fs::ftruncate(&fd, len as u64)
+            .map_err(io::Error::from)
+            .and_then(|()| Self::map(fd.as_fd(), len));
+        if mapped.is_err() {
             let _ = shm::unlink(name);
-            return Err(err);
         }
-        Self::map(fd.as_fd(), len)
+        mapped
     }
 
     /// Open the existing object `name` and map its first `len` bytes; it
     /// must be at least that long.
     pub(crate) fn open(name: &str, len: usize) -> io::Result<Self> {
         let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty())?;
-        let size = rustix::fs::fstat(&fd)?.st_size;
+        let stat = rustix::fs::fstat(&fd)?;
+        mine(name, stat.st_uid)?;
+        let size = stat.st_size;
         if (size as u64) < len as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -274,6 +283,18 @@ impl Drop for SharedBuffer {
         // SAFETY: invariant 2: unmapped once, here, and never used after.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// Refuse an object another user made.
+fn mine(name: &str, owner: u32) -> io::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    if owner != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{name} belongs to user {owner}, not to this process's user {me}"),
+        ));
+    }
+    Ok(())
 }
 
 fn c_name(name: &str) -> io::Result<CString> {
