@@ -991,3 +991,68 @@ async fn a_proof_answers_only_its_own_channels_challenge() {
     listener.shutdown().await;
     broker.shutdown().await;
 }
+
+const METADATA: &str = r#"
+import asyncio, json, sys
+from comm_ipc import CommIPC
+
+path = sys.argv[1]
+
+def client(name):
+    return CommIPC(client_id=name, socket_path=path, auto_reconnect=False)
+
+async def main():
+    seen = []
+    async def on_meta(msg):
+        seen.append([msg.get("stype"), msg.get("name"), msg.get("action")])
+    watcher = client("py-watch")
+    watcher.on_metadata = on_meta
+    await watcher.connect()
+    room = await watcher.open("room")
+    joiner = client("py-join")
+    await joiner.connect()
+    ch = await joiner.open("room")
+    async def ev(cd):
+        return 1
+    await ch.add_event("ev", ev)
+    await ch.add_subscription("news")
+    await joiner.close()
+    for _ in range(200):
+        if ["membership", "py-join", "leave"] in seen:
+            break
+        await asyncio.sleep(0.05)
+    print(json.dumps({"seen": seen, "schemas": sorted(room.remote_schemas)}))
+    await watcher.close()
+
+asyncio.run(main())
+"#;
+
+/// comm-ipc's metadata_update: a channel's listeners hear its comm-ipc
+/// members join, provide, add subscriptions and leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_hear_members_come_offer_and_go() {
+    let Some(python) = seeds::python("listeners_hear_members_come_offer_and_go") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, listener, _) = broker_with_listener(dir.path(), None).await;
+    let socket = dir.path().join("comm.sock");
+    let out = tokio::task::spawn_blocking(move || {
+        seeds::run(&python, METADATA, &[socket.to_str().unwrap()], LIMIT)
+    })
+    .await
+    .unwrap();
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    let seen = out["seen"].as_array().unwrap();
+    for expected in [
+        json!(["membership", "py-join", "join"]),
+        json!(["event", "ev", null]),
+        json!(["subscription", "news", null]),
+        json!(["membership", "py-join", "leave"]),
+    ] {
+        assert!(seen.contains(&expected), "{expected} not in {seen:?}");
+    }
+    assert_eq!(out["schemas"], json!(["ev", "news"]));
+    listener.shutdown().await;
+    broker.shutdown().await;
+}

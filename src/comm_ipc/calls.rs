@@ -43,6 +43,18 @@ impl Session {
                 ));
             };
             self.provide(&channel, event, reg).await?;
+            self.offered(
+                &name,
+                [
+                    ("name", Value::from(event.as_str())),
+                    ("stype", Value::from("event")),
+                    ("is_stream", Value::from(reg.flag("is_stream"))),
+                    ("is_group", Value::from(reg.flag("is_group"))),
+                    ("param_schema", reg.value("param_schema")),
+                    ("return_schema", reg.value("return_schema")),
+                ],
+            );
+            self.entered(&name, false);
             self.send(Msg::new([
                 ("type", Value::from("response")),
                 ("request_id", id.clone()),
@@ -54,6 +66,7 @@ impl Session {
         } else {
             self.sync(&channel).await?;
             self.hear_broadcasts(&name).await?;
+            self.entered(&name, true);
         }
         // comm-ipc answers every registration so, a provider's twice.
         let protected = self.shared.registry().passwords.contains_key(&name);

@@ -19,6 +19,7 @@
 //! | `set_password`, `auth_challenge` and its proof | protect the busline channel with the same password; joiners answer comm-ipc's challenge |
 //! | `signature` on a protected channel | checked on what comm-ipc clients send, made on everything they receive |
 //! | `list_members` | the channel's members, by client id |
+//! | `metadata_update` | its listeners hear the listener's other comm-ipc clients join, provide, add subscriptions and leave |
 //! | `ping` | `pong` |
 //!
 //! On a protected channel the listener holds the password, as comm-ipc's
@@ -59,6 +60,7 @@ mod calls;
 mod forward;
 mod frame;
 mod handshake;
+mod metadata;
 mod password;
 mod pubsub;
 mod session;
@@ -127,11 +129,14 @@ struct Registry {
     /// Channel → the password its comm-ipc owner set (or the listener
     /// was given).
     passwords: HashMap<String, password::Password>,
+    /// Channel → its comm-ipc clients, told of each other.
+    rooms: HashMap<String, metadata::Room>,
 }
 
 impl Registry {
     /// A client is gone: drop what it registered.
     fn forget(&mut self, client_id: &str) {
+        self.leave_rooms(client_id);
         self.modes.remove(client_id);
         self.subs.retain(|_, (owner, _)| owner != client_id);
         self.events.retain(|_, meta| {

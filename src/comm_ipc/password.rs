@@ -250,6 +250,7 @@ impl Session {
         };
         self.keys.remove(name);
         self.topics.close_channel(name);
+        self.stop_hearing(name);
         let _ = channel.leave().await;
         self.send(Msg::error("Channel password changed, please reconnect"))
             .await;

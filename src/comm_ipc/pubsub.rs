@@ -234,6 +234,14 @@ impl Session {
             .entry((channel.clone(), sub.clone()))
             .or_insert(None);
         let schema = msg.value("return_schema");
+        self.offered(
+            &channel,
+            [
+                ("name", Value::from(sub.as_str())),
+                ("stype", Value::from("subscription")),
+                ("return_schema", schema.clone()),
+            ],
+        );
         self.shared
             .registry()
             .subs

@@ -254,6 +254,7 @@ impl Session {
         match event {
             ChannelEvent::Closed { channel, reason } => {
                 self.forget_password(&channel);
+                self.stop_hearing(&channel);
                 self.channels.remove(&channel);
                 self.topics.close_channel(&channel);
                 self.send(Msg::error(format!(
