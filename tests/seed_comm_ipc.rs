@@ -48,6 +48,22 @@ async fn broker_with_listener(
     (broker, listener, inside)
 }
 
+/// The script's exit status, once it exits (killed if it has not within
+/// [`LIMIT`], so that a stuck one fails the test instead of hanging it).
+fn exited(py: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = py.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = py.kill();
+            return py.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 async fn busline_client(inside: &Address) -> BrokerClient {
     BrokerClient::connect(
         Client::builder(CborCodec::new()),
@@ -62,7 +78,7 @@ async fn busline_client(inside: &Address) -> BrokerClient {
 /// group event provided twice. Prints "ready", waits for a line on stdin,
 /// then calls as a second client and prints what it saw as JSON.
 const SCRIPT: &str = r#"
-import asyncio, json, sys
+import asyncio, json, os, sys
 from comm_ipc import CommIPC
 
 path = sys.argv[1]
@@ -139,8 +155,10 @@ async def main():
     except Exception as e:
         out["dup"] = str(e)
     print(json.dumps(out), flush=True)
-    for c in [prov, rival, caller, *workers]:
-        await c.close()
+    # Exit without closing: a comm-ipc client closing while a message
+    # arrives can miss its own cancellation (asyncio.wait_for in Python
+    # 3.11) and wait out the idle timeout.
+    os._exit(0)
 
 asyncio.run(main())
 "#;
@@ -199,12 +217,14 @@ async fn comm_ipc_clients_call_stream_and_meet_busline_clients() {
     assert!(boom.to_string().contains("no such thing"), "{boom}");
 
     py.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    let out = tokio::task::spawn_blocking(move || lines.next())
+    let read = tokio::task::spawn_blocking(move || lines.next());
+    let out = tokio::time::timeout(LIMIT, read)
         .await
+        .expect("the Python script answers")
         .unwrap()
         .unwrap()
         .unwrap();
-    let status = py.wait().unwrap();
+    let status = exited(&mut py);
     assert!(status.success(), "the Python script failed: {out}");
     let out: Value = serde_json::from_str(&out).unwrap();
 
@@ -237,7 +257,7 @@ async fn comm_ipc_clients_call_stream_and_meet_busline_clients() {
 }
 
 const SECRET_SCRIPT: &str = r#"
-import asyncio, json, sys
+import asyncio, json, os, sys
 from comm_ipc import CommIPC
 
 path = sys.argv[1]
@@ -481,7 +501,7 @@ fn the_broker_program_listens_for_comm_ipc_clients() {
 /// comm-ipc's named subscriptions and broadcasts, with a busline member
 /// hearing and speaking on the same topics.
 const PUBSUB: &str = r#"
-import asyncio, json, sys
+import asyncio, json, os, sys
 from comm_ipc import CommIPC
 
 path = sys.argv[1]
@@ -550,8 +570,7 @@ async def main():
     await until(lambda: len(out["edges"]) == 2, "the last subscriber leaving")
     out["removed"] = (await news.remove_subscription("prices")).data
     print(json.dumps(out), flush=True)
-    for c in (owner, sub, rival):
-        await c.close()
+    os._exit(0)
 
 asyncio.run(main())
 "#;
@@ -613,7 +632,7 @@ async fn comm_ipc_subscriptions_and_broadcasts_meet_busline_topics() {
         .unwrap();
 
     let (out, _) = line(lines).await;
-    assert!(py.wait().unwrap().success(), "{out}");
+    assert!(exited(&mut py).success(), "{out}");
     let out: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out["got"], json!([[{"eur": 1.1}, "py-owner"]]));
     assert_eq!(
@@ -647,7 +666,7 @@ async fn comm_ipc_subscriptions_and_broadcasts_meet_busline_topics() {
 /// publications too, which comm-ipc itself leaves unsigned), and a busline
 /// member joining with the same password.
 const PROTECTED: &str = r#"
-import asyncio, json, sys
+import asyncio, json, os, sys
 from comm_ipc import CommIPC
 
 path = sys.argv[1]
@@ -724,8 +743,7 @@ async def main():
     except Exception as e:
         out["steal"] = str(e)
     print(json.dumps(out), flush=True)
-    await member.close()
-    await owner.close()
+    os._exit(0)
 
 asyncio.run(main())
 "#;
@@ -772,7 +790,7 @@ async fn protected_channels_take_comm_ipcs_challenges_and_signatures() {
 
     py.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let (out, _) = line(lines).await;
-    assert!(py.wait().unwrap().success(), "{out}");
+    assert!(exited(&mut py).success(), "{out}");
     let out: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         out["get"],
@@ -797,7 +815,7 @@ async fn protected_channels_take_comm_ipcs_challenges_and_signatures() {
 }
 
 const KICKED: &str = r#"
-import asyncio, json, sys
+import asyncio, json, os, sys
 from comm_ipc import CommIPC
 
 path = sys.argv[1]
@@ -826,8 +844,7 @@ async def main():
         await asyncio.sleep(0.05)
     out["errors"] = errors
     print(json.dumps(out), flush=True)
-    await c.close()
-    await owner.close()
+    os._exit(0)
 
 asyncio.run(main())
 "#;
@@ -993,7 +1010,7 @@ async fn a_proof_answers_only_its_own_channels_challenge() {
 }
 
 const METADATA: &str = r#"
-import asyncio, json, sys
+import asyncio, json, os, sys
 from comm_ipc import CommIPC
 
 path = sys.argv[1]
@@ -1021,8 +1038,8 @@ async def main():
         if ["membership", "py-join", "leave"] in seen:
             break
         await asyncio.sleep(0.05)
-    print(json.dumps({"seen": seen, "schemas": sorted(room.remote_schemas)}))
-    await watcher.close()
+    print(json.dumps({"seen": seen, "schemas": sorted(room.remote_schemas)}), flush=True)
+    os._exit(0)
 
 asyncio.run(main())
 "#;
