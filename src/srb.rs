@@ -82,9 +82,11 @@ impl SrbServerBuilder {
     /// a thread of its own (the semaphores block), calling handlers on the
     /// current tokio runtime.
     ///
-    /// Objects already there are taken over only if no server answers on
-    /// them (a server killed before it could remove them); a live server's
-    /// are refused with an `AddrInUse` transport error.
+    /// Objects already there are taken over only if no server answers
+    /// `__running__` on them within the timeout (a server killed before it
+    /// could remove them); a live server's are refused with an `AddrInUse`
+    /// transport error, as are objects that cannot be checked (another
+    /// user's, or smaller than the buffer size).
     pub async fn bind(self, name: &str) -> Result<SrbServer> {
         let runtime = Handle::current();
         let (buffer_size, timeout) = (self.buffer_size, self.timeout);
@@ -200,7 +202,24 @@ fn create(name: &str, buffer_size: usize, timeout: Duration) -> Result<SrbChanne
 /// (its clients' timeout: a live server answers within it, even busy).
 fn answers(channel: &mut SrbChannel, timeout: Duration) -> bool {
     let probe = br#"{"request_id":"busline-probe","method":"__running__","params":{}}"#;
-    channel.send_request(probe, timeout).is_ok() && channel.receive_response(timeout).is_ok()
+    if channel.send_request(probe, timeout).is_err() {
+        return false;
+    }
+    // A dead server's last answer, never read, may still sit in the slot:
+    // only an answer to this probe says a server lives.
+    let deadline = Instant::now() + timeout;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(answer) = channel.receive_response(left) else {
+            return false;
+        };
+        let id = serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .and_then(|v| v.get("request_id").cloned());
+        if id.as_ref().and_then(Value::as_str) == Some("busline-probe") {
+            return true;
+        }
+    }
+    false
 }
 
 /// The serving thread's state.

@@ -1073,3 +1073,99 @@ async fn listeners_hear_members_come_offer_and_go() {
     listener.shutdown().await;
     broker.shutdown().await;
 }
+
+/// Found in review: a password outlived every comm-ipc client of its
+/// channel, so the next channel of that name was challenged for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_goes_with_the_last_comm_ipc_client_of_its_channel() {
+    use rmpv::Value as V;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::UnixStream,
+    };
+
+    async fn send(sock: &mut UnixStream, entries: &[(&str, V)]) {
+        let map = V::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (V::from(*k), v.clone()))
+                .collect(),
+        );
+        let mut body = Vec::new();
+        rmpv::encode::write_value(&mut body, &map).unwrap();
+        let frame = [&(body.len() as u32).to_be_bytes()[..], &body].concat();
+        sock.write_all(&frame).await.unwrap();
+    }
+    async fn read(sock: &mut UnixStream) -> V {
+        let mut len = [0; 4];
+        tokio::time::timeout(LIMIT, sock.read_exact(&mut len))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        sock.read_exact(&mut body).await.unwrap();
+        rmpv::decode::read_value(&mut &body[..]).unwrap()
+    }
+    async fn identified(path: &std::path::Path, id: &str) -> UnixStream {
+        let mut sock = UnixStream::connect(path).await.unwrap();
+        send(
+            &mut sock,
+            &[("type", V::from("identify")), ("client_id", V::from(id))],
+        )
+        .await;
+        assert_eq!(read(&mut sock).await["type"].as_str(), Some("identified"));
+        sock
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, listener, _) = broker_with_listener(dir.path(), None).await;
+    let path = dir.path().join("comm.sock");
+    let mut owner = identified(&path, "owner").await;
+    send(
+        &mut owner,
+        &[
+            ("type", V::from("set_password")),
+            ("channel", V::from("temp")),
+            ("password", V::from("pw")),
+            ("request_id", V::from("p")),
+        ],
+    )
+    .await;
+    loop {
+        let msg = read(&mut owner).await;
+        if msg["request_id"].as_str() == Some("p") {
+            assert_eq!(msg["data"]["success"].as_bool(), Some(true), "{msg}");
+            break;
+        }
+    }
+    drop(owner);
+
+    // Once the owner's connection is gone, "temp" is a new, open channel.
+    let mut next = identified(&path, "next").await;
+    for attempt in 0.. {
+        assert!(attempt < 200, "still challenged for the old password");
+        let rid = format!("r{attempt}");
+        send(
+            &mut next,
+            &[
+                ("type", V::from("register")),
+                ("channel", V::from("temp")),
+                ("request_id", V::from(rid.as_str())),
+            ],
+        )
+        .await;
+        let answer = loop {
+            let msg = read(&mut next).await;
+            if msg["request_id"].as_str() == Some(rid.as_str()) {
+                break msg;
+            }
+        };
+        if answer["type"].as_str() == Some("response") {
+            assert_eq!(answer["data"]["authenticated"].as_bool(), Some(false));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    listener.shutdown().await;
+    broker.shutdown().await;
+}

@@ -16,27 +16,24 @@ use super::{frame::Msg, session::Session, Registry};
 pub(super) struct Room {
     /// Every client that registered there, first first.
     members: Vec<String>,
-    /// The queues of those that opened it, who hear what changes.
-    listeners: HashMap<String, mpsc::Sender<Msg>>,
+    /// The queues of those that opened it, who hear what changes (weak:
+    /// a room never keeps a connection's writer alive).
+    listeners: HashMap<String, mpsc::WeakSender<Msg>>,
 }
 
 impl Room {
-    /// Tell every listener but `except`, without waiting on any of them.
+    /// Tell every listener but `except`, in order, waiting on none of
+    /// them: one whose queue is full (it does not read) misses the news.
     fn announce(&self, except: &str, msg: Msg) {
-        let targets: Vec<_> = self
-            .listeners
-            .iter()
-            .filter(|(id, _)| id.as_str() != except)
-            .map(|(_, out)| out.clone())
-            .collect();
-        if targets.is_empty() {
-            return;
-        }
-        tokio::spawn(async move {
-            for out in targets {
-                let _ = out.send(msg.clone()).await;
+        for (id, out) in &self.listeners {
+            if id == except {
+                continue;
             }
-        });
+            let Some(out) = out.upgrade() else { continue };
+            if out.try_send(msg.clone()).is_err() {
+                tracing::debug!(client = %id, "a comm-ipc client missed a metadata_update");
+            }
+        }
     }
 }
 
@@ -53,6 +50,15 @@ fn membership(channel: &str, client: &str, mode: &str, action: &str) -> Msg {
 }
 
 impl Registry {
+    /// `client` is in `channel` without telling anyone (it protected a
+    /// channel it had not opened, as comm-ipc allows).
+    pub(super) fn join_quietly(&mut self, channel: &str, client: &str) {
+        let room = self.rooms.entry(channel.to_owned()).or_default();
+        if !room.members.iter().any(|m| m == client) {
+            room.members.push(client.to_owned());
+        }
+    }
+
     /// `client` is gone: its rooms' listeners hear that it left.
     pub(super) fn leave_rooms(&mut self, client: &str) {
         let mode = self
@@ -88,7 +94,7 @@ impl Session {
         }
         if listening {
             room.listeners
-                .insert(self.client_id.clone(), self.out.clone());
+                .insert(self.client_id.clone(), self.out.downgrade());
         }
         let joined = membership(channel, &self.client_id, &mode, "join");
         room.announce(&self.client_id, joined);

@@ -17,7 +17,7 @@
 //! | `add_subscription` / `remove_subscription` `S` | own (or give up) topic `sub.S`: only the owner publishes there |
 //! | `subscribe` / `unsubscribe` / `publish` `S` | subscribe to / publish `data` on topic `sub.S`; the owner hears `subscription.S.first` and `.last` |
 //! | `set_password`, `auth_challenge` and its proof | protect the busline channel with the same password; joiners answer comm-ipc's challenge |
-//! | `signature` on a protected channel | checked on what comm-ipc clients send, made on everything they receive |
+//! | `signature` on a protected channel | checked on the calls, sends and broadcasts comm-ipc clients sign (unsigned ones refused), made on everything they receive |
 //! | `list_members` | the channel's members, by client id |
 //! | `metadata_update` | its listeners hear the listener's other comm-ipc clients join, provide, add subscriptions and leave |
 //! | `ping` | `pong` |
@@ -126,8 +126,8 @@ struct Registry {
     /// (channel, subscription) → the client id that added it, and the
     /// schema it gave.
     subs: HashMap<(String, String), (String, Value)>,
-    /// Channel → the password its comm-ipc owner set (or the listener
-    /// was given).
+    /// Channel → the password its comm-ipc owner set, while comm-ipc
+    /// clients are in the channel (or the listener was given it).
     passwords: HashMap<String, password::Password>,
     /// Channel → its comm-ipc clients, told of each other.
     rooms: HashMap<String, metadata::Room>,
@@ -137,6 +137,11 @@ impl Registry {
     /// A client is gone: drop what it registered.
     fn forget(&mut self, client_id: &str) {
         self.leave_rooms(client_id);
+        // A channel's password is kept while comm-ipc clients are in it,
+        // as comm-ipc's server keeps it while the channel has members.
+        let rooms = &self.rooms;
+        self.passwords
+            .retain(|channel, p| p.given || rooms.contains_key(channel));
         self.modes.remove(client_id);
         self.subs.retain(|_, (owner, _)| owner != client_id);
         self.events.retain(|_, meta| {

@@ -171,6 +171,8 @@ impl Session {
             .filter(|p| !p.is_empty())
             .map(str::to_owned);
         self.join(&name, true).await?;
+        self.room_for_password(&name)?;
+        self.shared.registry().join_quietly(&name, &self.client_id);
         let key = match &text {
             Some(text) => Some(derive_key(&name, text).await?),
             None => None,
@@ -185,7 +187,7 @@ impl Session {
                 }
                 other => other,
             })?;
-        self.remember_password(name.clone(), text.zip(key))?;
+        self.remember_password(name.clone(), text.zip(key));
         // What this client serves and hears there now takes the new keys.
         let provided: Vec<String> = self
             .shared
@@ -206,20 +208,26 @@ impl Session {
         Ok(())
     }
 
-    /// Keep (or forget) the password this client set on `name`. It is kept
-    /// while the channel lives, after its owner leaves too (a channel's
-    /// next owner keeps its password), up to [`MAX_PASSWORDS`] channels.
-    fn remember_password(&mut self, name: String, password: Option<(String, Key)>) -> Result<()> {
+    /// Refuse to protect one more channel past [`MAX_PASSWORDS`], before
+    /// the broker's channel is touched.
+    fn room_for_password(&self, name: &str) -> Result<()> {
+        let registry = self.shared.registry();
+        if !registry.passwords.contains_key(name) && registry.passwords.len() >= MAX_PASSWORDS {
+            return Err(Error::Overloaded(format!(
+                "the comm-ipc listener keeps the passwords of {MAX_PASSWORDS} channels, \
+                 and has as many"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keep (or forget) the password this client set on `name`, as
+    /// comm-ipc's server does: until no comm-ipc client is left in the
+    /// channel ([`Registry::forget`](super::Registry)).
+    fn remember_password(&mut self, name: String, password: Option<(String, Key)>) {
         let mut registry = self.shared.registry();
         match password {
             Some((text, key)) => {
-                let known = registry.passwords.contains_key(&name);
-                if !known && registry.passwords.len() >= MAX_PASSWORDS {
-                    return Err(Error::Overloaded(format!(
-                        "the comm-ipc listener keeps the passwords of {MAX_PASSWORDS} channels, \
-                         and has as many"
-                    )));
-                }
                 self.keys.insert(name.clone(), key);
                 let given = false;
                 registry
@@ -230,15 +238,6 @@ impl Session {
                 self.keys.remove(&name);
                 registry.passwords.remove(&name);
             }
-        }
-        Ok(())
-    }
-
-    /// The channel closed: so is the password its owner set forgotten.
-    pub(super) fn forget_password(&self, channel: &str) {
-        let mut registry = self.shared.registry();
-        if registry.passwords.get(channel).is_some_and(|p| !p.given) {
-            registry.passwords.remove(channel);
         }
     }
 

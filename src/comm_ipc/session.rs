@@ -253,7 +253,6 @@ impl Session {
     async fn on_event(&mut self, event: ChannelEvent) {
         match event {
             ChannelEvent::Closed { channel, reason } => {
-                self.forget_password(&channel);
                 self.stop_hearing(&channel);
                 self.channels.remove(&channel);
                 self.topics.close_channel(&channel);
