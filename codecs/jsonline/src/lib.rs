@@ -31,6 +31,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod lines;
 mod plain;
 mod wire;
 
@@ -38,13 +39,13 @@ pub use plain::{PlainJsonLineCodec, DEFAULT_METHOD, MAX_HELD, MAX_HELD_BYTES};
 
 use busline_core::{Codec, Encoding, Error, Message, DEFAULT_MAX_FRAME_SIZE};
 use bytes::{BufMut, BytesMut};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
+use lines::Lines;
+use tokio_util::codec::{Decoder, Encoder};
 
 /// The JSON-line codec. See the [crate docs](crate).
 #[derive(Debug)]
 pub struct JsonLineCodec {
-    max_frame_size: usize,
-    lines: AnyDelimiterCodec,
+    lines: Lines,
 }
 
 impl JsonLineCodec {
@@ -56,8 +57,7 @@ impl JsonLineCodec {
     /// A codec refusing lines over `bytes` (not counting the newline).
     pub fn with_max_frame_size(bytes: usize) -> Self {
         JsonLineCodec {
-            max_frame_size: bytes,
-            lines: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), bytes),
+            lines: Lines::new(bytes),
         }
     }
 }
@@ -71,7 +71,7 @@ impl Default for JsonLineCodec {
 impl Clone for JsonLineCodec {
     /// A fresh codec with the same limit (decoder state is per connection).
     fn clone(&self) -> Self {
-        Self::with_max_frame_size(self.max_frame_size)
+        Self::with_max_frame_size(self.lines.max())
     }
 }
 
@@ -89,9 +89,9 @@ impl Encoder<Message> for JsonLineCodec {
         let len = dst.len() - start;
         let result = match written {
             Err(e) => Err(Error::Serialization(format!("JSON encode: {e}"))),
-            Ok(()) if len > self.max_frame_size => Err(Error::FrameTooLarge {
+            Ok(()) if len > self.lines.max() => Err(Error::FrameTooLarge {
                 size: len,
-                limit: self.max_frame_size,
+                limit: self.lines.max(),
             }),
             Ok(()) => {
                 dst.put_u8(b'\n');
@@ -103,52 +103,23 @@ impl Encoder<Message> for JsonLineCodec {
     }
 }
 
-impl JsonLineCodec {
-    fn next_line(&mut self, src: &mut BytesMut) -> Result<Option<bytes::Bytes>, Error> {
-        self.lines.decode(src).map_err(|e| match e {
-            AnyDelimiterCodecError::MaxChunkLengthExceeded => Error::FrameTooLarge {
-                size: self.max_frame_size + 1,
-                limit: self.max_frame_size,
-            },
-            AnyDelimiterCodecError::Io(e) => Error::transport(e),
-        })
-    }
-
-    fn decode_line(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
-        loop {
-            let Some(line) = self.next_line(src)? else {
-                return Ok(None);
-            };
-            let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
-            if trimmed.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            return wire::parse(&line.slice_ref(trimmed)).map(Some);
-        }
-    }
-}
-
 impl Decoder for JsonLineCodec {
     type Item = Message;
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
-        self.decode_line(src)
+        self.lines
+            .next(src)?
+            .map(|line| wire::parse(&line))
+            .transpose()
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
         // A last line without its newline is an incomplete frame, not a message:
         // the sender died mid-write, and acting on half a line would be wrong.
-        match self.decode_line(src)? {
+        match self.decode(src)? {
             Some(msg) => Ok(Some(msg)),
-            None if src.iter().all(|b| b.is_ascii_whitespace()) => {
-                src.clear();
-                Ok(None)
-            }
-            None => Err(Error::Protocol(format!(
-                "connection closed inside a line ({} bytes without a newline)",
-                src.len()
-            ))),
+            None => lines::end_of_stream(src).map(|()| None),
         }
     }
 }
@@ -163,6 +134,6 @@ impl Codec for JsonLineCodec {
     }
 
     fn max_frame_size(&self) -> usize {
-        self.max_frame_size
+        self.lines.max()
     }
 }

@@ -9,7 +9,9 @@ use busline_core::{
     DEFAULT_MAX_FRAME_SIZE,
 };
 use bytes::{BufMut, BytesMut};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::lines::{self, Lines};
 
 /// The method every line is called as unless [`PlainJsonLineCodec::method`]
 /// names another.
@@ -65,9 +67,8 @@ pub const DEFAULT_METHOD: &str = "request";
 /// ```
 #[derive(Debug)]
 pub struct PlainJsonLineCodec {
-    max_frame_size: usize,
     method: String,
-    lines: AnyDelimiterCodec,
+    lines: Lines,
     /// Id of the next line read; ids count up from 1.
     next_in: u64,
     /// Id of the next answer to write.
@@ -96,9 +97,8 @@ impl PlainJsonLineCodec {
     /// A codec refusing lines over `bytes` (not counting the newline).
     pub fn with_max_frame_size(bytes: usize) -> Self {
         PlainJsonLineCodec {
-            max_frame_size: bytes,
             method: DEFAULT_METHOD.to_owned(),
-            lines: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), bytes),
+            lines: Lines::new(bytes),
             next_in: 1,
             next_out: 1,
             held: BTreeMap::new(),
@@ -117,53 +117,37 @@ impl PlainJsonLineCodec {
         &self.method
     }
 
-    fn next_line(&mut self, src: &mut BytesMut) -> Result<Option<bytes::Bytes>, Error> {
-        self.lines.decode(src).map_err(|e| match e {
-            AnyDelimiterCodecError::MaxChunkLengthExceeded => Error::FrameTooLarge {
-                size: self.max_frame_size + 1,
-                limit: self.max_frame_size,
-            },
-            AnyDelimiterCodecError::Io(e) => Error::transport(e),
-        })
-    }
-
     fn decode_line(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
-        loop {
-            let Some(line) = self.next_line(src)? else {
-                return Ok(None);
-            };
-            let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
-            if trimmed.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            if self.held.len() >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES {
-                return Err(Error::Overloaded(format!(
-                    "{} answers ({} bytes) wait behind line {}, which is still being \
-                     served; the client sends faster than that line is answered",
-                    self.held.len(),
-                    self.held_bytes,
-                    self.next_out
-                )));
-            }
-            let id = self.next_in;
-            self.next_in += 1;
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed) {
-                return Ok(Some(Message::Rejected {
-                    id,
-                    error: RemoteError {
-                        code: ErrorCode::Serialization,
-                        message: format!("line {id} is not JSON: {e}"),
-                        detail: None,
-                    },
-                }));
-            }
-            return Ok(Some(Message::Request {
+        let Some(line) = self.lines.next(src)? else {
+            return Ok(None);
+        };
+        if self.held.len() >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES {
+            return Err(Error::Overloaded(format!(
+                "{} answers ({} bytes) wait behind line {}, which is still being \
+                 served; the client sends faster than that line is answered",
+                self.held.len(),
+                self.held_bytes,
+                self.next_out
+            )));
+        }
+        let id = self.next_in;
+        self.next_in += 1;
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&line) {
+            return Ok(Some(Message::Rejected {
                 id,
-                method: self.method.clone(),
-                payload: Payload::from_bytes(Encoding::Json, line.slice_ref(trimmed)),
-                timeout_ms: None,
+                error: RemoteError {
+                    code: ErrorCode::Serialization,
+                    message: format!("line {id} is not JSON: {e}"),
+                    detail: None,
+                },
             }));
         }
+        Ok(Some(Message::Request {
+            id,
+            method: self.method.clone(),
+            payload: Payload::from_bytes(Encoding::Json, line),
+            timeout_ms: None,
+        }))
     }
 
     /// Write the answer to call `id` if its turn has come, else hold it.
@@ -215,10 +199,10 @@ impl PlainJsonLineCodec {
     }
 
     fn check_size(&self, size: usize) -> Result<(), Error> {
-        if size > self.max_frame_size {
+        if size > self.lines.max() {
             return Err(Error::FrameTooLarge {
                 size,
-                limit: self.max_frame_size,
+                limit: self.lines.max(),
             });
         }
         Ok(())
@@ -259,7 +243,7 @@ impl Clone for PlainJsonLineCodec {
     /// A fresh codec with the same limit and method (the count of lines
     /// and answers is per connection).
     fn clone(&self) -> Self {
-        Self::with_max_frame_size(self.max_frame_size).method(self.method.clone())
+        Self::with_max_frame_size(self.lines.max()).method(self.method.clone())
     }
 }
 
@@ -306,20 +290,13 @@ impl Decoder for PlainJsonLineCodec {
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
         match self.decode_line(src)? {
             Some(msg) => Ok(Some(msg)),
-            None if src.iter().all(|b| b.is_ascii_whitespace()) => {
-                src.clear();
-                Ok(None)
-            }
             // A last line left without its newline, but whole.
             None if serde_json::from_slice::<serde::de::IgnoredAny>(src).is_ok() => {
                 src.extend_from_slice(b"\n");
                 self.decode_line(src)
             }
-            // Half a line: its sender died mid-write.
-            None => Err(Error::Protocol(format!(
-                "connection closed inside a line ({} bytes without a newline)",
-                src.len()
-            ))),
+            // Half a line (its sender died mid-write), or nothing.
+            None => lines::end_of_stream(src).map(|()| None),
         }
     }
 }
@@ -334,7 +311,7 @@ impl Codec for PlainJsonLineCodec {
     }
 
     fn max_frame_size(&self) -> usize {
-        self.max_frame_size
+        self.lines.max()
     }
 
     fn hello_optional(&self) -> bool {
