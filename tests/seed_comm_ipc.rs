@@ -12,7 +12,7 @@ use std::{
 
 use busline::{
     broker::{Broker, BrokerClient, BrokerHandle},
-    comm_ipc::{in_process, CommIpcListener},
+    comm_ipc::{in_process, CommIpcBuilder, CommIpcListener},
     rpc::Client,
     Address, CborCodec, MemoryTransport, UnixTransport,
 };
@@ -21,10 +21,11 @@ use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A broker, and a comm-ipc listener on a Unix socket in `dir` feeding it.
+/// A broker, and a comm-ipc listener (as `builder` makes it) on a Unix
+/// socket in `dir` feeding it.
 async fn broker_with_listener(
     dir: &std::path::Path,
-    secret: Option<&str>,
+    builder: CommIpcBuilder,
 ) -> (BrokerHandle, CommIpcListener, Address) {
     let inside = Address::memory(format!("comm-ipc-{}", dir.display()));
     let broker = Broker::builder()
@@ -33,11 +34,8 @@ async fn broker_with_listener(
         .start()
         .await
         .unwrap();
-    let mut builder = CommIpcListener::builder().server_id(broker.id());
-    if let Some(secret) = secret {
-        builder = builder.connection_secret(secret);
-    }
     let listener = builder
+        .server_id(broker.id())
         .bind(
             &UnixTransport::new(),
             &Address::unix(dir.join("comm.sock")),
@@ -46,6 +44,75 @@ async fn broker_with_listener(
         .await
         .unwrap();
     (broker, listener, inside)
+}
+
+/// comm-ipc's wire spoken by hand, for the tests that need no Python.
+mod raw {
+    pub(crate) use rmpv::Value as V;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::UnixStream,
+    };
+
+    use super::LIMIT;
+
+    /// One message as comm-ipc frames it: a 4-byte big-endian length, then
+    /// a msgpack map.
+    pub(crate) fn frame(entries: &[(&str, V)]) -> Vec<u8> {
+        let map = V::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (V::from(*k), v.clone()))
+                .collect(),
+        );
+        let mut body = Vec::new();
+        rmpv::encode::write_value(&mut body, &map).unwrap();
+        [&(body.len() as u32).to_be_bytes()[..], &body].concat()
+    }
+
+    pub(crate) async fn send(sock: &mut UnixStream, entries: &[(&str, V)]) {
+        sock.write_all(&frame(entries)).await.unwrap();
+    }
+
+    /// The next message, which must come within [`LIMIT`].
+    pub(crate) async fn read(sock: &mut UnixStream) -> V {
+        let mut len = [0; 4];
+        tokio::time::timeout(LIMIT, sock.read_exact(&mut len))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        sock.read_exact(&mut body).await.unwrap();
+        rmpv::decode::read_value(&mut &body[..]).unwrap()
+    }
+
+    /// The next message whose `key` is `value`, skipping others.
+    pub(crate) async fn next(sock: &mut UnixStream, key: &str, value: &str) -> V {
+        loop {
+            let msg = read(sock).await;
+            if msg[key].as_str() == Some(value) {
+                return msg;
+            }
+        }
+    }
+
+    /// A connection to the listener at `path` that identified as `id`.
+    pub(crate) async fn identified(path: &std::path::Path, id: &str) -> UnixStream {
+        let mut sock = UnixStream::connect(path).await.unwrap();
+        let identify = [("type", V::from("identify")), ("client_id", V::from(id))];
+        send(&mut sock, &identify).await;
+        assert_eq!(read(&mut sock).await["type"].as_str(), Some("identified"));
+        sock
+    }
+
+    /// Whether the listener closed the connection (within [`LIMIT`]).
+    pub(crate) async fn closed(sock: &mut UnixStream) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(LIMIT, sock.read_to_end(&mut rest)).await,
+            Ok(Ok(0))
+        )
+    }
 }
 
 /// The script's exit status, once it exits (killed if it has not within
@@ -170,7 +237,8 @@ async fn comm_ipc_clients_call_stream_and_meet_busline_clients() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (broker, listener, inside) = broker_with_listener(dir.path(), None).await;
+    let (broker, listener, inside) =
+        broker_with_listener(dir.path(), CommIpcListener::builder()).await;
 
     // A busline member provides on the same channel.
     let rust = busline_client(&inside).await;
@@ -290,8 +358,11 @@ async fn the_connection_secret_is_comm_ipcs_challenge() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (broker, listener, inside) =
-        broker_with_listener(dir.path(), Some("correct horse battery staple")).await;
+    let (broker, listener, inside) = broker_with_listener(
+        dir.path(),
+        CommIpcListener::builder().connection_secret("correct horse battery staple"),
+    )
+    .await;
     let rust = busline_client(&inside).await;
     rust.open("math")
         .await
@@ -323,53 +394,16 @@ async fn the_connection_secret_is_comm_ipcs_challenge() {
 /// at most its own connection, and the listener serves the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_cost_one_connection() {
-    use rmpv::Value as V;
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::UnixStream,
-    };
-
-    fn frame(value: &V) -> Vec<u8> {
-        let mut body = Vec::new();
-        rmpv::encode::write_value(&mut body, value).unwrap();
-        [&(body.len() as u32).to_be_bytes()[..], &body].concat()
-    }
-    fn map(entries: &[(&str, V)]) -> V {
-        V::Map(
-            entries
-                .iter()
-                .map(|(k, v)| (V::from(*k), v.clone()))
-                .collect(),
-        )
-    }
-    async fn read(sock: &mut UnixStream) -> V {
-        let mut len = [0; 4];
-        sock.read_exact(&mut len).await.unwrap();
-        let mut body = vec![0; u32::from_be_bytes(len) as usize];
-        sock.read_exact(&mut body).await.unwrap();
-        rmpv::decode::read_value(&mut &body[..]).unwrap()
-    }
-    async fn closed(sock: &mut UnixStream) -> bool {
-        let mut rest = Vec::new();
-        matches!(
-            tokio::time::timeout(LIMIT, sock.read_to_end(&mut rest)).await,
-            Ok(Ok(0))
-        )
-    }
+    use raw::{closed, frame, identified, read, V};
+    use tokio::{io::AsyncWriteExt, net::UnixStream};
 
     let dir = tempfile::tempdir().unwrap();
-    let (broker, listener, _) = broker_with_listener(dir.path(), None).await;
+    let (broker, listener, _) = broker_with_listener(dir.path(), CommIpcListener::builder()).await;
     let path = dir.path().join("comm.sock");
-    let identify = |id: &str| {
-        frame(&map(&[
-            ("type", V::from("identify")),
-            ("client_id", V::from(id)),
-        ]))
-    };
 
     // Not an identify first.
     let mut sock = UnixStream::connect(&path).await.unwrap();
-    sock.write_all(&frame(&map(&[("type", V::from("call"))])))
+    sock.write_all(&frame(&[("type", V::from("call"))]))
         .await
         .unwrap();
     let said = read(&mut sock).await;
@@ -379,18 +413,13 @@ async fn bad_frames_cost_one_connection() {
 
     // After identifying: a frame that is not msgpack, one that is not a
     // map, an unknown type and a call missing its event are each answered.
-    let mut sock = UnixStream::connect(&path).await.unwrap();
-    sock.write_all(&identify("raw")).await.unwrap();
-    assert_eq!(read(&mut sock).await["type"].as_str(), Some("identified"));
-    let unknown = frame(&map(&[
-        ("type", V::from("teleport")),
-        ("request_id", V::from("r1")),
-    ]));
-    let no_event = frame(&map(&[
+    let mut sock = identified(&path, "raw").await;
+    let unknown = frame(&[("type", V::from("teleport")), ("request_id", V::from("r1"))]);
+    let no_event = frame(&[
         ("type", V::from("call")),
         ("channel", V::from("math")),
         ("request_id", V::from("r2")),
-    ]));
+    ]);
     sock.write_all(&[unknown, no_event].concat()).await.unwrap();
     let first = read(&mut sock).await;
     assert_eq!(first["request_id"].as_str(), Some("r1"));
@@ -407,9 +436,7 @@ async fn bad_frames_cost_one_connection() {
     assert!(closed(&mut sock).await);
 
     // A length past the frame limit.
-    let mut sock = UnixStream::connect(&path).await.unwrap();
-    sock.write_all(&identify("big")).await.unwrap();
-    read(&mut sock).await;
+    let mut sock = identified(&path, "big").await;
     sock.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     let said = read(&mut sock).await;
     assert!(
@@ -422,9 +449,7 @@ async fn bad_frames_cost_one_connection() {
     assert!(closed(&mut sock).await);
 
     // And the listener still serves.
-    let mut sock = UnixStream::connect(&path).await.unwrap();
-    sock.write_all(&identify("after")).await.unwrap();
-    assert_eq!(read(&mut sock).await["type"].as_str(), Some("identified"));
+    identified(&path, "after").await;
     listener.shutdown().await;
     broker.shutdown().await;
 }
@@ -583,7 +608,8 @@ async fn comm_ipc_subscriptions_and_broadcasts_meet_busline_topics() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (broker, listener, inside) = broker_with_listener(dir.path(), None).await;
+    let (broker, listener, inside) =
+        broker_with_listener(dir.path(), CommIpcListener::builder()).await;
     let rust = busline_client(&inside).await;
     let news = rust.open("news").await.unwrap();
     let mut broadcasts = news.subscribe("broadcast.>").await.unwrap();
@@ -755,7 +781,8 @@ async fn protected_channels_take_comm_ipcs_challenges_and_signatures() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (broker, listener, inside) = broker_with_listener(dir.path(), None).await;
+    let (broker, listener, inside) =
+        broker_with_listener(dir.path(), CommIpcListener::builder()).await;
     let socket = dir.path().join("comm.sock");
     let mut py = Command::new(&python)
         .args(["-c", PROTECTED, socket.to_str().unwrap()])
@@ -855,21 +882,8 @@ async fn passwords_given_to_the_listener_and_password_changes() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let inside = Address::memory(format!("comm-ipc-{}", dir.path().display()));
-    let broker = Broker::builder()
-        .listen(MemoryTransport::new(), inside.clone(), CborCodec::new())
-        .start()
-        .await
-        .unwrap();
-    let listener = CommIpcListener::builder()
-        .channel_password("ledger", "ledger-pw")
-        .bind(
-            &UnixTransport::new(),
-            &Address::unix(dir.path().join("comm.sock")),
-            in_process(inside.clone()),
-        )
-        .await
-        .unwrap();
+    let given = CommIpcListener::builder().channel_password("ledger", "ledger-pw");
+    let (broker, listener, inside) = broker_with_listener(dir.path(), given).await;
     let rust = busline_client(&inside).await;
     let ledger = rust
         .open_with_password("ledger", "ledger-pw")
@@ -902,66 +916,12 @@ async fn passwords_given_to_the_listener_and_password_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_answers_only_its_own_channels_challenge() {
     use hmac::{Hmac, Mac};
-    use rmpv::Value as V;
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::UnixStream,
-    };
-
-    async fn send(sock: &mut UnixStream, entries: &[(&str, V)]) {
-        let map = V::Map(
-            entries
-                .iter()
-                .map(|(k, v)| (V::from(*k), v.clone()))
-                .collect(),
-        );
-        let mut body = Vec::new();
-        rmpv::encode::write_value(&mut body, &map).unwrap();
-        let frame = [&(body.len() as u32).to_be_bytes()[..], &body].concat();
-        sock.write_all(&frame).await.unwrap();
-    }
-    async fn read(sock: &mut UnixStream) -> V {
-        let mut len = [0; 4];
-        sock.read_exact(&mut len).await.unwrap();
-        let mut body = vec![0; u32::from_be_bytes(len) as usize];
-        sock.read_exact(&mut body).await.unwrap();
-        rmpv::decode::read_value(&mut &body[..]).unwrap()
-    }
-    /// The next message of type `kind`, skipping others.
-    async fn next(sock: &mut UnixStream, kind: &str) -> V {
-        loop {
-            let msg = tokio::time::timeout(LIMIT, read(sock)).await.unwrap();
-            if msg["type"].as_str() == Some(kind) {
-                return msg;
-            }
-        }
-    }
+    use raw::{identified, next, send, V};
 
     let dir = tempfile::tempdir().unwrap();
-    let inside = Address::memory(format!("comm-ipc-{}", dir.path().display()));
-    let broker = Broker::builder()
-        .listen(MemoryTransport::new(), inside.clone(), CborCodec::new())
-        .start()
-        .await
-        .unwrap();
-    let listener = CommIpcListener::builder()
-        .channel_password("payroll", "payroll-pw")
-        .bind(
-            &UnixTransport::new(),
-            &Address::unix(dir.path().join("comm.sock")),
-            in_process(inside.clone()),
-        )
-        .await
-        .unwrap();
-    let mut sock = UnixStream::connect(dir.path().join("comm.sock"))
-        .await
-        .unwrap();
-    send(
-        &mut sock,
-        &[("type", V::from("identify")), ("client_id", V::from("m"))],
-    )
-    .await;
-    next(&mut sock, "identified").await;
+    let given = CommIpcListener::builder().channel_password("payroll", "payroll-pw");
+    let (broker, listener, inside) = broker_with_listener(dir.path(), given).await;
+    let mut sock = identified(&dir.path().join("comm.sock"), "m").await;
     // A challenge for the protected channel...
     let register = |channel: &str, rid: &str| {
         vec![
@@ -971,7 +931,7 @@ async fn a_proof_answers_only_its_own_channels_challenge() {
         ]
     };
     send(&mut sock, &register("payroll", "r1")).await;
-    let payroll = next(&mut sock, "auth_challenge").await;
+    let payroll = next(&mut sock, "type", "auth_challenge").await;
     // ...answered with the password of a channel of its own.
     send(
         &mut sock,
@@ -983,7 +943,7 @@ async fn a_proof_answers_only_its_own_channels_challenge() {
         ],
     )
     .await;
-    next(&mut sock, "response").await;
+    next(&mut sock, "request_id", "r2").await;
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"mine-pw").unwrap();
     mac.update(payroll["challenge"].as_str().unwrap().as_bytes());
     let proof = hex::encode(mac.finalize().into_bytes());
@@ -991,7 +951,7 @@ async fn a_proof_answers_only_its_own_channels_challenge() {
     forged.push(("proof", V::from(proof)));
     forged.push(("challenge_id", payroll["challenge_id"].clone()));
     send(&mut sock, &forged).await;
-    let answer = next(&mut sock, "response").await;
+    let answer = next(&mut sock, "type", "response").await;
     assert_eq!(answer["request_id"].as_str(), Some("r3"));
     assert_eq!(
         answer["error"].as_str(),
@@ -1052,7 +1012,7 @@ async fn listeners_hear_members_come_offer_and_go() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (broker, listener, _) = broker_with_listener(dir.path(), None).await;
+    let (broker, listener, _) = broker_with_listener(dir.path(), CommIpcListener::builder()).await;
     let socket = dir.path().join("comm.sock");
     let out = tokio::task::spawn_blocking(move || {
         seeds::run(&python, METADATA, &[socket.to_str().unwrap()], LIMIT)
@@ -1078,47 +1038,10 @@ async fn listeners_hear_members_come_offer_and_go() {
 /// channel, so the next channel of that name was challenged for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_goes_with_the_last_comm_ipc_client_of_its_channel() {
-    use rmpv::Value as V;
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::UnixStream,
-    };
-
-    async fn send(sock: &mut UnixStream, entries: &[(&str, V)]) {
-        let map = V::Map(
-            entries
-                .iter()
-                .map(|(k, v)| (V::from(*k), v.clone()))
-                .collect(),
-        );
-        let mut body = Vec::new();
-        rmpv::encode::write_value(&mut body, &map).unwrap();
-        let frame = [&(body.len() as u32).to_be_bytes()[..], &body].concat();
-        sock.write_all(&frame).await.unwrap();
-    }
-    async fn read(sock: &mut UnixStream) -> V {
-        let mut len = [0; 4];
-        tokio::time::timeout(LIMIT, sock.read_exact(&mut len))
-            .await
-            .unwrap()
-            .unwrap();
-        let mut body = vec![0; u32::from_be_bytes(len) as usize];
-        sock.read_exact(&mut body).await.unwrap();
-        rmpv::decode::read_value(&mut &body[..]).unwrap()
-    }
-    async fn identified(path: &std::path::Path, id: &str) -> UnixStream {
-        let mut sock = UnixStream::connect(path).await.unwrap();
-        send(
-            &mut sock,
-            &[("type", V::from("identify")), ("client_id", V::from(id))],
-        )
-        .await;
-        assert_eq!(read(&mut sock).await["type"].as_str(), Some("identified"));
-        sock
-    }
+    use raw::{identified, next, send, V};
 
     let dir = tempfile::tempdir().unwrap();
-    let (broker, listener, _) = broker_with_listener(dir.path(), None).await;
+    let (broker, listener, _) = broker_with_listener(dir.path(), CommIpcListener::builder()).await;
     let path = dir.path().join("comm.sock");
     let mut owner = identified(&path, "owner").await;
     send(
@@ -1131,22 +1054,17 @@ async fn a_password_goes_with_the_last_comm_ipc_client_of_its_channel() {
         ],
     )
     .await;
-    loop {
-        let msg = read(&mut owner).await;
-        if msg["request_id"].as_str() == Some("p") {
-            assert_eq!(msg["data"]["success"].as_bool(), Some(true), "{msg}");
-            break;
-        }
-    }
+    let msg = next(&mut owner, "request_id", "p").await;
+    assert_eq!(msg["data"]["success"].as_bool(), Some(true), "{msg}");
     drop(owner);
 
     // Once the owner's connection is gone, "temp" is a new, open channel.
-    let mut next = identified(&path, "next").await;
+    let mut joiner = identified(&path, "next").await;
     for attempt in 0.. {
         assert!(attempt < 200, "still challenged for the old password");
         let rid = format!("r{attempt}");
         send(
-            &mut next,
+            &mut joiner,
             &[
                 ("type", V::from("register")),
                 ("channel", V::from("temp")),
@@ -1154,12 +1072,7 @@ async fn a_password_goes_with_the_last_comm_ipc_client_of_its_channel() {
             ],
         )
         .await;
-        let answer = loop {
-            let msg = read(&mut next).await;
-            if msg["request_id"].as_str() == Some(rid.as_str()) {
-                break msg;
-            }
-        };
+        let answer = next(&mut joiner, "request_id", &rid).await;
         if answer["type"].as_str() == Some("response") {
             assert_eq!(answer["data"]["authenticated"].as_bool(), Some(false));
             break;
