@@ -30,11 +30,14 @@
 //!
 //! Cargo features (all on by default): `unix`, `fifo`, `shm`, `tcp`, `tls` (transports),
 //! `jsonline`, `jsonrpc`, `cbor` (codecs), `srb` (serving shm-rpc-bridge's Python
-//! clients, Linux), `gateway` (HTTP in front of a broker, on
-//! axum), `cli` (the `busline` program).
+//! clients, Linux), `comm-ipc` (a broker listener for comm-ipc's Python clients),
+//! `gateway` (HTTP in front of a broker, on axum), `nats` (the NATS backbone
+//! between brokers), `cli` (the `busline` program).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "nats")]
+pub mod backbone;
 pub mod bridge;
 pub mod broker;
 pub mod codec;

@@ -52,7 +52,7 @@ enum Command {
     /// each other through it, across all its listeners.
     Broker {
         #[command(flatten)]
-        broker: cli::BrokerArgs,
+        broker: Box<cli::BrokerArgs>,
         #[command(flatten)]
         auth: cli::AuthArgs,
     },
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
                 let srb = shm_rpc_bridge.as_deref();
                 cli::serve(url, srb, &codec, auth.authenticator()?).await
             }
-            Command::Broker { broker, auth } => cli::broker(broker, &auth).await,
+            Command::Broker { broker, auth } => cli::broker(*broker, &auth).await,
             Command::Gateway { args, auth } => cli::gateway::run(args, &auth).await,
             Command::Bridge { args, auth } => cli::bridge::run(args, auth.authenticator()?).await,
             Command::Pub { args, auth } => cli::bus::publish(args, auth.authenticator()?).await,

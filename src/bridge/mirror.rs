@@ -9,20 +9,23 @@ use super::{
     relay,
     routes::{self, Demand, Offers},
 };
-use crate::broker::{BrokerClient, Channel, ChannelKeys};
+use crate::{
+    broker::{BrokerClient, Channel, ChannelKeys},
+    rpc::{Reply, Request},
+};
 
-/// One broker as the bridge sees it: its client, the channels joined
-/// there, and what the bridge offers there.
-struct Side {
-    bus: BrokerClient,
+/// One broker as a bridge (or the NATS backbone) sees it: its client, the
+/// channels joined there, and what the bridge offers there.
+pub(crate) struct Side {
+    pub(crate) bus: BrokerClient,
     joined: HashMap<String, Channel>,
-    offered: Offers,
+    pub(crate) offered: Offers,
     /// What the bridge subscribed to here for the other side.
-    subscribed: Demand,
+    pub(crate) subscribed: Demand,
 }
 
 impl Side {
-    fn new(bus: BrokerClient) -> Side {
+    pub(crate) fn new(bus: BrokerClient) -> Side {
         Side {
             bus,
             joined: HashMap::new(),
@@ -36,7 +39,7 @@ impl Side {
         !self.bus.client().is_closed()
     }
 
-    async fn join(
+    pub(crate) async fn join(
         &mut self,
         channel: &str,
         keys: &HashMap<String, ChannelKeys>,
@@ -62,9 +65,26 @@ impl Side {
         Ok(joined)
     }
 
+    /// Join each of `channels` here; those joined (now or before). One
+    /// that cannot be joined is told, and tried again at the next look.
+    pub(crate) async fn join_all(
+        &mut self,
+        channels: &BTreeSet<&str>,
+        keys: &HashMap<String, ChannelKeys>,
+    ) -> BTreeSet<String> {
+        let mut joined = BTreeSet::new();
+        for &channel in channels {
+            match self.join(channel, keys).await {
+                Ok(_) => drop(joined.insert(channel.to_owned())),
+                Err(err) => tracing::warn!(%channel, error = %err, "bridge: cannot join"),
+            }
+        }
+        joined
+    }
+
     /// Leave the channels no longer needed here: neither offered here nor
     /// called through from the other side.
-    async fn leave_all_but(&mut self, needed: &BTreeSet<&str>) {
+    pub(crate) async fn leave_all_but(&mut self, needed: &BTreeSet<&str>) {
         let gone: Vec<String> = self
             .joined
             .keys()
@@ -83,7 +103,7 @@ impl Side {
     /// Forget what the bridge did on channels that are gone here (closed
     /// by their owner, or lost with a broker that restarted), so that it is
     /// done again on the new ones.
-    fn forget_all_but(&mut self, present: &BTreeSet<&str>) {
+    pub(crate) fn forget_all_but(&mut self, present: &BTreeSet<&str>) {
         self.joined.retain(|ch, _| present.contains(ch.as_str()));
         self.offered
             .retain(|(ch, _), _| present.contains(ch.as_str()));
@@ -136,10 +156,10 @@ impl Mirror {
             // offered again once it is back.)
             let none = Offers::new();
             if a_up {
-                offer(&mut self.a, &mut self.b, &none, &self.keys).await;
+                withdraw_all_but(&mut self.a, &none).await;
             }
             if b_up {
-                offer(&mut self.b, &mut self.a, &none, &self.keys).await;
+                withdraw_all_but(&mut self.b, &none).await;
             }
             return Ok(());
         }
@@ -185,10 +205,32 @@ impl Mirror {
             routes::demand(&status_a, &status_b.id, allow),
         );
         let keys = &self.keys;
-        offer(&mut self.b, &mut self.a, &to_b, keys).await;
-        offer(&mut self.a, &mut self.b, &to_a, keys).await;
-        subscribe(&mut self.a, &mut self.b, &on_a, keys).await;
-        subscribe(&mut self.b, &mut self.a, &on_b, keys).await;
+        // Calls and publications passed on come from a member of the channel.
+        let ready_a = self.a.join_all(&routes::channels(&to_b), keys).await;
+        let ready_b = self.b.join_all(&routes::channels(&to_a), keys).await;
+        let (bus_a, bus_b) = (self.a.bus.clone(), self.b.bus.clone());
+        offer(&mut self.b, &to_b, keys, |channel, _| {
+            ready_a
+                .contains(channel)
+                .then(|| relay::calls_to(bus_a.clone()))
+        })
+        .await;
+        offer(&mut self.a, &to_a, keys, |channel, _| {
+            ready_b
+                .contains(channel)
+                .then(|| relay::calls_to(bus_b.clone()))
+        })
+        .await;
+        let ready_b = self.b.join_all(&routes::channels(&on_a), keys).await;
+        let ready_a = self.a.join_all(&routes::channels(&on_b), keys).await;
+        subscribe(&mut self.a, &on_a, keys, |channel| {
+            ready_b.contains(channel)
+        })
+        .await;
+        subscribe(&mut self.b, &on_b, keys, |channel| {
+            ready_a.contains(channel)
+        })
+        .await;
         // The protected channels carried stay joined: leaving one would
         // close it on a side where the bridge is its only member (and
         // joining it again at the next look would make churn).
@@ -209,14 +251,15 @@ impl Mirror {
     }
 }
 
-/// Make the bridge subscribe on `on` to exactly `demand`, for the
-/// subscribers of `to`, where it passes the publications on. Each item on
-/// its own: one that fails is told and tried again at the next look.
-async fn subscribe(
+/// Make the bridge subscribe on `on` to exactly `demand`, for subscribers
+/// elsewhere, where it passes the publications on: those of channels
+/// `ready` says it can pass on to. Each item on its own: one that fails is
+/// told and tried again at the next look.
+pub(crate) async fn subscribe(
     on: &mut Side,
-    to: &mut Side,
     demand: &Demand,
     keys: &HashMap<String, ChannelKeys>,
+    ready: impl Fn(&str) -> bool,
 ) {
     let gone: Vec<(String, String)> = on
         .subscribed
@@ -238,12 +281,10 @@ async fn subscribe(
     }
     for ((channel, pattern), path) in demand {
         let key = (channel.clone(), pattern.clone());
-        if on.subscribed.get(&key) == Some(path) {
+        if on.subscribed.get(&key) == Some(path) || !ready(channel) {
             continue;
         }
-        // Publications passed on come from a member of the channel.
         let done = async {
-            to.join(channel, keys).await?;
             on.join(channel, keys)
                 .await?
                 .relay_subscribe(pattern, path.clone())
@@ -258,15 +299,42 @@ async fn subscribe(
     }
 }
 
-/// Make `to` offer exactly `offers`, each passing its calls to `from`. Each
-/// item on its own: one that fails is told and tried again at the next
-/// look.
-async fn offer(
+/// Make `to` offer exactly `offers`, each served by what `relay` makes for
+/// its channel and method (`None`: not now). Each item on its own: one
+/// that fails is told and tried again at the next look.
+pub(crate) async fn offer<S>(
     to: &mut Side,
-    from: &mut Side,
     offers: &Offers,
     keys: &HashMap<String, ChannelKeys>,
-) {
+    relay: impl Fn(&str, &str) -> Option<S>,
+) where
+    S: tower::Service<Request, Response = Reply, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    withdraw_all_but(to, offers).await;
+    for ((channel, method), path) in offers {
+        let key = (channel.clone(), method.clone());
+        if to.offered.get(&key) == Some(path) {
+            continue;
+        }
+        let Some(service) = relay(channel, method) else {
+            continue;
+        };
+        let done = async {
+            to.join(channel, keys)
+                .await?
+                .serve(method, service, None, path.clone())
+                .await
+        };
+        match done.await {
+            Ok(()) => drop(to.offered.insert(key, path.clone())),
+            Err(err) => tracing::warn!(%channel, %method, error = %err, "bridge: cannot offer"),
+        }
+    }
+}
+
+/// Withdraw what `to` offers but `offers` does not list.
+pub(crate) async fn withdraw_all_but(to: &mut Side, offers: &Offers) {
     let withdrawn: Vec<(String, String)> = to
         .offered
         .keys()
@@ -283,25 +351,6 @@ async fn offer(
             Err(err) => {
                 tracing::warn!(channel = %key.0, method = %key.1, error = %err, "bridge: cannot withdraw")
             }
-        }
-    }
-    for ((channel, method), path) in offers {
-        let key = (channel.clone(), method.clone());
-        if to.offered.get(&key) == Some(path) {
-            continue;
-        }
-        // Calls through the bridge come from a member of the channel.
-        let done = async {
-            from.join(channel, keys).await?;
-            let relay = relay::calls_to(from.bus.clone());
-            to.join(channel, keys)
-                .await?
-                .serve(method, relay, None, path.clone())
-                .await
-        };
-        match done.await {
-            Ok(()) => drop(to.offered.insert(key, path.clone())),
-            Err(err) => tracing::warn!(%channel, %method, error = %err, "bridge: cannot offer"),
         }
     }
 }

@@ -62,9 +62,9 @@
 //! # }).unwrap();
 //! ```
 
-mod mirror;
-mod relay;
-mod routes;
+pub(crate) mod mirror;
+pub(crate) mod relay;
+pub(crate) mod routes;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -151,18 +151,7 @@ impl BridgeBuilder {
     /// [`BrokerClientBuilder::reconnect`]: crate::broker::BrokerClientBuilder::reconnect
     pub async fn start(self, a: BrokerClient, b: BrokerClient) -> Result<BridgeHandle> {
         let mut allow = self.channels;
-        let mut keys = HashMap::new();
-        for (channel, password) in &self.passwords {
-            // Given its password, a channel is meant to cross.
-            if let Some(allow) = &mut allow {
-                allow.insert(channel.clone());
-            }
-            crate::broker::check_channel_name(channel)?;
-            keys.insert(
-                channel.clone(),
-                crate::broker::derive(channel, password).await?,
-            );
-        }
+        let keys = carried_keys(&mut allow, &self.passwords).await?;
         let mut mirror = Mirror::new(a.clone(), b.clone(), allow, keys);
         let (id_a, id_b) = (a.status().await?.id, b.status().await?.id);
         if id_a == id_b {
@@ -171,7 +160,7 @@ impl BridgeBuilder {
                  (or two with the same id; give each its own with BrokerBuilder::id)"
             )));
         }
-        let feed = changes(&a, &b).await;
+        let feed = changes(&[&a, &b]).await;
         let stop = CancellationToken::new();
         a.on_relayed(relay::forwarder(&id_a, b.clone(), stop.clone()));
         b.on_relayed(relay::forwarder(&id_b, a.clone(), stop.clone()));
@@ -185,6 +174,26 @@ impl BridgeBuilder {
         let task = tokio::spawn(run(mirror, feed, self.resync, stop.clone()));
         Ok(BridgeHandle { stop, task, a, b })
     }
+}
+
+/// The keys of the protected channels given with their passwords, each
+/// added to `allow` (given its password, a channel is meant to cross).
+pub(crate) async fn carried_keys(
+    allow: &mut Option<BTreeSet<String>>,
+    passwords: &[(String, String)],
+) -> Result<HashMap<String, crate::broker::ChannelKeys>> {
+    let mut keys = HashMap::new();
+    for (channel, password) in passwords {
+        if let Some(allow) = allow {
+            allow.insert(channel.clone());
+        }
+        crate::broker::check_channel_name(channel)?;
+        keys.insert(
+            channel.clone(),
+            crate::broker::derive(channel, password).await?,
+        );
+    }
+    Ok(keys)
 }
 
 /// A running bridge; dropping it stops the bridge too.
@@ -214,11 +223,12 @@ impl Drop for BridgeHandle {
     }
 }
 
-/// What tells the bridge to look again: providers and channels coming and
-/// going on either broker, and either connection dropping or coming back.
-async fn changes(a: &BrokerClient, b: &BrokerClient) -> BoxStream<'static, ()> {
+/// What tells a bridge (or the backbone) to look again: providers and
+/// channels coming and going on its brokers, and a connection dropping or
+/// coming back.
+pub(crate) async fn changes(buses: &[&BrokerClient]) -> BoxStream<'static, ()> {
     let mut feeds: Vec<BoxStream<'static, ()>> = Vec::new();
-    for bus in [a, b] {
+    for bus in buses {
         // A client without reconnection tells nothing but its end.
         let first = bus.client();
         feeds.push(

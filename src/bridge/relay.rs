@@ -7,7 +7,8 @@ use std::{
     time::Duration,
 };
 
-use busline_core::{Error, Payload};
+use busline_core::{Encoding, Error, Payload};
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -54,17 +55,38 @@ type Relayed = (String, Payload);
 /// on (the queue is full, or `from` dropped some for the bridge) is counted
 /// per channel and told to `to` as lost, for its subscribers to know.
 pub(super) fn forwarder(from: &str, to: BrokerClient, stop: CancellationToken) -> RelaySink {
+    let encoding = to.client().encoding();
+    let deliver: Deliver = Arc::new(move |name: String, payload: Payload| {
+        let to = to.clone();
+        Box::pin(async move { to.client().notify_raw(&name, payload).await })
+    });
+    forwarder_to(from, deliver, encoding, stop)
+}
+
+/// Passes a relayed message (a publication, or word of lost ones: its
+/// routed name and payload) on, wherever it goes.
+pub(crate) type Deliver =
+    Arc<dyn Fn(String, Payload) -> BoxFuture<'static, busline_core::Result<()>> + Send + Sync>;
+
+/// As [`forwarder`], passing each relayed message to `deliver`, in order,
+/// and word of lost ones encoded as `encoding`. A message `deliver` fails
+/// counts as lost.
+pub(crate) fn forwarder_to(
+    from: &str,
+    deliver: Deliver,
+    encoding: Encoding,
+    stop: CancellationToken,
+) -> RelaySink {
     let (tx, rx) = tokio::sync::mpsc::channel::<Relayed>(RELAY_QUEUE);
     let bytes = Arc::new(ByteBudget::new(RELAY_QUEUE_BYTES));
     let lost: Lost = Arc::default();
-    tokio::spawn(pass_on(
-        rx,
-        bytes.clone(),
-        to,
-        from.to_owned(),
-        lost.clone(),
-        stop,
-    ));
+    let forward = Forward {
+        deliver,
+        encoding,
+        from: from.to_owned(),
+        lost: lost.clone(),
+    };
+    tokio::spawn(forward.run(rx, bytes.clone(), stop));
     Box::new(move |name: &str, payload: &Payload| {
         if name == LAGGED {
             // The bridge itself fell behind on `from`.
@@ -101,53 +123,67 @@ fn count(lost: &Lost, channel: &str, missed: u64) {
     *total = total.saturating_add(missed);
 }
 
-async fn pass_on(
-    mut queue: tokio::sync::mpsc::Receiver<Relayed>,
-    bytes: Arc<ByteBudget<Relayed>>,
-    to: BrokerClient,
+/// The task behind a forwarder.
+struct Forward {
+    deliver: Deliver,
+    encoding: Encoding,
     from: String,
     lost: Lost,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(TELL_LOST_EVERY);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            next = queue.recv() => match next {
-                Some((name, payload)) => {
-                    bytes.give(1, name.len() + payload.len());
-                    let missed = lost_with(&name, &payload);
-                    if let Err(err) = to.client().notify_raw(&name, payload).await {
-                        tracing::debug!(error = %err, "bridge: a publication could not be passed on");
-                        if let Some((channel, missed)) = missed {
-                            count(&lost, &channel, missed);
+}
+
+impl Forward {
+    async fn run(
+        self,
+        mut queue: tokio::sync::mpsc::Receiver<Relayed>,
+        bytes: Arc<ByteBudget<Relayed>>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TELL_LOST_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+                next = queue.recv() => match next {
+                    Some((name, payload)) => {
+                        bytes.give(1, name.len() + payload.len());
+                        let missed = lost_with(&name, &payload);
+                        if let Err(err) = (self.deliver)(name, payload).await {
+                            tracing::debug!(error = %err, "bridge: a publication could not be passed on");
+                            if let Some((channel, missed)) = missed {
+                                count(&self.lost, &channel, missed);
+                            }
                         }
                     }
-                }
-                None => return,
-            },
+                    None => return,
+                },
+            }
+            self.tell_lost().await;
         }
+    }
+
+    /// Tell what was lost since the last time.
+    async fn tell_lost(&self) {
         let told: Vec<(String, u64)> =
-            std::mem::take(&mut *lost.lock().unwrap_or_else(|p| p.into_inner()))
+            std::mem::take(&mut *self.lost.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
         for (channel, missed) in told {
             let notice = RelayLagged {
                 channel,
                 missed,
-                via: vec![from.clone()],
+                via: vec![self.from.clone()],
             };
-            let client = to.client();
-            let told = match Payload::encode(client.encoding(), &notice) {
-                Ok(payload) => client.notify_raw(RELAY_LAGGED, payload).await.is_ok(),
+            let told = match Payload::encode(self.encoding, &notice) {
+                Ok(payload) => (self.deliver)(RELAY_LAGGED.to_owned(), payload)
+                    .await
+                    .is_ok(),
                 Err(_) => false,
             };
             if told {
                 tracing::warn!(channel = %notice.channel, missed, "bridge: publications lost on the way; told the subscribers");
             } else {
                 // Kept for the next time the other broker can be told.
-                count(&lost, &notice.channel, notice.missed);
+                count(&self.lost, &notice.channel, notice.missed);
             }
         }
     }

@@ -23,7 +23,17 @@ pub(crate) type Demand = Paths;
 /// The offers of broker `from` (as its status reports it) to broker `to`,
 /// limited to `allow` if given: each method by its shortest way.
 pub(crate) fn offers(from: &BrokerStatus, to: &str, allow: Option<&BTreeSet<String>>) -> Offers {
-    shortest(from, to, allow, |ch| {
+    offers_avoiding(from, &|broker| broker == to, allow)
+}
+
+/// As [`offers`], to wherever the brokers `avoid` picks are: none that
+/// came through one of them.
+pub(crate) fn offers_avoiding(
+    from: &BrokerStatus,
+    avoid: &dyn Fn(&str) -> bool,
+    allow: Option<&BTreeSet<String>>,
+) -> Offers {
+    shortest(from, avoid, allow, |ch| {
         ch.methods.iter().flat_map(move |(method, providers)| {
             providers.iter().map(move |conn| {
                 let via = ch
@@ -41,7 +51,17 @@ pub(crate) fn offers(from: &BrokerStatus, to: &str, allow: Option<&BTreeSet<Stri
 /// on broker `on`, limited to `allow` if given: its own subscribers' one
 /// hop away, those it relays for one more.
 pub(crate) fn demand(of: &BrokerStatus, on: &str, allow: Option<&BTreeSet<String>>) -> Demand {
-    shortest(of, on, allow, |ch| {
+    demand_avoiding(of, &|broker| broker == on, allow)
+}
+
+/// As [`demand`], on wherever the brokers `avoid` picks are: none that
+/// came through one of them.
+pub(crate) fn demand_avoiding(
+    of: &BrokerStatus,
+    avoid: &dyn Fn(&str) -> bool,
+    allow: Option<&BTreeSet<String>>,
+) -> Demand {
+    shortest(of, avoid, allow, |ch| {
         let local = ch.subscriptions.iter().map(|(_, p)| (p, &[][..]));
         let relayed = ch.relays.iter().map(|(_, p, via)| (p, via.as_slice()));
         local.chain(relayed)
@@ -50,12 +70,12 @@ pub(crate) fn demand(of: &BrokerStatus, on: &str, allow: Option<&BTreeSet<String
 
 /// For each name `candidates` lists in an allowed channel of broker
 /// `from`, with the path it came to `from` by, the shortest path on to
-/// broker `to`. One that already came through `to` is left out: passed
-/// back, it would make a loop (and `to` would refuse it); so is one that
-/// would pass more than [`MAX_HOPS`] brokers.
+/// the brokers `avoid` picks. One that already came through one of them
+/// is left out: passed back, it would make a loop (and they would refuse
+/// it); so is one that would pass more than [`MAX_HOPS`] brokers.
 fn shortest<'a, C, I>(
     from: &'a BrokerStatus,
-    to: &str,
+    avoid: &dyn Fn(&str) -> bool,
     allow: Option<&BTreeSet<String>>,
     candidates: C,
 ) -> Paths
@@ -70,7 +90,7 @@ where
         .filter(|ch| allow.map_or(true, |allow| allow.contains(&ch.name)));
     for ch in channels {
         for (name, via) in candidates(ch) {
-            if via.iter().any(|broker| broker == to || *broker == from.id) || via.len() >= MAX_HOPS
+            if via.iter().any(|broker| avoid(broker) || *broker == from.id) || via.len() >= MAX_HOPS
             {
                 continue;
             }

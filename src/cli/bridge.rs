@@ -64,6 +64,16 @@ pub(crate) async fn start(
     bridge.start(side_a, side_b).await
 }
 
+/// The channel and password of a `CHANNEL=FILE` given to `flag`: the
+/// file's first line.
+pub(crate) fn channel_password<'a>(flag: &str, given: &'a str) -> Result<(&'a str, String)> {
+    let (channel, file) = given
+        .split_once('=')
+        .ok_or_else(|| Error::Protocol(format!("{flag} takes CHANNEL=FILE, not {given:?}")))?;
+    let password = super::bus::password(Some(Path::new(file)))?.unwrap_or_default();
+    Ok((channel, password))
+}
+
 /// `busline bridge A B`: until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: BridgeArgs, auth: Arc<dyn Authenticator>) -> Result<()> {
     let mut bridge = Bridge::builder();
@@ -72,12 +82,7 @@ pub(crate) async fn run(args: BridgeArgs, auth: Arc<dyn Authenticator>) -> Resul
     }
     // Read before connecting: a missing file fails fast.
     for given in &args.channel_passwords {
-        let (channel, file) = given.split_once('=').ok_or_else(|| {
-            Error::Protocol(format!(
-                "--channel-password-file takes CHANNEL=FILE, not {given:?}"
-            ))
-        })?;
-        let password = super::bus::password(Some(Path::new(file)))?.unwrap_or_default();
+        let (channel, password) = channel_password("--channel-password-file", given)?;
         bridge = bridge.channel_password(channel, password);
     }
     let bridge = start(bridge, &args.a, &args.b, auth).await?;

@@ -2,6 +2,7 @@
 //! picks the transport ([`busline::any_transport`]) and the codec
 //! ([`AnyCodec`]).
 
+mod backbone;
 pub(crate) mod bridge;
 pub(crate) mod bus;
 mod comm_ipc;
@@ -187,6 +188,8 @@ pub(crate) struct BrokerArgs {
     /// addresses and localhost are always taken, other names refused.
     #[arg(long = "allow-host", value_name = "NAME")]
     hosts: Vec<String>,
+    #[command(flatten)]
+    backbone: backbone::BackboneArgs,
 }
 
 /// `busline serve [URL] [--shm-rpc-bridge NAME]`: the demo service until
@@ -299,10 +302,11 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
         }
         builder = builder.listen_with(busline::any_transport(), addr, codec, auth.clone());
     }
-    // The way in of the gateway and the comm-ipc listeners: in this process
-    // only, so it needs no secret (they ask their own clients for it).
+    // The way in of the gateway, the comm-ipc listeners and the backbone:
+    // in this process only, so it needs no secret (they ask their own
+    // clients for it).
     let inside = Address::memory(format!("busline-inside-{}", std::process::id()));
-    if args.http.is_some() || !comm_ipc.is_empty() {
+    if args.http.is_some() || !comm_ipc.is_empty() || args.backbone.wanted() {
         builder = builder.listen(
             busline::MemoryTransport::new(),
             inside.clone(),
@@ -338,6 +342,14 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
         None => None,
     };
     let mut bridges = bridge::to_peers(broker.local_addrs()[0], &args.bridges, auth);
+    let backbone = match backbone::join(&args.backbone, &inside).await {
+        Ok(backbone) => backbone,
+        Err(err) => {
+            bridges.shutdown().await;
+            broker.shutdown().await;
+            return Err(err);
+        }
+    };
     eprintln!("busline: Ctrl-C to stop");
     let failed = match gateway {
         Some(serving) => gateway::until_signal(serving, stop_gateway).await,
@@ -349,6 +361,9 @@ pub(crate) async fn broker(args: BrokerArgs, auth_args: &AuthArgs) -> Result<()>
     eprintln!("busline: shutting down");
     for listener in comm_ipc_listeners {
         listener.shutdown().await;
+    }
+    if let Some(backbone) = backbone {
+        backbone.shutdown().await;
     }
     bridges.shutdown().await;
     broker.shutdown().await;

@@ -1,0 +1,173 @@
+//! This broker on the backbone: what its calls out, the calls it serves
+//! and its publications share.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+    },
+};
+
+use async_nats::Message;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::subject::Subjects;
+use crate::broker::BrokerClient;
+
+/// Most calls from other brokers served at once; past it, callers get
+/// [`Error::Overloaded`](busline_core::Error::Overloaded).
+pub const MAX_SERVED: usize = 4096;
+
+/// A stream's control, as its caller last sent it: items it takes up to,
+/// or `None` once cancelled.
+pub(super) type Control = watch::Sender<Option<u64>>;
+
+/// Which brokers answer for a channel's method, by the shortest path.
+pub(super) type Targets = HashMap<(String, String), Vec<String>>;
+
+/// What this broker's side of the backbone shares.
+pub(super) struct Node {
+    pub(super) nats: async_nats::Client,
+    pub(super) subjects: Subjects,
+    /// This broker's id.
+    pub(super) id: String,
+    pub(super) local: BrokerClient,
+    /// The answers awaited for calls out, by call id, with the broker
+    /// called.
+    pending: Mutex<HashMap<u64, (String, mpsc::Sender<Message>)>>,
+    next_id: AtomicU64,
+    /// The streams served to other brokers, by control id.
+    pub(super) streams: Mutex<HashMap<u64, Arc<Control>>>,
+    /// Where each channel's methods are called, by the latest announces.
+    targets: RwLock<Targets>,
+    /// Turns among the brokers that answer for a method.
+    turn: AtomicUsize,
+    /// The brokers on the backbone now, and those this one relays for:
+    /// what came through one of them is not passed back onto it.
+    known: RwLock<HashSet<String>>,
+    /// Calls from other brokers being served.
+    pub(super) serving: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+/// A call's place among the awaited answers; dropped, it leaves.
+pub(super) struct Awaiting {
+    node: Arc<Node>,
+    pub(super) id: u64,
+    pub(super) answers: mpsc::Receiver<Message>,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        lock(&self.node.pending).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    pub(super) fn new(
+        nats: async_nats::Client,
+        subjects: Subjects,
+        id: String,
+        local: BrokerClient,
+    ) -> Node {
+        Node {
+            nats,
+            subjects,
+            id,
+            local,
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            streams: Mutex::default(),
+            targets: RwLock::default(),
+            turn: AtomicUsize::new(0),
+            known: RwLock::default(),
+            serving: Arc::new(Semaphore::new(MAX_SERVED)),
+        }
+    }
+
+    /// A fresh id, for a call out or a stream served.
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Await answers to a new call to broker `target`, holding up to
+    /// `room` unread.
+    pub(super) fn awaiting(self: &Arc<Self>, target: &str, room: usize) -> Awaiting {
+        let id = self.next_id();
+        let (tx, answers) = mpsc::channel(room);
+        lock(&self.pending).insert(id, (target.to_owned(), tx));
+        Awaiting {
+            node: self.clone(),
+            id,
+            answers,
+        }
+    }
+
+    /// Hand an answer to its call. One whose call is gone, or that came
+    /// faster than the call reads (more than a stream's window ahead), is
+    /// dropped: the call sees the gap in the numbers.
+    pub(super) fn answered(&self, msg: Message) {
+        let Some(id) = Subjects::parse_reply(&msg.subject) else {
+            return;
+        };
+        if let Some((_, tx)) = lock(&self.pending).get(&id) {
+            let _ = tx.try_send(msg);
+        }
+    }
+
+    /// End the calls awaiting answers from `broker`, which left: they fail
+    /// at once instead of waiting out [`SILENCE`](super::wire::SILENCE).
+    pub(super) fn left(&self, broker: &str) {
+        lock(&self.pending).retain(|_, (target, _)| target != broker);
+    }
+
+    /// The brokers answering for `method` on `channel`, the next turn's
+    /// first.
+    pub(super) fn targets(&self, channel: &str, method: &str) -> Vec<String> {
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        let Some(brokers) = targets.get(&(channel.to_owned(), method.to_owned())) else {
+            return Vec::new();
+        };
+        let mut brokers = brokers.clone();
+        if !brokers.is_empty() {
+            let first = self.turn.fetch_add(1, Ordering::Relaxed) % brokers.len();
+            brokers.rotate_left(first);
+        }
+        brokers
+    }
+
+    pub(super) fn set_targets(&self, targets: Targets) {
+        *self.targets.write().unwrap_or_else(|p| p.into_inner()) = targets;
+    }
+
+    /// Whether `broker` is on the backbone (or this broker relays for it).
+    pub(super) fn is_known(&self, broker: &str) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(broker)
+    }
+
+    pub(super) fn set_known(&self, known: HashSet<String>) {
+        *self.known.write().unwrap_or_else(|p| p.into_inner()) = known;
+    }
+
+    /// The largest message the NATS server takes (its default until it
+    /// has said).
+    pub(super) fn max_payload(&self) -> usize {
+        match self.nats.server_info().max_payload {
+            0 => 1024 * 1024,
+            max => max,
+        }
+    }
+}
