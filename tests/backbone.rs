@@ -252,6 +252,60 @@ impl Drop for DropFlag {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_keeps_its_stream_and_a_caller_that_gives_up_cancels_its_call() {
+    if !nats::available() {
+        return;
+    }
+    let server = NatsServer::start();
+    let a = Site::start("bs-a", &server.url, fast()).await;
+    let b = Site::start("bs-b", &server.url, fast()).await;
+    let math = a.open("math").await;
+    math.provide_stream("count", |n: u64| {
+        futures::stream::iter((1..=n).map(Ok::<_, String>))
+    })
+    .await
+    .unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    math.provide("hang", move |(): ()| {
+        let guard = DropFlag(flag.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<(), String>(())
+        }
+    })
+    .await
+    .unwrap();
+    let on_b = b.open("math").await;
+    eventually("b reaches a's count", || async {
+        match on_b.stream::<_, u64>("count", &1u64).await {
+            Ok(mut items) => matches!(items.next().await, Some(Ok(1))),
+            Err(_) => false,
+        }
+    })
+    .await;
+    // A reader that stops for longer than either side waits in silence:
+    // both keep the stream alive, and it resumes where it was.
+    let mut items = on_b.stream::<_, u64>("count", &300u64).await.unwrap();
+    for i in 1..=100 {
+        assert_eq!(items.next().await.unwrap().unwrap(), i);
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let rest: Vec<u64> = items.map(|i| i.unwrap()).collect().await;
+    assert_eq!(rest, (101..=300).collect::<Vec<_>>());
+    // A caller that gives up on a call cancels it at the provider.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(1500), on_b.call::<_, ()>("hang", &())).await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    eventually(
+        "the abandoned call is cancelled at its provider",
+        || async { dropped.load(Ordering::Relaxed) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_leaves_is_withdrawn_and_another_takes_its_calls() {
     if !nats::available() {
         return;
@@ -319,6 +373,15 @@ async fn a_protected_channel_crosses_only_where_its_password_is_given() {
     let on_c = c.open("vault").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(matches!(add(&on_c).await, Err(Error::MethodNotFound(_))));
+    // A call put on NATS by hand, unsigned, is refused by the provider.
+    let raw = async_nats::connect(&server.url).await.unwrap();
+    let answer = raw
+        .request("busline.v1.default.call.bp-a.vault.add", "[1,2]".into())
+        .await
+        .unwrap();
+    let reply = answer.headers.as_ref().and_then(|h| h.get("Busline-Reply"));
+    assert_eq!(reply.map(|v| v.as_str()), Some("error"));
+    assert!(String::from_utf8_lossy(&answer.payload).contains("unauthorized"));
     // And a wrong password on b is still refused by b.
     assert!(b
         .client()
@@ -376,6 +439,17 @@ async fn bad_messages_on_the_subjects_are_refused_and_change_nothing() {
     // A call in JSON without headers is a unary call, answered in JSON.
     let answer = raw.request(call, "[20,22]".into()).await.unwrap();
     assert_eq!(&answer.payload[..], b"42");
+    // A channel a broker does not carry cannot be called through NATS.
+    let c = Site::start("bx-c", &server.url, fast().channels(["math"])).await;
+    let secret = c.open("secret").await;
+    provide_add(&secret).await;
+    let answer = raw
+        .request(format!("{prefix}.call.bx-c.secret.add"), "[1,2]".into())
+        .await
+        .unwrap();
+    let reply = answer.headers.as_ref().and_then(|h| h.get("Busline-Reply"));
+    assert_eq!(reply.map(|v| v.as_str()), Some("error"));
+    assert!(String::from_utf8_lossy(&answer.payload).contains("unauthorized"));
     // Publications without a name, or naming another channel, are dropped.
     raw.publish(format!("{prefix}.pub.math.t"), "1".into())
         .await
@@ -385,7 +459,7 @@ async fn bad_messages_on_the_subjects_are_refused_and_change_nothing() {
     // Nothing changed: the forged word that bx-a leaves was ignored too.
     assert_eq!(add(&on_b).await.unwrap(), 42);
     let brokers = b.backbone.as_ref().unwrap().brokers();
-    assert_eq!(brokers, ["bx-a"], "{brokers:?}");
+    assert_eq!(brokers, ["bx-a", "bx-c"], "{brokers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

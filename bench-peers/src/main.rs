@@ -16,8 +16,11 @@
 //! socket, tarpc, jsonrpsee and tonic (`rpc_peers.rs`), `... -- sweep`
 //! sweeps the payload from 64 B to 4 MiB (`sweep.rs`), `... --
 //! connections` opens 1 to 1,000 connections (`connections.rs`). They
-//! draw their plots into `plots/` (`plots.rs`).
+//! draw their plots into `plots/` (`plots.rs`). `... -- backbone` compares
+//! brokers joined through the NATS backbone with a direct bridge
+//! (`backbone.rs`).
 
+mod backbone;
 mod connections;
 mod contenders;
 mod plots;
@@ -205,34 +208,7 @@ async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
         .open(&format!("bench{round}"))
         .await
         .expect("opens");
-    let payload = Bytes::from_static(&[7u8; 32]);
-    let warming = Instant::now();
-    while warming.elapsed() < WARM_UP {
-        caller
-            .call::<_, Bytes>("echo", &payload)
-            .await
-            .expect("call");
-    }
-
-    let mut samples = Vec::with_capacity(SEQUENTIAL);
-    for _ in 0..SEQUENTIAL {
-        let start = Instant::now();
-        caller
-            .call::<_, Bytes>("echo", &payload)
-            .await
-            .expect("call");
-        samples.push(start.elapsed());
-    }
-    let (median_us, p99_us) = percentiles(samples);
-
-    let start = Instant::now();
-    for _ in 0..BATCHES {
-        let calls = (0..IN_FLIGHT).map(|_| caller.call::<_, Bytes>("echo", &payload));
-        for answer in join_all(calls).await {
-            answer.expect("call");
-        }
-    }
-    let calls_per_s = (BATCHES * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64();
+    let (median_us, p99_us, calls_per_s) = backbone::measure_calls(&caller).await;
 
     let mut fan_out = Vec::new();
     for subscribers in [1usize, 10, 100] {
@@ -395,6 +371,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("rpc") => return rpc_peers::run(),
+        Some("backbone") => return backbone::run(),
         Some("sweep") => return sweep::run(),
         Some("connections") => return connections::run(),
         Some("connections-one") => {

@@ -20,6 +20,13 @@ use crate::{
 /// Most routes (offers and demand together) one announce may list.
 pub const MAX_ROUTES: usize = 65536;
 
+/// Most other brokers one namespace may have; announces of more are
+/// ignored (and told once).
+pub const MAX_BROKERS: usize = 1024;
+
+/// Most other instances of this broker's id told about.
+const MAX_TWINS: usize = 64;
+
 /// What one broker offers and wants, as it tells the backbone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Announce {
@@ -114,8 +121,10 @@ pub(super) struct Peers {
     me: String,
     instance: u64,
     peers: HashMap<String, Peer>,
-    /// Ids another instance announces besides this one (told once).
+    /// Other instances announcing this broker's id (told once each).
     twins: HashSet<u64>,
+    /// Whether brokers were ignored for [`MAX_BROKERS`] (told once).
+    full: bool,
 }
 
 /// What one broker should do for the others: offer their methods (with
@@ -134,18 +143,30 @@ impl Peers {
             instance,
             peers: HashMap::new(),
             twins: HashSet::new(),
+            full: false,
         }
+    }
+
+    /// Whether another instance of this broker's id announces with a lower
+    /// instance number (one rule both follow), so this one must leave the
+    /// backbone lest both serve the calls for the id.
+    pub(super) fn yields(&self) -> bool {
+        self.twins.iter().any(|&twin| twin < self.instance)
     }
 
     /// Take in an announce; whether it changes what the others offer or
     /// want.
     pub(super) fn heard(&mut self, announce: Announce, now: Instant) -> bool {
         if announce.broker == self.me {
-            if announce.instance != self.instance && self.twins.insert(announce.instance) {
+            let new = !announce.leaving
+                && announce.instance != self.instance
+                && self.twins.len() < MAX_TWINS
+                && self.twins.insert(announce.instance);
+            if new {
                 tracing::error!(
                     broker = %self.me,
                     "backbone: another broker announces this broker's id; give each its own \
-                     (BrokerBuilder::id, busline broker --id): its announces are ignored"
+                     (BrokerBuilder::id, busline broker --id): one of the two leaves the backbone"
                 );
             }
             return false;
@@ -156,6 +177,15 @@ impl Peers {
             if known.is_some_and(|p| p.announce.instance == announce.instance) {
                 self.peers.remove(&announce.broker);
                 return true;
+            }
+            return false;
+        }
+        if self.peers.len() >= MAX_BROKERS && !self.peers.contains_key(&announce.broker) {
+            if !self.full {
+                self.full = true;
+                tracing::error!(
+                    "backbone: more than {MAX_BROKERS} brokers announce; the others are ignored"
+                );
             }
             return false;
         }
@@ -343,9 +373,14 @@ mod tests {
         leaving.instance = 1;
         assert!(peers.heard(leaving, now));
         assert_eq!(peers.ids().count(), 0);
-        let twin = announce("a", vec![route("m", "x", &["a"])], vec![]);
-        assert!(!peers.heard(twin, now));
+        let mut twin = announce("a", vec![route("m", "x", &["a"])], vec![]);
+        twin.instance = 9;
+        assert!(!peers.heard(twin.clone(), now));
         assert!(peers.plan(None, &BTreeSet::new()).offers.is_empty());
+        assert!(!peers.yields(), "the twin drew higher: it leaves");
+        twin.instance = 3;
+        peers.heard(twin, now);
+        assert!(peers.yields(), "the twin drew lower: this one leaves");
     }
 
     #[test]

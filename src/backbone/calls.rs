@@ -15,7 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     node::{Awaiting, Node},
-    wire::{self, Answer, ALIVE, SILENCE, WINDOW},
+    wire::{self, Answer, SILENCE, WINDOW},
 };
 use crate::rpc::{CallKind, Reply, Request};
 
@@ -99,31 +99,45 @@ async fn call(
             .map_err(wire::nats_error)?;
         return Ok(Reply::Unary(Payload::unit()));
     }
-    // A stream's answers come a window at a time, with a word or two more.
-    let room = match req.kind {
-        CallKind::Stream => 2 * WINDOW as usize,
-        _ => 8,
-    };
-    let mut awaiting = node.awaiting(target, room);
+    let awaiting = node.awaiting(target);
     let reply = node.subjects.reply(&node.id, awaiting.id);
+    // A subscription of its own: the answers come straight to this call.
+    let subscription = node
+        .nats
+        .subscribe(reply.clone())
+        .await
+        .map_err(wire::nats_error)?;
+    let mut answers = Answers {
+        awaiting,
+        subscription,
+        target: target.to_owned(),
+    };
     node.nats
         .publish_with_reply_and_headers(subject, reply, headers, payload)
         .await
         .map_err(wire::nats_error)?;
+    // Once the provider says it is at it, the caller keeps the call alive
+    // there, and cancels it if dropped (or failed) before it ends.
+    let mut control: Option<Control> = None;
     loop {
-        match next(&mut awaiting, target, req.deadline).await? {
-            Answer::Alive => continue,
+        match answers.next(req.deadline).await? {
+            Answer::Alive(id) => {
+                if let (None, Some(id)) = (&control, id) {
+                    control = Some(Control::start(node, target, id));
+                }
+            }
             Answer::NoResponders => return Err(Tried::NoResponders),
-            Answer::Ok(payload) if req.kind == CallKind::Unary => return Ok(Reply::Unary(payload)),
-            Answer::Error(err) => return Err(err.into()),
-            Answer::Open(stream) if req.kind == CallKind::Stream => {
-                let control = node.subjects.control(target, stream);
-                return Ok(Reply::Stream(items(
-                    node.clone(),
-                    awaiting,
-                    target.to_owned(),
-                    control,
-                )));
+            Answer::Ok(payload) if req.kind == CallKind::Unary => {
+                control.as_ref().map(Control::ended);
+                return Ok(Reply::Unary(payload));
+            }
+            Answer::Error(err) => {
+                control.as_ref().map(Control::ended);
+                return Err(err.into());
+            }
+            Answer::Open(id) if req.kind == CallKind::Stream => {
+                let control = control.unwrap_or_else(|| Control::start(node, target, id));
+                return Ok(Reply::Stream(items(answers, control)));
             }
             other => {
                 return Err(Error::Protocol(format!(
@@ -135,47 +149,91 @@ async fn call(
     }
 }
 
-/// The next answer, within the deadline and [`SILENCE`].
-async fn next(awaiting: &mut Awaiting, target: &str, deadline: Option<Instant>) -> Result<Answer> {
-    let started = Instant::now();
-    let silence = Instant::now() + SILENCE;
-    let until = deadline.map_or(silence, |d| d.min(silence));
-    match tokio::time::timeout_at(until.into(), awaiting.answers.recv()).await {
-        Ok(Some(msg)) => wire::read_answer(msg),
-        Ok(None) => Err(Error::Disconnected(format!(
-            "broker {target} left the backbone before answering"
-        ))),
-        Err(_) if deadline.is_some_and(|d| d <= silence) => Err(Error::Timeout(started.elapsed())),
-        Err(_) => Err(Error::Disconnected(format!(
-            "broker {target} went silent on the backbone for {SILENCE:?}"
-        ))),
+/// A call's answers as they come.
+struct Answers {
+    awaiting: Awaiting,
+    subscription: async_nats::Subscriber,
+    target: String,
+}
+
+impl Answers {
+    /// The next answer, within the deadline and [`SILENCE`].
+    async fn next(&mut self, deadline: Option<Instant>) -> Result<Answer> {
+        let started = Instant::now();
+        let silence = started + SILENCE;
+        let until = deadline.map_or(silence, |d| d.min(silence));
+        let target = &self.target;
+        tokio::select! {
+            () = self.awaiting.gone.cancelled() => Err(Error::Disconnected(format!(
+                "broker {target} left the backbone before answering"
+            ))),
+            next = tokio::time::timeout_at(until.into(), self.subscription.next()) => match next {
+                Ok(Some(msg)) => wire::read_answer(msg),
+                Ok(None) => Err(Error::Disconnected("the NATS connection closed".into())),
+                Err(_) if deadline.is_some_and(|d| d <= silence) => {
+                    Err(Error::Timeout(started.elapsed()))
+                }
+                Err(_) => Err(Error::Disconnected(format!(
+                    "broker {target} went silent on the backbone for {SILENCE:?}"
+                ))),
+            },
+        }
     }
 }
 
-/// A stream's items as its provider sends them, credit given as they are
-/// read, and kept alive while they are not; dropping it cancels the stream.
-fn items(
-    node: Arc<Node>,
-    awaiting: Awaiting,
-    target: String,
-    control: String,
-) -> crate::rpc::PayloadStream {
-    let taken = Arc::new(AtomicU64::new(0));
-    let done = CancellationToken::new();
-    tokio::spawn(keep_alive(
-        node.nats.clone(),
-        control.clone(),
-        taken.clone(),
-        done.clone(),
-    ));
+/// The caller's side of a call served by another broker: every
+/// [`ALIVE`](wire::ALIVE)
+/// it tells the provider it is still there (and how many stream items it
+/// takes); dropped before the call ended, it cancels the call there.
+struct Control {
+    nats: async_nats::Client,
+    subject: String,
+    /// Items read so far; `u64::MAX` once the call ended.
+    taken: Arc<AtomicU64>,
+    _done: DropGuard,
+}
+
+impl Control {
+    fn start(node: &Node, target: &str, id: u64) -> Control {
+        let subject = node.subjects.control(target, id);
+        let taken = Arc::new(AtomicU64::new(0));
+        let done = CancellationToken::new();
+        tokio::spawn(keep_alive(
+            node.nats.clone(),
+            subject.clone(),
+            taken.clone(),
+            done.clone(),
+        ));
+        Control {
+            nats: node.nats.clone(),
+            subject,
+            taken,
+            _done: done.drop_guard(),
+        }
+    }
+
+    /// The call ended at its provider: nothing to keep alive or cancel.
+    fn ended(&self) {
+        self.taken.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// `taken` stream items were read: tell the provider at every half
+    /// window, so it never waits on credit while the reader keeps up.
+    async fn took(&self, taken: u64) {
+        self.taken.store(taken, Ordering::Relaxed);
+        if taken % (WINDOW / 2) == 0 {
+            credit(&self.nats, &self.subject, taken + WINDOW).await;
+        }
+    }
+}
+
+/// A stream's items as its provider sends them; dropping it cancels the
+/// stream.
+fn items(answers: Answers, control: Control) -> crate::rpc::PayloadStream {
     let state = Items {
-        node,
-        awaiting,
-        target,
+        answers,
         control,
-        taken,
         next: 0,
-        _done: done.drop_guard(),
     };
     futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -190,63 +248,49 @@ fn items(
 
 /// A stream being read.
 struct Items {
-    node: Arc<Node>,
-    awaiting: Awaiting,
-    target: String,
-    control: String,
-    /// Items read so far (the keep-alive tells the provider).
-    taken: Arc<AtomicU64>,
+    answers: Answers,
+    control: Control,
     /// The number of the next item.
     next: u64,
-    /// Stops the keep-alive, which then cancels the stream unless it ended.
-    _done: DropGuard,
 }
 
 impl Items {
     async fn next(&mut self) -> Result<Option<Payload>> {
         loop {
-            match next(&mut self.awaiting, &self.target, None).await? {
-                Answer::Alive => continue,
+            match self.answers.next(None).await? {
+                Answer::Alive(_) => continue,
                 Answer::Item(seq, payload) if seq == self.next => {
                     self.next += 1;
-                    self.taken.store(self.next, Ordering::Relaxed);
-                    if self.next % (WINDOW / 2) == 0 {
-                        credit(&self.node.nats, &self.control, self.next + WINDOW).await;
-                    }
+                    self.control.took(self.next).await;
                     return Ok(Some(payload));
                 }
                 Answer::End(seq) if seq == self.next => {
-                    self.finished();
+                    self.control.ended();
                     return Ok(None);
                 }
                 Answer::Item(seq, _) | Answer::End(seq) => {
                     return Err(Error::Disconnected(format!(
                         "{} stream items from broker {} were lost on the backbone",
                         seq.saturating_sub(self.next).max(1),
-                        self.target
+                        self.answers.target
                     )))
                 }
                 Answer::Error(err) => {
-                    self.finished();
+                    self.control.ended();
                     return Err(err);
                 }
                 other => {
                     return Err(Error::Protocol(format!(
                         "broker {} sent {other:?} in a stream",
-                        self.target
+                        self.answers.target
                     )))
                 }
             }
         }
     }
-
-    /// The provider ended the stream: nothing to cancel.
-    fn finished(&self) {
-        self.taken.store(u64::MAX, Ordering::Relaxed);
-    }
 }
 
-/// Tell a stream's provider how far it may go.
+/// Tell a call's provider how far it may go.
 async fn credit(nats: &async_nats::Client, control: &str, upto: u64) {
     let headers = wire::headers(&[(wire::CREDIT, upto.to_string().as_str())]);
     let _ = nats
@@ -254,17 +298,15 @@ async fn credit(nats: &async_nats::Client, control: &str, upto: u64) {
         .await;
 }
 
-/// Every [`ALIVE`], tell a stream's provider the reader is there and how
-/// far it may go; once the reader is gone, cancel the stream (unless it
-/// ended).
+/// Every [`ALIVE`](wire::ALIVE), tell a call's provider the caller is there and how far
+/// it may go; once the caller is gone, cancel the call (unless it ended).
 async fn keep_alive(
     nats: async_nats::Client,
     control: String,
     taken: Arc<AtomicU64>,
     done: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(ALIVE);
-    tick.tick().await;
+    let mut tick = wire::every_alive();
     loop {
         tokio::select! {
             () = done.cancelled() => break,

@@ -36,24 +36,34 @@
 //! | `announce` | each broker's offers and demand (JSON), every [`BackboneBuilder::announce_every`], at once when they change, and `leaving` when it stops; a broker not heard for three intervals is withdrawn |
 //! | `sync` | a broker that joins asks the others to announce at once |
 //! | `call.<broker>.<channel>.<method>` | a call for that broker; headers `Busline-Kind` (`unary`, `stream`, `notify`), `Busline-Encoding`, `Busline-Timeout-Ms` |
-//! | `inbox.<broker>.<call>` | a call's answers: `Busline-Reply` `ok`, `error` (a JSON [`RemoteError`](busline_core::RemoteError)), `alive` (every second while the call runs), or for a stream `open`, numbered `item`s and `end` |
-//! | `ctl.<broker>.<stream>` | the caller of a stream served by that broker: `Busline-Credit` (how many items it takes; every second as a keep-alive) or `cancel` |
+//! | `inbox.<broker>.<call>` | a call's answers (the caller subscribes to its own): `Busline-Reply` `ok`, `error` (a JSON [`RemoteError`](busline_core::RemoteError)), `alive` (every second while the call runs, with its control id in `Busline-Stream`), or for a stream `open` (with the id), numbered `item`s and `end` |
+//! | `ctl.<broker>.<id>` | the caller of a call served by that broker, once told its id: `Busline-Credit` (how many stream items it takes; every second, as a keep-alive) or `cancel` |
 //! | `pub.<channel>.<topic tokens>` | a publication, once for every broker that wants it; `Busline-Name` carries its origin, number and path, so each broker delivers it once |
 //! | `pub.<channel>.~` | word of that channel's publications lost on the way |
 //!
 //! A call whose broker has left (NATS has no responder for it) goes to
 //! the next broker that answers for the method, as it did not run; a call
-//! or stream whose other side says nothing for five seconds fails with
-//! [`Error::Disconnected`] (or is cancelled, on the provider's side). A
+//! in flight to a broker that says it leaves fails at once, and a call or
+//! stream whose other side says nothing for five seconds fails with
+//! [`Error::Disconnected`] (on the provider's side it is cancelled, as it
+//! is when its caller gives up on it). Two brokers announcing one id are
+//! told as an error, and one of them leaves the backbone. A
 //! message larger than the NATS server's `max_payload` (1 MiB by default)
 //! fails with [`Error::FrameTooLarge`]; a publication that large is
 //! counted as lost and told to the subscribers as
 //! [`Event::Lagged`](crate::broker::Event::Lagged).
 //!
-//! Anyone who may publish on these subjects may call what the brokers'
-//! unprotected channels offer, as anyone who may connect to a broker can:
-//! give NATS credentials and TLS (`async_nats::ConnectOptions`) and keep
-//! the subjects to the brokers' NATS account.
+//! The NATS account is the trust boundary: anyone who may publish on
+//! these subjects may call what the carried unprotected channels offer
+//! (as anyone who may connect to a broker can), announce or withdraw
+//! brokers, and read publications; protected channels stay protected
+//! end to end (unsigned calls and publications are refused by their
+//! receivers). Give NATS credentials and TLS (`async_nats::ConnectOptions`,
+//! `busline broker --backbone-creds`, `--backbone-ca`) and keep the
+//! subjects to the brokers' account. Every broker on the backbone should
+//! carry the same channels ([`BackboneBuilder::channels`]): what comes
+//! through a broker on the backbone is never passed back onto it, on any
+//! channel.
 //!
 //! ```no_run
 //! use busline::{backbone::Backbone, broker::{Broker, BrokerClient}, rpc::Client,
@@ -91,7 +101,7 @@ use std::{
 use busline_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
-pub use announce::MAX_ROUTES;
+pub use announce::{MAX_BROKERS, MAX_ROUTES};
 pub use node::MAX_SERVED;
 pub use subject::MAX_NAMESPACE;
 
@@ -181,7 +191,13 @@ impl BackboneBuilder {
         let mut allow = self.channels;
         let keys = crate::bridge::carried_keys(&mut allow, &self.passwords).await?;
         let id = local.status().await?.id;
-        let node = Arc::new(node::Node::new(nats, subjects, id, local.clone()));
+        let node = Arc::new(node::Node::new(
+            nats,
+            subjects,
+            id,
+            local.clone(),
+            allow.clone(),
+        ));
         let stop = CancellationToken::new();
         let brokers = Arc::new(Mutex::new(Vec::new()));
         let run = sync::Run::start(

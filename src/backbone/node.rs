@@ -2,15 +2,15 @@
 //! and its publications share.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, RwLock,
     },
 };
 
-use async_nats::Message;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::subject::Subjects;
 use crate::broker::BrokerClient;
@@ -19,8 +19,8 @@ use crate::broker::BrokerClient;
 /// [`Error::Overloaded`](busline_core::Error::Overloaded).
 pub const MAX_SERVED: usize = 4096;
 
-/// A stream's control, as its caller last sent it: items it takes up to,
-/// or `None` once cancelled.
+/// A served call's control, as its caller last sent it: the stream items
+/// it takes up to, or `None` once cancelled.
 pub(super) type Control = watch::Sender<Option<u64>>;
 
 /// Which brokers answer for a channel's method, by the shortest path.
@@ -33,12 +33,12 @@ pub(super) struct Node {
     /// This broker's id.
     pub(super) id: String,
     pub(super) local: BrokerClient,
-    /// The answers awaited for calls out, by call id, with the broker
-    /// called.
-    pending: Mutex<HashMap<u64, (String, mpsc::Sender<Message>)>>,
+    /// The calls out awaiting answers, by call id: the broker called, and
+    /// what ends the call if it leaves.
+    pending: Mutex<HashMap<u64, (String, CancellationToken)>>,
     next_id: AtomicU64,
-    /// The streams served to other brokers, by control id.
-    pub(super) streams: Mutex<HashMap<u64, Arc<Control>>>,
+    /// The calls served to other brokers, by control id.
+    pub(super) served: Mutex<HashMap<u64, Arc<Control>>>,
     /// Where each channel's methods are called, by the latest announces.
     targets: RwLock<Targets>,
     /// Turns among the brokers that answer for a method.
@@ -48,6 +48,8 @@ pub(super) struct Node {
     known: RwLock<HashSet<String>>,
     /// Calls from other brokers being served.
     pub(super) serving: Arc<Semaphore>,
+    /// The channels it carries (all if `None`).
+    allow: Option<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -56,11 +58,12 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// A call's place among the awaited answers; dropped, it leaves.
+/// A call out, awaiting its answers; dropped, it is forgotten.
 pub(super) struct Awaiting {
     node: Arc<Node>,
     pub(super) id: u64,
-    pub(super) answers: mpsc::Receiver<Message>,
+    /// Cancelled when the broker called leaves the backbone.
+    pub(super) gone: CancellationToken,
 }
 
 impl Drop for Awaiting {
@@ -79,6 +82,7 @@ impl Node {
         subjects: Subjects,
         id: String,
         local: BrokerClient,
+        allow: Option<BTreeSet<String>>,
     ) -> Node {
         Node {
             nats,
@@ -87,48 +91,41 @@ impl Node {
             local,
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
-            streams: Mutex::default(),
+            served: Mutex::default(),
             targets: RwLock::default(),
             turn: AtomicUsize::new(0),
             known: RwLock::default(),
             serving: Arc::new(Semaphore::new(MAX_SERVED)),
+            allow,
         }
     }
 
-    /// A fresh id, for a call out or a stream served.
+    /// A fresh id, for a call out or a call served.
     pub(super) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Await answers to a new call to broker `target`, holding up to
-    /// `room` unread.
-    pub(super) fn awaiting(self: &Arc<Self>, target: &str, room: usize) -> Awaiting {
+    /// A new call out to broker `target`.
+    pub(super) fn awaiting(self: &Arc<Self>, target: &str) -> Awaiting {
         let id = self.next_id();
-        let (tx, answers) = mpsc::channel(room);
-        lock(&self.pending).insert(id, (target.to_owned(), tx));
+        let gone = CancellationToken::new();
+        lock(&self.pending).insert(id, (target.to_owned(), gone.clone()));
         Awaiting {
             node: self.clone(),
             id,
-            answers,
-        }
-    }
-
-    /// Hand an answer to its call. One whose call is gone, or that came
-    /// faster than the call reads (more than a stream's window ahead), is
-    /// dropped: the call sees the gap in the numbers.
-    pub(super) fn answered(&self, msg: Message) {
-        let Some(id) = Subjects::parse_reply(&msg.subject) else {
-            return;
-        };
-        if let Some((_, tx)) = lock(&self.pending).get(&id) {
-            let _ = tx.try_send(msg);
+            gone,
         }
     }
 
     /// End the calls awaiting answers from `broker`, which left: they fail
     /// at once instead of waiting out [`SILENCE`](super::wire::SILENCE).
     pub(super) fn left(&self, broker: &str) {
-        lock(&self.pending).retain(|_, (target, _)| target != broker);
+        lock(&self.pending).retain(|_, (target, gone)| {
+            if target == broker {
+                gone.cancel();
+            }
+            target != broker
+        });
     }
 
     /// The brokers answering for `method` on `channel`, the next turn's
@@ -158,8 +155,26 @@ impl Node {
             .contains(broker)
     }
 
+    /// Note `broker` on the backbone as soon as it is heard (its
+    /// publications are taken from then on).
+    pub(super) fn note_known(&self, broker: &str) {
+        if !self.is_known(broker) {
+            self.known
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(broker.to_owned());
+        }
+    }
+
     pub(super) fn set_known(&self, known: HashSet<String>) {
         *self.known.write().unwrap_or_else(|p| p.into_inner()) = known;
+    }
+
+    /// Whether this broker's side of the backbone carries `channel`.
+    pub(super) fn carries(&self, channel: &str) -> bool {
+        self.allow
+            .as_ref()
+            .map_or(true, |allow| allow.contains(channel))
     }
 
     /// The largest message the NATS server takes (its default until it

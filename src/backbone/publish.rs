@@ -19,16 +19,24 @@ pub(super) fn deliver(node: Arc<Node>) -> Deliver {
     Arc::new(move |name: String, payload: Payload| {
         let node = node.clone();
         Box::pin(async move {
+            // The last broker on its path is this one. One that came
+            // through another broker on the backbone went out there.
+            let came_by_backbone = |via: &[&str]| {
+                via[..via.len().saturating_sub(1)]
+                    .iter()
+                    .any(|b| node.is_known(b))
+            };
             let subject = if name == RELAY_LAGGED {
                 let notice: RelayLagged = payload.decode_params()?;
+                let via: Vec<&str> = notice.via.iter().map(String::as_str).collect();
+                if came_by_backbone(&via) {
+                    return Ok(());
+                }
                 node.subjects.lost(&notice.channel)
             } else {
                 let relayed = parse_relayed(&name)
                     .ok_or_else(|| Error::Protocol(format!("not a relayed name: {name:?}")))?;
-                // The last broker on its path is this one. One that came
-                // through another broker on the backbone went out there.
-                let before = &relayed.via[..relayed.via.len().saturating_sub(1)];
-                if before.iter().any(|b| node.is_known(b)) {
+                if came_by_backbone(&relayed.via) {
                     return Ok(());
                 }
                 node.subjects.publication(relayed.channel, relayed.topic)
@@ -99,17 +107,30 @@ async fn receive(node: Arc<Node>, channel: String, mut subscription: async_nats:
             tracing::debug!(%channel, "backbone: a publication without a name; dropped");
             continue;
         };
+        // Only what a broker on the backbone published last (what this
+        // broker published comes back from NATS too).
+        let from_a_peer = |via: &[&str]| {
+            via.last()
+                .is_some_and(|b| *b != node.id && node.is_known(b))
+                && !via.contains(&node.id.as_str())
+        };
         let ours = if name == RELAY_LAGGED {
-            true
+            wire::encoding(headers)
+                .and_then(|e| {
+                    Payload::from_bytes(e, msg.payload.clone()).decode_params::<RelayLagged>()
+                })
+                .is_ok_and(|n| {
+                    let via: Vec<&str> = n.via.iter().map(String::as_str).collect();
+                    n.channel == channel && from_a_peer(&via)
+                })
         } else {
             match parse_relayed(name) {
-                // What this broker published comes back from NATS too.
-                Some(r) => r.channel == channel && !r.via.contains(&node.id.as_str()),
+                Some(r) => r.channel == channel && from_a_peer(&r.via),
                 None => false,
             }
         };
         if !ours {
-            tracing::debug!(%channel, %name, "backbone: a publication of another channel, or this broker's; dropped");
+            tracing::debug!(%channel, %name, "backbone: a publication not of this channel, or not from a broker on the backbone; dropped");
             continue;
         }
         let payload = match wire::encoding(headers) {

@@ -44,6 +44,12 @@ fn accept(node: &Arc<Node>, msg: Message) -> Result<()> {
         .subjects
         .parse_call(&node.id, &msg.subject)
         .ok_or_else(|| Error::Protocol(format!("not a call subject: {:?}", msg.subject)))?;
+    if !node.carries(&channel) {
+        return Err(Error::Unauthorized(format!(
+            "broker {} does not carry channel {channel:?} on the backbone",
+            node.id
+        )));
+    }
     let headers = msg.headers.as_ref();
     let kind = wire::kind(headers)?;
     let payload = Payload::from_bytes(wire::encoding(headers)?, msg.payload);
@@ -88,17 +94,40 @@ fn accept(node: &Arc<Node>, msg: Message) -> Result<()> {
 }
 
 /// Serve one call or stream and send its answers to `reply`, saying it is
-/// still at it every [`ALIVE`].
+/// still at it every [`ALIVE`]; the caller, told the call's control id,
+/// keeps it alive (a call whose caller says nothing for [`SILENCE`] is
+/// cancelled) or cancels it.
 async fn serve(node: &Arc<Node>, req: Request, reply: Subject) {
+    let id = node.next_id();
+    let (control, mut credits) = tokio::sync::watch::channel(Some(WINDOW));
+    node.served
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, Arc::new(control));
+    let _forget = Forget { node, id };
     let local = node.local.client();
     let answer = pass_on(&local, &req, ());
     tokio::pin!(answer);
-    let mut tick = tokio::time::interval(ALIVE);
-    tick.tick().await;
+    let mut tick = wire::every_alive();
+    // Since the caller was first told the id, or last said something.
+    let mut heard: Option<Instant> = None;
     let answer = loop {
         tokio::select! {
             answer = &mut answer => break answer,
-            _ = tick.tick() => alive(node, &reply).await,
+            changed = credits.changed() => {
+                if changed.is_err() || credits.borrow_and_update().is_none() {
+                    return; // cancelled: dropping the call cancels it here
+                }
+                heard = Some(Instant::now());
+            }
+            _ = tick.tick() => {
+                if heard.is_some_and(|at| at.elapsed() > SILENCE) {
+                    tracing::debug!(method = %req.method, "backbone: a call's caller went silent; cancelled");
+                    return;
+                }
+                heard.get_or_insert_with(Instant::now);
+                alive(node, &reply, id).await;
+            }
         }
     };
     match answer {
@@ -106,7 +135,7 @@ async fn serve(node: &Arc<Node>, req: Request, reply: Subject) {
             let (headers, body) = wire::answer("ok", &payload);
             send_checked(node, reply, headers, body).await;
         }
-        Ok(Reply::Stream(items)) => stream(node, items, reply).await,
+        Ok(Reply::Stream(items)) => stream(node, items, reply, id, credits).await,
         Err(err) => {
             let (headers, body) = wire::failure(&err);
             send(node, reply, headers, body).await;
@@ -114,8 +143,9 @@ async fn serve(node: &Arc<Node>, req: Request, reply: Subject) {
     }
 }
 
-async fn alive(node: &Node, reply: &Subject) {
-    let headers = wire::headers(&[(wire::REPLY, "alive")]);
+async fn alive(node: &Node, reply: &Subject, id: u64) {
+    let id = id.to_string();
+    let headers = wire::headers(&[(wire::REPLY, "alive"), (wire::STREAM, id.as_str())]);
     send(node, reply.clone(), headers, Bytes::new()).await;
 }
 
@@ -141,15 +171,14 @@ async fn send(node: &Node, reply: Subject, headers: HeaderMap, body: Bytes) -> b
     }
 }
 
-/// Send a stream's items as its caller takes them.
-async fn stream(node: &Arc<Node>, items: PayloadStream, reply: Subject) {
-    let id = node.next_id();
-    let (control, mut credits) = tokio::sync::watch::channel(Some(WINDOW));
-    node.streams
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, Arc::new(control));
-    let _forget = Forget { node, id };
+/// Send a stream's items, control id `id`, as its caller takes them.
+async fn stream(
+    node: &Node,
+    mut items: PayloadStream,
+    reply: Subject,
+    id: u64,
+    mut credits: tokio::sync::watch::Receiver<Option<u64>>,
+) {
     let opened = wire::headers(&[
         (wire::REPLY, "open"),
         (wire::STREAM, id.to_string().as_str()),
@@ -157,10 +186,9 @@ async fn stream(node: &Arc<Node>, items: PayloadStream, reply: Subject) {
     if !send(node, reply.clone(), opened, Bytes::new()).await {
         return;
     }
-    let mut items = items;
     let (mut sent, mut credit) = (0u64, WINDOW);
     let (mut heard, mut spoke) = (Instant::now(), Instant::now());
-    let mut tick = tokio::time::interval(ALIVE);
+    let mut tick = wire::every_alive();
     loop {
         tokio::select! {
             changed = credits.changed() => {
@@ -205,14 +233,14 @@ async fn stream(node: &Arc<Node>, items: PayloadStream, reply: Subject) {
                 }
                 if spoke.elapsed() >= ALIVE.saturating_sub(Duration::from_millis(50)) {
                     spoke = Instant::now();
-                    alive(node, &reply).await;
+                    alive(node, &reply, id).await;
                 }
             }
         }
     }
 }
 
-/// Forgets a stream served once it is over.
+/// Forgets a call served once it is over.
 struct Forget<'a> {
     node: &'a Node,
     id: u64,
@@ -221,18 +249,18 @@ struct Forget<'a> {
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.node
-            .streams
+            .served
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
     }
 }
 
-/// Pass the controls of `controls` (this broker's stream control subjects)
-/// to their streams until it ends.
+/// Pass the controls of `controls` (this broker's call control subjects)
+/// to their calls until it ends.
 pub(super) async fn controls(node: Arc<Node>, mut controls: async_nats::Subscriber) {
     while let Some(msg) = controls.next().await {
-        let Some(id) = super::subject::Subjects::parse_reply(&msg.subject) else {
+        let Some(id) = super::subject::Subjects::parse_id(&msg.subject) else {
             continue;
         };
         let credit = match wire::credit(msg.headers.as_ref()) {
@@ -243,7 +271,7 @@ pub(super) async fn controls(node: Arc<Node>, mut controls: async_nats::Subscrib
             }
         };
         let control: Option<Arc<Control>> = node
-            .streams
+            .served
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
@@ -257,12 +285,5 @@ pub(super) async fn controls(node: Arc<Node>, mut controls: async_nats::Subscrib
                 }
             });
         }
-    }
-}
-
-/// Answers to this broker's calls, to their callers.
-pub(super) async fn answers(node: Arc<Node>, mut answers: async_nats::Subscriber) {
-    while let Some(msg) = answers.next().await {
-        node.answered(msg);
     }
 }

@@ -124,22 +124,18 @@ impl Subjects {
         format!("{}.inbox.{}.{id}", self.prefix, token(broker))
     }
 
-    /// Every answer to broker `broker`'s calls.
-    pub(crate) fn replies_for(&self, broker: &str) -> String {
-        format!("{}.inbox.{}.*", self.prefix, token(broker))
-    }
-
-    /// The call id of a reply subject.
-    pub(crate) fn parse_reply(subject: &str) -> Option<u64> {
+    /// The id at the end of a reply or control subject.
+    pub(crate) fn parse_id(subject: &str) -> Option<u64> {
         subject.rsplit('.').next()?.parse().ok()
     }
 
-    /// Where the caller of broker `broker`'s stream `id` paces or cancels it.
+    /// Where the caller of call `id` served by broker `broker` keeps it
+    /// alive, paces or cancels it.
     pub(crate) fn control(&self, broker: &str, id: u64) -> String {
         format!("{}.ctl.{}.{id}", self.prefix, token(broker))
     }
 
-    /// Every stream control for broker `broker`.
+    /// Every call control for broker `broker`.
     pub(crate) fn controls_for(&self, broker: &str) -> String {
         format!("{}.ctl.{}.*", self.prefix, token(broker))
     }
@@ -199,7 +195,7 @@ mod tests {
         );
         assert_eq!(s.channel("news"), "busline.v1.prod.pub.news.>");
         assert_eq!(topic_tokens("a.*.>"), "a.*.>");
-        assert_eq!(Subjects::parse_reply(&s.reply("x", 42)), Some(42));
+        assert_eq!(Subjects::parse_id(&s.reply("x", 42)), Some(42));
         for bad in ["", "a.b", "a b", "*", &"n".repeat(MAX_NAMESPACE + 1)] {
             assert!(Subjects::new(bad).is_err(), "{bad}");
         }

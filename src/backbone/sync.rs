@@ -79,11 +79,9 @@ impl Run {
         let announces = subscribe(subjects.announce()).await?;
         let syncs = subscribe(subjects.sync()).await?;
         let calls = subscribe(subjects.calls_for(&node.id)).await?;
-        let answers = subscribe(subjects.replies_for(&node.id)).await?;
         let controls = subscribe(subjects.controls_for(&node.id)).await?;
         let tasks = vec![
             tokio::spawn(serve::calls(node.clone(), calls)),
-            tokio::spawn(serve::answers(node.clone(), answers)),
             tokio::spawn(serve::controls(node.clone(), controls)),
         ];
         node.local.on_relayed(forwarder_to(
@@ -113,7 +111,7 @@ impl Run {
             config,
             node,
         };
-        if let Err(err) = run.step(true).await {
+        if let Err(err) = run.step().await {
             run.leave().await;
             return Err(err);
         }
@@ -134,11 +132,12 @@ impl Run {
         let mut tick = tokio::time::interval(self.config.announce);
         tick.tick().await;
         loop {
-            let mut announce = false;
-            let mut changed = false;
+            // Announce again (what was last made of the broker: a look
+            // that fails or takes long must not silence it), and look.
+            let (mut announce, mut changed) = (false, false);
             tokio::select! {
                 () = self.stop.cancelled() => break,
-                _ = tick.tick() => announce = true,
+                _ = tick.tick() => (announce, changed) = (true, true),
                 Some(msg) = self.announces.next() => changed = self.hear(msg),
                 Some(_) = self.syncs.next() => announce = true,
                 Some(()) = self.feed.next() => changed = true,
@@ -153,14 +152,28 @@ impl Run {
             while let Some(Some(())) = self.feed.next().now_or_never() {
                 changed = true;
             }
-            if !(announce || changed) {
+            if self.peers.yields() {
+                tracing::error!(
+                    broker = %self.node.id,
+                    "backbone: another broker joined with this broker's id first; this one \
+                     leaves the backbone (give each broker its own id: BrokerBuilder::id, \
+                     busline broker --id)"
+                );
+                break;
+            }
+            if let (true, Some(last)) = (announce, &self.announced) {
+                if let Err(err) = publish(&self.node, last).await {
+                    tracing::warn!(error = %err, "backbone: could not announce");
+                }
+            }
+            if !changed {
                 continue;
             }
             let limit = self.config.announce.max(Duration::from_secs(1));
             let stop = self.stop.clone();
             let stepped = tokio::select! {
                 () = stop.cancelled() => break,
-                stepped = tokio::time::timeout(limit, self.step(announce)) => stepped,
+                stepped = tokio::time::timeout(limit, self.step()) => stepped,
             };
             match stepped {
                 Ok(Ok(())) => {}
@@ -181,7 +194,14 @@ impl Run {
             .map_err(|e| Error::Serialization(format!("an announce: {e}")))
             .and_then(|a| a.check().map(|()| a));
         match announce {
-            Ok(announce) => self.peers.heard(announce, Instant::now()),
+            Ok(announce) => {
+                let broker = announce.broker.clone();
+                let changed = self.peers.heard(announce, Instant::now());
+                if self.peers.ids().any(|b| *b == broker) {
+                    self.node.note_known(&broker);
+                }
+                changed
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "backbone: an announce refused");
                 false
@@ -191,8 +211,8 @@ impl Run {
 
     /// Look at the broker and the others' announces, make the broker offer
     /// and subscribe to what they do, and announce what it offers and
-    /// wants (at once if it changed, or if `force`).
-    async fn step(&mut self, force: bool) -> Result<()> {
+    /// wants if that changed.
+    async fn step(&mut self) -> Result<()> {
         let expiry = self.config.announce * MISSED;
         self.peers.expire(Instant::now(), expiry);
         let mut status = self.side.bus.status().await?;
@@ -285,7 +305,7 @@ impl Run {
             demand: announce::routes(&demand),
             protected,
         };
-        if force || self.announced.as_ref() != Some(&now) {
+        if self.announced.as_ref() != Some(&now) {
             publish(&self.node, &now).await?;
             self.announced = Some(now);
         }

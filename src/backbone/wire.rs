@@ -20,9 +20,11 @@ pub(super) const TIMEOUT: &str = "Busline-Timeout-Ms";
 pub(super) const REPLY: &str = "Busline-Reply";
 /// On a stream's items, its end and its error: the item's number.
 pub(super) const SEQ: &str = "Busline-Seq";
-/// On a stream's `open`: the id its caller paces and cancels it by.
+/// On a stream's `open` and a call's `alive`: the id its caller keeps it
+/// alive, paces and cancels it by.
 pub(super) const STREAM: &str = "Busline-Stream";
-/// On a stream control: the number of items the caller takes, or `cancel`.
+/// On a call's control: the number of stream items the caller takes (sent
+/// every [`ALIVE`] as a keep-alive), or `cancel`.
 pub(super) const CREDIT: &str = "Busline-Credit";
 /// On a publication: its relayed name (origin, number, path, channel and
 /// topic), or `busline.relay_lagged` for word of lost ones.
@@ -34,6 +36,12 @@ pub(super) const ALIVE: Duration = Duration::from_secs(1);
 /// How long either side of a call or stream waits without a word from the
 /// other before it gives up on it.
 pub(super) const SILENCE: Duration = Duration::from_secs(5);
+/// A ticker every [`ALIVE`], its first tick one period from now (a first
+/// tick due now would wait for the timer's next millisecond).
+pub(super) fn every_alive() -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + ALIVE, ALIVE)
+}
+
 /// How many items a stream's provider sends ahead of its caller.
 pub(super) const WINDOW: u64 = 64;
 
@@ -50,8 +58,9 @@ pub(super) enum Answer {
     Item(u64, Payload),
     /// A stream ended after this many items.
     End(u64),
-    /// The provider is still at it.
-    Alive,
+    /// The provider is still at it; the id its caller keeps the call
+    /// alive (or cancels it) by.
+    Alive(Option<u64>),
     /// Nobody subscribes to the call's subject: it did not run.
     NoResponders,
 }
@@ -158,7 +167,7 @@ pub(super) fn read_answer(msg: Message) -> Result<Answer> {
             Payload::from_bytes(encoding(headers)?, msg.payload),
         ),
         Some("end") => Answer::End(number(headers, SEQ)?),
-        Some("alive") => Answer::Alive,
+        Some("alive") => Answer::Alive(number(headers, STREAM).ok()),
         other => {
             return Err(Error::Protocol(format!(
                 "backbone answer of an unknown kind {other:?}"

@@ -23,6 +23,11 @@ pub(crate) struct BackboneArgs {
     /// busline.v1.NAME).
     #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE, requires = "backbone")]
     backbone_namespace: String,
+    /// Announce this broker's offers every MS milliseconds (every broker of
+    /// a namespace should use the same: one not heard for three intervals
+    /// is withdrawn).
+    #[arg(long, value_name = "MS", default_value_t = 2000, requires = "backbone")]
+    backbone_announce: u64,
     /// Authenticate to NATS with this credentials file (a user JWT and
     /// NKey seed, as `nsc` writes them).
     #[arg(long, value_name = "FILE", requires = "backbone")]
@@ -75,7 +80,9 @@ pub(crate) async fn join(args: &BackboneArgs, inside: &Address) -> Result<Option
         return Ok(None);
     };
     backbone::check_namespace(&args.backbone_namespace)?;
-    let mut builder = Backbone::builder().namespace(&args.backbone_namespace);
+    let mut builder = Backbone::builder()
+        .namespace(&args.backbone_namespace)
+        .announce_every(std::time::Duration::from_millis(args.backbone_announce));
     if !args.channels.is_empty() {
         builder = builder.channels(args.channels.iter().cloned());
     }
