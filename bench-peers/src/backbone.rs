@@ -104,6 +104,12 @@ pub(crate) async fn measure_calls(caller: &Channel) -> (f64, f64, f64) {
     (median_us, p99_us, calls_per_s)
 }
 
+/// The same calls as plain NATS requests to a responder that echoes.
+async fn nats_alone(url: &str) -> (f64, f64, f64) {
+    let row = super::nats_rows(url, usize::MAX, false).await;
+    (row.median_us, row.p99_us, row.calls_per_s)
+}
+
 pub(crate) fn run() {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -144,15 +150,18 @@ async fn measure() {
         "within one broker",
         "across a bridge",
         "across the NATS backbone",
+        "NATS request/reply alone, for reference",
     ];
     let callers = [&local, &bridged, &across];
-    let mut rounds: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); callers.len()];
-    // Rounds take turns, so a slow spell of the machine hits all three.
+    let mut rounds: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
+    // Rounds take turns, so a slow spell of the machine hits all four.
     for _ in 0..ROUNDS {
         for (i, caller) in callers.iter().enumerate() {
             tokio::time::sleep(COOL_DOWN).await;
             rounds[i].push(measure_calls(caller).await);
         }
+        tokio::time::sleep(COOL_DOWN).await;
+        rounds[3].push(nats_alone(&url).await);
     }
     for side in sides {
         side.shutdown().await;

@@ -273,7 +273,8 @@ async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
     }
 }
 
-async fn nats_rows(url: &str, round: usize) -> Row {
+/// NATS's rows for `round`; the fan-out only if `fan_out`.
+async fn nats_rows(url: &str, round: usize, fan_out: bool) -> Row {
     let responder = async_nats::connect(url).await.expect("connects to NATS");
     let echo = format!("bench.echo.{round}");
     let mut requests = responder.subscribe(echo.clone()).await.expect("subscribes");
@@ -316,8 +317,9 @@ async fn nats_rows(url: &str, round: usize) -> Row {
     }
     let calls_per_s = (BATCHES * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64();
 
+    let fanned = fan_out;
     let mut fan_out = Vec::new();
-    for subscribers in [1usize, 10, 100] {
+    for subscribers in [1usize, 10, 100].into_iter().filter(|_| fanned) {
         let subject = format!("fan{subscribers}.{round}");
         let mut readers = Vec::new();
         for _ in 0..subscribers {
@@ -426,7 +428,7 @@ async fn brokers(args: Vec<String>) {
         embedded.push(busline_rows(&embedded_socket, round).await);
 
         tokio::time::sleep(COOL_DOWN).await;
-        nats.push(nats_rows(&url, round).await);
+        nats.push(nats_rows(&url, round, true).await);
     }
     embedded_broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

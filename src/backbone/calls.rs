@@ -101,15 +101,8 @@ async fn call(
     }
     let awaiting = node.awaiting(target);
     let reply = node.subjects.reply(&node.id, awaiting.id);
-    // A subscription of its own: the answers come straight to this call.
-    let subscription = node
-        .nats
-        .subscribe(reply.clone())
-        .await
-        .map_err(wire::nats_error)?;
     let mut answers = Answers {
         awaiting,
-        subscription,
         target: target.to_owned(),
     };
     node.nats
@@ -152,7 +145,6 @@ async fn call(
 /// A call's answers as they come.
 struct Answers {
     awaiting: Awaiting,
-    subscription: async_nats::Subscriber,
     target: String,
 }
 
@@ -167,9 +159,9 @@ impl Answers {
             () = self.awaiting.gone.cancelled() => Err(Error::Disconnected(format!(
                 "broker {target} left the backbone before answering"
             ))),
-            next = tokio::time::timeout_at(until.into(), self.subscription.next()) => match next {
+            next = tokio::time::timeout_at(until.into(), self.awaiting.answers.recv()) => match next {
                 Ok(Some(msg)) => wire::read_answer(msg),
-                Ok(None) => Err(Error::Disconnected("the NATS connection closed".into())),
+                Ok(None) => Err(Error::Disconnected("the backbone stopped".into())),
                 Err(_) if deadline.is_some_and(|d| d <= silence) => {
                     Err(Error::Timeout(started.elapsed()))
                 }

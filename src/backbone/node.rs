@@ -9,10 +9,14 @@ use std::{
     },
 };
 
-use tokio::sync::{watch, Semaphore};
+use async_nats::Message;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::subject::Subjects;
+use super::{
+    subject::Subjects,
+    wire::{self, WINDOW},
+};
 use crate::broker::BrokerClient;
 
 /// Most calls from other brokers served at once; past it, callers get
@@ -33,9 +37,9 @@ pub(super) struct Node {
     /// This broker's id.
     pub(super) id: String,
     pub(super) local: BrokerClient,
-    /// The calls out awaiting answers, by call id: the broker called, and
-    /// what ends the call if it leaves.
-    pending: Mutex<HashMap<u64, (String, CancellationToken)>>,
+    /// The calls out awaiting answers, by call id: the broker called, where
+    /// its answers go, and what ends the call if it leaves.
+    pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     /// The calls served to other brokers, by control id.
     pub(super) served: Mutex<HashMap<u64, Arc<Control>>>,
@@ -58,10 +62,22 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// A call out, as the answers to it find it.
+struct Pending {
+    target: String,
+    answers: mpsc::Sender<Message>,
+    gone: CancellationToken,
+}
+
+/// How many answers a call holds unread: a stream's window of items, and
+/// as many words that the provider is still at it.
+const ROOM: usize = 2 * WINDOW as usize;
+
 /// A call out, awaiting its answers; dropped, it is forgotten.
 pub(super) struct Awaiting {
     node: Arc<Node>,
     pub(super) id: u64,
+    pub(super) answers: mpsc::Receiver<Message>,
     /// Cancelled when the broker called leaves the backbone.
     pub(super) gone: CancellationToken,
 }
@@ -109,22 +125,47 @@ impl Node {
     pub(super) fn awaiting(self: &Arc<Self>, target: &str) -> Awaiting {
         let id = self.next_id();
         let gone = CancellationToken::new();
-        lock(&self.pending).insert(id, (target.to_owned(), gone.clone()));
+        let (tx, answers) = mpsc::channel(ROOM);
+        let pending = Pending {
+            target: target.to_owned(),
+            answers: tx,
+            gone: gone.clone(),
+        };
+        lock(&self.pending).insert(id, pending);
         Awaiting {
             node: self.clone(),
             id,
+            answers,
             gone,
         }
+    }
+
+    /// Hand an answer to its call. Items never find its queue full (there
+    /// are at most a window of them unread); a word that the provider is
+    /// still at it is dropped when the queue is half full (the call has
+    /// plenty to read), as is an answer to a call that is gone.
+    pub(super) fn answered(&self, msg: Message) {
+        let Some(id) = Subjects::parse_id(&msg.subject) else {
+            return;
+        };
+        let pending = lock(&self.pending);
+        let Some(call) = pending.get(&id) else {
+            return;
+        };
+        if wire::is_alive(&msg) && call.answers.capacity() <= WINDOW as usize {
+            return;
+        }
+        let _ = call.answers.try_send(msg);
     }
 
     /// End the calls awaiting answers from `broker`, which left: they fail
     /// at once instead of waiting out [`SILENCE`](super::wire::SILENCE).
     pub(super) fn left(&self, broker: &str) {
-        lock(&self.pending).retain(|_, (target, gone)| {
-            if target == broker {
-                gone.cancel();
+        lock(&self.pending).retain(|_, call| {
+            if call.target == broker {
+                call.gone.cancel();
             }
-            target != broker
+            call.target != broker
         });
     }
 

@@ -287,3 +287,10 @@ pub(super) async fn controls(node: Arc<Node>, mut controls: async_nats::Subscrib
         }
     }
 }
+
+/// Answers to this broker's calls, to their callers.
+pub(super) async fn answers(node: Arc<Node>, mut answers: async_nats::Subscriber) {
+    while let Some(msg) = answers.next().await {
+        node.answered(msg);
+    }
+}

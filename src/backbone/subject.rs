@@ -124,6 +124,11 @@ impl Subjects {
         format!("{}.inbox.{}.{id}", self.prefix, token(broker))
     }
 
+    /// Every answer to broker `broker`'s calls.
+    pub(crate) fn replies_for(&self, broker: &str) -> String {
+        format!("{}.inbox.{}.*", self.prefix, token(broker))
+    }
+
     /// The id at the end of a reply or control subject.
     pub(crate) fn parse_id(subject: &str) -> Option<u64> {
         subject.rsplit('.').next()?.parse().ok()

@@ -79,9 +79,11 @@ impl Run {
         let announces = subscribe(subjects.announce()).await?;
         let syncs = subscribe(subjects.sync()).await?;
         let calls = subscribe(subjects.calls_for(&node.id)).await?;
+        let answers = subscribe(subjects.replies_for(&node.id)).await?;
         let controls = subscribe(subjects.controls_for(&node.id)).await?;
         let tasks = vec![
             tokio::spawn(serve::calls(node.clone(), calls)),
+            tokio::spawn(serve::answers(node.clone(), answers)),
             tokio::spawn(serve::controls(node.clone(), controls)),
         ];
         node.local.on_relayed(forwarder_to(

@@ -142,6 +142,11 @@ pub(super) fn failure(err: &Error) -> (Headers, Bytes) {
     (headers(&[(REPLY, "error")]), body.into())
 }
 
+/// Whether an answer only says the provider is still at it.
+pub(super) fn is_alive(msg: &Message) -> bool {
+    header(msg.headers.as_ref(), REPLY) == Some("alive")
+}
+
 /// Read an answer.
 pub(super) fn read_answer(msg: Message) -> Result<Answer> {
     if msg.status == Some(StatusCode::NO_RESPONDERS) {
