@@ -33,7 +33,12 @@ struct Site {
 
 impl Site {
     async fn start(id: &str, nats: &str, backbone: BackboneBuilder) -> Site {
-        let addr = Address::memory(format!("backbone-{id}"));
+        Self::start_at(id, &format!("backbone-{id}"), nats, backbone).await
+    }
+
+    /// A broker with id `id` listening at memory address `at`.
+    async fn start_at(id: &str, at: &str, nats: &str, backbone: BackboneBuilder) -> Site {
+        let addr = Address::memory(at);
         let broker = Broker::builder()
             .id(id)
             .listen(MemoryTransport::new(), addr.clone(), CborCodec::new())
@@ -294,15 +299,55 @@ async fn a_paused_reader_keeps_its_stream_and_a_caller_that_gives_up_cancels_its
     tokio::time::sleep(Duration::from_secs(7)).await;
     let rest: Vec<u64> = items.map(|i| i.unwrap()).collect().await;
     assert_eq!(rest, (101..=300).collect::<Vec<_>>());
-    // A caller that gives up on a call cancels it at the provider.
+    // A caller that gives up on a call cancels it at the provider: at
+    // once, not when the provider would give up on a silent caller.
     let gave_up =
-        tokio::time::timeout(Duration::from_millis(1500), on_b.call::<_, ()>("hang", &())).await;
+        tokio::time::timeout(Duration::from_millis(2500), on_b.call::<_, ()>("hang", &())).await;
     assert!(gave_up.is_err(), "{gave_up:?}");
-    eventually(
-        "the abandoned call is cancelled at its provider",
-        || async { dropped.load(Ordering::Relaxed) },
-    )
+    let since = tokio::time::Instant::now();
+    while !dropped.load(Ordering::Relaxed) {
+        assert!(
+            since.elapsed() < Duration::from_millis(2500),
+            "the abandoned call was not cancelled at its provider"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_brokers_with_one_id_one_leaves_so_that_no_call_runs_twice() {
+    if !nats::available() {
+        return;
+    }
+    let server = NatsServer::start();
+    let one = Site::start_at("bt-x", "backbone-bt-x-1", &server.url, fast()).await;
+    let two = Site::start_at("bt-x", "backbone-bt-x-2", &server.url, fast()).await;
+    let c = Site::start("bt-c", &server.url, fast()).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let mut providers = Vec::new();
+    for site in [&one, &two] {
+        let math = site.open("math").await;
+        let runs = runs.clone();
+        math.provide("count", move |(): ()| {
+            let runs = runs.clone();
+            async move { Ok::<_, String>(runs.fetch_add(1, Ordering::Relaxed)) }
+        })
+        .await
+        .unwrap();
+        providers.push(math);
+    }
+    let on_c = c.open("math").await;
+    eventually("c reaches count", || async {
+        on_c.call::<_, u64>("count", &()).await.is_ok()
+    })
     .await;
+    // Both announce the id for three intervals; then one leaves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = runs.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        on_c.call::<_, u64>("count", &()).await.unwrap();
+    }
+    assert_eq!(runs.load(Ordering::Relaxed) - before, 20, "calls ran twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,4 +744,45 @@ fn a_backbone_out_of_reach_or_misnamed_stops_the_broker_with_the_reason() {
         assert!(!out.status.success(), "{extra:?}");
         assert!(stderr.contains(reason), "{extra:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_join_a_nats_server_that_asks_for_a_token_only_with_it() {
+    if !nats::available() {
+        return;
+    }
+    let server = NatsServer::with_token("s3cret-token");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let token = token.display().to_string();
+    let unix = |name: &str| format!("unix://{}", dir.path().join(name).display());
+    let (t1, t2) = (unix("t1.sock"), unix("t2.sock"));
+    let with_token = ["--backbone", &server.url, "--backbone-token-file", &token];
+    let _t1 =
+        Process::start(&[&["broker", "--listen", &t1, "--id", "t1"][..], &with_token].concat());
+    let _t2 =
+        Process::start(&[&["broker", "--listen", &t2, "--id", "t2"][..], &with_token].concat());
+    let provider = process_client(&t1).await;
+    let math = provider.open("math").await.unwrap();
+    provide_add(&math).await;
+    let far = process_client(&t2).await.open("math").await.unwrap();
+    eventually("a call on t2 reaches t1 through NATS", || async {
+        add(&far).await.is_ok()
+    })
+    .await;
+    // Without the token, NATS refuses the broker, which says so and stops.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_busline"))
+        .args([
+            "broker",
+            "--listen",
+            &unix("t3.sock"),
+            "--backbone",
+            &server.url,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot join the NATS backbone"), "{stderr}");
 }

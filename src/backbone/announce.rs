@@ -4,7 +4,7 @@
 //! serve from here.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -121,8 +121,9 @@ pub(super) struct Peers {
     me: String,
     instance: u64,
     peers: HashMap<String, Peer>,
-    /// Other instances announcing this broker's id (told once each).
-    twins: HashSet<u64>,
+    /// Other instances announcing this broker's id: when each was first
+    /// and last heard.
+    twins: HashMap<u64, (Instant, Instant)>,
     /// Whether brokers were ignored for [`MAX_BROKERS`] (told once).
     full: bool,
 }
@@ -142,31 +143,39 @@ impl Peers {
             me: me.to_owned(),
             instance,
             peers: HashMap::new(),
-            twins: HashSet::new(),
+            twins: HashMap::new(),
             full: false,
         }
     }
 
-    /// Whether another instance of this broker's id announces with a lower
-    /// instance number (one rule both follow), so this one must leave the
-    /// backbone lest both serve the calls for the id.
-    pub(super) fn yields(&self) -> bool {
-        self.twins.iter().any(|&twin| twin < self.instance)
+    /// Whether another instance of this broker's id has kept announcing
+    /// for `span` (not one last word of an instance this one replaced)
+    /// with a lower instance number (one rule both follow), so this one
+    /// must leave the backbone lest both serve the calls for the id.
+    pub(super) fn yields(&self, span: Duration) -> bool {
+        self.twins
+            .iter()
+            .any(|(&twin, &(first, last))| twin < self.instance && last - first >= span)
     }
 
     /// Take in an announce; whether it changes what the others offer or
     /// want.
     pub(super) fn heard(&mut self, announce: Announce, now: Instant) -> bool {
         if announce.broker == self.me {
-            let new = !announce.leaving
-                && announce.instance != self.instance
-                && self.twins.len() < MAX_TWINS
-                && self.twins.insert(announce.instance);
-            if new {
+            if announce.instance == self.instance {
+                return false;
+            }
+            if announce.leaving {
+                self.twins.remove(&announce.instance);
+            } else if let Some((_, last)) = self.twins.get_mut(&announce.instance) {
+                *last = now;
+            } else if self.twins.len() < MAX_TWINS {
+                self.twins.insert(announce.instance, (now, now));
                 tracing::error!(
                     broker = %self.me,
                     "backbone: another broker announces this broker's id; give each its own \
-                     (BrokerBuilder::id, busline broker --id): one of the two leaves the backbone"
+                     (BrokerBuilder::id, busline broker --id): if both stay, one leaves the \
+                     backbone"
                 );
             }
             return false;
@@ -205,6 +214,8 @@ impl Peers {
 
     /// Forget the brokers not heard for `expiry`; whether any were.
     pub(super) fn expire(&mut self, now: Instant, expiry: Duration) -> bool {
+        self.twins
+            .retain(|_, (_, last)| now.saturating_duration_since(*last) < expiry);
         let before = self.peers.len();
         self.peers.retain(|id, peer| {
             let live = now.saturating_duration_since(peer.heard) < expiry;
@@ -373,14 +384,29 @@ mod tests {
         leaving.instance = 1;
         assert!(peers.heard(leaving, now));
         assert_eq!(peers.ids().count(), 0);
+        let span = Duration::from_secs(6);
         let mut twin = announce("a", vec![route("m", "x", &["a"])], vec![]);
         twin.instance = 9;
         assert!(!peers.heard(twin.clone(), now));
+        assert!(!peers.heard(twin.clone(), now + span));
         assert!(peers.plan(None, &BTreeSet::new()).offers.is_empty());
-        assert!(!peers.yields(), "the twin drew higher: it leaves");
+        assert!(!peers.yields(span), "the twin drew higher: it leaves");
         twin.instance = 3;
-        peers.heard(twin, now);
-        assert!(peers.yields(), "the twin drew lower: this one leaves");
+        peers.heard(twin.clone(), now);
+        assert!(!peers.yields(span), "one word of a replaced instance");
+        peers.heard(twin.clone(), now + span);
+        assert!(
+            peers.yields(span),
+            "the twin drew lower and stays: this one leaves"
+        );
+        twin.leaving = true;
+        peers.heard(twin.clone(), now + span);
+        assert!(!peers.yields(span), "the twin left");
+        twin.leaving = false;
+        peers.heard(twin.clone(), now);
+        peers.heard(twin, now + span);
+        peers.expire(now + span * 3, span);
+        assert!(!peers.yields(span), "the twin went silent");
     }
 
     #[test]

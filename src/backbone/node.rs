@@ -69,9 +69,12 @@ struct Pending {
     gone: CancellationToken,
 }
 
-/// How many answers a call holds unread: a stream's window of items, and
-/// as many words that the provider is still at it.
-const ROOM: usize = 2 * WINDOW as usize;
+/// Room kept in a call's queue for what matters: a stream's window of
+/// items and its end (or error).
+const KEPT: usize = WINDOW as usize + 2;
+/// How many answers a call holds unread: [`KEPT`], and as many words that
+/// the provider is still at it.
+const ROOM: usize = KEPT + WINDOW as usize;
 
 /// A call out, awaiting its answers; dropped, it is forgotten.
 pub(super) struct Awaiting {
@@ -140,10 +143,11 @@ impl Node {
         }
     }
 
-    /// Hand an answer to its call. Items never find its queue full (there
-    /// are at most a window of them unread); a word that the provider is
-    /// still at it is dropped when the queue is half full (the call has
-    /// plenty to read), as is an answer to a call that is gone.
+    /// Hand an answer to its call. Items and the end never find its queue
+    /// full (there are at most a window of items unread, and room is kept
+    /// for them); a word that the provider is still at it is dropped when
+    /// only that room is left (the call has plenty to read), as is an
+    /// answer to a call that is gone.
     pub(super) fn answered(&self, msg: Message) {
         let Some(id) = Subjects::parse_id(&msg.subject) else {
             return;
@@ -152,7 +156,7 @@ impl Node {
         let Some(call) = pending.get(&id) else {
             return;
         };
-        if wire::is_alive(&msg) && call.answers.capacity() <= WINDOW as usize {
+        if wire::is_alive(&msg) && call.answers.capacity() <= KEPT {
             return;
         }
         let _ = call.answers.try_send(msg);

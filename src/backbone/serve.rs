@@ -109,7 +109,8 @@ async fn serve(node: &Arc<Node>, req: Request, reply: Subject) {
     let answer = pass_on(&local, &req, ());
     tokio::pin!(answer);
     let mut tick = wire::every_alive();
-    // Since the caller was first told the id, or last said something.
+    // When the caller last said something. One that never does (a plain
+    // NATS request) is not held to it.
     let mut heard: Option<Instant> = None;
     let answer = loop {
         tokio::select! {
@@ -125,7 +126,6 @@ async fn serve(node: &Arc<Node>, req: Request, reply: Subject) {
                     tracing::debug!(method = %req.method, "backbone: a call's caller went silent; cancelled");
                     return;
                 }
-                heard.get_or_insert_with(Instant::now);
                 alive(node, &reply, id).await;
             }
         }

@@ -132,6 +132,8 @@ impl Run {
 
     async fn run(mut self) {
         let mut tick = tokio::time::interval(self.config.announce);
+        // A slow look at the broker must not make a burst of them after.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             // Announce again (what was last made of the broker: a look
@@ -154,13 +156,15 @@ impl Run {
             while let Some(Some(())) = self.feed.next().now_or_never() {
                 changed = true;
             }
-            if self.peers.yields() {
+            if self.peers.yields(self.config.announce * MISSED) {
                 tracing::error!(
                     broker = %self.node.id,
-                    "backbone: another broker joined with this broker's id first; this one \
+                    "backbone: another broker keeps announcing this broker's id; this one \
                      leaves the backbone (give each broker its own id: BrokerBuilder::id, \
                      busline broker --id)"
                 );
+                // Without a word: the others know the id by the twin.
+                self.announced = None;
                 break;
             }
             if let (true, Some(last)) = (announce, &self.announced) {
@@ -217,6 +221,17 @@ impl Run {
     async fn step(&mut self) -> Result<()> {
         let expiry = self.config.announce * MISSED;
         self.peers.expire(Instant::now(), expiry);
+        // Calls in flight to brokers gone fail now, whatever the broker
+        // here makes of it.
+        let mut brokers: Vec<String> = self.peers.ids().cloned().collect();
+        brokers.sort();
+        let before = std::mem::replace(
+            &mut *self.brokers.lock().unwrap_or_else(|p| p.into_inner()),
+            brokers.clone(),
+        );
+        for gone in before.iter().filter(|b| !brokers.contains(b)) {
+            self.node.left(gone);
+        }
         let mut status = self.side.bus.status().await?;
         let mut protected = Vec::new();
         let keys = &self.config.keys;
@@ -290,15 +305,6 @@ impl Run {
         .flatten()
         .collect();
         self.side.leave_all_but(&needed).await;
-        let mut brokers: Vec<String> = self.peers.ids().cloned().collect();
-        brokers.sort();
-        let before = std::mem::replace(
-            &mut *self.brokers.lock().unwrap_or_else(|p| p.into_inner()),
-            brokers.clone(),
-        );
-        for gone in before.iter().filter(|b| !brokers.contains(b)) {
-            self.node.left(gone);
-        }
         let now = Announce {
             broker: self.node.id.clone(),
             instance: self.instance,

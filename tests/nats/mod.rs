@@ -53,6 +53,11 @@ impl NatsServer {
         Self::spawn(&["-a", "127.0.0.1", "-p", "-1"], false)
     }
 
+    /// A lone server that admits only clients giving `token`.
+    pub fn with_token(token: &str) -> NatsServer {
+        Self::spawn(&["-a", "127.0.0.1", "-p", "-1", "--auth", token], false)
+    }
+
     /// A server of cluster `busline`, named `name`, joining the servers at
     /// `routes`.
     pub fn clustered(name: &str, routes: &[&str]) -> NatsServer {
