@@ -247,6 +247,11 @@ async fn calls_streams_and_publications_cross_three_brokers_exactly_once() {
     }
 }
 
+/// Lowercase hex of `text`'s bytes.
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Sets its flag when dropped.
 struct DropFlag(Arc<AtomicBool>);
 
@@ -475,12 +480,19 @@ async fn bad_messages_on_the_subjects_are_refused_and_change_nothing() {
         let reply = answer.headers.as_ref().and_then(|h| h.get("Busline-Reply"));
         assert_eq!(reply.map(|v| v.as_str()), Some("error"), "{name}: {value}");
     }
-    let answer = raw
-        .request(format!("{prefix}.call.bx-a.~zz.add"), "[]".into())
-        .await
-        .unwrap();
-    let reply = answer.headers.as_ref().and_then(|h| h.get("Busline-Reply"));
-    assert_eq!(reply.map(|v| v.as_str()), Some("error"));
+    // A bad token; names that would route elsewhere on the broker (a '/'
+    // in the channel, the system channel, a '#' in the method).
+    let token = |name: &str| format!("~{}", hex(name));
+    for subject in [
+        format!("{prefix}.call.bx-a.~zz.add"),
+        format!("{prefix}.call.bx-a.{}.add", token("math/x")),
+        format!("{prefix}.call.bx-a.{}.status", token("busline.system")),
+        format!("{prefix}.call.bx-a.math.{}", token("add#t")),
+    ] {
+        let answer = raw.request(subject.clone(), "[]".into()).await.unwrap();
+        let reply = answer.headers.as_ref().and_then(|h| h.get("Busline-Reply"));
+        assert_eq!(reply.map(|v| v.as_str()), Some("error"), "{subject}");
+    }
     // A call in JSON without headers is a unary call, answered in JSON.
     let answer = raw.request(call, "[20,22]".into()).await.unwrap();
     assert_eq!(&answer.payload[..], b"42");

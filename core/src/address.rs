@@ -173,6 +173,14 @@ fn path_of(text: &str, url: &Url, example: &str) -> Result<PathBuf> {
             format!("needs an absolute path, e.g. {example}"),
         ));
     }
+    // A URL resolves `.` and `..` as it is parsed; spelled with `%2E` they
+    // survive until decoded, and would name another path once printed.
+    if path.split('/').any(|segment| matches!(segment, "." | "..")) {
+        return Err(invalid(
+            text,
+            "has a '.' or '..' segment after percent-decoding; give the path itself",
+        ));
+    }
     Ok(PathBuf::from(path.into_owned()))
 }
 
@@ -310,6 +318,9 @@ mod tests {
             ("memory://a/b", "single name"),
             ("shm://", "single name"),
             ("unix:///%FF", "UTF-8"),
+            // Found by fuzzing: printed, it named another path.
+            ("fifo:/p/ap9%p/%2E%2E%2fifo:/pp/xrun$", "'..' segment"),
+            ("unix:///a/%2E%2E%2Fb", "'.' or '..' segment"),
         ] {
             match text.parse::<Address>() {
                 Err(Error::Address { url, reason }) => {

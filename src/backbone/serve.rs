@@ -17,7 +17,7 @@ use super::{
     wire::{self, ALIVE, SILENCE, WINDOW},
 };
 use crate::{
-    broker::{pass_on, routed},
+    broker::{check_channel_name, is_system, pass_on, routed},
     rpc::{CallKind, PayloadStream, Reply, Request},
 };
 
@@ -44,10 +44,17 @@ fn accept(node: &Arc<Node>, msg: Message) -> Result<()> {
         .subjects
         .parse_call(&node.id, &msg.subject)
         .ok_or_else(|| Error::Protocol(format!("not a call subject: {:?}", msg.subject)))?;
-    if !node.carries(&channel) {
+    // As its own client would, never a name that routes elsewhere.
+    check_channel_name(&channel)?;
+    if is_system(&channel) || !node.carries(&channel) {
         return Err(Error::Unauthorized(format!(
             "broker {} does not carry channel {channel:?} on the backbone",
             node.id
+        )));
+    }
+    if method.is_empty() || method.contains(['/', '#', '!']) {
+        return Err(Error::Protocol(format!(
+            "a method name has no '/', '#' or '!': {method:?}"
         )));
     }
     let headers = msg.headers.as_ref();

@@ -64,13 +64,13 @@ pub use group::Group;
 pub use keys::ChannelKeys;
 pub use link::{ConnectionEvent, Reconnect};
 pub use outlet::SlowSubscriber;
-pub(crate) use protocol::{
-    check_broker_id, parse_relayed, routed, Lagged, RelayLagged, LAGGED, RELAY_LAGGED,
-};
+#[cfg(feature = "nats")]
+pub(crate) use protocol::{check_broker_id, routed};
 pub use protocol::{
     check_channel_name, Balance, BrokerStatus, ChannelEvent, ChannelInfo, MethodSchema,
     OwnerPolicy, MAX_BROKER_ID, MAX_CHANNEL_NAME, MAX_CLIENT_ID, MAX_HOPS,
 };
+pub(crate) use protocol::{parse_relayed, Lagged, RelayLagged, LAGGED, RELAY_LAGGED};
 pub(crate) use service::pass_on;
 pub use state::{DEFAULT_SUBSCRIBER_QUEUE, DEFAULT_SUBSCRIBER_QUEUE_BYTES, MAX_PER_CLIENT};
 pub use subscription::{Event, Publication, Subscription};
