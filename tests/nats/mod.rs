@@ -53,6 +53,27 @@ impl NatsServer {
         Self::spawn(&["-a", "127.0.0.1", "-p", "-1"], false)
     }
 
+    /// A lone server speaking TLS only, with `cert` and `key` (PEM files),
+    /// and requiring client certificates signed by `ca`.
+    pub fn with_mutual_tls(cert: &str, key: &str, ca: &str) -> NatsServer {
+        Self::spawn(
+            &[
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "-1",
+                "--tlsverify",
+                "--tlscert",
+                cert,
+                "--tlskey",
+                key,
+                "--tlscacert",
+                ca,
+            ],
+            false,
+        )
+    }
+
     /// A lone server that admits only clients giving `token`.
     pub fn with_token(token: &str) -> NatsServer {
         Self::spawn(&["-a", "127.0.0.1", "-p", "-1", "--auth", token], false)
