@@ -25,6 +25,18 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "busline", version)]
 struct Cli {
+    /// Threads that run the work (default: one per CPU core). With 1,
+    /// everything runs on one thread: no hand-offs between threads, which
+    /// answers each message soonest where cores are few and shared (a
+    /// broker on a small machine); more threads pass more messages at
+    /// once where cores are many.
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,6 +116,19 @@ enum Command {
     },
 }
 
+/// The async runtime on `threads` threads, or one per core.
+fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    use tokio::runtime::Builder;
+    match threads {
+        Some(1) => Builder::new_current_thread().enable_all().build(),
+        Some(n) => Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+        None => Builder::new_multi_thread().enable_all().build(),
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -112,7 +137,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(cli.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("busline: cannot start the async runtime: {e}");

@@ -55,6 +55,9 @@ fn bad_input_is_a_clear_error() {
         "cannot be used with",
     );
     fails_with(&["frobnicate"], "unrecognized subcommand");
+    fails_with(&["--threads", "0", "demo"], "not in 1..=1024");
+    fails_with(&["demo", "--threads", "5000"], "not in 1..=1024");
+    fails_with(&["demo", "--threads", "many"], "invalid digit");
     fails_with(
         &["call", "unix:///tmp/x.sock?codec=cbor&method=echo", "add"],
         "?method= applies to the plain-jsonline codec",
@@ -222,7 +225,7 @@ fn serve_and_call() {
         dir.path().join("s.sock").display()
     );
     let mut server = Command::new(env!("CARGO_BIN_EXE_busline"))
-        .args(["serve", &url])
+        .args(["serve", &url, "--threads", "3"])
         .stderr(Stdio::null())
         .spawn()
         .expect("server starts");
@@ -346,8 +349,18 @@ fn broker_and_call_through_a_channel() {
     let unix = format!("unix://{}", dir.path().join("b.sock").display());
     let tcp = format!("tcp://127.0.0.1:{}?codec=jsonrpc", free_port());
     let mut broker = Command::new(env!("CARGO_BIN_EXE_busline"))
-        // Polling connections (--spin) serve as sleeping ones do.
-        .args(["broker", "--listen", &unix, "--listen", &tcp, "--spin"])
+        // Polling connections (--spin) serve as sleeping ones do, and so
+        // does a broker on one thread.
+        .args([
+            "broker",
+            "--listen",
+            &unix,
+            "--listen",
+            &tcp,
+            "--spin",
+            "--threads",
+            "1",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .expect("broker starts");
