@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{
-        self, BrokerClient, ByteBudget, Lagged, RelayLagged, RelaySink, LAGGED, RELAY_LAGGED,
+        self, BrokerClient, Lagged, QueueBounds, QueueBudget, RelayLagged, RelaySink, LAGGED,
+        RELAY_LAGGED,
     },
     rpc::{Reply, Request},
 };
@@ -77,8 +78,11 @@ pub(crate) fn forwarder_to(
     encoding: Encoding,
     stop: CancellationToken,
 ) -> RelaySink {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Relayed>(RELAY_QUEUE);
-    let bytes = Arc::new(ByteBudget::new(RELAY_QUEUE_BYTES));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Relayed>();
+    let budget = Arc::new(QueueBudget::new(QueueBounds {
+        publications: RELAY_QUEUE,
+        bytes: RELAY_QUEUE_BYTES,
+    }));
     let lost: Lost = Arc::default();
     let forward = Forward {
         deliver,
@@ -86,7 +90,7 @@ pub(crate) fn forwarder_to(
         from: from.to_owned(),
         lost: lost.clone(),
     };
-    tokio::spawn(forward.run(rx, bytes.clone(), stop));
+    tokio::spawn(forward.run(rx, budget.clone(), stop));
     Box::new(move |name: &str, payload: &Payload| {
         if name == LAGGED {
             // The bridge itself fell behind on `from`.
@@ -96,7 +100,7 @@ pub(crate) fn forwarder_to(
             return;
         }
         let heap = name.len() + payload.len();
-        if !bytes.try_send(&tx, (name.to_owned(), payload.clone()), heap) {
+        if !budget.try_send(&tx, (name.to_owned(), payload.clone()), heap) {
             if let Some((channel, missed)) = lost_with(name, payload) {
                 count(&lost, &channel, missed);
             }
@@ -134,8 +138,8 @@ struct Forward {
 impl Forward {
     async fn run(
         self,
-        mut queue: tokio::sync::mpsc::Receiver<Relayed>,
-        bytes: Arc<ByteBudget<Relayed>>,
+        mut queue: tokio::sync::mpsc::UnboundedReceiver<Relayed>,
+        budget: Arc<QueueBudget<Relayed>>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TELL_LOST_EVERY);
@@ -145,7 +149,7 @@ impl Forward {
                 _ = tick.tick() => {}
                 next = queue.recv() => match next {
                     Some((name, payload)) => {
-                        bytes.give(1, name.len() + payload.len());
+                        budget.give(1, name.len() + payload.len());
                         let missed = lost_with(&name, &payload);
                         if let Err(err) = (self.deliver)(name, payload).await {
                             tracing::debug!(error = %err, "bridge: a publication could not be passed on");

@@ -1,11 +1,15 @@
-//! A memory bound for a queue of publications, beside its count bound.
+//! The bounds of a queue of publications: how many, and how much memory.
 //!
 //! A count alone does not bound memory when payloads may be megabytes;
 //! payload bytes alone would let millions of tiny messages through, each
 //! costing its queue entry. So each queue of publications (per subscriber
 //! at the broker, per subscription at the client, per bridge on its way
-//! to the other broker) counts what an entry really holds: the entry
-//! itself and the heap bytes it owns (payload and name).
+//! to the other broker) counts its entries, and what they really hold: the
+//! entries themselves and the heap bytes they own (payload and name).
+//!
+//! The queues are unbounded channels and the budget is their only bound:
+//! a bounded channel would count entries a second time, with a lock taken
+//! on every receive, once per delivery on the busiest path there is.
 
 use std::{
     marker::PhantomData,
@@ -13,7 +17,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 /// How much may wait in one queue of publications: whichever bound is
 /// reached first.
@@ -32,20 +36,26 @@ impl Default for QueueBounds {
     }
 }
 
-/// Bytes held by one queue of `T`, shared by the side that fills it and
-/// the side that drains it.
+/// Entries and bytes held by one queue of `T`, shared by the side that
+/// fills it and the side that drains it.
 #[derive(Debug)]
-pub(crate) struct ByteBudget<T> {
+pub(crate) struct QueueBudget<T> {
+    entries: AtomicUsize,
     held: AtomicUsize,
-    limit: usize,
+    bounds: QueueBounds,
     entry: PhantomData<fn(T)>,
 }
 
-impl<T> ByteBudget<T> {
-    pub(crate) fn new(limit: usize) -> ByteBudget<T> {
-        ByteBudget {
+impl<T> QueueBudget<T> {
+    /// An empty queue's budget; a bound of 0 entries is taken as 1.
+    pub(crate) fn new(bounds: QueueBounds) -> QueueBudget<T> {
+        QueueBudget {
+            entries: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
-            limit,
+            bounds: QueueBounds {
+                publications: bounds.publications.max(1),
+                bytes: bounds.bytes,
+            },
             entry: PhantomData,
         }
     }
@@ -56,13 +66,19 @@ impl<T> ByteBudget<T> {
     }
 
     /// Reserve one entry owning `heap` bytes; `false` if that would pass
-    /// the limit. An empty queue takes one entry of any size, so a payload
-    /// larger than the limit is delivered alone rather than never.
+    /// either bound. An empty queue takes one entry of any size, so a
+    /// payload larger than the byte bound is delivered alone rather than
+    /// never.
     fn take(&self, heap: usize) -> bool {
+        if self.entries.fetch_add(1, Ordering::AcqRel) >= self.bounds.publications {
+            self.entries.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
         let cost = Self::cost(1, heap);
         let before = self.held.fetch_add(cost, Ordering::AcqRel);
-        if before > 0 && before.saturating_add(cost) > self.limit {
+        if before > 0 && before.saturating_add(cost) > self.bounds.bytes {
             self.held.fetch_sub(cost, Ordering::AcqRel);
+            self.entries.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         true
@@ -73,35 +89,41 @@ impl<T> ByteBudget<T> {
     pub(crate) fn give(&self, entries: usize, heap: usize) {
         self.held
             .fetch_sub(Self::cost(entries, heap), Ordering::AcqRel);
+        self.entries.fetch_sub(entries, Ordering::AcqRel);
     }
 
     /// Queue `item`, owning `heap` bytes, on `tx` if both bounds allow it;
     /// `false` if either refused it. A closed queue takes anything: its
     /// reader is gone, and nothing is missed.
-    pub(crate) fn try_send(&self, tx: &mpsc::Sender<T>, item: T, heap: usize) -> bool {
+    pub(crate) fn try_send(&self, tx: &mpsc::UnboundedSender<T>, item: T, heap: usize) -> bool {
         if !self.take(heap) {
             return tx.is_closed();
         }
-        match tx.try_send(item) {
-            Ok(()) => true,
-            Err(refused) => {
-                self.give(1, heap);
-                matches!(refused, TrySendError::Closed(_))
-            }
+        if tx.send(item).is_err() {
+            self.give(1, heap);
         }
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ByteBudget;
+    use super::{QueueBounds, QueueBudget};
 
     /// An entry of 8 bytes, so costs are easy to count.
-    type Budget = ByteBudget<u64>;
+    type Budget = QueueBudget<u64>;
+
+    /// A budget of `bytes`, with room for more entries than they allow.
+    fn of_bytes(bytes: usize) -> Budget {
+        Budget::new(QueueBounds {
+            publications: usize::MAX,
+            bytes,
+        })
+    }
 
     #[test]
     fn bounds_bytes_but_always_takes_one() {
-        let budget = Budget::new(100);
+        let budget = of_bytes(100);
         assert!(budget.take(1_000), "an empty queue takes an oversized one");
         assert!(!budget.take(1), "nothing more fits beside it");
         budget.give(1, 1_000);
@@ -114,7 +136,7 @@ mod tests {
 
     #[test]
     fn tiny_entries_are_bounded_by_their_own_size() {
-        let budget = Budget::new(80);
+        let budget = of_bytes(80);
         let taken = (0..100).take_while(|_| budget.take(0)).count();
         assert_eq!(taken, 10, "ten 8-byte entries fill 80 bytes");
         budget.give(10, 0);
@@ -123,8 +145,8 @@ mod tests {
 
     #[test]
     fn a_closed_queue_takes_anything_and_holds_nothing() {
-        let budget = Budget::new(100);
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let budget = of_bytes(100);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         drop(rx);
         for _ in 0..10 {
             assert!(budget.try_send(&tx, 1, 1_000));
@@ -135,13 +157,30 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_refuses_and_gives_the_reservation_back() {
-        let budget = Budget::new(1_000);
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    fn the_count_bound_refuses_and_gives_the_reservation_back() {
+        let budget = Budget::new(QueueBounds {
+            publications: 2,
+            bytes: 1_000,
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         assert!(budget.try_send(&tx, 1, 100));
-        assert!(!budget.try_send(&tx, 2, 100), "the count bound holds");
-        // 108 held by the first; the refused one holds nothing.
-        assert!(budget.take(884), "room for exactly 892 more");
+        assert!(budget.try_send(&tx, 2, 100));
+        assert!(!budget.try_send(&tx, 3, 0), "the count bound holds");
+        assert_eq!(rx.try_recv().ok(), Some(1));
+        budget.give(1, 100);
+        assert!(budget.try_send(&tx, 4, 100), "room again once one is read");
+        // 216 held by two entries; the refused one holds nothing.
+        budget.give(2, 200);
+        assert!(budget.take(992), "all of it is given back");
+    }
+
+    #[test]
+    fn a_bound_of_no_entries_still_takes_one() {
+        let budget = Budget::new(QueueBounds {
+            publications: 0,
+            bytes: 1_000,
+        });
+        assert!(budget.take(0));
         assert!(!budget.take(0));
     }
 }

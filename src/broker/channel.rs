@@ -247,7 +247,7 @@ impl Channel {
             .link
             .client()
             .await?
-            .notify_raw(&name, payload)
+            .notify_raw(name, payload)
             .await
     }
 
@@ -321,7 +321,7 @@ impl Channel {
             .link
             .client()
             .await?
-            .notify_raw(&name, payload)
+            .notify_raw(name, payload)
             .await
     }
 

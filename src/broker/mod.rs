@@ -54,8 +54,7 @@ use std::{fmt, sync::Arc};
 use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Spin, Transport};
 use futures::future::BoxFuture;
 
-pub(crate) use budget::ByteBudget;
-use budget::QueueBounds;
+pub(crate) use budget::{QueueBounds, QueueBudget};
 pub(crate) use channel::derive;
 pub use channel::Channel;
 pub(crate) use client::RelaySink;

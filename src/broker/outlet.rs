@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{
-    budget::{ByteBudget, QueueBounds},
+    budget::{QueueBounds, QueueBudget},
     protocol::{self, Lagged},
 };
 use crate::rpc::Client;
@@ -46,10 +46,10 @@ type Queued = (Arc<str>, Payload);
 /// The sending side of one subscriber's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct Outlet {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::UnboundedSender<Queued>,
     /// Publications dropped per channel since the last notice.
     missed: Arc<Mutex<HashMap<String, u64>>>,
-    bytes: Arc<ByteBudget<Queued>>,
+    budget: Arc<QueueBudget<Queued>>,
     peer: Client,
     policy: SlowSubscriber,
     bounds: QueueBounds,
@@ -58,14 +58,14 @@ pub(crate) struct Outlet {
 impl Outlet {
     /// Start delivering to `peer` through a queue within `bounds`.
     pub(crate) fn start(peer: Client, bounds: QueueBounds, policy: SlowSubscriber) -> Outlet {
-        let (tx, rx) = mpsc::channel(bounds.publications.max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         let missed = Arc::new(Mutex::new(HashMap::new()));
-        let bytes = Arc::new(ByteBudget::new(bounds.bytes));
-        tokio::spawn(deliver(peer.clone(), rx, missed.clone(), bytes.clone()));
+        let budget = Arc::new(QueueBudget::new(bounds));
+        tokio::spawn(deliver(peer.clone(), rx, missed.clone(), budget.clone()));
         Outlet {
             tx,
             missed,
-            bytes,
+            budget,
             peer,
             policy,
             bounds,
@@ -83,7 +83,7 @@ impl Outlet {
         // queue is full, what is in it carries the notice soon anyway.
         let nudge = Payload::unit();
         let heap = nudge.len();
-        let _ = self.bytes.try_send(&self.tx, (Arc::from(""), nudge), heap);
+        let _ = self.budget.try_send(&self.tx, (Arc::from(""), nudge), heap);
     }
 
     /// The encoding the subscriber reads.
@@ -97,7 +97,7 @@ impl Outlet {
         // The name is shared with the other subscribers' queues; each
         // counts it, erring on the safe side, as it counts the payload.
         let heap = method.len() + payload.len();
-        if !self.bytes.try_send(&self.tx, (method, payload), heap) {
+        if !self.budget.try_send(&self.tx, (method, payload), heap) {
             match self.policy {
                 SlowSubscriber::Drop => {
                     let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,13 +116,13 @@ impl Outlet {
 
 async fn deliver(
     peer: Client,
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     missed: Arc<Mutex<HashMap<String, u64>>>,
-    bytes: Arc<ByteBudget<Queued>>,
+    budget: Arc<QueueBudget<Queued>>,
 ) {
     let mut queued = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut queued, BATCH).await > 0 {
-        bytes.give(
+        budget.give(
             queued.len(),
             queued
                 .iter()

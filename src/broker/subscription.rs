@@ -13,7 +13,7 @@ use std::{
 use busline_core::{Payload, Result};
 
 use super::{
-    budget::{ByteBudget, QueueBounds},
+    budget::{QueueBounds, QueueBudget},
     protocol,
     signing::{Kind, Signer},
 };
@@ -79,8 +79,8 @@ struct Local {
     id: u64,
     channel: String,
     pattern: String,
-    tx: mpsc::Sender<Result<Event>>,
-    bytes: Arc<ByteBudget<Result<Event>>>,
+    tx: mpsc::UnboundedSender<Result<Event>>,
+    budget: Arc<QueueBudget<Result<Event>>>,
     missed: Arc<AtomicU64>,
     interrupted: Arc<AtomicBool>,
     /// Wakes the reader when something is missed, which the queue alone
@@ -106,8 +106,8 @@ impl Subscribers {
         pattern: &str,
         signer: Option<Arc<Signer>>,
     ) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.bounds.publications);
-        let bytes = Arc::new(ByteBudget::new(self.bounds.bytes));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(QueueBudget::new(self.bounds));
         let missed = Arc::new(AtomicU64::new(0));
         let interrupted = Arc::new(AtomicBool::new(false));
         let waker = Arc::new(AtomicWaker::new());
@@ -117,7 +117,7 @@ impl Subscribers {
             channel: channel.to_owned(),
             pattern: pattern.to_owned(),
             tx,
-            bytes: bytes.clone(),
+            budget: budget.clone(),
             missed: missed.clone(),
             interrupted: interrupted.clone(),
             waker: waker.clone(),
@@ -125,7 +125,7 @@ impl Subscribers {
         });
         Subscription {
             rx,
-            bytes,
+            budget,
             missed,
             interrupted,
             waker,
@@ -170,7 +170,7 @@ impl Subscribers {
             });
             let heap = publication.as_ref().map_or(0, Publication::heap_len);
             if !sub
-                .bytes
+                .budget
                 .try_send(&sub.tx, publication.map(Event::Message), heap)
             {
                 sub.missed.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +195,7 @@ impl Subscribers {
         for sub in self.lock().iter() {
             // In the queue, after what came before the cut; said at once
             // if the queue is full.
-            if !sub.bytes.try_send(&sub.tx, Ok(Event::Interrupted), 0) {
+            if !sub.budget.try_send(&sub.tx, Ok(Event::Interrupted), 0) {
                 sub.interrupted.store(true, Ordering::Release);
                 sub.waker.wake();
             }
@@ -254,8 +254,8 @@ pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 /// [`Error::Unauthorized`](busline_core::Error::Unauthorized) item instead.
 /// Dropping the subscription unsubscribes.
 pub struct Subscription {
-    rx: mpsc::Receiver<Result<Event>>,
-    bytes: Arc<ByteBudget<Result<Event>>>,
+    rx: mpsc::UnboundedReceiver<Result<Event>>,
+    budget: Arc<QueueBudget<Result<Event>>>,
     missed: Arc<AtomicU64>,
     interrupted: Arc<AtomicBool>,
     waker: Arc<AtomicWaker>,
@@ -279,27 +279,44 @@ impl fmt::Debug for Subscription {
     }
 }
 
+impl Subscription {
+    /// A gap or an interruption to tell of before any more messages.
+    fn notice(&self) -> Option<Event> {
+        let missed = self.missed.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            return Some(Event::Lagged(missed));
+        }
+        self.interrupted
+            .swap(false, Ordering::AcqRel)
+            .then_some(Event::Interrupted)
+    }
+}
+
 impl Stream for Subscription {
     type Item = Result<Event>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
         // A gap is reported as soon as it is known, ahead of messages
         // still queued.
-        self.waker.register(cx.waker());
-        let missed = self.missed.swap(0, Ordering::Relaxed);
-        if missed > 0 {
-            return Poll::Ready(Some(Ok(Event::Lagged(missed))));
-        }
-        if self.interrupted.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(Some(Ok(Event::Interrupted)));
+        if let Some(notice) = self.notice() {
+            return Poll::Ready(Some(Ok(notice)));
         }
         let next = self.rx.poll_recv(cx);
+        if next.is_pending() {
+            // Only a reader about to wait needs waking for a gap: it
+            // registers, then looks again, so a gap reported in between
+            // is not missed.
+            self.waker.register(cx.waker());
+            if let Some(notice) = self.notice() {
+                return Poll::Ready(Some(Ok(notice)));
+            }
+        }
         match &next {
             Poll::Ready(Some(Ok(Event::Message(publication)))) => {
-                self.bytes.give(1, publication.heap_len())
+                self.budget.give(1, publication.heap_len())
             }
             // An error or an interruption, queued owning nothing.
-            Poll::Ready(Some(_)) => self.bytes.give(1, 0),
+            Poll::Ready(Some(_)) => self.budget.give(1, 0),
             _ => {}
         }
         next

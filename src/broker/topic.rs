@@ -14,12 +14,13 @@ fn check(kind: &str, text: &str, wildcards: bool) -> Result<()> {
     if text.is_empty() || text.len() > MAX_TOPIC {
         return bad("must be 1 to 256 bytes");
     }
-    let tokens: Vec<&str> = text.split('.').collect();
-    for (i, token) in tokens.iter().enumerate() {
-        match *token {
+    // Checked on every publication: no allocation.
+    let mut tokens = text.split('.').peekable();
+    while let Some(token) = tokens.next() {
+        match token {
             "" => return bad("has an empty token"),
             "*" | ">" if !wildcards => return bad("is a topic: no wildcards"),
-            ">" if i + 1 != tokens.len() => return bad("has '>' before its last token"),
+            ">" if tokens.peek().is_some() => return bad("has '>' before its last token"),
             t if t.chars().any(|c| c.is_whitespace() || c == '#' || c == '/') => {
                 return bad("has whitespace, '#' or '/' in a token")
             }

@@ -267,8 +267,9 @@ impl Client {
     }
 
     /// Send a notification with an already-encoded payload; see
-    /// [`Client::notify`].
-    pub async fn notify_raw(&self, method: &str, payload: Payload) -> Result<()> {
+    /// [`Client::notify`]. A `method` given as a `String` is sent as it
+    /// is, without a copy.
+    pub async fn notify_raw(&self, method: impl Into<String>, payload: Payload) -> Result<()> {
         if self.is_closed() {
             return Err(self.gone());
         }
@@ -276,7 +277,7 @@ impl Client {
         let permit = within(self.timeout, room).await?;
         // Given back by the connection task once the notification is written.
         permit.map_err(|_| self.gone())?.forget();
-        self.send_notification(method, payload, true)
+        self.send_notification(method.into(), payload, true)
     }
 
     /// Send a notification now if there is room for it in the queue, or
@@ -293,14 +294,14 @@ impl Client {
                 )))
             }
         }
-        self.send_notification(method, payload, true)
+        self.send_notification(method.to_owned(), payload, true)
     }
 
     /// Send a notification outside the bounded queue, for a caller that
     /// bounds what it sends itself (a broker's subscriber outlet waits for
     /// each batch to be written).
     pub(crate) fn notify_unqueued(&self, method: &str, payload: Payload) -> Result<()> {
-        self.send_notification(method, payload, false)
+        self.send_notification(method.to_owned(), payload, false)
     }
 
     /// Send `notifications` outside the bounded queue, and wait until they
@@ -318,11 +319,8 @@ impl Client {
         done.await.map_err(|_| self.gone())
     }
 
-    fn send_notification(&self, method: &str, payload: Payload, counted: bool) -> Result<()> {
-        let msg = Message::Notify {
-            method: method.to_string(),
-            payload,
-        };
+    fn send_notification(&self, method: String, payload: Payload, counted: bool) -> Result<()> {
+        let msg = Message::Notify { method, payload };
         self.shared
             .commands
             .send(Command::Oneway { msg, counted })

@@ -66,13 +66,17 @@ pub(crate) struct State {
     slow_subscriber: SlowSubscriber,
 }
 
+/// Keyed by connection ids, which the broker gives out in sequence: a
+/// fast hash is safe here, and it runs for every delivery.
+type Outlets = rustc_hash::FxHashMap<u64, Outlet>;
+
 #[derive(Debug, Default)]
 struct Inner {
     /// The calling side of every connection that joined a channel.
     peers: HashMap<u64, Client>,
     channels: HashMap<String, Channel>,
     /// Where each subscribing connection's publications queue up.
-    outlets: HashMap<u64, Outlet>,
+    outlets: Outlets,
     /// The open password challenge of each connection, for one channel.
     nonces: HashMap<u64, (String, [u8; 32])>,
     /// Calls each provider connection is answering right now.

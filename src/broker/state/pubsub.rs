@@ -6,7 +6,8 @@ use busline_core::{Payload, Result};
 use serde_json::Value;
 
 use super::{
-    lifecycle::tell, member_of, only_the_broker, too_many, Channel, Inner, State, MAX_PER_CLIENT,
+    lifecycle::tell, member_of, not_member, only_the_broker, too_many, Channel, Inner, Outlets,
+    State, MAX_PER_CLIENT,
 };
 use crate::{
     broker::{
@@ -153,12 +154,20 @@ impl State {
         payload: &Payload,
     ) -> Result<()> {
         topic::check_topic(topic)?;
-        let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, publisher)?;
+        let inner = self.lock();
+        // Looked up once: this runs for every publication.
+        let ch = inner
+            .channels
+            .get(channel)
+            .filter(|ch| ch.members.contains(&publisher))
+            .ok_or_else(|| not_member(channel))?;
         if ch.system {
             return Err(only_the_broker(channel));
         }
-        if let Some((owner, _)) = ch.topics.get(topic) {
+        let owned = (!ch.topics.is_empty())
+            .then(|| ch.topics.get(topic))
+            .flatten();
+        if let Some((owner, _)) = owned {
             if *owner != publisher {
                 return Err(busline_core::Error::Unauthorized(format!(
                     "topic {topic:?} on channel {channel:?} has another publisher"
@@ -166,7 +175,7 @@ impl State {
             }
         }
         self.took_publication();
-        offer(&inner, channel, topic, name, payload);
+        offer(ch, &inner.outlets, channel, topic, name, payload);
         let first = protocol::Relayed {
             origin: &self.id,
             seq: self
@@ -176,7 +185,7 @@ impl State {
             channel,
             topic,
         };
-        offer_relays(&inner, &self.id, &first, payload);
+        offer_relays(ch, &inner.outlets, &self.id, &first, payload);
         Ok(())
     }
 
@@ -227,8 +236,10 @@ impl State {
         }
         self.took_publication();
         let name: Arc<str> = protocol::published(channel, topic).into();
-        offer(&inner, channel, topic, &name, payload);
-        offer_relays(&inner, &self.id, relayed, payload);
+        if let Some(ch) = inner.channels.get(*channel) {
+            offer(ch, &inner.outlets, channel, topic, &name, payload);
+            offer_relays(ch, &inner.outlets, &self.id, relayed, payload);
+        }
         Ok(())
     }
 
@@ -352,10 +363,13 @@ fn wants(ch: &Channel, topic_name: &str) -> bool {
 /// Offer a publication (as `relayed` came here, or as first published
 /// here), now delivered on `here` too, to the bridges subscribed to its
 /// topic, each once.
-fn offer_relays(inner: &Inner, here: &str, relayed: &protocol::Relayed<'_>, payload: &Payload) {
-    let Some(ch) = inner.channels.get(relayed.channel) else {
-        return;
-    };
+fn offer_relays(
+    ch: &Channel,
+    outlets: &Outlets,
+    here: &str,
+    relayed: &protocol::Relayed<'_>,
+    payload: &Payload,
+) {
     if ch.relays.is_empty() {
         return;
     }
@@ -374,7 +388,7 @@ fn offer_relays(inner: &Inner, here: &str, relayed: &protocol::Relayed<'_>, payl
     )
     .into();
     for conn in conns {
-        if let Some(outlet) = inner.outlets.get(&conn) {
+        if let Some(outlet) = outlets.get(&conn) {
             outlet.offer(relayed.channel, name.clone(), payload.clone());
         }
     }
@@ -405,10 +419,14 @@ fn bridges_onward<S: AsRef<str>>(
 
 /// Offer `payload` to each connection subscribed to `topic_name` on
 /// `channel`, once however many of its patterns match.
-fn offer(inner: &Inner, channel: &str, topic_name: &str, name: &Arc<str>, payload: &Payload) {
-    let Some(ch) = inner.channels.get(channel) else {
-        return;
-    };
+fn offer(
+    ch: &Channel,
+    outlets: &Outlets,
+    channel: &str,
+    topic_name: &str,
+    name: &Arc<str>,
+    payload: &Payload,
+) {
     let mut last = None;
     for (conn, pattern) in &ch.subscriptions {
         // In connection order: one already offered it was the last one.
@@ -416,7 +434,7 @@ fn offer(inner: &Inner, channel: &str, topic_name: &str, name: &Arc<str>, payloa
             continue;
         }
         last = Some(*conn);
-        if let Some(outlet) = inner.outlets.get(conn) {
+        if let Some(outlet) = outlets.get(conn) {
             outlet.offer(channel, name.clone(), payload.clone());
         }
     }
@@ -424,19 +442,18 @@ fn offer(inner: &Inner, channel: &str, topic_name: &str, name: &Arc<str>, payloa
 
 /// Publish on a system channel to whoever subscribed to `topic` there.
 pub(super) fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value) {
-    let wanted = inner.channels.get(channel).is_some_and(|ch| {
+    let Some(ch) = inner.channels.get(channel).filter(|ch| {
         ch.subscriptions
             .iter()
             .any(|(_, pattern)| topic::matches(pattern, topic_name))
-    });
-    if !wanted {
+    }) else {
         return;
-    }
+    };
     let Ok(payload) = Payload::json(body) else {
         return;
     };
     let name: Arc<str> = protocol::published(channel, topic_name).into();
-    offer(inner, channel, topic_name, &name, &payload);
+    offer(ch, &inner.outlets, channel, topic_name, &name, &payload);
 }
 
 /// Tell `busline.system` and `busline.logs`.
