@@ -23,6 +23,7 @@
 mod backbone;
 mod connections;
 mod contenders;
+mod fan_out;
 mod plots;
 mod rpc_peers;
 mod sweep;
@@ -34,8 +35,7 @@ use std::{
 };
 
 use busline::{
-    broker::{Broker, BrokerClient, Channel, Event},
-    rpc::Client,
+    broker::{Broker, Channel},
     Address, CborCodec, UnixTransport,
 };
 use bytes::Bytes;
@@ -51,7 +51,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SEQUENTIAL: usize = 2000;
 const IN_FLIGHT: usize = 64;
 const BATCHES: usize = 300;
-const PUBLISHED: u64 = 20_000;
 /// Runs of every scenario; the tables show each figure's median.
 const ROUNDS: usize = 5;
 
@@ -158,25 +157,36 @@ struct Row {
     fan_out: Vec<(usize, f64, u64)>,
 }
 
-/// The broker process: serve `socket` until killed.
-async fn run_broker(socket: &str) {
-    let broker = Broker::builder()
-        .listen(
-            UnixTransport::new(),
-            Address::unix(socket),
-            CborCodec::new(),
-        )
-        .start()
-        .await
-        .expect("broker starts");
-    std::future::pending::<()>().await;
-    drop(broker);
+/// The broker process: serve `socket` on `threads` threads (1: the
+/// one-thread runtime `busline --threads 1` uses) until killed.
+fn run_broker(socket: &str, threads: usize) {
+    let runtime = match threads {
+        1 => contenders::current_thread(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    };
+    runtime.block_on(async {
+        let _broker = Broker::builder()
+            .listen(
+                UnixTransport::new(),
+                Address::unix(socket),
+                CborCodec::new(),
+            )
+            .start()
+            .await
+            .expect("broker starts");
+        std::future::pending::<()>().await
+    })
 }
 
-fn start_broker(socket: &std::path::Path) -> Server {
+fn start_broker(socket: &std::path::Path, threads: usize) -> Server {
     let child = Command::new(std::env::current_exe().expect("this program"))
         .arg("broker")
         .arg(socket)
+        .arg(threads.to_string())
         .spawn()
         .expect("the broker process starts");
     Server(child)
@@ -185,16 +195,7 @@ fn start_broker(socket: &std::path::Path) -> Server {
 /// The rows for a broker listening on `socket`, on channels of their own
 /// for `round` (the broker serves every round, as `nats-server` does).
 async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
-    let addr = Address::unix(socket);
-    let transport = UnixTransport::new();
-    let connect = || {
-        BrokerClient::connect(
-            Client::builder(CborCodec::new()).retry_connect(Duration::from_secs(10)),
-            &transport,
-            &addr,
-        )
-    };
-    let provider = connect().await.expect("connects");
+    let provider = fan_out::connect(socket).await;
     provider
         .open(&format!("bench{round}"))
         .await
@@ -202,69 +203,14 @@ async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
         .provide("echo", |x: Bytes| async move { Ok::<_, String>(x) })
         .await
         .expect("provides");
-    let caller: Channel = connect()
+    let caller: Channel = fan_out::connect(socket)
         .await
-        .expect("connects")
         .open(&format!("bench{round}"))
         .await
         .expect("opens");
     let (median_us, p99_us, calls_per_s) = backbone::measure_calls(&caller).await;
 
-    let mut fan_out = Vec::new();
-    for subscribers in [1usize, 10, 100] {
-        let channel = format!("fan{subscribers}-{round}");
-        let mut subs = Vec::new();
-        let mut clients = Vec::new();
-        for _ in 0..subscribers {
-            let client = connect().await.expect("connects");
-            subs.push(
-                client
-                    .open(&channel)
-                    .await
-                    .expect("opens")
-                    .subscribe(">")
-                    .await
-                    .expect("subscribes"),
-            );
-            clients.push(client);
-        }
-        let publisher = connect()
-            .await
-            .expect("connects")
-            .open(&channel)
-            .await
-            .expect("opens");
-        let start = Instant::now();
-        let readers = subs.into_iter().map(|mut sub| {
-            tokio::spawn(async move {
-                let (mut seen, mut dropped) = (0u64, 0u64);
-                while seen + dropped < PUBLISHED {
-                    match sub.next().await {
-                        Some(Ok(Event::Message(_))) => seen += 1,
-                        Some(Ok(Event::Lagged(n))) => dropped += n,
-                        other => panic!("subscription ended: {other:?}"),
-                    }
-                }
-                (seen, dropped)
-            })
-        });
-        let readers: Vec<_> = readers.collect();
-        for i in 0..PUBLISHED {
-            publisher.publish("tick", &i).await.expect("publishes");
-        }
-        let mut delivered = 0;
-        let mut dropped = 0;
-        for reader in readers {
-            let (seen, lost) = reader.await.expect("reader");
-            delivered += seen;
-            dropped += lost;
-        }
-        fan_out.push((
-            subscribers,
-            delivered as f64 / start.elapsed().as_secs_f64(),
-            dropped,
-        ));
-    }
+    let fan_out = fan_out::busline(socket, round).await;
     Row {
         median_us,
         p99_us,
@@ -273,8 +219,8 @@ async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
     }
 }
 
-/// NATS's rows for `round`; the fan-out only if `fan_out`.
-async fn nats_rows(url: &str, round: usize, fan_out: bool) -> Row {
+/// NATS's rows for `round`; the fan-out only if `with_fan_out`.
+async fn nats_rows(url: &str, round: usize, with_fan_out: bool) -> Row {
     let responder = async_nats::connect(url).await.expect("connects to NATS");
     let echo = format!("bench.echo.{round}");
     let mut requests = responder.subscribe(echo.clone()).await.expect("subscribes");
@@ -317,50 +263,11 @@ async fn nats_rows(url: &str, round: usize, fan_out: bool) -> Row {
     }
     let calls_per_s = (BATCHES * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64();
 
-    let fanned = fan_out;
-    let mut fan_out = Vec::new();
-    for subscribers in [1usize, 10, 100].into_iter().filter(|_| fanned) {
-        let subject = format!("fan{subscribers}.{round}");
-        let mut readers = Vec::new();
-        for _ in 0..subscribers {
-            let client = async_nats::connect(url).await.expect("connects");
-            let mut sub = client.subscribe(subject.clone()).await.expect("subscribes");
-            client.flush().await.expect("flushes");
-            readers.push(tokio::spawn(async move {
-                let _client = client;
-                let mut seen = 0u64;
-                // NATS drops for slow consumers without telling the
-                // subscriber how many: stop at a quiet second.
-                while seen < PUBLISHED {
-                    match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
-                        Ok(Some(_)) => seen += 1,
-                        _ => break,
-                    }
-                }
-                seen
-            }));
-        }
-        let publisher = async_nats::connect(url).await.expect("connects");
-        let start = Instant::now();
-        for i in 0..PUBLISHED {
-            publisher
-                .publish(subject.clone(), Bytes::from(i.to_le_bytes().to_vec()))
-                .await
-                .expect("publishes");
-        }
-        publisher.flush().await.expect("flushes");
-        let mut delivered = 0;
-        for reader in readers {
-            delivered += reader.await.expect("reader");
-        }
-        let elapsed = start.elapsed();
-        let dropped = PUBLISHED * subscribers as u64 - delivered;
-        fan_out.push((
-            subscribers,
-            delivered as f64 / elapsed.as_secs_f64(),
-            dropped,
-        ));
-    }
+    let fan_out = if with_fan_out {
+        fan_out::nats(url, round).await
+    } else {
+        Vec::new()
+    };
     Row {
         median_us,
         p99_us,
@@ -376,6 +283,10 @@ fn main() {
         Some("backbone") => return backbone::run(),
         Some("sweep") => return sweep::run(),
         Some("connections") => return connections::run(),
+        Some("broker") => {
+            let threads = args.get(3).and_then(|n| n.parse().ok()).expect("a count");
+            return run_broker(&args[2], threads);
+        }
         Some("connections-one") => {
             let n = args.get(3).and_then(|n| n.parse().ok()).expect("a count");
             return connections::run_one(&args[2], n);
@@ -387,93 +298,125 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(brokers(args));
+        .block_on(brokers());
 }
 
-/// The broker against NATS (and comm-ipc's broker), or with `broker
-/// <socket>`, the broker process it measures.
-async fn brokers(args: Vec<String>) {
-    if let [_, command, socket] = args.as_slice() {
-        if command == "broker" {
-            return run_broker(socket).await;
-        }
-    }
+/// One way of running busline's broker, and its figures round by round.
+struct Contender {
+    name: &'static str,
+    socket: std::path::PathBuf,
+    rounds: Vec<Row>,
+}
+
+/// The broker against NATS (and comm-ipc's broker).
+async fn brokers() {
     let dir = std::env::temp_dir().join(format!("busline-peers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let (_nats, url) = start_nats().await;
-    // Both brokers serve every round, as nats-server does: none pays for
+    // Every broker serves every round, as nats-server does: none pays for
     // its first requests' memory in a round and not the others.
-    let process_socket = dir.join("process.sock");
-    let _process_broker = start_broker(&process_socket);
-    let embedded_socket = dir.join("embedded.sock");
+    let contender = |name, file| Contender {
+        name,
+        socket: dir.join(file),
+        rounds: Vec::new(),
+    };
+    let mut contenders = [
+        // In a process of its own, as `busline broker` runs, on one thread
+        // (`--threads 1`) and on two (the default here).
+        contender("busline broker process, 1 thread", "one.sock"),
+        contender("busline broker process, 2 threads", "two.sock"),
+        // Embedded in this program, beside its clients.
+        contender("busline broker embedded", "embedded.sock"),
+    ];
+    let _processes = [
+        start_broker(&contenders[0].socket, 1),
+        start_broker(&contenders[1].socket, 2),
+    ];
     let embedded_broker = Broker::builder()
         .listen(
             UnixTransport::new(),
-            Address::unix(&embedded_socket),
+            Address::unix(&contenders[2].socket),
             CborCodec::new(),
         )
         .start()
         .await
         .expect("broker starts");
 
-    // Rounds take turns, so a slow spell of the machine hits all three.
-    let (mut process, mut embedded, mut nats) = (Vec::new(), Vec::new(), Vec::new());
+    // Rounds take turns, so a slow spell of the machine hits every one.
+    let mut nats = Vec::new();
     for round in 0..ROUNDS {
-        // The broker in its own process, as `busline broker` runs it.
-        tokio::time::sleep(COOL_DOWN).await;
-        process.push(busline_rows(&process_socket, round).await);
-
-        // The broker embedded in this program, beside its clients.
-        tokio::time::sleep(COOL_DOWN).await;
-        embedded.push(busline_rows(&embedded_socket, round).await);
-
+        for contender in &mut contenders {
+            tokio::time::sleep(COOL_DOWN).await;
+            contender
+                .rounds
+                .push(busline_rows(&contender.socket, round).await);
+        }
         tokio::time::sleep(COOL_DOWN).await;
         nats.push(nats_rows(&url, round, true).await);
     }
     embedded_broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-    let (process, embedded, nats) = (median(process), median(embedded), median(nats));
-    let comm_ipc = comm_ipc_call();
+    let nats = median(nats);
+    let busline: Vec<(&str, Row)> = contenders
+        .into_iter()
+        .map(|c| (c.name, median(c.rounds)))
+        .collect();
+    print_table(&busline, &nats);
+}
 
-    println!("| scenario | busline broker process | busline broker embedded | NATS | process / NATS | embedded / NATS |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+/// One table: each busline broker's figures, NATS's, and each busline
+/// broker's against NATS's.
+fn print_table(busline: &[(&str, Row)], nats: &Row) {
+    let mut header = String::from("| scenario |");
+    for (name, _) in busline {
+        header += &format!(" {name} |");
+    }
+    header += " NATS |";
+    for (name, _) in busline {
+        header += &format!(" {} / NATS |", name.trim_start_matches("busline broker "));
+    }
+    println!("{header}");
+    println!("|{}", " --- |".repeat(2 + 2 * busline.len()));
+    let line = |name: &str, cell: &dyn Fn(&Row) -> String, ratio: &dyn Fn(&Row) -> String| {
+        let mut line = format!("| {name} |");
+        for (_, row) in busline {
+            line += &format!(" {} |", cell(row));
+        }
+        line += &format!(" {} |", cell(nats));
+        for (_, row) in busline {
+            line += &format!(" {} |", ratio(row));
+        }
+        println!("{line}");
+    };
     let time = |name: &str, f: fn(&Row) -> f64| {
-        println!(
-            "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}x the time | {:.2}x the time |",
-            f(&process),
-            f(&embedded),
-            f(&nats),
-            f(&process) / f(&nats),
-            f(&embedded) / f(&nats)
-        )
+        line(name, &|r| format!("{:.1} µs", f(r)), &|r| {
+            format!("{:.2}x the time", f(r) / f(nats))
+        })
     };
     time("request/reply median", |r| r.median_us);
     time("request/reply p99", |r| r.p99_us);
-    match comm_ipc {
-        Ok((median_us, p99_us)) => {
-            println!(
-                "| comm-ipc request/reply median, p99 | {median_us:.1} µs, {p99_us:.1} µs: {:.1}x the process broker's time, {:.1}x the embedded one's | | | | |",
-                median_us / process.median_us,
-                median_us / embedded.median_us
-            );
-        }
-        Err(why) => println!("| comm-ipc request/reply | not measured: {why} | | | | |"),
-    }
-    println!(
-        "| calls/s, 64 in flight | {:.0} | {:.0} | {:.0} | {:.2}x the rate | {:.2}x the rate |",
-        process.calls_per_s,
-        embedded.calls_per_s,
-        nats.calls_per_s,
-        process.calls_per_s / nats.calls_per_s,
-        embedded.calls_per_s / nats.calls_per_s
+    line(
+        "calls/s, 64 in flight",
+        &|r| format!("{:.0}", r.calls_per_s),
+        &|r| format!("{:.2}x the rate", r.calls_per_s / nats.calls_per_s),
     );
-    for (i, (n, nats_rate, nats_dropped)) in nats.fan_out.iter().enumerate() {
-        let (_, p_rate, p_dropped) = process.fan_out[i];
-        let (_, e_rate, e_dropped) = embedded.fan_out[i];
-        println!(
-            "| fan-out to {n}: deliveries/s (dropped in all rounds) | {p_rate:.0} ({p_dropped}, counted) | {e_rate:.0} ({e_dropped}, counted) | {nats_rate:.0} ({nats_dropped}) | {:.2}x the rate | {:.2}x the rate |",
-            p_rate / nats_rate,
-            e_rate / nats_rate
+    for (i, &(n, _, _)) in nats.fan_out.iter().enumerate() {
+        line(
+            &format!("fan-out to {n}: deliveries/s (dropped in all rounds)"),
+            &|r| format!("{:.0} ({})", r.fan_out[i].1, r.fan_out[i].2),
+            &|r| format!("{:.2}x the rate", r.fan_out[i].1 / nats.fan_out[i].1),
         );
+    }
+    match comm_ipc_call() {
+        Ok((median_us, p99_us)) => {
+            let mut line = format!(
+                "| comm-ipc request/reply median, p99 | {median_us:.1} µs, {p99_us:.1} µs:"
+            );
+            for (name, row) in busline {
+                line += &format!(" {:.1}x the time of the {name};", median_us / row.median_us);
+            }
+            println!("{line} |");
+        }
+        Err(why) => println!("| comm-ipc request/reply | not measured: {why} |"),
     }
 }
