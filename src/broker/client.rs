@@ -201,13 +201,17 @@ impl Parts {
             self.record.clone(),
             self.relays.clone(),
         );
-        let pushed = Arc::new(move |method: &str, payload: &Payload, _from: u64| {
+        let pushed = Arc::new(move |method: String, payload: Payload, _from: u64| {
+            let topic_at = match protocol::parse_routed(&method) {
+                Some(Routed::Topic { channel, .. }) => Some(channel.len()),
+                _ => None,
+            };
             if method.starts_with(protocol::RELAYED) || method == protocol::RELAY_LAGGED {
                 if let Some(sink) = relays.get() {
-                    sink(method, payload);
+                    sink(&method, &payload);
                 }
-            } else if let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(method) {
-                subs.deliver(channel, topic, payload);
+            } else if let Some(channel_len) = topic_at {
+                subs.deliver(method, channel_len, payload);
             } else if method == protocol::EVENT {
                 match payload.decode_params::<ChannelEvent>() {
                     Ok(event) => {
@@ -231,12 +235,12 @@ impl Parts {
                 }
                 // A bridge that fell behind tells the subscribers it serves.
                 if let Some(sink) = relays.get() {
-                    sink(method, payload);
+                    sink(&method, &payload);
                 }
             } else {
-                return false;
+                return Some((method, payload));
             }
-            true
+            None
         });
         // Weak: the handlers in the table may hold this client, and the
         // connection holds this router; a strong one would keep both alive.

@@ -157,16 +157,16 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             async move { route(&state, req).await }
         }))
         .tap_notifications(Arc::new(
-            move |method: &str, payload: &Payload, from: u64| {
+            move |method: String, payload: Payload, from: u64| {
                 // The hottest path: handled as read, in order, with no request,
                 // future or tower call each.
-                match publication(&state, method, payload, from) {
+                match publication(&state, &method, &payload, from) {
                     Some(Err(err)) => {
                         tracing::warn!(%method, error = %err, "publication refused");
-                        true
+                        None
                     }
-                    Some(Ok(())) => true,
-                    None => false,
+                    Some(Ok(())) => None,
+                    None => Some((method, payload)),
                 }
             },
         ))

@@ -14,7 +14,6 @@ use busline_core::{Payload, Result};
 
 use super::{
     budget::{QueueBounds, QueueBudget},
-    protocol,
     signing::{Kind, Signer},
 };
 use futures::{task::AtomicWaker, Stream};
@@ -41,7 +40,7 @@ impl Publication {
 
     /// The bytes it owns beside its own size, as a queue counts them.
     fn heap_len(&self) -> usize {
-        self.topic.len() + self.payload.len()
+        self.topic.capacity() + self.payload.len()
     }
 }
 
@@ -88,6 +87,15 @@ struct Local {
     waker: Arc<AtomicWaker>,
     /// Checks publications on a protected channel.
     signer: Option<Arc<Signer>>,
+}
+
+impl Local {
+    /// Whether publication `routed` (see [`Subscribers::deliver`]) is for
+    /// this subscription.
+    fn wants(&self, routed: &str, channel_len: usize) -> bool {
+        routed[..channel_len] == self.channel
+            && topic::matches(&self.pattern, &routed[channel_len + 1..])
+    }
 }
 
 impl Subscribers {
@@ -139,14 +147,26 @@ impl Subscribers {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hand a publication to every matching subscription; on a protected
-    /// channel, checked once per key (a second check would see a replay).
-    pub(crate) fn deliver(&self, channel: &str, topic_name: &str, payload: &Payload) {
+    /// Hand publication `routed` (its routed name: the channel's
+    /// `channel_len` bytes, `#`, the topic) to every matching subscription;
+    /// on a protected channel, checked once per key (a second check would
+    /// see a replay). The last one it goes to gets the name's own memory
+    /// for its topic, so one subscription costs no copy of it.
+    pub(crate) fn deliver(&self, mut routed: String, channel_len: usize, payload: Payload) {
+        let subs = self.lock();
+        let mut left = subs
+            .iter()
+            .filter(|sub| sub.wants(&routed, channel_len))
+            .count();
         let mut checked: Vec<(*const Signer, Result<Payload>)> = Vec::new();
-        for sub in self.lock().iter() {
-            if sub.channel != channel || !topic::matches(&sub.pattern, topic_name) {
+        for sub in subs.iter() {
+            if left == 0 {
+                break;
+            }
+            if !sub.wants(&routed, channel_len) {
                 continue;
             }
+            left -= 1;
             let payload = match &sub.signer {
                 None => Ok(payload.clone()),
                 Some(signer) => {
@@ -154,9 +174,8 @@ impl Subscribers {
                     match checked.iter().find(|(k, _)| *k == key) {
                         Some((_, result)) => result.clone(),
                         None => {
-                            let name = protocol::published(channel, topic_name);
                             let result = signer
-                                .verify(Kind::Publication, &name, None, payload)
+                                .verify(Kind::Publication, &routed, None, &payload)
                                 .map(|(inner, _)| inner);
                             checked.push((key, result.clone()));
                             result
@@ -164,10 +183,14 @@ impl Subscribers {
                     }
                 }
             };
-            let publication = payload.map(|payload| Publication {
-                topic: topic_name.to_owned(),
-                payload,
-            });
+            let topic = if left == 0 {
+                let mut topic = std::mem::take(&mut routed);
+                topic.replace_range(..=channel_len, "");
+                topic
+            } else {
+                routed[channel_len + 1..].to_owned()
+            };
+            let publication = payload.map(|payload| Publication { topic, payload });
             let heap = publication.as_ref().map_or(0, Publication::heap_len);
             if !sub
                 .budget
@@ -332,6 +355,75 @@ impl Drop for Subscription {
             if let (false, Some(unsubscribe)) = (shared, self.on_drop.take()) {
                 unsubscribe(channel, pattern);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn published(name: &str) -> (String, usize) {
+        (name.to_owned(), name.find('#').expect("a routed topic"))
+    }
+
+    #[tokio::test]
+    async fn each_matching_subscription_gets_the_topic_once() {
+        let subs = Arc::new(Subscribers::new(QueueBounds::default()));
+        let mut all = subs.add("news", ">", None);
+        let mut sport = subs.add("news", "sport.*", None);
+        let mut weather = subs.add("news", "weather", None);
+        let mut elsewhere = subs.add("other", ">", None);
+        let payload = Payload::from_bytes(busline_core::Encoding::Binary, vec![1, 2, 3]);
+        let (routed, at) = published("news#sport.chess");
+        subs.deliver(routed, at, payload.clone());
+
+        for sub in [&mut all, &mut sport] {
+            match sub.next().await {
+                Some(Ok(Event::Message(p))) => {
+                    assert_eq!(p.topic, "sport.chess");
+                    assert_eq!(p.payload, payload);
+                }
+                other => panic!("expected the publication, got {other:?}"),
+            }
+        }
+        for sub in [&mut weather, &mut elsewhere] {
+            assert!(futures::poll!(sub.next()).is_pending(), "not for it");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_counts_the_topic_it_holds_and_gives_it_back() {
+        let bounds = QueueBounds {
+            publications: 100,
+            bytes: 4 * std::mem::size_of::<Result<Event>>() + 64,
+        };
+        let subs = Arc::new(Subscribers::new(bounds));
+        let mut sub = subs.add("c", ">", None);
+        let payload = Payload::from_bytes(busline_core::Encoding::Binary, vec![0; 8]);
+        for _ in 0..10 {
+            let (routed, at) = published("c#a.topic");
+            subs.deliver(routed, at, payload.clone());
+        }
+        let mut seen = 0;
+        let mut lagged = 0;
+        while seen + lagged < 10 {
+            match sub.next().await {
+                Some(Ok(Event::Message(_))) => seen += 1,
+                Some(Ok(Event::Lagged(n))) => lagged += n,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(seen >= 1 && lagged >= 1, "the byte bound held: {seen} seen");
+        // Everything read was given back: a full queue's worth fits again.
+        for _ in 0..seen {
+            let (routed, at) = published("c#a.topic");
+            subs.deliver(routed, at, payload.clone());
+        }
+        for _ in 0..seen {
+            assert!(matches!(sub.next().await, Some(Ok(Event::Message(_)))));
         }
     }
 }

@@ -152,11 +152,13 @@ pub struct Router {
 
 /// A synchronous first look at each notification, before the routes, with
 /// the [`Client::connection_id`](super::Client::connection_id) of the
-/// connection it came on: it returns `true` if it consumed the
-/// notification. For high-rate notifications (publications, at the broker
-/// and at its clients) that need no future, no boxing and no tower call
-/// each.
-pub(crate) type NotificationTap = Arc<dyn Fn(&str, &Payload, u64) -> bool + Send + Sync>;
+/// connection it came on: it consumes the notification, or hands it back
+/// for the routes. For high-rate notifications (publications, at the
+/// broker and at its clients) that need no future, no boxing and no tower
+/// call each; taken by value, so what it keeps (a topic name) needs no
+/// copy.
+pub(crate) type NotificationTap =
+    Arc<dyn Fn(String, Payload, u64) -> Option<(String, Payload)> + Send + Sync>;
 
 impl Router {
     /// A router with no methods.
@@ -273,12 +275,18 @@ impl Router {
         self
     }
 
-    /// Whether the notification tap consumed `method` with `payload`,
-    /// come on connection `from`.
-    pub(crate) fn tapped(&self, method: &str, payload: &Payload, from: u64) -> bool {
-        self.tap
-            .as_ref()
-            .is_some_and(|tap| tap(method, payload, from))
+    /// Give `method` with `payload`, come on connection `from`, to the
+    /// notification tap; what it did not consume comes back.
+    pub(crate) fn tap(
+        &self,
+        method: String,
+        payload: Payload,
+        from: u64,
+    ) -> Option<(String, Payload)> {
+        match &self.tap {
+            Some(tap) => tap(method, payload, from),
+            None => Some((method, payload)),
+        }
     }
 
     /// Start serving `req`; the future owns everything it needs.

@@ -106,15 +106,16 @@ impl<I: Io, C: Codec> Driver<I, C> {
         // The tap runs here, in the connection's task: a panic in it is
         // logged and costs that notification, as in a handler.
         let from = self.peer.connection_id();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| router.tapped(&method, &payload, from)))
-        {
-            Ok(true) => return,
-            Ok(false) => {}
+        let (method, payload) = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            router.tap(method, payload, from)
+        })) {
+            Ok(Some(untapped)) => untapped,
+            Ok(None) => return,
             Err(_) => {
-                tracing::warn!(%method, "notification tap panicked");
+                tracing::warn!("notification tap panicked");
                 return;
             }
-        }
+        };
         let router = router.clone();
         let req = self.request(method, payload, CallKind::Notify, None);
         let method = req.method.clone();
