@@ -100,7 +100,8 @@ pub(crate) fn forwarder_to(
             return;
         }
         let heap = name.len() + payload.len();
-        if !budget.try_send(&tx, (name.to_owned(), payload.clone()), heap) {
+        let relayed = (name.to_owned(), payload.clone());
+        if budget.try_send(&tx, relayed, heap).is_err() {
             if let Some((channel, missed)) = lost_with(name, payload) {
                 count(&lost, &channel, missed);
             }

@@ -93,16 +93,21 @@ impl<T> QueueBudget<T> {
     }
 
     /// Queue `item`, owning `heap` bytes, on `tx` if both bounds allow it;
-    /// `false` if either refused it. A closed queue takes anything: its
-    /// reader is gone, and nothing is missed.
-    pub(crate) fn try_send(&self, tx: &mpsc::UnboundedSender<T>, item: T, heap: usize) -> bool {
+    /// if either refuses it, it comes back. A closed queue takes anything:
+    /// its reader is gone, and nothing is missed.
+    pub(crate) fn try_send(
+        &self,
+        tx: &mpsc::UnboundedSender<T>,
+        item: T,
+        heap: usize,
+    ) -> Result<(), T> {
         if !self.take(heap) {
-            return tx.is_closed();
+            return if tx.is_closed() { Ok(()) } else { Err(item) };
         }
         if tx.send(item).is_err() {
             self.give(1, heap);
         }
-        true
+        Ok(())
     }
 }
 
@@ -149,7 +154,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         drop(rx);
         for _ in 0..10 {
-            assert!(budget.try_send(&tx, 1, 1_000));
+            assert!(budget.try_send(&tx, 1, 1_000).is_ok());
         }
         // Nothing kept for the closed queue: two entries fit exactly.
         assert!(budget.take(40));
@@ -163,12 +168,15 @@ mod tests {
             bytes: 1_000,
         });
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        assert!(budget.try_send(&tx, 1, 100));
-        assert!(budget.try_send(&tx, 2, 100));
-        assert!(!budget.try_send(&tx, 3, 0), "the count bound holds");
+        assert!(budget.try_send(&tx, 1, 100).is_ok());
+        assert!(budget.try_send(&tx, 2, 100).is_ok());
+        assert_eq!(budget.try_send(&tx, 3, 0), Err(3), "the count bound holds");
         assert_eq!(rx.try_recv().ok(), Some(1));
         budget.give(1, 100);
-        assert!(budget.try_send(&tx, 4, 100), "room again once one is read");
+        assert!(
+            budget.try_send(&tx, 4, 100).is_ok(),
+            "room again once one is read"
+        );
         // 216 held by two entries; the refused one holds nothing.
         budget.give(2, 200);
         assert!(budget.take(992), "all of it is given back");

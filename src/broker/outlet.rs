@@ -39,9 +39,42 @@ pub enum SlowSubscriber {
     Disconnect,
 }
 
-/// A publication's routed name (shared by every subscriber's queue) and
-/// payload.
-type Queued = (Arc<str>, Payload);
+/// A publication's routed name in a subscriber's queue: its own when the
+/// publication goes to that one subscriber (written without a copy), shared
+/// when it goes to several. Empty: only a nudge (see [`Outlet::lagged`]).
+#[derive(Debug)]
+enum Name {
+    Own(String),
+    Shared(Arc<str>),
+}
+
+impl Name {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Own(name) => name,
+            Name::Shared(name) => name,
+        }
+    }
+
+    /// The bytes it holds, as the queue counts them: a shared name counts
+    /// in full in every queue, erring on the safe side.
+    fn heap(&self) -> usize {
+        match self {
+            Name::Own(name) => name.capacity(),
+            Name::Shared(name) => name.len(),
+        }
+    }
+
+    fn into_string(self) -> String {
+        match self {
+            Name::Own(name) => name,
+            Name::Shared(name) => String::from(&*name),
+        }
+    }
+}
+
+/// A publication's routed name and payload.
+type Queued = (Name, Payload);
 
 /// The sending side of one subscriber's queue.
 #[derive(Debug, Clone)]
@@ -81,9 +114,7 @@ impl Outlet {
         drop(missed);
         // An empty name wakes the delivery with nothing to deliver; if the
         // queue is full, what is in it carries the notice soon anyway.
-        let nudge = Payload::unit();
-        let heap = nudge.len();
-        let _ = self.budget.try_send(&self.tx, (Arc::from(""), nudge), heap);
+        let _ = self.queue(Name::Own(String::new()), Payload::unit());
     }
 
     /// The encoding the subscriber reads.
@@ -91,25 +122,45 @@ impl Outlet {
         self.peer.encoding()
     }
 
-    /// Queue `payload` under the routed name `method`; if the queue is
-    /// full, count it missed or disconnect the subscriber, as configured.
+    /// Queue `payload` of `channel` under the routed name `method`, shared
+    /// with other subscribers' queues; if the queue is full, count it
+    /// missed or disconnect the subscriber, as configured.
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
-        // The name is shared with the other subscribers' queues; each
-        // counts it, erring on the safe side, as it counts the payload.
-        let heap = method.len() + payload.len();
-        if !self.budget.try_send(&self.tx, (method, payload), heap) {
-            match self.policy {
-                SlowSubscriber::Drop => {
-                    let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
-                    *missed.entry(channel.to_owned()).or_default() += 1;
-                }
-                SlowSubscriber::Disconnect => self.peer.close(Error::Overloaded(format!(
-                    "too slow a subscriber: its queue was full ({} publications or \
-                     {} bytes; raise the broker's subscriber_queue or \
-                     subscriber_queue_bytes, or read faster)",
-                    self.bounds.publications, self.bounds.bytes
-                ))),
+        if self.queue(Name::Shared(method), payload).is_err() {
+            self.refused(channel);
+        }
+    }
+
+    /// As [`Outlet::offer`], for the only subscriber a publication goes
+    /// to: `method`, whose first `channel_len` bytes name the channel, is
+    /// queued as it is.
+    pub(crate) fn offer_own(&self, method: String, channel_len: usize, payload: Payload) {
+        if let Err(Name::Own(method)) = self.queue(Name::Own(method), payload) {
+            self.refused(&method[..channel_len]);
+        }
+    }
+
+    /// Queue a publication; what the queue refused comes back.
+    fn queue(&self, name: Name, payload: Payload) -> Result<(), Name> {
+        let heap = name.heap() + payload.len();
+        self.budget
+            .try_send(&self.tx, (name, payload), heap)
+            .map_err(|(name, _)| name)
+    }
+
+    /// A publication of `channel` found the queue full.
+    fn refused(&self, channel: &str) {
+        match self.policy {
+            SlowSubscriber::Drop => {
+                let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
+                *missed.entry(channel.to_owned()).or_default() += 1;
             }
+            SlowSubscriber::Disconnect => self.peer.close(Error::Overloaded(format!(
+                "too slow a subscriber: its queue was full ({} publications or \
+                 {} bytes; raise the broker's subscriber_queue or \
+                 subscriber_queue_bytes, or read faster)",
+                self.bounds.publications, self.bounds.bytes
+            ))),
         }
     }
 }
@@ -126,14 +177,14 @@ async fn deliver(
             queued.len(),
             queued
                 .iter()
-                .map(|(method, payload)| method.len() + payload.len())
+                .map(|(method, payload)| method.heap() + payload.len())
                 .sum(),
         );
         let mut batch: Vec<Message> = queued
             .drain(..)
-            .filter(|(method, _)| !method.is_empty())
+            .filter(|(method, _)| !method.as_str().is_empty())
             .map(|(method, payload)| Message::Notify {
-                method: String::from(&*method),
+                method: method.into_string(),
                 payload,
             })
             .collect();

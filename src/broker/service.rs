@@ -160,33 +160,42 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             move |method: String, payload: Payload, from: u64| {
                 // The hottest path: handled as read, in order, with no request,
                 // future or tower call each.
-                match publication(&state, &method, &payload, from) {
-                    Some(Err(err)) => {
-                        tracing::warn!(%method, error = %err, "publication refused");
+                match publication(&state, method, &payload, from) {
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "publication refused");
                         None
                     }
-                    Some(Ok(())) => None,
-                    None => Some((method, payload)),
+                    Ok(Ok(())) => None,
+                    Err(method) => Some((method, payload)),
                 }
             },
         ))
 }
 
 /// Take a publication (`method` names a topic, or is a publication relayed
-/// by a bridge) come on connection `from`; `None` if it is not one.
-fn publication(state: &State, method: &str, payload: &Payload, from: u64) -> Option<Result<()>> {
+/// by a bridge) come on connection `from`; `method` comes back if it is
+/// not one.
+fn publication(
+    state: &State,
+    method: String,
+    payload: &Payload,
+    from: u64,
+) -> std::result::Result<Result<()>, String> {
     if method.starts_with(protocol::RELAYED) {
-        return Some(match protocol::parse_relayed(method) {
+        return Ok(match protocol::parse_relayed(&method) {
             Some(relayed) => state.relay(&relayed, from, payload),
             None => Err(Error::Protocol(format!(
                 "a malformed relayed publication: {method:?}"
             ))),
         });
     }
-    let Some(Routed::Topic { channel, topic }) = protocol::parse_routed(method) else {
-        return None;
-    };
-    Some(state.publish(channel, topic, from, &Arc::from(method), payload))
+    match protocol::parse_routed(&method) {
+        Some(Routed::Topic { channel, .. }) => {
+            let channel_len = channel.len();
+            Ok(state.publish(method, channel_len, from, payload))
+        }
+        _ => Err(method),
+    }
 }
 
 /// A control method: decode the broker's own arguments, act on the tables,
@@ -237,10 +246,12 @@ fn caller(req: &Request) -> Result<Client> {
 
 /// Deliver a routed call or publication (publications come here when
 /// sent as calls; as notifications the tap above takes them).
-async fn route(state: &Arc<State>, req: Request) -> Result<Reply> {
+async fn route(state: &Arc<State>, mut req: Request) -> Result<Reply> {
     let from = caller(&req)?.connection_id();
-    if let Some(published) = publication(state, &req.method, &req.payload, from) {
-        return published.map(|()| Reply::Unary(Payload::unit()));
+    let method = std::mem::take(&mut req.method);
+    match publication(state, method, &req.payload, from) {
+        Ok(published) => return published.map(|()| Reply::Unary(Payload::unit())),
+        Err(method) => req.method = method,
     }
     // Not a publication: `publication` found no topic in it.
     match protocol::parse_routed(&req.method) {

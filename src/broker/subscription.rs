@@ -192,10 +192,10 @@ impl Subscribers {
             };
             let publication = payload.map(|payload| Publication { topic, payload });
             let heap = publication.as_ref().map_or(0, Publication::heap_len);
-            if !sub
+            let queued = sub
                 .budget
-                .try_send(&sub.tx, publication.map(Event::Message), heap)
-            {
+                .try_send(&sub.tx, publication.map(Event::Message), heap);
+            if queued.is_err() {
                 sub.missed.fetch_add(1, Ordering::Relaxed);
                 sub.waker.wake();
             }
@@ -218,7 +218,11 @@ impl Subscribers {
         for sub in self.lock().iter() {
             // In the queue, after what came before the cut; said at once
             // if the queue is full.
-            if !sub.budget.try_send(&sub.tx, Ok(Event::Interrupted), 0) {
+            if sub
+                .budget
+                .try_send(&sub.tx, Ok(Event::Interrupted), 0)
+                .is_err()
+            {
                 sub.interrupted.store(true, Ordering::Release);
                 sub.waker.wake();
             }

@@ -142,17 +142,18 @@ impl State {
         refresh_demand(&mut inner, channel);
     }
 
-    /// Offer a publication on `topic` to every connection subscribed to it
-    /// on `channel`, each once; `publisher` must be a member. Offers never
-    /// wait (a full queue drops and counts), so this holds the lock briefly.
+    /// Offer publication `name` (the channel's `channel_len` bytes, `#`,
+    /// the topic) to every connection subscribed to its topic, each once;
+    /// `publisher` must be a member of the channel. Offers never wait (a
+    /// full queue drops and counts), so this holds the lock briefly.
     pub(crate) fn publish(
         &self,
-        channel: &str,
-        topic: &str,
+        name: String,
+        channel_len: usize,
         publisher: u64,
-        name: &Arc<str>,
         payload: &Payload,
     ) -> Result<()> {
+        let (channel, topic) = (&name[..channel_len], &name[channel_len + 1..]);
         topic::check_topic(topic)?;
         let inner = self.lock();
         // Looked up once: this runs for every publication.
@@ -175,7 +176,6 @@ impl State {
             }
         }
         self.took_publication();
-        offer(ch, &inner.outlets, channel, topic, name, payload);
         let first = protocol::Relayed {
             origin: &self.id,
             seq: self
@@ -186,6 +186,7 @@ impl State {
             topic,
         };
         offer_relays(ch, &inner.outlets, &self.id, &first, payload);
+        offer(ch, &inner.outlets, name, channel_len, payload);
         Ok(())
     }
 
@@ -235,10 +236,10 @@ impl State {
             return Ok(());
         }
         self.took_publication();
-        let name: Arc<str> = protocol::published(channel, topic).into();
         if let Some(ch) = inner.channels.get(*channel) {
-            offer(ch, &inner.outlets, channel, topic, &name, payload);
             offer_relays(ch, &inner.outlets, &self.id, relayed, payload);
+            let name = protocol::published(channel, topic);
+            offer(ch, &inner.outlets, name, channel.len(), payload);
         }
         Ok(())
     }
@@ -417,27 +418,46 @@ fn bridges_onward<S: AsRef<str>>(
     conns
 }
 
-/// Offer `payload` to each connection subscribed to `topic_name` on
-/// `channel`, once however many of its patterns match.
-fn offer(
-    ch: &Channel,
-    outlets: &Outlets,
-    channel: &str,
-    topic_name: &str,
-    name: &Arc<str>,
-    payload: &Payload,
-) {
-    let mut last = None;
-    for (conn, pattern) in &ch.subscriptions {
-        // In connection order: one already offered it was the last one.
-        if last == Some(*conn) || !topic::matches(pattern, topic_name) {
-            continue;
+/// Offer publication `name` (the channel's `channel_len` bytes, `#`, the
+/// topic) to each connection subscribed to its topic, once however many
+/// of its patterns match. The name goes as it is to a lone subscriber, and
+/// is shared by several.
+fn offer(ch: &Channel, outlets: &Outlets, name: String, channel_len: usize, payload: &Payload) {
+    let (channel, topic_name) = (&name[..channel_len], &name[channel_len + 1..]);
+    let mut targets = subscribed(ch, outlets, topic_name);
+    match (targets.next(), targets.next()) {
+        (None, _) => {}
+        (Some(only), None) => {
+            drop(targets);
+            only.offer_own(name, channel_len, payload.clone());
         }
-        last = Some(*conn);
-        if let Some(outlet) = outlets.get(conn) {
-            outlet.offer(channel, name.clone(), payload.clone());
+        (Some(first), Some(second)) => {
+            let shared: Arc<str> = Arc::from(name.as_str());
+            for outlet in [first, second].into_iter().chain(targets) {
+                outlet.offer(channel, shared.clone(), payload.clone());
+            }
         }
     }
+}
+
+/// The outlet of each connection subscribed to `topic_name` on `ch`, once.
+fn subscribed<'a, 't>(
+    ch: &'a Channel,
+    outlets: &'a Outlets,
+    topic_name: &'t str,
+) -> impl Iterator<Item = &'a Outlet> + use<'a, 't> {
+    let mut last = None;
+    ch.subscriptions
+        .iter()
+        .filter(move |(conn, pattern)| {
+            // In connection order: one already offered it was the last one.
+            if last == Some(*conn) || !topic::matches(pattern, topic_name) {
+                return false;
+            }
+            last = Some(*conn);
+            true
+        })
+        .filter_map(|(conn, _)| outlets.get(conn))
 }
 
 /// Publish on a system channel to whoever subscribed to `topic` there.
@@ -452,8 +472,8 @@ pub(super) fn emit(inner: &Inner, channel: &str, topic_name: &str, body: &Value)
     let Ok(payload) = Payload::json(body) else {
         return;
     };
-    let name: Arc<str> = protocol::published(channel, topic_name).into();
-    offer(ch, &inner.outlets, channel, topic_name, &name, &payload);
+    let name = protocol::published(channel, topic_name);
+    offer(ch, &inner.outlets, name, channel.len(), &payload);
 }
 
 /// Tell `busline.system` and `busline.logs`.
