@@ -2,12 +2,15 @@
 //! hold on a noisy machine: a small request/reply (median and p99 over
 //! 2000 sequential calls), calls per second with 64 in flight, and
 //! publications fanned out to 1, 10 and 100 subscribers (deliveries per
-//! second; drops counted on both sides).
+//! second, paced so no queue fills; drops counted on both sides; see
+//! `fan_out.rs`).
 //!
-//! busline's broker runs twice: in a process of its own, as `busline
+//! busline's broker runs three ways: in a process of its own, as `busline
 //! broker` and `nats-server` are deployed (this program started again with
-//! `broker <socket>`, a two-thread runtime like the clients'), and
-//! embedded in this program beside its clients, which NATS cannot do.
+//! `broker <socket> <threads>`), on one thread (`busline --threads 1`) and
+//! on two (the default on a two-core machine); and embedded in this
+//! program beside its clients, which NATS cannot do. The clients run on
+//! a two-thread runtime.
 //!
 //! Needs `nats-server` on PATH (Debian: `apt-get install nats-server`).
 //! Run: `cargo run --release --manifest-path bench-peers/Cargo.toml`.
