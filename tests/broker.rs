@@ -624,13 +624,38 @@ async fn publish_to_a_slow_subscriber(
         .subscribe(">")
         .await
         .unwrap();
-    let publisher = memory_client(&addr).await.open("firehose").await.unwrap();
+    let mut marks = subscriber
+        .open("firehose-mark")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let publishing = memory_client(&addr).await;
+    let publisher = publishing.open("firehose").await.unwrap();
+    let marker = publishing.open("firehose-mark").await.unwrap();
     let padding = "x".repeat(size);
     for i in 0..sent {
         publisher.publish("tick", &(i, &padding)).await.unwrap();
     }
-    // Once this answers, the broker has handled every publication.
-    publisher.describe().await.unwrap();
+    // A mark published after them reaches the subscriber's client after
+    // them (one connection, in order): once it is read, every publication
+    // has reached the subscription or been counted missed, and none is
+    // read while they still arrive. Published again while the broker's
+    // queue for the subscriber may still be full (it says so: lagged).
+    let marked = async {
+        loop {
+            marker.publish("mark", &()).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(200), marks.next()).await {
+                Ok(Some(Ok(busline::broker::Event::Message(_)))) => break,
+                Ok(Some(Ok(busline::broker::Event::Lagged(_)))) | Err(_) => {}
+                other => panic!("the marks ended: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), marked)
+        .await
+        .expect("a mark arrives");
 
     let (mut received, mut missed, mut last) = (0u64, 0u64, None);
     while received + missed < sent {
