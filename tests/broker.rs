@@ -640,9 +640,11 @@ async fn publish_to_a_slow_subscriber(
     }
     // A mark published after them reaches the subscriber's client after
     // them (one connection, in order): once it is read, every publication
-    // has reached the subscription or been counted missed, and none is
-    // read while they still arrive. Published again while the broker's
-    // queue for the subscriber may still be full (it says so: lagged).
+    // has reached the subscription, been counted missed by the client, or
+    // been dropped by the broker (whose notice of it follows at once), and
+    // none is read while they still arrive. Published again while the
+    // broker's queue for the subscriber may still be full (it says so:
+    // lagged).
     let marked = async {
         loop {
             marker.publish("mark", &()).await.unwrap();

@@ -140,8 +140,12 @@ async fn receive(node: Arc<Node>, channel: String, mut subscription: async_nats:
                 continue;
             }
         };
-        let name = name.to_owned();
-        if let Err(err) = node.local.client().notify_raw(&name, payload).await {
+        if let Err(err) = node
+            .local
+            .client()
+            .notify_raw(name.to_owned(), payload)
+            .await
+        {
             tracing::debug!(%channel, error = %err, "backbone: a publication could not be passed in");
         }
     }

@@ -59,7 +59,7 @@ pub(super) fn forwarder(from: &str, to: BrokerClient, stop: CancellationToken) -
     let encoding = to.client().encoding();
     let deliver: Deliver = Arc::new(move |name: String, payload: Payload| {
         let to = to.clone();
-        Box::pin(async move { to.client().notify_raw(&name, payload).await })
+        Box::pin(async move { to.client().notify_raw(name, payload).await })
     });
     forwarder_to(from, deliver, encoding, stop)
 }

@@ -264,7 +264,7 @@ impl Channel {
             .link
             .client()
             .await?
-            .notify_raw(&protocol::broadcast(&self.name, method), payload)
+            .notify_raw(protocol::broadcast(&self.name, method), payload)
             .await
     }
 

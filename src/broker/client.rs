@@ -202,15 +202,12 @@ impl Parts {
             self.relays.clone(),
         );
         let pushed = Arc::new(move |method: String, payload: Payload, _from: u64| {
-            let topic_at = match protocol::parse_routed(&method) {
-                Some(Routed::Topic { channel, .. }) => Some(channel.len()),
-                _ => None,
-            };
             if method.starts_with(protocol::RELAYED) || method == protocol::RELAY_LAGGED {
                 if let Some(sink) = relays.get() {
                     sink(&method, &payload);
                 }
-            } else if let Some(channel_len) = topic_at {
+            } else if let Some(Routed::Topic { channel, .. }) = protocol::parse_routed(&method) {
+                let channel_len = channel.len();
                 subs.deliver(method, channel_len, payload);
             } else if method == protocol::EVENT {
                 match payload.decode_params::<ChannelEvent>() {

@@ -162,7 +162,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                 // future or tower call each.
                 match publication(&state, method, &payload, from) {
                     Ok(Err(err)) => {
-                        tracing::warn!(error = %err, "publication refused");
+                        tracing::warn!(connection = from, error = %err, "publication refused");
                         None
                     }
                     Ok(Ok(())) => None,

@@ -165,10 +165,7 @@ impl State {
         if ch.system {
             return Err(only_the_broker(channel));
         }
-        let owned = (!ch.topics.is_empty())
-            .then(|| ch.topics.get(topic))
-            .flatten();
-        if let Some((owner, _)) = owned {
+        if let Some((owner, _)) = ch.topics.get(topic) {
             if *owner != publisher {
                 return Err(busline_core::Error::Unauthorized(format!(
                     "topic {topic:?} on channel {channel:?} has another publisher"
@@ -185,6 +182,7 @@ impl State {
             channel,
             topic,
         };
+        // Bridges first: the local offer takes the name with it.
         offer_relays(ch, &inner.outlets, &self.id, &first, payload);
         offer(ch, &inner.outlets, name, channel_len, payload);
         Ok(())
@@ -424,40 +422,32 @@ fn bridges_onward<S: AsRef<str>>(
 /// is shared by several.
 fn offer(ch: &Channel, outlets: &Outlets, name: String, channel_len: usize, payload: &Payload) {
     let (channel, topic_name) = (&name[..channel_len], &name[channel_len + 1..]);
-    let mut targets = subscribed(ch, outlets, topic_name);
-    match (targets.next(), targets.next()) {
-        (None, _) => {}
-        (Some(only), None) => {
-            drop(targets);
-            only.offer_own(name, channel_len, payload.clone());
-        }
-        (Some(first), Some(second)) => {
-            let shared: Arc<str> = Arc::from(name.as_str());
-            for outlet in [first, second].into_iter().chain(targets) {
-                outlet.offer(channel, shared.clone(), payload.clone());
-            }
-        }
-    }
-}
-
-/// The outlet of each connection subscribed to `topic_name` on `ch`, once.
-fn subscribed<'a, 't>(
-    ch: &'a Channel,
-    outlets: &'a Outlets,
-    topic_name: &'t str,
-) -> impl Iterator<Item = &'a Outlet> + use<'a, 't> {
+    let (mut only, mut shared) = (None, None::<Arc<str>>);
     let mut last = None;
-    ch.subscriptions
-        .iter()
-        .filter(move |(conn, pattern)| {
-            // In connection order: one already offered it was the last one.
-            if last == Some(*conn) || !topic::matches(pattern, topic_name) {
-                return false;
+    for (conn, pattern) in &ch.subscriptions {
+        // In connection order: one already offered it was the last one.
+        if last == Some(*conn) || !topic::matches(pattern, topic_name) {
+            continue;
+        }
+        last = Some(*conn);
+        let Some(outlet) = outlets.get(conn) else {
+            continue;
+        };
+        // The first one waits to see whether it is the only one.
+        let Some(first) = only.take() else {
+            match &shared {
+                Some(shared) => outlet.offer(channel, shared.clone(), payload.clone()),
+                None => only = Some(outlet),
             }
-            last = Some(*conn);
-            true
-        })
-        .filter_map(|(conn, _)| outlets.get(conn))
+            continue;
+        };
+        let name = shared.insert(Arc::from(name.as_str()));
+        first.offer(channel, name.clone(), payload.clone());
+        outlet.offer(channel, name.clone(), payload.clone());
+    }
+    if let Some(only) = only {
+        only.offer_own(name, channel_len, payload.clone());
+    }
 }
 
 /// Publish on a system channel to whoever subscribed to `topic` there.

@@ -112,7 +112,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             Ok(Some(untapped)) => untapped,
             Ok(None) => return,
             Err(_) => {
-                tracing::warn!("notification tap panicked");
+                tracing::warn!(connection = from, "notification tap panicked");
                 return;
             }
         };
