@@ -365,6 +365,37 @@ async fn brokers() {
         .map(|c| (c.name, median(c.rounds)))
         .collect();
     print_table(&busline, &nats);
+    draw(&busline, &nats);
+}
+
+/// The plots of the table: request/reply time, and fan-out against
+/// subscribers.
+fn draw(busline: &[(&str, Row)], nats: &Row) {
+    let all = || {
+        busline
+            .iter()
+            .map(|(name, row)| (*name, row))
+            .chain([("NATS", nats)])
+    };
+    let times: Vec<(&str, f64)> = all().map(|(name, row)| (name, row.median_us)).collect();
+    plots::bars(
+        "broker-round-trip.svg",
+        "Request/reply through a broker, median (32-byte echo, lower is better)",
+        "µs",
+        &times,
+    );
+    let subscribers: Vec<f64> = nats.fan_out.iter().map(|f| f.0 as f64).collect();
+    let rates: Vec<(&str, Vec<f64>)> = all()
+        .map(|(name, row)| (name, row.fan_out.iter().map(|f| f.1).collect()))
+        .collect();
+    plots::lines(
+        "broker-fan-out.svg",
+        "Deliveries per second against subscribers (paced so no queue fills)",
+        ("subscribers", "deliveries/s"),
+        (true, false),
+        &subscribers,
+        &rates,
+    );
 }
 
 /// One table: each busline broker's figures, NATS's, and each busline
