@@ -116,7 +116,20 @@ async fn a_thousand_clients_at_once_and_every_descriptor_back_after() {
         open_fds(pid) <= idle
     })
     .await;
-    assert_eq!(provider.status().await.unwrap().clients, 1);
+    // A connection's socket closes before the broker forgets its client:
+    // the count follows a moment later.
+    let start = Instant::now();
+    loop {
+        let left = provider.status().await.unwrap().clients;
+        if left == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the broker still counts {left} clients, not the provider alone"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!("{clients} clients: broker descriptors {idle} idle, {busy} with all connected");
 }
 
