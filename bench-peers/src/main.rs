@@ -157,7 +157,7 @@ struct Row {
     median_us: f64,
     p99_us: f64,
     calls_per_s: f64,
-    fan_out: Vec<(usize, f64, u64)>,
+    fan_out: Vec<fan_out::FanOut>,
 }
 
 /// The broker process: serve `socket` on `threads` threads (1: the

@@ -60,6 +60,11 @@ impl<T> QueueBudget<T> {
         }
     }
 
+    /// The bounds it keeps.
+    pub(crate) fn bounds(&self) -> QueueBounds {
+        self.bounds
+    }
+
     /// What `entries` entries owning `heap` bytes between them hold.
     fn cost(entries: usize, heap: usize) -> usize {
         entries.saturating_mul(size_of::<T>()).saturating_add(heap)

@@ -85,7 +85,6 @@ pub(crate) struct Outlet {
     budget: Arc<QueueBudget<Queued>>,
     peer: Client,
     policy: SlowSubscriber,
-    bounds: QueueBounds,
 }
 
 impl Outlet {
@@ -101,7 +100,6 @@ impl Outlet {
             budget,
             peer,
             policy,
-            bounds,
         }
     }
 
@@ -155,12 +153,15 @@ impl Outlet {
                 let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
                 *missed.entry(channel.to_owned()).or_default() += 1;
             }
-            SlowSubscriber::Disconnect => self.peer.close(Error::Overloaded(format!(
-                "too slow a subscriber: its queue was full ({} publications or \
-                 {} bytes; raise the broker's subscriber_queue or \
-                 subscriber_queue_bytes, or read faster)",
-                self.bounds.publications, self.bounds.bytes
-            ))),
+            SlowSubscriber::Disconnect => {
+                let bounds = self.budget.bounds();
+                self.peer.close(Error::Overloaded(format!(
+                    "too slow a subscriber: its queue was full ({} publications or \
+                     {} bytes; raise the broker's subscriber_queue or \
+                     subscriber_queue_bytes, or read faster)",
+                    bounds.publications, bounds.bytes
+                )))
+            }
         }
     }
 }

@@ -479,7 +479,7 @@ fn owned_by<'a>(
     id: u64,
     what: &str,
 ) -> Result<&'a mut Channel> {
-    let ch = member_of(inner, channel, id)?;
+    let ch = member_of(&mut inner.channels, channel, id)?;
     if ch.owner != id {
         return Err(Error::Unauthorized(format!(
             "only the owner of channel {channel:?} may change its {what}"
@@ -488,9 +488,13 @@ fn owned_by<'a>(
     Ok(ch)
 }
 
-fn member_of<'a>(inner: &'a mut Inner, channel: &str, id: u64) -> Result<&'a mut Channel> {
-    inner
-        .channels
+/// Channel `channel` of `channels`, if connection `id` is a member.
+fn member_of<'a>(
+    channels: &'a mut HashMap<String, Channel>,
+    channel: &str,
+    id: u64,
+) -> Result<&'a mut Channel> {
+    channels
         .get_mut(channel)
         .filter(|ch| ch.members.contains(&id))
         .ok_or_else(|| not_member(channel))

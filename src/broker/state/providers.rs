@@ -42,7 +42,7 @@ impl State {
         sender: u64,
     ) -> Result<Vec<Client>> {
         let mut inner = self.lock();
-        let conns: Vec<u64> = member_of(&mut inner, channel, sender)?
+        let conns: Vec<u64> = member_of(&mut inner.channels, channel, sender)?
             .methods
             .get(method)
             .map(|p| p.conns.iter().copied().filter(|&c| c != sender).collect())
@@ -82,7 +82,7 @@ impl State {
                 protocol::MAX_CHANNEL_NAME
             )));
         }
-        let ch = member_of(&mut inner, channel, id)?;
+        let ch = member_of(&mut inner.channels, channel, id)?;
         if ch.system {
             return Err(only_the_broker(channel));
         }
@@ -125,7 +125,7 @@ impl State {
         balance: protocol::Balance,
     ) -> Result<()> {
         let mut inner = self.lock();
-        let providers = member_of(&mut inner, channel, id)?
+        let providers = member_of(&mut inner.channels, channel, id)?
             .methods
             .get_mut(method)
             .filter(|p| p.conns.contains(&id))
@@ -141,7 +141,7 @@ impl State {
     /// Connection `id` stops serving `method` on `channel`.
     pub(crate) fn unprovide(&self, channel: &str, method: &str, id: u64) -> Result<()> {
         let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, id)?;
+        let ch = member_of(&mut inner.channels, channel, id)?;
         if !remove_provider(ch, method, id) {
             return Err(busline_core::Error::MethodNotFound(format!(
                 "this client does not provide {method:?} on channel {channel:?}"

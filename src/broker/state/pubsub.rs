@@ -6,8 +6,8 @@ use busline_core::{Payload, Result};
 use serde_json::Value;
 
 use super::{
-    lifecycle::tell, member_of, not_member, only_the_broker, too_many, Channel, Inner, Outlets,
-    State, MAX_PER_CLIENT,
+    lifecycle::tell, member_of, only_the_broker, too_many, Channel, Inner, Outlets, State,
+    MAX_PER_CLIENT,
 };
 use crate::{
     broker::{
@@ -25,7 +25,7 @@ impl State {
     pub(crate) fn own_topic(&self, channel: &str, topic_name: &str, id: u64) -> Result<()> {
         topic::check_topic(topic_name)?;
         let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, id)?;
+        let ch = member_of(&mut inner.channels, channel, id)?;
         if ch.system {
             return Err(only_the_broker(channel));
         }
@@ -58,7 +58,7 @@ impl State {
     pub(crate) fn disown_topic(&self, channel: &str, topic_name: &str, id: u64) -> Result<()> {
         topic::check_topic(topic_name)?;
         let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, id)?;
+        let ch = member_of(&mut inner.channels, channel, id)?;
         match ch.topics.get(topic_name) {
             Some((owner, _)) if *owner == id => {
                 ch.topics.remove(topic_name);
@@ -88,7 +88,7 @@ impl State {
         }
         let mut inner = self.lock();
         let id = peer.connection_id();
-        let ch = member_of(&mut inner, channel, id)?;
+        let ch = member_of(&mut inner.channels, channel, id)?;
         if ch.system && !via.is_empty() {
             return Err(only_the_broker(channel));
         }
@@ -155,13 +155,12 @@ impl State {
     ) -> Result<()> {
         let (channel, topic) = (&name[..channel_len], &name[channel_len + 1..]);
         topic::check_topic(topic)?;
-        let inner = self.lock();
+        let mut inner = self.lock();
         // Looked up once: this runs for every publication.
-        let ch = inner
-            .channels
-            .get(channel)
-            .filter(|ch| ch.members.contains(&publisher))
-            .ok_or_else(|| not_member(channel))?;
+        let Inner {
+            channels, outlets, ..
+        } = &mut *inner;
+        let ch: &Channel = member_of(channels, channel, publisher)?;
         if ch.system {
             return Err(only_the_broker(channel));
         }
@@ -183,8 +182,8 @@ impl State {
             topic,
         };
         // Bridges first: the local offer takes the name with it.
-        offer_relays(ch, &inner.outlets, &self.id, &first, payload);
-        offer(ch, &inner.outlets, name, channel_len, payload);
+        offer_relays(ch, outlets, &self.id, &first, payload);
+        offer(ch, outlets, name, channel_len, payload);
         Ok(())
     }
 
@@ -209,7 +208,7 @@ impl State {
         protocol::check_broker_id(origin)?;
         self.check_path("a relayed publication", via)?;
         let mut inner = self.lock();
-        let ch = member_of(&mut inner, channel, from)?;
+        let ch = member_of(&mut inner.channels, channel, from)?;
         if ch.system {
             return Err(only_the_broker(channel));
         }
@@ -249,7 +248,7 @@ impl State {
     pub(crate) fn relay_lagged(&self, notice: protocol::RelayLagged, from: u64) -> Result<()> {
         self.check_path("a notice of lost publications", &notice.via)?;
         let mut inner = self.lock();
-        let ch = member_of(&mut inner, &notice.channel, from)?;
+        let ch = member_of(&mut inner.channels, &notice.channel, from)?;
         if ch.system {
             return Err(only_the_broker(&notice.channel));
         }
