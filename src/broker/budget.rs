@@ -36,6 +36,17 @@ impl Default for QueueBounds {
     }
 }
 
+/// The most entries a reader holds back from [`QueueBudget::give_batched`].
+pub(crate) const GIVE_BACK_BATCH: usize = 64;
+
+/// What a reader took off a queue and has not given back to its budget
+/// yet (see [`QueueBudget::give_batched`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Unreturned {
+    entries: usize,
+    heap: usize,
+}
+
 /// Entries and bytes held by one queue of `T`, shared by the side that
 /// fills it and the side that drains it.
 #[derive(Debug)]
@@ -97,6 +108,34 @@ impl<T> QueueBudget<T> {
         self.entries.fetch_sub(entries, Ordering::AcqRel);
     }
 
+    /// Give back `entries` entries owning `heap` bytes, taken off the queue
+    /// by a reader that reads one at a time, once it is worth it: before
+    /// it waits (`waiting`: an idle reader holds nothing back), or once
+    /// what it holds reaches an eighth of either bound or
+    /// [`GIVE_BACK_BATCH`] entries. The queue's writer takes from the same
+    /// counters, so each give-back is a round trip between cores: batched,
+    /// a busy reader pays it once in many reads.
+    pub(crate) fn give_batched(
+        &self,
+        unreturned: &mut Unreturned,
+        entries: usize,
+        heap: usize,
+        waiting: bool,
+    ) {
+        unreturned.entries += entries;
+        unreturned.heap = unreturned.heap.saturating_add(heap);
+        let Unreturned { entries, heap } = *unreturned;
+        if entries > 0
+            && (waiting
+                || entries >= GIVE_BACK_BATCH
+                || entries.saturating_mul(8) >= self.bounds.publications
+                || Self::cost(entries, heap).saturating_mul(8) >= self.bounds.bytes)
+        {
+            self.give(entries, heap);
+            *unreturned = Unreturned::default();
+        }
+    }
+
     /// Queue `item`, owning `heap` bytes, on `tx` if both bounds allow it;
     /// if either refuses it, it comes back. A closed queue takes anything:
     /// its reader is gone, and nothing is missed.
@@ -118,7 +157,7 @@ impl<T> QueueBudget<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{QueueBounds, QueueBudget};
+    use super::{QueueBounds, QueueBudget, Unreturned, GIVE_BACK_BATCH};
 
     /// An entry of 8 bytes, so costs are easy to count.
     type Budget = QueueBudget<u64>;
@@ -195,5 +234,52 @@ mod tests {
         });
         assert!(budget.take(0));
         assert!(!budget.take(0));
+    }
+
+    #[test]
+    fn a_reader_gives_back_in_batches_and_all_before_waiting() {
+        let budget = Budget::new(QueueBounds {
+            publications: 8 * GIVE_BACK_BATCH + 8,
+            bytes: usize::MAX,
+        });
+        let mut unreturned = Unreturned::default();
+        for _ in 0..GIVE_BACK_BATCH + 8 {
+            assert!(budget.take(0));
+        }
+        for _ in 0..GIVE_BACK_BATCH - 1 {
+            budget.give_batched(&mut unreturned, 1, 0, false);
+        }
+        assert_eq!(
+            budget.entries.load(std::sync::atomic::Ordering::Relaxed),
+            GIVE_BACK_BATCH + 8,
+            "held back below a batch"
+        );
+        budget.give_batched(&mut unreturned, 1, 0, false);
+        assert_eq!(budget.entries.load(std::sync::atomic::Ordering::Relaxed), 8);
+        budget.give_batched(&mut unreturned, 1, 0, false);
+        budget.give_batched(&mut unreturned, 0, 0, true);
+        assert_eq!(
+            budget.entries.load(std::sync::atomic::Ordering::Relaxed),
+            7,
+            "a reader about to wait holds nothing back"
+        );
+    }
+
+    #[test]
+    fn a_small_bound_is_given_back_at_once() {
+        let budget = Budget::new(QueueBounds {
+            publications: 4,
+            bytes: 10_000,
+        });
+        let mut unreturned = Unreturned::default();
+        assert!(budget.take(0));
+        budget.give_batched(&mut unreturned, 1, 0, false);
+        for _ in 0..4 {
+            assert!(budget.take(0), "the whole bound is free again");
+        }
+        let budget = of_bytes(800);
+        assert!(budget.take(92));
+        budget.give_batched(&mut unreturned, 1, 92, false);
+        assert!(budget.take(792), "a hundred bytes is an eighth of 800");
     }
 }

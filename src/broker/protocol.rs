@@ -372,17 +372,27 @@ pub fn check_channel_name(name: &str) -> Result<()> {
 
 /// The routed method name for `method` on `channel`.
 pub(crate) fn routed(channel: &str, method: &str) -> String {
-    format!("{channel}/{method}")
+    joined(channel, '/', method)
 }
 
 /// The routed name of a broadcast of `method` on `channel`.
 pub(crate) fn broadcast(channel: &str, method: &str) -> String {
-    format!("{channel}!{method}")
+    joined(channel, '!', method)
 }
 
 /// The routed name of a publication on `topic` in `channel`.
 pub(crate) fn published(channel: &str, topic: &str) -> String {
-    format!("{channel}#{topic}")
+    joined(channel, '#', topic)
+}
+
+/// `channel`, `mark`, `rest` in one allocation of the exact size: built
+/// once per call or publication, where `format!` costs more than the copy.
+fn joined(channel: &str, mark: char, rest: &str) -> String {
+    let mut name = String::with_capacity(channel.len() + 1 + rest.len());
+    name.push_str(channel);
+    name.push(mark);
+    name.push_str(rest);
+    name
 }
 
 /// What a routed name addresses.
@@ -398,7 +408,9 @@ pub(crate) enum Routed<'a> {
 
 /// Read a routed name: the first `/`, `#` or `!` ends the channel.
 pub(crate) fn parse_routed(name: &str) -> Option<Routed<'_>> {
-    let at = name.find(['/', '#', '!'])?;
+    // The marks are ASCII, so a byte search finds them at a char boundary,
+    // faster than a search for any of several chars.
+    let at = name.bytes().position(|b| matches!(b, b'/' | b'#' | b'!'))?;
     let (channel, rest) = (&name[..at], &name[at + 1..]);
     if channel.is_empty() || rest.is_empty() {
         return None;
@@ -453,6 +465,14 @@ mod tests {
                 channel: "ch",
                 method: "m"
             })
+        );
+        assert_eq!(
+            parse_routed(&published("wärme", "ü.b")),
+            Some(Routed::Topic {
+                channel: "wärme",
+                topic: "ü.b"
+            }),
+            "split at the mark's byte, never inside a character"
         );
         for bad in ["nochannel", "/m", "#t", "!m", "c/", "c#", "c!"] {
             assert_eq!(parse_routed(bad), None, "{bad}");
