@@ -199,6 +199,10 @@ impl Codec for AnyCodec {
         each!(self, c => c.calls_outlive_hangup())
     }
 
+    fn encodes_alike(&self) -> bool {
+        each!(self, c => c.encodes_alike())
+    }
+
     fn encode_spliced(
         &mut self,
         msg: Message,

@@ -474,6 +474,56 @@ async fn next_message(sub: &mut busline::broker::Subscription) -> busline::broke
     }
 }
 
+/// Several subscribers on each listener: where the codec encodes alike
+/// (CBOR, JSON-line) the broker encodes each publication once for all of
+/// a listener's subscribers; JSON-RPC encodes per connection. Every
+/// subscriber gets every publication in order, small ones and ones large
+/// enough to be written from where they are, whoever published them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_to_many_subscribers_arrive_whole_on_every_codec() {
+    let s = Setup::start().await;
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for on in [0, 0, 0, 1, 1, 1, 2, 2] {
+        let client = s.client(on).await;
+        let sub = client
+            .open("wide")
+            .await
+            .unwrap()
+            .subscribe("t.>")
+            .await
+            .unwrap();
+        subs.push((on, sub));
+        clients.push(client);
+    }
+    let payloads: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| vec![i; if i % 2 == 0 { 10 } else { 100_000 }])
+        .collect();
+    for (i, bytes) in payloads.iter().enumerate() {
+        let publisher = s.client(i % 3).await;
+        publisher
+            .open("wide")
+            .await
+            .unwrap()
+            .publish(&format!("t.{i}"), &serde_bytes::ByteBuf::from(bytes.clone()))
+            .await
+            .unwrap();
+        // Answered after the publication ahead of it was routed: the next
+        // publisher's comes after it.
+        publisher.status().await.unwrap();
+        clients.push(publisher);
+    }
+    for (on, sub) in &mut subs {
+        for (i, bytes) in payloads.iter().enumerate() {
+            let got = next_message(sub).await;
+            assert_eq!(got.topic, format!("t.{i}"), "listener {on}: in order");
+            let value: serde_bytes::ByteBuf = got.decode().unwrap();
+            assert_eq!(&value[..], &bytes[..], "listener {on}: publication {i} whole");
+        }
+    }
+    s.broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publications_reach_matching_subscribers_once() {
     let s = Setup::start().await;

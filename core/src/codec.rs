@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 /// - `Clone` gives an independent codec for a new connection.
 /// - [`encode_spliced`](Codec::encode_spliced) makes the same frame as
 ///   `encode`, once its splices are put back in place.
+/// - A codec whose [`encodes_alike`](Codec::encodes_alike) is true
+///   encodes a message to the same bytes whatever it encoded or decoded
+///   before, and so does every clone of it.
 pub trait Codec:
     Encoder<Message, Error = Error>
     + Decoder<Item = Message, Error = Error>
@@ -65,6 +68,16 @@ pub trait Codec:
     /// a codec for a foreign protocol whose clients send and hang up
     /// (codechu-ipc's notifications) says otherwise.
     fn calls_outlive_hangup(&self) -> bool {
+        false
+    }
+
+    /// Whether every clone of this codec encodes a message to the same
+    /// bytes, whatever it read or wrote before: then a frame encoded once
+    /// may be written to every connection that speaks it (a broker encodes
+    /// a publication once for all its subscribers). False by default, and
+    /// for a codec whose output depends on its connection: one that numbers
+    /// what it writes or follows the framing its peer chose.
+    fn encodes_alike(&self) -> bool {
         false
     }
 

@@ -14,6 +14,7 @@ use std::{
 };
 
 use busline_core::{Error, Message, Payload};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -21,7 +22,7 @@ use super::{
     budget::{QueueBounds, QueueBudget},
     protocol::{self, Lagged},
 };
-use crate::rpc::Client;
+use crate::rpc::{Client, Outgoing, SharedFrames};
 
 /// Publications handed to the connection at once, then written before
 /// more are taken.
@@ -73,8 +74,27 @@ impl Name {
     }
 }
 
-/// A publication's routed name and payload.
-type Queued = (Name, Payload);
+/// What waits in a subscriber's queue.
+#[derive(Debug)]
+enum Queued {
+    /// A publication's routed name and payload; an empty name is only a
+    /// nudge (see [`Outlet::lagged`]).
+    Publication(Name, Payload),
+    /// A publication encoded already for the subscriber's codec, shared
+    /// with the other subscribers on the same server (see [`Copies`]).
+    Frame(Bytes),
+}
+
+impl Queued {
+    /// The bytes it holds, as the queue counts them: a shared frame counts
+    /// in full in every queue, as a shared name does.
+    fn heap(&self) -> usize {
+        match self {
+            Queued::Publication(name, payload) => name.heap() + payload.len(),
+            Queued::Frame(frame) => frame.len(),
+        }
+    }
+}
 
 /// The sending side of one subscriber's queue.
 #[derive(Debug, Clone)]
@@ -112,7 +132,10 @@ impl Outlet {
         drop(missed);
         // An empty name wakes the delivery with nothing to deliver; if the
         // queue is full, what is in it carries the notice soon anyway.
-        let _ = self.queue(Name::Own(String::new()), Payload::unit());
+        let _ = self.queue(Queued::Publication(
+            Name::Own(String::new()),
+            Payload::unit(),
+        ));
     }
 
     /// The encoding the subscriber reads.
@@ -124,7 +147,17 @@ impl Outlet {
     /// with other subscribers' queues; if the queue is full, count it
     /// missed or disconnect the subscriber, as configured.
     pub(crate) fn offer(&self, channel: &str, method: Arc<str>, payload: Payload) {
-        if self.queue(Name::Shared(method), payload).is_err() {
+        if self
+            .queue(Queued::Publication(Name::Shared(method), payload))
+            .is_err()
+        {
+            self.refused(channel);
+        }
+    }
+
+    /// As [`Outlet::offer`], with the publication encoded already.
+    fn offer_frame(&self, channel: &str, frame: Bytes) {
+        if self.queue(Queued::Frame(frame)).is_err() {
             self.refused(channel);
         }
     }
@@ -133,17 +166,17 @@ impl Outlet {
     /// to: `method`, whose first `channel_len` bytes name the channel, is
     /// queued as it is.
     pub(crate) fn offer_own(&self, method: String, channel_len: usize, payload: Payload) {
-        if let Err(Name::Own(method)) = self.queue(Name::Own(method), payload) {
+        if let Err(Queued::Publication(Name::Own(method), _)) =
+            self.queue(Queued::Publication(Name::Own(method), payload))
+        {
             self.refused(&method[..channel_len]);
         }
     }
 
     /// Queue a publication; what the queue refused comes back.
-    fn queue(&self, name: Name, payload: Payload) -> Result<(), Name> {
-        let heap = name.heap() + payload.len();
-        self.budget
-            .try_send(&self.tx, (name, payload), heap)
-            .map_err(|(name, _)| name)
+    fn queue(&self, entry: Queued) -> Result<(), Queued> {
+        let heap = entry.heap();
+        self.budget.try_send(&self.tx, entry, heap)
     }
 
     /// A publication of `channel` found the queue full.
@@ -166,6 +199,57 @@ impl Outlet {
     }
 }
 
+/// One publication (or relayed one) on its way to several subscribers:
+/// its name shared by their queues, and for subscribers on a server whose
+/// codec encodes alike ([`SharedFrames`]), its frame encoded once per
+/// server instead of once per subscriber.
+#[derive(Debug)]
+pub(crate) struct Copies<'a> {
+    name: &'a str,
+    payload: &'a Payload,
+    shared: Option<Arc<str>>,
+    /// Each server's frame, or `None` if its codec refused it (too large):
+    /// then the name goes, and the subscriber's connection says why it
+    /// cannot be written, as for any notification.
+    frames: Vec<(SharedFrames, Option<Bytes>)>,
+}
+
+impl<'a> Copies<'a> {
+    /// `payload` under routed name `name`, not offered to anyone yet.
+    pub(crate) fn new(name: &'a str, payload: &'a Payload) -> Copies<'a> {
+        Copies {
+            name,
+            payload,
+            shared: None,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Queue it for `outlet`, a subscriber of `channel`.
+    pub(crate) fn offer(&mut self, outlet: &Outlet, channel: &str) {
+        if let Some(frame) = outlet.peer.shared_frames().and_then(|f| self.frame(f)) {
+            return outlet.offer_frame(channel, frame);
+        }
+        let name = self.shared.get_or_insert_with(|| Arc::from(self.name));
+        outlet.offer(channel, name.clone(), self.payload.clone());
+    }
+
+    /// Its frame for `frames`' server, encoded the first time it is asked.
+    fn frame(&mut self, frames: &SharedFrames) -> Option<Bytes> {
+        if let Some((_, frame)) = self.frames.iter().find(|(f, _)| f.same_as(frames)) {
+            return frame.clone();
+        }
+        let frame = frames
+            .encode(Message::Notify {
+                method: self.name.to_owned(),
+                payload: self.payload.clone(),
+            })
+            .ok();
+        self.frames.push((frames.clone(), frame.clone()));
+        frame
+    }
+}
+
 async fn deliver(
     peer: Client,
     mut rx: mpsc::UnboundedReceiver<Queued>,
@@ -174,19 +258,19 @@ async fn deliver(
 ) {
     let mut queued = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut queued, BATCH).await > 0 {
-        budget.give(
-            queued.len(),
-            queued
-                .iter()
-                .map(|(method, payload)| method.heap() + payload.len())
-                .sum(),
-        );
-        let mut batch: Vec<Message> = queued
+        budget.give(queued.len(), queued.iter().map(Queued::heap).sum());
+        let mut batch: Vec<Outgoing> = queued
             .drain(..)
-            .filter(|(method, _)| !method.as_str().is_empty())
-            .map(|(method, payload)| Message::Notify {
-                method: method.into_string(),
-                payload,
+            .filter_map(|entry| match entry {
+                Queued::Publication(name, _) if name.as_str().is_empty() => None,
+                Queued::Publication(name, payload) => Some(
+                    Message::Notify {
+                        method: name.into_string(),
+                        payload,
+                    }
+                    .into(),
+                ),
+                Queued::Frame(frame) => Some(Outgoing::Frame(frame)),
             })
             .collect();
         let notices: Vec<(String, u64)> =
@@ -200,10 +284,13 @@ async fn deliver(
                 missed: count,
             };
             if let Ok(payload) = Payload::encode(peer.encoding(), &notice) {
-                batch.push(Message::Notify {
-                    method: protocol::LAGGED.to_owned(),
-                    payload,
-                });
+                batch.push(
+                    Message::Notify {
+                        method: protocol::LAGGED.to_owned(),
+                        payload,
+                    }
+                    .into(),
+                );
             }
         }
         // Written before more is taken: what waits in the connection's own

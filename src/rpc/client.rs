@@ -19,7 +19,11 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 pub(crate) use super::closed::CloseReason;
-use super::{call_stream::CallStream, driver::Command, PayloadStream};
+use super::{
+    call_stream::CallStream,
+    driver::{Command, Outgoing},
+    PayloadStream, SharedFrames,
+};
 
 /// Default bound on calls (and streams) in flight on one connection.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -89,6 +93,9 @@ struct Shared {
     max_queued_notifications: usize,
     encoding: Encoding,
     stream_window: u32,
+    /// The codec of every connection of its server, for frames encoded
+    /// once; `None` where frames are encoded per connection.
+    frames: Option<SharedFrames>,
 }
 
 /// A connection to a server, shared by every clone of this handle.
@@ -304,10 +311,11 @@ impl Client {
         self.send_notification(method.to_owned(), payload, false)
     }
 
-    /// Send `notifications` outside the bounded queue, and wait until they
+    /// Send `notifications` (messages, or frames from this connection's
+    /// [`SharedFrames`]) outside the bounded queue, and wait until they
     /// are written: for a sender that bounds itself by waiting (a broker's
     /// subscriber outlet), in one hand-over to the connection task.
-    pub(crate) async fn notify_batch(&self, notifications: Vec<Message>) -> Result<()> {
+    pub(crate) async fn notify_batch(&self, notifications: Vec<Outgoing>) -> Result<()> {
         let (written, done) = oneshot::channel();
         self.shared
             .commands
@@ -446,6 +454,7 @@ impl Client {
         closed: CloseReason,
         encoding: Encoding,
         limits: HandleLimits,
+        frames: Option<SharedFrames>,
     ) -> Client {
         static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
         Client {
@@ -459,9 +468,17 @@ impl Client {
                 max_queued_notifications: limits.max_queued_notifications,
                 encoding,
                 stream_window: limits.stream_window,
+                frames,
             }),
             timeout: limits.timeout,
         }
+    }
+
+    /// The frames this connection's server encodes once for all its
+    /// connections, if its codec allows: written with
+    /// [`Client::notify_batch`].
+    pub(crate) fn shared_frames(&self) -> Option<&SharedFrames> {
+        self.shared.frames.as_ref()
     }
 
     /// The room for queued notifications, which the connection task gives

@@ -179,7 +179,13 @@ impl<C: Codec, A: Authenticator> ClientBuilder<C, A> {
             peer,
         };
         let closed = CloseReason::default();
-        let client = Client::new(commands.clone(), closed.clone(), encoding, self.limits);
+        let client = Client::new(
+            commands.clone(),
+            closed.clone(),
+            encoding,
+            self.limits,
+            None,
+        );
         let setup = Setup {
             owned_by_handles: true,
             router: self.router,

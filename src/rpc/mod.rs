@@ -16,6 +16,7 @@ mod client;
 mod closed;
 mod connect;
 mod driver;
+mod frames;
 mod handler;
 mod router;
 mod server;
@@ -29,6 +30,8 @@ pub use client::{
 pub use connect::ClientBuilder;
 #[cfg(all(feature = "srb", target_os = "linux"))]
 pub(crate) use driver::guarded;
+pub(crate) use driver::Outgoing;
+pub(crate) use frames::SharedFrames;
 pub(crate) use handler::{StreamFn, UnaryFn};
 pub use router::{CallKind, PayloadStream, Reply, Request, Router};
 pub use server::{

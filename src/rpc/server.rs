@@ -13,7 +13,7 @@ use tokio_util::{codec::Framed, sync::CancellationToken};
 use super::{
     client::{CloseReason, HandleLimits},
     driver::{Driver, Setup},
-    Client, Router,
+    Client, Router, SharedFrames,
 };
 
 /// Default bound on simultaneous connections per server.
@@ -186,10 +186,13 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
     /// Serve one already-open connection until it closes (for callers that
     /// accept connections themselves).
     pub async fn serve_connection<I: Io>(&self, io: I, peer: PeerInfo) {
-        self.connection(io, peer, CancellationToken::new()).await
+        self.connection(io, peer, CancellationToken::new(), None)
+            .await
     }
 
     async fn accept_loop<L: Listener>(self, mut listener: L, shutdown: CancellationToken) {
+        // Every connection of this server writes frames of one codec.
+        let frames = SharedFrames::new(&self.codec);
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.max_connections));
         let mut connections = JoinSet::new();
@@ -213,9 +216,9 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             };
             tracing::debug!(peer = %peer.description, "accepted");
             let this = this.clone();
-            let shutdown = shutdown.clone();
+            let (shutdown, frames) = (shutdown.clone(), frames.clone());
             connections.spawn(async move {
-                this.connection(io, peer, shutdown).await;
+                this.connection(io, peer, shutdown, frames).await;
                 drop(slot);
             });
         }
@@ -233,7 +236,13 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
         }
     }
 
-    async fn connection<I: Io>(&self, io: I, peer: PeerInfo, shutdown: CancellationToken) {
+    async fn connection<I: Io>(
+        &self,
+        io: I,
+        peer: PeerInfo,
+        shutdown: CancellationToken,
+        frames: Option<SharedFrames>,
+    ) {
         let mut framed = Framed::new(io, self.codec.clone());
         let description = peer.description.clone();
         let identity =
@@ -253,6 +262,7 @@ impl<C: Codec, A: Authenticator> ServerBuilder<C, A> {
             closed.clone(),
             self.codec.payload_encoding(),
             HandleLimits::default(),
+            frames,
         );
         if let Some(hook) = &self.on_connect {
             hook(peer.connection_id(), &identity);

@@ -144,6 +144,11 @@ impl Codec for CborCodec {
         "cbor"
     }
 
+    /// A frame depends on the message alone.
+    fn encodes_alike(&self) -> bool {
+        true
+    }
+
     fn payload_encoding(&self) -> Encoding {
         Encoding::Cbor
     }

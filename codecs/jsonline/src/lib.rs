@@ -129,6 +129,11 @@ impl Codec for JsonLineCodec {
         "jsonline"
     }
 
+    /// A frame depends on the message alone.
+    fn encodes_alike(&self) -> bool {
+        true
+    }
+
     fn payload_encoding(&self) -> Encoding {
         Encoding::Json
     }

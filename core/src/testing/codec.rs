@@ -218,6 +218,9 @@ pub fn codec_conformance_normalized<C: Codec>(
     }
 
     spliced_encoding_makes_the_same_bytes(&make, &samples);
+    if codec.encodes_alike() {
+        clones_encode_alike(&make, &samples);
+    }
 
     // Encoding an oversized message fails before touching the buffer.
     let mut small = make(1024);
@@ -297,6 +300,31 @@ pub fn codec_conformance_normalized<C: Codec>(
     }
 
     codec_properties(&codec, &normalize);
+}
+
+/// A codec that says it [`encodes_alike`](Codec::encodes_alike): a clone
+/// that has read and written the whole sample, and a fresh codec, encode
+/// every message to the same bytes.
+fn clones_encode_alike<C: Codec>(make: &impl Fn(usize) -> C, samples: &[Message]) {
+    let mut used = make(4 << 20);
+    let name = used.name();
+    let stream = encode(&mut used, samples);
+    let mut read = BytesMut::from(&stream[..]);
+    while let Ok(Some(_)) = used.decode(&mut read) {}
+    let mut used_clone = used.clone();
+    for msg in samples {
+        let fresh = encode(&mut make(4 << 20), std::slice::from_ref(msg));
+        assert_eq!(
+            encode(&mut used, std::slice::from_ref(msg)),
+            fresh,
+            "{name}: says it encodes alike, but a used codec encoded {msg:?} differently"
+        );
+        assert_eq!(
+            encode(&mut used_clone, std::slice::from_ref(msg)),
+            fresh,
+            "{name}: says it encodes alike, but a clone encoded {msg:?} differently"
+        );
+    }
 }
 
 /// `encode_spliced`, its splices put back, gives what `encode` gives:

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     broker::{
-        outlet::Outlet,
+        outlet::{Copies, Outlet},
         protocol::{self, ChannelEvent},
         system::{self, Happening},
         topic,
@@ -377,17 +377,17 @@ fn offer_relays(
     if conns.is_empty() {
         return;
     }
-    let name: Arc<str> = protocol::relayed(
+    let name = protocol::relayed(
         relayed.origin,
         relayed.seq,
         &path,
         relayed.channel,
         relayed.topic,
-    )
-    .into();
+    );
+    let mut copies = Copies::new(&name, payload);
     for conn in conns {
         if let Some(outlet) = outlets.get(&conn) {
-            outlet.offer(relayed.channel, name.clone(), payload.clone());
+            copies.offer(outlet, relayed.channel);
         }
     }
 }
@@ -417,11 +417,11 @@ fn bridges_onward<S: AsRef<str>>(
 
 /// Offer publication `name` (the channel's `channel_len` bytes, `#`, the
 /// topic) to each connection subscribed to its topic, once however many
-/// of its patterns match. The name goes as it is to a lone subscriber, and
-/// is shared by several.
+/// of its patterns match. The name goes as it is to a lone subscriber;
+/// several share it, or the frame encoded once (see [`Copies`]).
 fn offer(ch: &Channel, outlets: &Outlets, name: String, channel_len: usize, payload: &Payload) {
     let (channel, topic_name) = (&name[..channel_len], &name[channel_len + 1..]);
-    let (mut only, mut shared) = (None, None::<Arc<str>>);
+    let (mut only, mut copies) = (None, None::<Copies>);
     let mut last = None;
     for (conn, pattern) in &ch.subscriptions {
         // In connection order: one already offered it was the last one.
@@ -433,16 +433,15 @@ fn offer(ch: &Channel, outlets: &Outlets, name: String, channel_len: usize, payl
             continue;
         };
         // The first one waits to see whether it is the only one.
-        let Some(first) = only.take() else {
-            match &shared {
-                Some(shared) => outlet.offer(channel, shared.clone(), payload.clone()),
-                None => only = Some(outlet),
+        match (&mut copies, only.take()) {
+            (Some(copies), _) => copies.offer(outlet, channel),
+            (None, None) => only = Some(outlet),
+            (None, Some(first)) => {
+                let copies = copies.insert(Copies::new(&name, payload));
+                copies.offer(first, channel);
+                copies.offer(outlet, channel);
             }
-            continue;
-        };
-        let name = shared.insert(Arc::from(name.as_str()));
-        first.offer(channel, name.clone(), payload.clone());
-        outlet.offer(channel, name.clone(), payload.clone());
+        }
     }
     if let Some(only) = only {
         only.offer_own(name, channel_len, payload.clone());

@@ -1,7 +1,10 @@
 //! What client handles and stream tasks ask of the connection task, and
 //! how it keeps track of the calls it sent.
 
+use std::collections::VecDeque;
+
 use busline_core::{Codec, Error, Io, Message, Payload, Result};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Driver;
@@ -33,13 +36,61 @@ pub(crate) enum Command {
     /// Send these notifications, outside the bounded queue, and answer
     /// once they are written out.
     Batch {
-        msgs: Vec<Message>,
+        msgs: Vec<Outgoing>,
         written: oneshot::Sender<()>,
     },
     /// Answer once everything queued before it is written out.
     Flush(oneshot::Sender<()>),
     /// Close the connection, telling the peer why.
     Close(Error),
+}
+
+/// One thing to write: a message, or a frame encoded already with this
+/// connection's codec ([`SharedFrames`](crate::rpc::SharedFrames)).
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Message(Message),
+    Frame(Bytes),
+}
+
+impl From<Message> for Outgoing {
+    fn from(msg: Message) -> Self {
+        Outgoing::Message(msg)
+    }
+}
+
+/// What waits to be encoded and written, in order.
+#[derive(Debug, Default)]
+pub(super) struct Outbox(VecDeque<Outgoing>);
+
+impl Outbox {
+    pub(super) fn push_back(&mut self, item: impl Into<Outgoing>) {
+        self.0.push_back(item.into());
+    }
+
+    pub(super) fn push_front(&mut self, item: impl Into<Outgoing>) {
+        self.0.push_front(item.into());
+    }
+
+    pub(super) fn extend(&mut self, items: impl IntoIterator<Item = Outgoing>) {
+        self.0.extend(items);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Outgoing> {
+        self.0.pop_front()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 pub(super) enum Pending {

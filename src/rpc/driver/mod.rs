@@ -10,7 +10,7 @@
 //! own tasks, paced by the caller's credit.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -37,8 +37,8 @@ mod idle;
 mod serve;
 mod write;
 
-pub(crate) use command::Command;
-use command::Pending;
+pub(crate) use command::{Command, Outgoing};
+use command::{Outbox, Pending};
 
 use heartbeat::{Beat, Heartbeat};
 pub(crate) use heartbeat::{ALIVE, PING};
@@ -92,7 +92,7 @@ pub(crate) struct Driver<I, C> {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     shutting_down: bool,
 
-    outbox: VecDeque<Message>,
+    outbox: Outbox,
     /// Keyed by ids this side chose, in sequence: a fast hash is safe here
     /// (ids from the peer keep the default, collision-resistant one).
     pending: FxHashMap<u64, Pending>,
@@ -140,7 +140,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             max_handlers: setup.max_handlers,
             shutdown: Box::pin(setup.shutdown.cancelled_owned()),
             shutting_down: false,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             pending: FxHashMap::default(),
             calls: FuturesUnordered::new(),
             call_aborts: HashMap::new(),

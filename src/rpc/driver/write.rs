@@ -12,7 +12,7 @@ use busline_core::{Codec, Error, Io, Message, Result, Splices};
 use bytes::{Buf, Bytes};
 use futures::{Sink, Stream};
 
-use super::Driver;
+use super::{Driver, Outgoing};
 
 /// Frames encoded with large payloads left out of the write buffer
 /// ([`Codec::encode_spliced`]): what comes before the buffer's bytes, in
@@ -45,10 +45,14 @@ impl<I: Io, C: Codec> Driver<I, C> {
             // flush.
             ready!(self.poll_write_spliced(cx))?;
             ready!(Pin::new(&mut self.framed).poll_ready(cx))?;
-            let msg = self.outbox.pop_front().expect("outbox is not empty");
-            let (kind, id) = (msg.kind(), msg.id());
-            if let Err(err) = self.encode(msg) {
-                self.unsendable(kind, id, err);
+            match self.outbox.pop_front().expect("outbox is not empty") {
+                Outgoing::Message(msg) => {
+                    let (kind, id) = (msg.kind(), msg.id());
+                    if let Err(err) = self.encode(msg) {
+                        self.unsendable(kind, id, err);
+                    }
+                }
+                Outgoing::Frame(frame) => self.append_frame(frame),
             }
             self.needs_flush = true;
         }
@@ -90,6 +94,20 @@ impl<I: Io, C: Codec> Driver<I, C> {
         }
         *self.framed.write_buffer_mut() = buf;
         result
+    }
+
+    /// Put a frame encoded already after what is buffered: copied if
+    /// small, written from where it is if large (as a spliced payload).
+    fn append_frame(&mut self, frame: Bytes) {
+        let buf = self.framed.write_buffer_mut();
+        if frame.len() < Splices::MIN_LEN {
+            buf.extend_from_slice(&frame);
+            return;
+        }
+        if !buf.is_empty() {
+            self.spliced.chunks.push_back(buf.split().freeze());
+        }
+        self.spliced.chunks.push_back(frame);
     }
 
     /// Write the queued spliced pieces, as many at once as the transport
