@@ -505,7 +505,10 @@ async fn publications_to_many_subscribers_arrive_whole_on_every_codec() {
             .open("wide")
             .await
             .unwrap()
-            .publish(&format!("t.{i}"), &serde_bytes::ByteBuf::from(bytes.clone()))
+            .publish(
+                &format!("t.{i}"),
+                &serde_bytes::ByteBuf::from(bytes.clone()),
+            )
             .await
             .unwrap();
         // Answered after the publication ahead of it was routed: the next
@@ -518,8 +521,56 @@ async fn publications_to_many_subscribers_arrive_whole_on_every_codec() {
             let got = next_message(sub).await;
             assert_eq!(got.topic, format!("t.{i}"), "listener {on}: in order");
             let value: serde_bytes::ByteBuf = got.decode().unwrap();
-            assert_eq!(&value[..], &bytes[..], "listener {on}: publication {i} whole");
+            assert_eq!(
+                &value[..],
+                &bytes[..],
+                "listener {on}: publication {i} whole"
+            );
         }
+    }
+    s.broker.shutdown().await;
+}
+
+/// One subscriber alone on some topics and sharing others: its connection
+/// writes publications it gets alone (encoded there) between ones encoded
+/// once for both (frames), small and large, and reads them in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_and_shared_publications_keep_their_order_on_one_connection() {
+    let s = Setup::start().await;
+    let (both, other, publisher) = (s.client(0).await, s.client(0).await, s.client(0).await);
+    let mut mine = both
+        .open("mix")
+        .await
+        .unwrap()
+        .subscribe(">")
+        .await
+        .unwrap();
+    let mut shared = other
+        .open("mix")
+        .await
+        .unwrap()
+        .subscribe("shared.>")
+        .await
+        .unwrap();
+    let channel = publisher.open("mix").await.unwrap();
+    let size = |i: usize| if i % 3 == 0 { 40_000 } else { 16 };
+    let topic = |i: usize| format!("{}.{i}", if i % 2 == 0 { "shared" } else { "alone" });
+    for i in 0..24 {
+        let bytes = serde_bytes::ByteBuf::from(vec![i as u8; size(i)]);
+        channel.publish(&topic(i), &bytes).await.unwrap();
+    }
+    for i in 0..24 {
+        let got = next_message(&mut mine).await;
+        assert_eq!(got.topic, topic(i), "in publication order");
+        let value: serde_bytes::ByteBuf = got.decode().unwrap();
+        assert_eq!(
+            value.to_vec(),
+            vec![i as u8; size(i)],
+            "publication {i} whole"
+        );
+    }
+    for i in (0..24).step_by(2) {
+        assert_eq!(next_message(&mut shared).await.topic, topic(i));
     }
     s.broker.shutdown().await;
 }

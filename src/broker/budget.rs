@@ -37,7 +37,7 @@ impl Default for QueueBounds {
 }
 
 /// The most entries a reader holds back from [`QueueBudget::give_batched`].
-pub(crate) const GIVE_BACK_BATCH: usize = 64;
+const GIVE_BACK_BATCH: usize = 64;
 
 /// What a reader took off a queue and has not given back to its budget
 /// yet (see [`QueueBudget::give_batched`]).
@@ -109,8 +109,8 @@ impl<T> QueueBudget<T> {
     }
 
     /// Give back `entries` entries owning `heap` bytes, taken off the queue
-    /// by a reader that reads one at a time, once it is worth it: before
-    /// it waits (`waiting`: an idle reader holds nothing back), or once
+    /// by a reader that reads one at a time, once it is worth it: once the
+    /// queue is drained (`drained`: an idle reader holds nothing back), or once
     /// what it holds reaches an eighth of either bound or
     /// [`GIVE_BACK_BATCH`] entries. The queue's writer takes from the same
     /// counters, so each give-back is a round trip between cores: batched,
@@ -120,13 +120,13 @@ impl<T> QueueBudget<T> {
         unreturned: &mut Unreturned,
         entries: usize,
         heap: usize,
-        waiting: bool,
+        drained: bool,
     ) {
         unreturned.entries += entries;
         unreturned.heap = unreturned.heap.saturating_add(heap);
         let Unreturned { entries, heap } = *unreturned;
         if entries > 0
-            && (waiting
+            && (drained
                 || entries >= GIVE_BACK_BATCH
                 || entries.saturating_mul(8) >= self.bounds.publications
                 || Self::cost(entries, heap).saturating_mul(8) >= self.bounds.bytes)

@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use busline_core::{Error, Message, Payload};
+use busline_core::{Error, Message, Payload, Splices};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -42,7 +42,7 @@ pub enum SlowSubscriber {
 
 /// A publication's routed name in a subscriber's queue: its own when the
 /// publication goes to that one subscriber (written without a copy), shared
-/// when it goes to several. Empty: only a nudge (see [`Outlet::lagged`]).
+/// when it goes to several.
 #[derive(Debug)]
 enum Name {
     Own(String),
@@ -50,13 +50,6 @@ enum Name {
 }
 
 impl Name {
-    fn as_str(&self) -> &str {
-        match self {
-            Name::Own(name) => name,
-            Name::Shared(name) => name,
-        }
-    }
-
     /// The bytes it holds, as the queue counts them: a shared name counts
     /// in full in every queue, erring on the safe side.
     fn heap(&self) -> usize {
@@ -77,21 +70,27 @@ impl Name {
 /// What waits in a subscriber's queue.
 #[derive(Debug)]
 enum Queued {
-    /// A publication's routed name and payload; an empty name is only a
-    /// nudge (see [`Outlet::lagged`]).
+    /// A publication's routed name and payload.
     Publication(Name, Payload),
     /// A publication encoded already for the subscriber's codec, shared
-    /// with the other subscribers on the same server (see [`Copies`]).
-    Frame(Bytes),
+    /// with the other subscribers on the same server (see [`Copies`]), and
+    /// the bytes of its name and payload.
+    Frame(Bytes, usize),
+    /// Nothing to deliver: wakes the delivery to tell of missed
+    /// publications (see [`Outlet::lagged`]).
+    Nudge,
 }
 
 impl Queued {
-    /// The bytes it holds, as the queue counts them: a shared frame counts
-    /// in full in every queue, as a shared name does.
+    /// The bytes it holds, as the queue counts them: a shared frame as its
+    /// name and payload, as if it went to this subscriber alone (its
+    /// encoding is the codec's business, and counting it would make a
+    /// subscriber's bound depend on who else subscribes).
     fn heap(&self) -> usize {
         match self {
             Queued::Publication(name, payload) => name.heap() + payload.len(),
-            Queued::Frame(frame) => frame.len(),
+            Queued::Frame(_, heap) => *heap,
+            Queued::Nudge => 0,
         }
     }
 }
@@ -130,12 +129,9 @@ impl Outlet {
         let total = missed.entry(channel.to_owned()).or_default();
         *total = total.saturating_add(count);
         drop(missed);
-        // An empty name wakes the delivery with nothing to deliver; if the
-        // queue is full, what is in it carries the notice soon anyway.
-        let _ = self.queue(Queued::Publication(
-            Name::Own(String::new()),
-            Payload::unit(),
-        ));
+        // If the queue is full, what is in it carries the notice soon
+        // anyway.
+        let _ = self.queue(Queued::Nudge);
     }
 
     /// The encoding the subscriber reads.
@@ -156,8 +152,8 @@ impl Outlet {
     }
 
     /// As [`Outlet::offer`], with the publication encoded already.
-    fn offer_frame(&self, channel: &str, frame: Bytes) {
-        if self.queue(Queued::Frame(frame)).is_err() {
+    fn offer_frame(&self, channel: &str, frame: Bytes, heap: usize) {
+        if self.queue(Queued::Frame(frame, heap)).is_err() {
             self.refused(channel);
         }
     }
@@ -225,10 +221,16 @@ impl<'a> Copies<'a> {
         }
     }
 
-    /// Queue it for `outlet`, a subscriber of `channel`.
+    /// Queue it for `outlet`, a subscriber of `channel`. Only small
+    /// publications are encoded here, under the broker's lock: a large
+    /// one is left to each connection, which writes its payload from
+    /// where it is instead of copying it into a frame.
     pub(crate) fn offer(&mut self, outlet: &Outlet, channel: &str) {
-        if let Some(frame) = outlet.peer.shared_frames().and_then(|f| self.frame(f)) {
-            return outlet.offer_frame(channel, frame);
+        if self.payload.len() < Splices::MIN_LEN {
+            if let Some(frame) = outlet.peer.shared_frames().and_then(|f| self.frame(f)) {
+                let heap = self.name.len() + self.payload.len();
+                return outlet.offer_frame(channel, frame, heap);
+            }
         }
         let name = self.shared.get_or_insert_with(|| Arc::from(self.name));
         outlet.offer(channel, name.clone(), self.payload.clone());
@@ -262,7 +264,7 @@ async fn deliver(
         let mut batch: Vec<Outgoing> = queued
             .drain(..)
             .filter_map(|entry| match entry {
-                Queued::Publication(name, _) if name.as_str().is_empty() => None,
+                Queued::Nudge => None,
                 Queued::Publication(name, payload) => Some(
                     Message::Notify {
                         method: name.into_string(),
@@ -270,7 +272,7 @@ async fn deliver(
                     }
                     .into(),
                 ),
-                Queued::Frame(frame) => Some(Outgoing::Frame(frame)),
+                Queued::Frame(frame, _) => Some(Outgoing::Frame(frame)),
             })
             .collect();
         let notices: Vec<(String, u64)> =

@@ -349,8 +349,11 @@ impl Stream for Subscription {
             _ => (0, 0),
         };
         let this = &mut *self;
+        // A drained queue is given back whole, so the budget sees it empty
+        // (and takes one publication of any size) as soon as it is.
+        let drained = next.is_pending() || this.rx.is_empty();
         this.budget
-            .give_batched(&mut this.unreturned, entries, heap, next.is_pending());
+            .give_batched(&mut this.unreturned, entries, heap, drained);
         next
     }
 }
@@ -438,6 +441,30 @@ mod tests {
         }
         for _ in 0..seen {
             assert!(matches!(sub.next().await, Some(Ok(Event::Message(_)))));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_takes_one_publication_of_any_size() {
+        let subs = Arc::new(Subscribers::new(QueueBounds {
+            publications: 1000,
+            bytes: 10_000,
+        }));
+        let mut sub = subs.add("c", ">", None);
+        let (routed, at) = published("c#small");
+        subs.deliver(
+            routed,
+            at,
+            Payload::from_bytes(busline_core::Encoding::Binary, vec![0; 8]),
+        );
+        assert!(matches!(sub.next().await, Some(Ok(Event::Message(_)))));
+        // The reader has read everything but not yet polled again.
+        let big = Payload::from_bytes(busline_core::Encoding::Binary, vec![0; 20_000]);
+        let (routed, at) = published("c#big");
+        subs.deliver(routed, at, big.clone());
+        match sub.next().await {
+            Some(Ok(Event::Message(p))) => assert_eq!(p.payload, big),
+            other => panic!("the oversized publication should pass alone, got {other:?}"),
         }
     }
 }

@@ -78,7 +78,7 @@ mod tests {
         assert!(!frames.same_as(&SharedFrames::new(&cbor).unwrap()));
         assert!(
             SharedFrames::new(&PlainJsonLineCodec::new()).is_none(),
-            "a codec that numbers what it writes encodes per connection"
+            "a codec that holds answers back to write them in call order encodes per connection"
         );
     }
 }

@@ -45,8 +45,9 @@ pub(crate) enum Command {
     Close(Error),
 }
 
-/// One thing to write: a message, or a frame encoded already with this
-/// connection's codec ([`SharedFrames`](crate::rpc::SharedFrames)).
+/// One thing to write: a message, or a small frame encoded already with
+/// this connection's codec ([`SharedFrames`](crate::rpc::SharedFrames)),
+/// copied into the write buffer.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     Message(Message),

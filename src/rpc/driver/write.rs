@@ -52,7 +52,8 @@ impl<I: Io, C: Codec> Driver<I, C> {
                         self.unsendable(kind, id, err);
                     }
                 }
-                Outgoing::Frame(frame) => self.append_frame(frame),
+                // Encoded already, and small (see `Copies`): copied.
+                Outgoing::Frame(frame) => self.framed.write_buffer_mut().extend_from_slice(&frame),
             }
             self.needs_flush = true;
         }
@@ -94,20 +95,6 @@ impl<I: Io, C: Codec> Driver<I, C> {
         }
         *self.framed.write_buffer_mut() = buf;
         result
-    }
-
-    /// Put a frame encoded already after what is buffered: copied if
-    /// small, written from where it is if large (as a spliced payload).
-    fn append_frame(&mut self, frame: Bytes) {
-        let buf = self.framed.write_buffer_mut();
-        if frame.len() < Splices::MIN_LEN {
-            buf.extend_from_slice(&frame);
-            return;
-        }
-        if !buf.is_empty() {
-            self.spliced.chunks.push_back(buf.split().freeze());
-        }
-        self.spliced.chunks.push_back(frame);
     }
 
     /// Write the queued spliced pieces, as many at once as the transport
