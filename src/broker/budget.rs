@@ -82,9 +82,11 @@ impl<T> QueueBudget<T> {
     }
 
     /// Reserve one entry owning `heap` bytes; `false` if that would pass
-    /// either bound. An empty queue takes one entry of any size, so a
-    /// payload larger than the byte bound is delivered alone rather than
-    /// never.
+    /// either bound. A queue all but empty (under an eighth of its byte
+    /// bound, which is less than a reader holds back, see
+    /// [`QueueBudget::give_batched`]) takes one entry of any size, so a
+    /// payload larger than the byte bound is delivered nearly alone rather
+    /// than never.
     fn take(&self, heap: usize) -> bool {
         if self.entries.fetch_add(1, Ordering::AcqRel) >= self.bounds.publications {
             self.entries.fetch_sub(1, Ordering::AcqRel);
@@ -92,7 +94,9 @@ impl<T> QueueBudget<T> {
         }
         let cost = Self::cost(1, heap);
         let before = self.held.fetch_add(cost, Ordering::AcqRel);
-        if before > 0 && before.saturating_add(cost) > self.bounds.bytes {
+        if before.saturating_mul(8) >= self.bounds.bytes
+            && before.saturating_add(cost) > self.bounds.bytes
+        {
             self.held.fetch_sub(cost, Ordering::AcqRel);
             self.entries.fetch_sub(1, Ordering::AcqRel);
             return false;
@@ -109,9 +113,9 @@ impl<T> QueueBudget<T> {
     }
 
     /// Give back `entries` entries owning `heap` bytes, taken off the queue
-    /// by a reader that reads one at a time, once it is worth it: once the
-    /// queue is drained (`drained`: an idle reader holds nothing back), or once
-    /// what it holds reaches an eighth of either bound or
+    /// by a reader that reads one at a time, once it is worth it: before it
+    /// waits (`waiting`: an idle reader holds nothing back), or once what
+    /// it holds reaches an eighth of either bound or
     /// [`GIVE_BACK_BATCH`] entries. The queue's writer takes from the same
     /// counters, so each give-back is a round trip between cores: batched,
     /// a busy reader pays it once in many reads.
@@ -120,13 +124,13 @@ impl<T> QueueBudget<T> {
         unreturned: &mut Unreturned,
         entries: usize,
         heap: usize,
-        drained: bool,
+        waiting: bool,
     ) {
         unreturned.entries += entries;
         unreturned.heap = unreturned.heap.saturating_add(heap);
         let Unreturned { entries, heap } = *unreturned;
         if entries > 0
-            && (drained
+            && (waiting
                 || entries >= GIVE_BACK_BATCH
                 || entries.saturating_mul(8) >= self.bounds.publications
                 || Self::cost(entries, heap).saturating_mul(8) >= self.bounds.bytes)
@@ -281,5 +285,19 @@ mod tests {
         assert!(budget.take(92));
         budget.give_batched(&mut unreturned, 1, 92, false);
         assert!(budget.take(792), "a hundred bytes is an eighth of 800");
+    }
+
+    #[test]
+    fn a_queue_all_but_empty_takes_an_oversized_one() {
+        let budget = of_bytes(800);
+        assert!(budget.take(50), "58 bytes: under an eighth of 800");
+        assert!(
+            budget.take(10_000),
+            "taken beside what a reader may hold back"
+        );
+        assert!(!budget.take(0), "and nothing more");
+        let budget = of_bytes(800);
+        assert!(budget.take(92), "100 bytes: an eighth");
+        assert!(!budget.take(10_000), "too full for an oversized one");
     }
 }

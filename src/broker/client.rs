@@ -113,7 +113,10 @@ impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
     /// Bytes each subscription's buffer may hold (payloads, topics and
     /// queue entries), whichever of this and
     /// [`BrokerClientBuilder::subscription_queue`] is reached first (one
-    /// publication larger than this still goes through alone). Default:
+    /// publication larger than this still goes through when the buffer is
+    /// all but empty: under an eighth of this). A reader gives back what it
+    /// read in batches of up to an eighth of either bound, so while it
+    /// reads, the buffer may refuse up to that much early. Default:
     /// [`DEFAULT_SUBSCRIBER_QUEUE_BYTES`](super::DEFAULT_SUBSCRIBER_QUEUE_BYTES).
     pub fn subscription_queue_bytes(mut self, bytes: usize) -> Self {
         self.subscription_queue.bytes = bytes.max(1);

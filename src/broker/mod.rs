@@ -171,7 +171,8 @@ impl BrokerBuilder {
     /// (their payloads and queue entries) before further ones are dropped
     /// for it, whichever of this and
     /// [`BrokerBuilder::subscriber_queue`] is reached first (one
-    /// publication larger than this still goes through alone). Default:
+    /// publication larger than this still goes through when the queue is
+    /// all but empty: under an eighth of this). Default:
     /// [`DEFAULT_SUBSCRIBER_QUEUE_BYTES`].
     pub fn subscriber_queue_bytes(mut self, bytes: usize) -> Self {
         self.subscriber_queue.bytes = bytes.max(1);

@@ -349,11 +349,8 @@ impl Stream for Subscription {
             _ => (0, 0),
         };
         let this = &mut *self;
-        // A drained queue is given back whole, so the budget sees it empty
-        // (and takes one publication of any size) as soon as it is.
-        let drained = next.is_pending() || this.rx.is_empty();
         this.budget
-            .give_batched(&mut this.unreturned, entries, heap, drained);
+            .give_batched(&mut this.unreturned, entries, heap, next.is_pending());
         next
     }
 }
