@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{
-        self, BrokerClient, Lagged, QueueBounds, QueueBudget, RelayLagged, RelaySink, LAGGED,
-        RELAY_LAGGED,
+        self, queue, BrokerClient, Lagged, QueueBounds, QueueReceiver, RelayLagged, RelaySink,
+        LAGGED, RELAY_LAGGED,
     },
     rpc::{Reply, Request},
 };
@@ -78,11 +78,10 @@ pub(crate) fn forwarder_to(
     encoding: Encoding,
     stop: CancellationToken,
 ) -> RelaySink {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Relayed>();
-    let budget = Arc::new(QueueBudget::new(QueueBounds {
+    let (tx, rx) = queue::<Relayed>(QueueBounds {
         publications: RELAY_QUEUE,
         bytes: RELAY_QUEUE_BYTES,
-    }));
+    });
     let lost: Lost = Arc::default();
     let forward = Forward {
         deliver,
@@ -90,7 +89,7 @@ pub(crate) fn forwarder_to(
         from: from.to_owned(),
         lost: lost.clone(),
     };
-    tokio::spawn(forward.run(rx, budget.clone(), stop));
+    tokio::spawn(forward.run(rx, stop));
     Box::new(move |name: &str, payload: &Payload| {
         if name == LAGGED {
             // The bridge itself fell behind on `from`.
@@ -101,7 +100,7 @@ pub(crate) fn forwarder_to(
         }
         let heap = name.len() + payload.len();
         let relayed = (name.to_owned(), payload.clone());
-        if budget.try_send(&tx, relayed, heap).is_err() {
+        if tx.push(relayed, heap).is_err() {
             if let Some((channel, missed)) = lost_with(name, payload) {
                 count(&lost, &channel, missed);
             }
@@ -137,30 +136,26 @@ struct Forward {
 }
 
 impl Forward {
-    async fn run(
-        self,
-        mut queue: tokio::sync::mpsc::UnboundedReceiver<Relayed>,
-        budget: Arc<QueueBudget<Relayed>>,
-        stop: CancellationToken,
-    ) {
+    async fn run(self, mut queue: QueueReceiver<Relayed>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(TELL_LOST_EVERY);
+        let mut next = Vec::with_capacity(1);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
-                next = queue.recv() => match next {
-                    Some((name, payload)) => {
-                        budget.give(1, name.len() + payload.len());
-                        let missed = lost_with(&name, &payload);
-                        if let Err(err) = (self.deliver)(name, payload).await {
-                            tracing::debug!(error = %err, "bridge: a publication could not be passed on");
-                            if let Some((channel, missed)) = missed {
-                                count(&self.lost, &channel, missed);
-                            }
+                taken = queue.take(&mut next, 1) => {
+                    let Some((name, payload)) = next.pop().filter(|_| taken > 0) else {
+                        return;
+                    };
+                    queue.release();
+                    let missed = lost_with(&name, &payload);
+                    if let Err(err) = (self.deliver)(name, payload).await {
+                        tracing::debug!(error = %err, "bridge: a publication could not be passed on");
+                        if let Some((channel, missed)) = missed {
+                            count(&self.lost, &channel, missed);
                         }
                     }
-                    None => return,
-                },
+                }
             }
             self.tell_lost().await;
         }

@@ -10,13 +10,13 @@ use busline_core::{Address, Authenticator, Codec, Error, Payload, Result, Transp
 use tower::service_fn;
 
 use super::{
-    budget::QueueBounds,
     channel::Channel,
     keys::ChannelKeys,
     link::{self, ConnectionEvent, Connector, Link, Reconnect, Record},
     protocol::{
         self, Challenge, ChannelArgs, ChannelEvent, IdentifyArgs, Lagged, OpenArgs, Opened, Routed,
     },
+    queue::QueueBounds,
     signing::Signer,
     subscription::Subscribers,
 };
@@ -114,9 +114,9 @@ impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
     /// queue entries), whichever of this and
     /// [`BrokerClientBuilder::subscription_queue`] is reached first (one
     /// publication larger than this still goes through when the buffer is
-    /// all but empty: under an eighth of this). A reader gives back what it
-    /// read in batches of up to an eighth of either bound, so while it
-    /// reads, the buffer may refuse up to that much early. Default:
+    /// all but empty: under an eighth of this). A subscription takes up to
+    /// 64 publications off its buffer at a time, which keep their room
+    /// until they are read. Default:
     /// [`DEFAULT_SUBSCRIBER_QUEUE_BYTES`](super::DEFAULT_SUBSCRIBER_QUEUE_BYTES).
     pub fn subscription_queue_bytes(mut self, bytes: usize) -> Self {
         self.subscription_queue.bytes = bytes.max(1);

@@ -32,7 +32,6 @@
 //! # }).unwrap();
 //! ```
 
-mod budget;
 mod channel;
 mod client;
 mod group;
@@ -40,6 +39,7 @@ mod keys;
 mod link;
 mod outlet;
 mod protocol;
+mod queue;
 mod relayed;
 mod restore;
 mod service;
@@ -54,7 +54,6 @@ use std::{fmt, sync::Arc};
 use busline_core::{Address, Authenticator, Codec, NoAuth, Result, Spin, Transport};
 use futures::future::BoxFuture;
 
-pub(crate) use budget::{QueueBounds, QueueBudget};
 pub(crate) use channel::derive;
 pub use channel::Channel;
 pub(crate) use client::RelaySink;
@@ -70,6 +69,7 @@ pub use protocol::{
     OwnerPolicy, MAX_BROKER_ID, MAX_CHANNEL_NAME, MAX_CLIENT_ID, MAX_HOPS,
 };
 pub(crate) use protocol::{parse_relayed, Lagged, RelayLagged, LAGGED, RELAY_LAGGED};
+pub(crate) use queue::{queue, QueueBounds, QueueReceiver};
 pub(crate) use service::pass_on;
 pub use state::{DEFAULT_SUBSCRIBER_QUEUE, DEFAULT_SUBSCRIBER_QUEUE_BYTES, MAX_PER_CLIENT};
 pub use subscription::{Event, Publication, Subscription};

@@ -16,11 +16,10 @@ use std::{
 use busline_core::{Error, Message, Payload, Splices};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::{
-    budget::{QueueBounds, QueueBudget},
     protocol::{self, Lagged},
+    queue::{queue, QueueBounds, QueueReceiver, QueueSender},
 };
 use crate::rpc::{Client, Outgoing, SharedFrames};
 
@@ -98,10 +97,9 @@ impl Queued {
 /// The sending side of one subscriber's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct Outlet {
-    tx: mpsc::UnboundedSender<Queued>,
+    tx: QueueSender<Queued>,
     /// Publications dropped per channel since the last notice.
     missed: Arc<Mutex<HashMap<String, u64>>>,
-    budget: Arc<QueueBudget<Queued>>,
     peer: Client,
     policy: SlowSubscriber,
 }
@@ -109,14 +107,12 @@ pub(crate) struct Outlet {
 impl Outlet {
     /// Start delivering to `peer` through a queue within `bounds`.
     pub(crate) fn start(peer: Client, bounds: QueueBounds, policy: SlowSubscriber) -> Outlet {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = queue(bounds);
         let missed = Arc::new(Mutex::new(HashMap::new()));
-        let budget = Arc::new(QueueBudget::new(bounds));
-        tokio::spawn(deliver(peer.clone(), rx, missed.clone(), budget.clone()));
+        tokio::spawn(deliver(peer.clone(), rx, missed.clone()));
         Outlet {
             tx,
             missed,
-            budget,
             peer,
             policy,
         }
@@ -172,7 +168,7 @@ impl Outlet {
     /// Queue a publication; what the queue refused comes back.
     fn queue(&self, entry: Queued) -> Result<(), Queued> {
         let heap = entry.heap();
-        self.budget.try_send(&self.tx, entry, heap)
+        self.tx.push(entry, heap)
     }
 
     /// A publication of `channel` found the queue full.
@@ -183,7 +179,7 @@ impl Outlet {
                 *missed.entry(channel.to_owned()).or_default() += 1;
             }
             SlowSubscriber::Disconnect => {
-                let bounds = self.budget.bounds();
+                let bounds = self.tx.bounds();
                 self.peer.close(Error::Overloaded(format!(
                     "too slow a subscriber: its queue was full ({} publications or \
                      {} bytes; raise the broker's subscriber_queue or \
@@ -254,13 +250,13 @@ impl<'a> Copies<'a> {
 
 async fn deliver(
     peer: Client,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
+    mut rx: QueueReceiver<Queued>,
     missed: Arc<Mutex<HashMap<String, u64>>>,
-    budget: Arc<QueueBudget<Queued>>,
 ) {
     let mut queued = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut queued, BATCH).await > 0 {
-        budget.give(queued.len(), queued.iter().map(Queued::heap).sum());
+    while rx.take(&mut queued, BATCH).await > 0 {
+        // Handed to the connection: the queue has room again.
+        rx.release();
         let mut batch: Vec<Outgoing> = queued
             .drain(..)
             .filter_map(|entry| match entry {

@@ -1,6 +1,7 @@
 //! The receiving end of pub/sub on a broker client.
 
 use std::{
+    collections::VecDeque,
     fmt,
     pin::Pin,
     sync::{
@@ -13,12 +14,11 @@ use std::{
 use busline_core::{Payload, Result};
 
 use super::{
-    budget::{QueueBounds, QueueBudget, Unreturned},
+    queue::{queue, QueueBounds, QueueReceiver, QueueSender},
     signing::{Kind, Signer},
 };
 use futures::{task::AtomicWaker, Stream};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
 use super::topic;
 
@@ -78,8 +78,7 @@ struct Local {
     id: u64,
     channel: String,
     pattern: String,
-    tx: mpsc::UnboundedSender<Result<Event>>,
-    budget: Arc<QueueBudget<Result<Event>>>,
+    tx: QueueSender<Result<Event>>,
     missed: Arc<AtomicU64>,
     interrupted: Arc<AtomicBool>,
     /// Wakes the reader when something is missed, which the queue alone
@@ -122,9 +121,7 @@ impl Local {
     fn push(&self, topic: String, payload: Result<Payload>) {
         let publication = payload.map(|payload| Publication { topic, payload });
         let heap = publication.as_ref().map_or(0, Publication::heap_len);
-        let queued = self
-            .budget
-            .try_send(&self.tx, publication.map(Event::Message), heap);
+        let queued = self.tx.push(publication.map(Event::Message), heap);
         if queued.is_err() {
             self.missed.fetch_add(1, Ordering::Relaxed);
             self.waker.wake();
@@ -148,8 +145,7 @@ impl Subscribers {
         pattern: &str,
         signer: Option<Arc<Signer>>,
     ) -> Subscription {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let budget = Arc::new(QueueBudget::new(self.bounds));
+        let (tx, rx) = queue(self.bounds);
         let missed = Arc::new(AtomicU64::new(0));
         let interrupted = Arc::new(AtomicBool::new(false));
         let waker = Arc::new(AtomicWaker::new());
@@ -159,7 +155,6 @@ impl Subscribers {
             channel: channel.to_owned(),
             pattern: pattern.to_owned(),
             tx,
-            budget: budget.clone(),
             missed: missed.clone(),
             interrupted: interrupted.clone(),
             waker: waker.clone(),
@@ -167,8 +162,7 @@ impl Subscribers {
         });
         Subscription {
             rx,
-            budget,
-            unreturned: Unreturned::default(),
+            read: VecDeque::new(),
             missed,
             interrupted,
             waker,
@@ -221,11 +215,7 @@ impl Subscribers {
         for sub in self.lock().iter() {
             // In the queue, after what came before the cut; said at once
             // if the queue is full.
-            if sub
-                .budget
-                .try_send(&sub.tx, Ok(Event::Interrupted), 0)
-                .is_err()
-            {
+            if sub.tx.push(Ok(Event::Interrupted), 0).is_err() {
                 sub.interrupted.store(true, Ordering::Release);
                 sub.waker.wake();
             }
@@ -284,9 +274,10 @@ pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 /// [`Error::Unauthorized`](busline_core::Error::Unauthorized) item instead.
 /// Dropping the subscription unsubscribes.
 pub struct Subscription {
-    rx: mpsc::UnboundedReceiver<Result<Event>>,
-    budget: Arc<QueueBudget<Result<Event>>>,
-    unreturned: Unreturned,
+    rx: QueueReceiver<Result<Event>>,
+    /// A batch taken off the queue, being read; it holds its room in the
+    /// queue until read.
+    read: VecDeque<Result<Event>>,
     missed: Arc<AtomicU64>,
     interrupted: Arc<AtomicBool>,
     waker: Arc<AtomicWaker>,
@@ -332,28 +323,33 @@ impl Stream for Subscription {
         if let Some(notice) = self.notice() {
             return Poll::Ready(Some(Ok(notice)));
         }
-        let next = self.rx.poll_recv(cx);
-        if next.is_pending() {
-            // Only a reader about to wait needs waking for a gap: it
-            // registers, then looks again, so a gap reported in between
-            // is not missed.
-            self.waker.register(cx.waker());
-            if let Some(notice) = self.notice() {
-                return Poll::Ready(Some(Ok(notice)));
+        let this = &mut *self;
+        if this.read.is_empty() {
+            match this.rx.poll_take(cx, &mut this.read, READ_BATCH) {
+                Poll::Pending => {
+                    // Only a reader about to wait needs waking for a gap:
+                    // it registers, then looks again, so a gap reported in
+                    // between is not missed.
+                    this.waker.register(cx.waker());
+                    return match this.notice() {
+                        Some(notice) => Poll::Ready(Some(Ok(notice))),
+                        None => Poll::Pending,
+                    };
+                }
+                Poll::Ready(0) => return Poll::Ready(None),
+                Poll::Ready(_) => {}
             }
         }
-        let (entries, heap) = match &next {
-            Poll::Ready(Some(Ok(Event::Message(publication)))) => (1, publication.heap_len()),
-            // An error or an interruption, queued owning nothing.
-            Poll::Ready(Some(_)) => (1, 0),
-            _ => (0, 0),
-        };
-        let this = &mut *self;
-        this.budget
-            .give_batched(&mut this.unreturned, entries, heap, next.is_pending());
-        next
+        let next = this.read.pop_front();
+        if this.read.is_empty() {
+            this.rx.release();
+        }
+        Poll::Ready(next)
     }
 }
+
+/// The most publications a subscription takes off its queue at once.
+const READ_BATCH: usize = 64;
 
 impl Drop for Subscription {
     fn drop(&mut self) {

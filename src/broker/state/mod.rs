@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use serde_json::json;
 
 use super::{
-    budget::QueueBounds,
     keys,
     outlet::{Outlet, SlowSubscriber},
     protocol::{self, BrokerStatus, ChannelEvent, ChannelInfo, OwnerPolicy},
+    queue::QueueBounds,
     system::{self, Happening},
 };
 
