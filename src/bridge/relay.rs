@@ -143,8 +143,9 @@ impl Forward {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
-                taken = queue.take(&mut next, 1) => {
-                    let Some((name, payload)) = next.pop().filter(|_| taken > 0) else {
+                _ = queue.take(&mut next, 1) => {
+                    // Nothing taken: the queue has ended.
+                    let Some((name, payload)) = next.pop() else {
                         return;
                     };
                     queue.release();

@@ -116,7 +116,7 @@ impl<C: Codec, A: Authenticator + Clone> BrokerClientBuilder<C, A> {
     /// publication larger than this still goes through when the buffer is
     /// all but empty: under an eighth of this). A subscription takes up to
     /// 64 publications off its buffer at a time, which keep their room
-    /// until they are read. Default:
+    /// until the last of them is read. Default:
     /// [`DEFAULT_SUBSCRIBER_QUEUE_BYTES`](super::DEFAULT_SUBSCRIBER_QUEUE_BYTES).
     pub fn subscription_queue_bytes(mut self, bytes: usize) -> Self {
         self.subscription_queue.bytes = bytes.max(1);

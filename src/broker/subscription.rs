@@ -276,7 +276,7 @@ pub(crate) type Unsubscribe = Box<dyn FnOnce(String, String) + Send + Sync>;
 pub struct Subscription {
     rx: QueueReceiver<Result<Event>>,
     /// A batch taken off the queue, being read; it holds its room in the
-    /// queue until read.
+    /// queue until all of it is read.
     read: VecDeque<Result<Event>>,
     missed: Arc<AtomicU64>,
     interrupted: Arc<AtomicBool>,
@@ -459,5 +459,33 @@ mod tests {
             Some(Ok(Event::Message(p))) => assert_eq!(p.payload, big),
             other => panic!("the oversized publication should pass alone, got {other:?}"),
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reader_that_always_finds_one_lets_other_tasks_run() {
+        let subs = Arc::new(Subscribers::new(QueueBounds {
+            publications: 100_000,
+            bytes: usize::MAX,
+        }));
+        let mut sub = subs.add("c", ">", None);
+        let payload = Payload::from_bytes(busline_core::Encoding::Binary, vec![1]);
+        for _ in 0..20_000 {
+            let (routed, at) = published("c#t");
+            subs.deliver(routed, at, payload.clone());
+        }
+        let ran = Arc::new(AtomicBool::new(false));
+        let other = ran.clone();
+        tokio::spawn(async move { other.store(true, Ordering::Release) });
+        let mut read_before = 0;
+        for i in 1..=20_000 {
+            assert!(matches!(sub.next().await, Some(Ok(Event::Message(_)))));
+            if !ran.load(Ordering::Acquire) {
+                read_before = i;
+            }
+        }
+        assert!(
+            read_before < 20_000,
+            "the other task ran only after all {read_before} were read"
+        );
     }
 }
