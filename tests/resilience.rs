@@ -620,3 +620,51 @@ async fn a_closed_client_stops_reconnecting() {
     assert!(event.is_err(), "{event:?}");
     broker.shutdown().await;
 }
+
+/// A publisher whose broker stops reading is paced by its connection's
+/// queue: publications go out at once while there is room, then a publish
+/// waits for it instead of growing memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_waits_once_its_connection_queue_is_full() {
+    let broker = Broker::builder()
+        .listen(
+            TcpTransport::new(),
+            "tcp://127.0.0.1:0".parse().unwrap(),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let direct = broker.local_addrs()[0].clone();
+    let proxy = FreezingProxy::start(socket_addr(&direct)).await;
+    let publisher = BrokerClient::connect(
+        Client::builder(CborCodec::new()).max_queued_notifications(100),
+        &TcpTransport::new(),
+        &proxy.addr,
+    )
+    .await
+    .unwrap();
+    let news = publisher.open("news").await.unwrap();
+    proxy.freeze();
+    let payload = "x".repeat(1024);
+    // Far more than the socket buffers and the queue hold (a few MB).
+    let mut published = 0u64;
+    let mut waited = false;
+    while published < 50_000 {
+        let publish = news.publish("world", &payload);
+        if tokio::time::timeout(Duration::from_millis(500), publish)
+            .await
+            .is_err()
+        {
+            waited = true;
+            break;
+        }
+        published += 1;
+    }
+    assert!(
+        waited,
+        "{published} publications went out and none waited for room"
+    );
+    assert!(published >= 100, "only {published} before the first wait");
+    broker.shutdown().await;
+}

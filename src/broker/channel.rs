@@ -243,6 +243,10 @@ impl Channel {
     pub async fn send<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
         let name = self.routed(method);
         let (payload, _) = self.sign_call(Kind::Send, &name, self.encode(args)?)?;
+        let (name, payload) = match self.bus.link.notify_now(name, payload) {
+            Ok(sent) => return sent,
+            Err(not_yet) => not_yet,
+        };
         self.bus
             .link
             .client()
@@ -316,6 +320,10 @@ impl Channel {
         let payload = match &self.signer {
             Some(signer) => signer.sign_fresh(Kind::Publication, &name, &payload)?.0,
             None => payload,
+        };
+        let (name, payload) = match self.bus.link.notify_now(name, payload) {
+            Ok(sent) => return sent,
+            Err(not_yet) => not_yet,
         };
         self.bus
             .link

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use busline_core::{Error, Result};
+use busline_core::{Error, Payload, Result};
 use futures::future::BoxFuture;
 use tokio::sync::{broadcast, watch, Semaphore};
 
@@ -196,6 +196,20 @@ impl Link {
     /// wait (a subscription dropped), or only needs a handle.
     pub(crate) fn now(&self) -> Client {
         self.state.borrow().client().clone()
+    }
+
+    /// Send a notification on the connection if it is up and has room
+    /// now, without taking a handle to it ([`Client::notify_now`]); what
+    /// it cannot send at once comes back.
+    pub(crate) fn notify_now(
+        &self,
+        method: String,
+        payload: Payload,
+    ) -> std::result::Result<Result<()>, (String, Payload)> {
+        match &*self.state.borrow() {
+            State::Up(client) => client.notify_now(method, payload),
+            _ => Err((method, payload)),
+        }
     }
 
     /// The connection to send on. Without reconnection, the one there is

@@ -14,20 +14,31 @@ fn check(kind: &str, text: &str, wildcards: bool) -> Result<()> {
     if text.is_empty() || text.len() > MAX_TOPIC {
         return bad("must be 1 to 256 bytes");
     }
-    // Checked on every publication: no allocation.
-    let mut tokens = text.split('.').peekable();
+    // Checked on every publication: no allocation, and split by byte ('.'
+    // is ASCII, so every token is whole UTF-8).
+    let mut tokens = text.as_bytes().split(|&b| b == b'.').peekable();
     while let Some(token) = tokens.next() {
         match token {
-            "" => return bad("has an empty token"),
-            "*" | ">" if !wildcards => return bad("is a topic: no wildcards"),
-            ">" if tokens.peek().is_some() => return bad("has '>' before its last token"),
-            t if t.chars().any(|c| c.is_whitespace() || c == '#' || c == '/') => {
-                return bad("has whitespace, '#' or '/' in a token")
-            }
+            b"" => return bad("has an empty token"),
+            b"*" | b">" if !wildcards => return bad("is a topic: no wildcards"),
+            b">" if tokens.peek().is_some() => return bad("has '>' before its last token"),
+            t if forbidden_in_token(t) => return bad("has whitespace, '#' or '/' in a token"),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Whether `token` has whitespace (any Unicode kind), '#' or '/'.
+fn forbidden_in_token(token: &[u8]) -> bool {
+    if token.is_ascii() {
+        return token
+            .iter()
+            .any(|&b| b.is_ascii_whitespace() || b == b'#' || b == b'/');
+    }
+    String::from_utf8_lossy(token)
+        .chars()
+        .any(|c| c.is_whitespace() || c == '#' || c == '/')
 }
 
 /// Check a topic to publish on.
@@ -42,11 +53,13 @@ pub fn check_pattern(pattern: &str) -> Result<()> {
 
 /// Whether `topic` matches `pattern` (both already checked).
 pub fn matches(pattern: &str, topic: &str) -> bool {
-    let mut topic = topic.split('.');
-    for want in pattern.split('.') {
+    // By byte: '.' is ASCII, and this runs for every publication and
+    // subscription.
+    let mut topic = topic.as_bytes().split(|&b| b == b'.');
+    for want in pattern.as_bytes().split(|&b| b == b'.') {
         match (want, topic.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
+            (b">", Some(_)) => return true,
+            (b"*", Some(_)) => {}
             (want, Some(got)) if want == got => {}
             _ => return false,
         }
@@ -88,6 +101,8 @@ mod tests {
             "a b",
             "a#b",
             "a/b",
+            "a.b\u{a0}c",
+            "é.\u{2003}",
             &"x".repeat(257),
         ] {
             assert!(check_pattern(bad).is_err(), "{bad:?}");
@@ -96,5 +111,8 @@ mod tests {
         assert!(check_topic("a.*").is_err());
         assert!(check_pattern("a.>.b").is_err());
         assert!(check_pattern("a.*.>").is_ok());
+        assert!(check_topic("température.küche").is_ok());
+        assert!(matches("température.*", "température.küche"));
+        assert!(!matches("température.*", "temperature.küche"));
     }
 }

@@ -287,6 +287,26 @@ impl Client {
         self.send_notification(method.into(), payload, true)
     }
 
+    /// Send a notification as [`Client::notify_raw`] does if that needs no
+    /// waiting (the connection is open and its queue has room); otherwise
+    /// hand it back, for the caller to wait as `notify_raw` would. The
+    /// path of every publication, where the future and the handle `await`
+    /// would need cost more than the notification itself.
+    pub(crate) fn notify_now(
+        &self,
+        method: String,
+        payload: Payload,
+    ) -> std::result::Result<Result<()>, (String, Payload)> {
+        if self.is_closed() {
+            return Err((method, payload));
+        }
+        match self.shared.queued_notifications.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err((method, payload)),
+        }
+        Ok(self.send_notification(method, payload, true))
+    }
+
     /// Send a notification now if there is room for it in the queue, or
     /// fail with [`Error::Overloaded`]: for code that must not wait.
     pub(crate) fn try_notify_raw(&self, method: &str, payload: Payload) -> Result<()> {
