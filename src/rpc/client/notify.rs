@@ -79,7 +79,7 @@ impl Client {
     }
 
     /// Send `notifications` (messages, or frames from this connection's
-    /// [`SharedFrames`]) outside the bounded queue, and wait until they
+    /// [`SharedFrames`](crate::rpc::SharedFrames)) outside the bounded queue, and wait until they
     /// are written: for a sender that bounds itself by waiting (a broker's
     /// subscriber outlet), in one hand-over to the connection task.
     pub(crate) async fn notify_batch(&self, notifications: Vec<Outgoing>) -> Result<()> {
