@@ -243,16 +243,7 @@ impl Channel {
     pub async fn send<Args: Serialize + ?Sized>(&self, method: &str, args: &Args) -> Result<()> {
         let name = self.routed(method);
         let (payload, _) = self.sign_call(Kind::Send, &name, self.encode(args)?)?;
-        let (name, payload) = match self.bus.link.notify_now(name, payload) {
-            Ok(sent) => return sent,
-            Err(not_yet) => not_yet,
-        };
-        self.bus
-            .link
-            .client()
-            .await?
-            .notify_raw(name, payload)
-            .await
+        self.bus.link.notify(name, payload).await
     }
 
     /// Fire and forget to every provider of `method` on this channel but
@@ -264,12 +255,8 @@ impl Channel {
     ) -> Result<()> {
         // Signed under the name the providers receive it by.
         let (payload, _) = self.sign_call(Kind::Send, &self.routed(method), self.encode(args)?)?;
-        self.bus
-            .link
-            .client()
-            .await?
-            .notify_raw(protocol::broadcast(&self.name, method), payload)
-            .await
+        let name = protocol::broadcast(&self.name, method);
+        self.bus.link.notify(name, payload).await
     }
 
     /// Open a stream from a provider of `method`; dropping it cancels the
@@ -321,16 +308,7 @@ impl Channel {
             Some(signer) => signer.sign_fresh(Kind::Publication, &name, &payload)?.0,
             None => payload,
         };
-        let (name, payload) = match self.bus.link.notify_now(name, payload) {
-            Ok(sent) => return sent,
-            Err(not_yet) => not_yet,
-        };
-        self.bus
-            .link
-            .client()
-            .await?
-            .notify_raw(name, payload)
-            .await
+        self.bus.link.notify(name, payload).await
     }
 
     /// Become the only publisher of `topic` here (others' publications on

@@ -198,17 +198,18 @@ impl Link {
         self.state.borrow().client().clone()
     }
 
-    /// Send a notification on the connection if it is up and has room
-    /// now, without taking a handle to it ([`Client::notify_now`]); what
-    /// it cannot send at once comes back.
-    pub(crate) fn notify_now(
-        &self,
-        method: String,
-        payload: Payload,
-    ) -> std::result::Result<Result<()>, (String, Payload)> {
-        match &*self.state.borrow() {
+    /// Send a notification as [`Client::notify_raw`] does on the
+    /// connection [`Link::client`] gives: at once, without taking a handle
+    /// to it, when it is up and has room ([`Client::notify_now`]), which
+    /// is the path of every publication.
+    pub(crate) async fn notify(&self, method: String, payload: Payload) -> Result<()> {
+        let now = match &*self.state.borrow() {
             State::Up(client) => client.notify_now(method, payload),
             _ => Err((method, payload)),
+        };
+        match now {
+            Ok(sent) => sent,
+            Err((method, payload)) => self.client().await?.notify_raw(method, payload).await,
         }
     }
 
