@@ -154,16 +154,7 @@ async fn an_idle_connection_with_heartbeats_stays_up() {
 
 #[tokio::test]
 async fn a_broker_drops_a_frozen_provider_and_its_methods() {
-    let broker = Broker::builder()
-        .heartbeat(Duration::from_millis(100))
-        .listen(
-            TcpTransport::new(),
-            "tcp://127.0.0.1:0".parse().unwrap(),
-            CborCodec::new(),
-        )
-        .start()
-        .await
-        .unwrap();
+    let broker = tcp_broker(Broker::builder().heartbeat(Duration::from_millis(100))).await;
     let direct = broker.local_addrs()[0].clone();
     let proxy = FreezingProxy::start(socket_addr(&direct)).await;
     let connect = |addr: Address| async move {
@@ -258,6 +249,19 @@ async fn a_frozen_provider_costs_callers_only_their_deadline() {
             .unwrap();
     }
     broker.shutdown().await;
+}
+
+/// A broker set up by `builder`, on a loopback TCP port of its own.
+async fn tcp_broker(builder: busline::broker::BrokerBuilder) -> busline::broker::BrokerHandle {
+    builder
+        .listen(
+            TcpTransport::new(),
+            "tcp://127.0.0.1:0".parse().unwrap(),
+            CborCodec::new(),
+        )
+        .start()
+        .await
+        .unwrap()
 }
 
 /// A broker on a Unix socket that can be stopped and started again at the
@@ -626,15 +630,7 @@ async fn a_closed_client_stops_reconnecting() {
 /// waits for it instead of growing memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_waits_once_its_connection_queue_is_full() {
-    let broker = Broker::builder()
-        .listen(
-            TcpTransport::new(),
-            "tcp://127.0.0.1:0".parse().unwrap(),
-            CborCodec::new(),
-        )
-        .start()
-        .await
-        .unwrap();
+    let broker = tcp_broker(Broker::builder()).await;
     let direct = broker.local_addrs()[0].clone();
     let proxy = FreezingProxy::start(socket_addr(&direct)).await;
     let publisher = BrokerClient::connect(
