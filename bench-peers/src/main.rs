@@ -7,8 +7,10 @@
 //!
 //! busline's broker runs three ways: in a process of its own, as `busline
 //! broker` and `nats-server` are deployed (this program started again with
-//! `broker <socket> <threads>`), on one thread (`busline --threads 1`) and
-//! on two (the default on a two-core machine); and embedded in this
+//! `broker <socket> <threads> [spin]`), on one thread (`busline --threads
+//! 1`), on one thread with its connections polling before they sleep
+//! (`busline --threads 1 broker --spin`) and on two threads (the default
+//! on a two-core machine); and embedded in this
 //! program beside its clients, which NATS cannot do. The clients run on
 //! a two-thread runtime.
 //!
@@ -39,7 +41,7 @@ use std::{
 
 use busline::{
     broker::{Broker, Channel},
-    Address, CborCodec, UnixTransport,
+    Address, CborCodec, Spin, UnixTransport,
 };
 use bytes::Bytes;
 use contenders::{median_of, COOL_DOWN, WARM_UP};
@@ -161,8 +163,10 @@ struct Row {
 }
 
 /// The broker process: serve `socket` on `threads` threads (1: the
-/// one-thread runtime `busline --threads 1` uses) until killed.
-fn run_broker(socket: &str, threads: usize) {
+/// one-thread runtime `busline --threads 1` uses), its connections
+/// polling before they sleep if `spin` (`busline broker --spin`), until
+/// killed.
+fn run_broker(socket: &str, threads: usize, spin: bool) {
     let runtime = match threads {
         1 => contenders::current_thread(),
         n => tokio::runtime::Builder::new_multi_thread()
@@ -172,7 +176,9 @@ fn run_broker(socket: &str, threads: usize) {
             .expect("runtime"),
     };
     runtime.block_on(async {
+        let spin = if spin { Spin::ADAPTIVE } else { Spin::NONE };
         let _broker = Broker::builder()
+            .spin(spin)
             .listen(
                 UnixTransport::new(),
                 Address::unix(socket),
@@ -185,11 +191,12 @@ fn run_broker(socket: &str, threads: usize) {
     })
 }
 
-fn start_broker(socket: &std::path::Path, threads: usize) -> Server {
+fn start_broker(socket: &std::path::Path, threads: usize, spin: bool) -> Server {
     let child = Command::new(std::env::current_exe().expect("this program"))
         .arg("broker")
         .arg(socket)
         .arg(threads.to_string())
+        .args(spin.then_some("spin"))
         .spawn()
         .expect("the broker process starts");
     Server(child)
@@ -288,7 +295,8 @@ fn main() {
         Some("connections") => return connections::run(),
         Some("broker") => {
             let threads = args.get(3).and_then(|n| n.parse().ok()).expect("a count");
-            return run_broker(&args[2], threads);
+            let spin = args.get(4).is_some_and(|arg| arg == "spin");
+            return run_broker(&args[2], threads, spin);
         }
         Some("connections-one") => {
             let n = args.get(3).and_then(|n| n.parse().ok()).expect("a count");
@@ -327,18 +335,21 @@ async fn brokers() {
         // In a process of its own, as `busline broker` runs, on one thread
         // (`--threads 1`) and on two (the default here).
         contender("busline broker process, 1 thread", "one.sock"),
+        // The same, polling before it sleeps (`busline broker --spin`).
+        contender("busline broker process, 1 thread, spin", "spin.sock"),
         contender("busline broker process, 2 threads", "two.sock"),
         // Embedded in this program, beside its clients.
         contender("busline broker embedded", "embedded.sock"),
     ];
     let _processes = [
-        start_broker(&contenders[0].socket, 1),
-        start_broker(&contenders[1].socket, 2),
+        start_broker(&contenders[0].socket, 1, false),
+        start_broker(&contenders[1].socket, 1, true),
+        start_broker(&contenders[2].socket, 2, false),
     ];
     let embedded_broker = Broker::builder()
         .listen(
             UnixTransport::new(),
-            Address::unix(&contenders[2].socket),
+            Address::unix(&contenders[3].socket),
             CborCodec::new(),
         )
         .start()
