@@ -14,7 +14,7 @@ use super::{
         self, key_from_hex, BalanceArgs, Challenge, ChannelArgs, IdentifyArgs, MethodArgs,
         OpenArgs, Opened, PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
     },
-    state::State,
+    state::{Busy, State},
 };
 use crate::rpc::{CallKind, Client, PayloadStream, Reply, Request, Router};
 
@@ -256,9 +256,10 @@ async fn route(state: &Arc<State>, mut req: Request) -> Result<Reply> {
     // Not a publication: `publication` found no topic in it.
     match protocol::parse_routed(&req.method) {
         Some(Routed::Method { channel, method }) => {
-            let closing = state.check_member(channel, from)?;
+            let (closing, first) = state.enter_call(channel, method, from)?;
             let answer = tokio::select! {
-                answer = forward(state, channel, method, from, &req) => answer,
+                biased;
+                answer = forward(state, channel, method, from, &req, first) => answer,
                 () = closing.cancelled() => Err(Error::Disconnected(format!(
                     "channel {channel:?} was closed while the call was in flight"
                 ))),
@@ -297,18 +298,24 @@ fn until_closed(items: PayloadStream, closing: CancellationToken, channel: &str)
     Box::pin(items.take_until(closing.cancelled_owned()).chain(closed))
 }
 
-/// Forward a call to a provider, its payload untouched; if the provider's
-/// connection drops before it answers, try the next one.
+/// Forward a call to a provider (`first`, picked already, then the next),
+/// its payload untouched; if the provider's connection drops before it
+/// answers, try the next one.
 async fn forward(
     state: &Arc<State>,
     channel: &str,
     method: &str,
     from: u64,
     req: &Request,
+    mut first: Option<(Client, Busy)>,
 ) -> Result<Reply> {
     let mut tried = Vec::new();
     loop {
-        let Some((provider, busy)) = state.pick(channel, method, from, &tried) else {
+        let picked = match tried.is_empty() {
+            true => first.take(),
+            false => state.pick(channel, method, from, &tried),
+        };
+        let Some((provider, busy)) = picked else {
             return Err(match tried.is_empty() {
                 true => Error::MethodNotFound(format!(
                     "no provider of {method:?} on channel {channel:?}"

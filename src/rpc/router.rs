@@ -8,7 +8,6 @@
 //! times out, or disconnects.
 
 use std::{
-    collections::HashMap,
     fmt,
     future::Future,
     pin::Pin,
@@ -19,6 +18,7 @@ use std::{
 
 use busline_core::{Error, Identity, Payload, Result};
 use futures::{future::BoxFuture, Stream};
+use rustc_hash::FxHashMap;
 use serde::{de::DeserializeOwned, Serialize};
 use tower::{Layer, Service, ServiceExt};
 
@@ -145,7 +145,9 @@ impl Service<Request> for Route {
 /// ```
 #[derive(Clone, Default)]
 pub struct Router {
-    routes: Arc<HashMap<String, Handler>>,
+    /// Names the program chose (a caller's name only looks one up): a fast
+    /// hash is safe, and it runs for every call.
+    routes: Arc<FxHashMap<String, Handler>>,
     fallback: Option<Handler>,
     tap: Option<NotificationTap>,
 }

@@ -38,6 +38,7 @@ use crate::rpc::Client;
 
 mod lifecycle;
 mod providers;
+pub(crate) use providers::Busy;
 mod pubsub;
 
 use pubsub::{announce, emit};
@@ -66,24 +67,26 @@ pub(crate) struct State {
     slow_subscriber: SlowSubscriber,
 }
 
-/// Keyed by connection ids, which the broker gives out in sequence: a
-/// fast hash is safe here, and it runs for every delivery.
-type Outlets = rustc_hash::FxHashMap<u64, Outlet>;
+/// Keyed by connection ids, which the broker gives out in sequence (no
+/// client chooses them): a fast hash is safe here, and these run for every
+/// delivery or routed call.
+type ById<V> = rustc_hash::FxHashMap<u64, V>;
+type Outlets = ById<Outlet>;
 
 #[derive(Debug, Default)]
 struct Inner {
     /// The calling side of every connection that joined a channel.
-    peers: HashMap<u64, Client>,
+    peers: ById<Client>,
     channels: HashMap<String, Channel>,
     /// Where each subscribing connection's publications queue up.
     outlets: Outlets,
     /// The open password challenge of each connection, for one channel.
-    nonces: HashMap<u64, (String, [u8; 32])>,
+    nonces: ById<(String, [u8; 32])>,
     /// Calls each provider connection is answering right now.
-    active: HashMap<u64, usize>,
+    active: ById<usize>,
     /// Client ids claimed by live connections, both ways.
     client_ids: HashMap<String, u64>,
-    ids_of: HashMap<u64, String>,
+    ids_of: ById<String>,
     /// The publications from other brokers seen lately, by origin and
     /// channel.
     seen: HashMap<(String, String), pubsub::Seen>,

@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use busline_core::Result;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    member_of, only_the_broker, pubsub::announce, too_many, Channel, Inner, State, MAX_PER_CLIENT,
+    member_of, not_member, only_the_broker, pubsub::announce, too_many, ById, Channel, Inner,
+    Providers, State, MAX_PER_CLIENT,
 };
 use crate::{
     broker::{protocol, system::Happening},
@@ -173,33 +175,48 @@ impl State {
             ..
         } = &mut *inner;
         let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
-        // The nearest providers take the calls (a local one before one
-        // behind a bridge, one bridge before two); the others stand by.
-        let hops = |id: &u64| providers.via.get(id).map_or(0, Vec::len);
-        let skipped =
-            |id: &u64| tried.contains(id) || (*id == from && providers.via.contains_key(&from));
-        let nearest = providers
-            .conns
-            .iter()
-            .filter(|id| !skipped(id))
-            .map(hops)
-            .min()?;
-        let n = providers.conns.len();
-        let mut candidates = (0..n)
-            .map(|k| (providers.next + k) % n)
-            .map(|i| (i, providers.conns[i]))
-            .filter(|(_, id)| !skipped(id) && hops(id) == nearest);
-        let (turn, id) = match providers.balance {
-            protocol::Balance::RoundRobin => candidates.next()?,
-            protocol::Balance::LeastActive => {
-                candidates.min_by_key(|(_, id)| active.get(id).copied().unwrap_or(0))?
-            }
+        let id = choose(providers, active, from, tried)?;
+        self.mark_busy(peers, active, id)
+    }
+
+    /// A call from member `from` on `channel`: the token cancelled when the
+    /// channel closes, and the provider [`State::pick`] would pick first,
+    /// found under one lock (this runs for every routed call).
+    pub(crate) fn enter_call(
+        self: &Arc<Self>,
+        channel: &str,
+        method: &str,
+        from: u64,
+    ) -> Result<(CancellationToken, Option<(Client, Busy)>)> {
+        let mut inner = self.lock();
+        let Inner {
+            peers,
+            channels,
+            active,
+            ..
+        } = &mut *inner;
+        let ch = match channels.get_mut(channel) {
+            Some(ch) if ch.members.contains(&from) => ch,
+            _ => return Err(not_member(channel)),
         };
-        providers.next = turn + 1;
+        let picked = ch
+            .methods
+            .get_mut(method)
+            .and_then(|providers| choose(providers, active, from, &[]))
+            .and_then(|id| self.mark_busy(peers, active, id));
+        Ok((ch.closed.clone(), picked))
+    }
+
+    /// Provider `id`'s calling side, counted busy with one more call.
+    fn mark_busy(
+        self: &Arc<Self>,
+        peers: &ById<Client>,
+        active: &mut ById<usize>,
+        id: u64,
+    ) -> Option<(Client, Busy)> {
         let peer = peers.get(&id).cloned()?;
         *active.entry(id).or_default() += 1;
         self.routed_call();
-        drop(inner);
         Some((
             peer,
             Busy {
@@ -208,6 +225,39 @@ impl State {
             },
         ))
     }
+}
+
+/// The provider connection to take the next call (see [`State::pick`]).
+fn choose(
+    providers: &mut Providers,
+    active: &ById<usize>,
+    from: u64,
+    tried: &[u64],
+) -> Option<u64> {
+    // The nearest providers take the calls (a local one before one
+    // behind a bridge, one bridge before two); the others stand by.
+    let hops = |id: &u64| providers.via.get(id).map_or(0, Vec::len);
+    let skipped =
+        |id: &u64| tried.contains(id) || (*id == from && providers.via.contains_key(&from));
+    let nearest = providers
+        .conns
+        .iter()
+        .filter(|id| !skipped(id))
+        .map(hops)
+        .min()?;
+    let n = providers.conns.len();
+    let mut candidates = (0..n)
+        .map(|k| (providers.next + k) % n)
+        .map(|i| (i, providers.conns[i]))
+        .filter(|(_, id)| !skipped(id) && hops(id) == nearest);
+    let (turn, id) = match providers.balance {
+        protocol::Balance::RoundRobin => candidates.next()?,
+        protocol::Balance::LeastActive => {
+            candidates.min_by_key(|(_, id)| active.get(id).copied().unwrap_or(0))?
+        }
+    };
+    providers.next = turn + 1;
+    Some(id)
 }
 
 /// Whether `id` provided `method` (and no longer does).
