@@ -23,13 +23,15 @@
 //! connections` opens 1 to 1,000 connections (`connections.rs`). They
 //! draw their plots into `plots/` (`plots.rs`). `... -- backbone` compares
 //! brokers joined through the NATS backbone with a direct bridge
-//! (`backbone.rs`).
+//! (`backbone.rs`). `... -- quick ...` takes a quick look at one thing,
+//! for comparing two builds or for a profiler (`quick.rs`).
 
 mod backbone;
 mod connections;
 mod contenders;
 mod fan_out;
 mod plots;
+mod quick;
 mod rpc_peers;
 mod sweep;
 mod tonic_peer;
@@ -40,7 +42,7 @@ use std::{
 };
 
 use busline::{
-    broker::{Broker, Channel},
+    broker::{Broker, BrokerClient, Channel},
     Address, CborCodec, Spin, UnixTransport,
 };
 use bytes::Bytes;
@@ -202,22 +204,30 @@ fn start_broker(socket: &std::path::Path, threads: usize, spin: bool) -> Server 
     Server(child)
 }
 
-/// The rows for a broker listening on `socket`, on channels of their own
-/// for `round` (the broker serves every round, as `nats-server` does).
-async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
+/// A provider answering `echo` on channel `name` of the broker at
+/// `socket`, and a caller of it; the provider's client lives as long as
+/// the caller is used.
+async fn echo_channel(socket: &std::path::Path, name: &str) -> (BrokerClient, Channel) {
     let provider = fan_out::connect(socket).await;
     provider
-        .open(&format!("bench{round}"))
+        .open(name)
         .await
         .expect("opens")
         .provide("echo", |x: Bytes| async move { Ok::<_, String>(x) })
         .await
         .expect("provides");
-    let caller: Channel = fan_out::connect(socket)
+    let caller = fan_out::connect(socket)
         .await
-        .open(&format!("bench{round}"))
+        .open(name)
         .await
         .expect("opens");
+    (provider, caller)
+}
+
+/// The rows for a broker listening on `socket`, on channels of their own
+/// for `round` (the broker serves every round, as `nats-server` does).
+async fn busline_rows(socket: &std::path::Path, round: usize) -> Row {
+    let (_provider, caller) = echo_channel(socket, &format!("bench{round}")).await;
     let (median_us, p99_us, calls_per_s) = backbone::measure_calls(&caller).await;
 
     let fan_out = fan_out::busline(socket, round).await;
@@ -298,6 +308,7 @@ fn main() {
             let spin = args.get(4).is_some_and(|arg| arg == "spin");
             return run_broker(&args[2], threads, spin);
         }
+        Some("quick") => return quick::run(&args[2..]),
         Some("connections-one") => {
             let n = args.get(3).and_then(|n| n.parse().ok()).expect("a count");
             return connections::run_one(&args[2], n);
