@@ -1638,6 +1638,102 @@ async fn errors_stay_whole_and_deadlines_cancel_providers() {
     s.broker.shutdown().await;
 }
 
+/// Sends on its channel when dropped: a handler's future, cancelled.
+struct Dropped(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// A call without a deadline goes from the caller's connection straight to
+/// the provider's, with no future at the broker to drop: the provider
+/// still hears when the caller gives up on it, and when the caller's
+/// connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_call_is_cancelled_when_its_caller_gives_up_or_leaves() {
+    let s = Setup::start().await;
+    let provider = s.client(1).await;
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = tokio::sync::mpsc::unbounded_channel();
+    provider
+        .open("slow")
+        .await
+        .unwrap()
+        .provide("hang", move |(): ()| {
+            let _ = started_tx.send(());
+            let dropped = Dropped(dropped_tx.clone());
+            async move {
+                let _dropped = dropped;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, String>(())
+            }
+        })
+        .await
+        .unwrap();
+    async fn wait<F: std::future::Future>(what: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), what)
+            .await
+            .expect("in time")
+    }
+    for leaves in [false, true] {
+        let client = s.client(if leaves { 2 } else { 0 }).await;
+        let caller = client.open("slow").await.unwrap();
+        let call = tokio::spawn(async move { caller.call::<_, ()>("hang", &()).await });
+        wait(started.recv()).await.unwrap();
+        if leaves {
+            client.close();
+            let err = wait(call).await.unwrap().unwrap_err();
+            assert!(matches!(err, Error::Disconnected(_)), "{err:?}");
+        } else {
+            call.abort();
+        }
+        wait(dropped.recv())
+            .await
+            .expect("the provider's handler was cancelled");
+    }
+    s.broker.shutdown().await;
+}
+
+/// More calls at once than one provider connection carries (1,024): those
+/// past the bound wait at the broker for room instead of being relayed at
+/// once, and every call is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_a_provider_connections_bound_wait_and_all_arrive() {
+    let s = Setup::start().await;
+    let provider = s.client(0).await;
+    provider
+        .open("busy")
+        .await
+        .unwrap()
+        .provide("echo", |n: u64| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, String>(n)
+        })
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for c in 0..2u64 {
+        let caller = s.client(0).await.open("busy").await.unwrap();
+        for i in 0..700u64 {
+            let caller = caller.clone();
+            let n = c * 1000 + i;
+            calls.push(tokio::spawn(async move {
+                (n, caller.call::<_, u64>("echo", &n).await)
+            }));
+        }
+    }
+    for call in calls {
+        let (n, answer) = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert_eq!(answer.unwrap(), n);
+    }
+    s.broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_owner_learns_when_it_is_wanted() {
     async fn next(

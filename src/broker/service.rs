@@ -16,7 +16,7 @@ use super::{
     },
     state::{Busy, State},
 };
-use crate::rpc::{CallKind, Client, PayloadStream, Reply, Request, Router};
+use crate::rpc::{CallKind, Client, PayloadStream, RelayTo, Reply, Request, Router};
 
 /// The router every broker listener serves.
 pub(crate) fn router(state: Arc<State>) -> Router {
@@ -156,6 +156,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             let state = routed.clone();
             async move { route(&state, req).await }
         }))
+        .relay_calls({
+            let state = state.clone();
+            Arc::new(move |method: &str, from: u64| relay_target(&state, method, from))
+        })
         .tap_notifications(Arc::new(
             move |method: String, payload: Payload, from: u64| {
                 // The hottest path: handled as read, in order, with no request,
@@ -170,6 +174,19 @@ pub(crate) fn router(state: Arc<State>) -> Router {
                 }
             },
         ))
+}
+
+/// Where a routed unary call goes without a future each: straight to a
+/// provider, if the caller is a member and there is one (the routes answer
+/// every other case as they do).
+fn relay_target(state: &Arc<State>, method: &str, from: u64) -> Option<RelayTo> {
+    if method.starts_with(protocol::RELAYED) {
+        return None;
+    }
+    match protocol::parse_routed(method) {
+        Some(Routed::Method { channel, method }) => state.relay_target(channel, method, from),
+        _ => None,
+    }
 }
 
 /// Take a publication (`method` names a topic, or is a publication relayed

@@ -19,11 +19,12 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 mod notify;
+mod relay;
 
 pub(crate) use super::closed::CloseReason;
 use super::{
     call_stream::CallStream,
-    driver::{Command, Outgoing},
+    driver::{Command, Outgoing, RelayBack},
     PayloadStream, SharedFrames,
 };
 

@@ -33,6 +33,7 @@ pub(crate) use driver::guarded;
 pub(crate) use driver::Outgoing;
 pub(crate) use frames::SharedFrames;
 pub(crate) use handler::{StreamFn, UnaryFn};
+pub(crate) use router::RelayTo;
 pub use router::{CallKind, PayloadStream, Reply, Request, Router};
 pub use server::{
     Server, ServerBuilder, ServerHandle, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS,

@@ -150,7 +150,23 @@ pub struct Router {
     routes: Arc<FxHashMap<String, Handler>>,
     fallback: Option<Handler>,
     tap: Option<NotificationTap>,
+    relay: Option<RelayTap>,
 }
+
+/// Where a unary call goes on instead of to a handler: written as it came
+/// to `provider`'s connection, its answer written back as it comes, with
+/// no future per call (the broker's routed calls). `guard` is held until
+/// the answer; `group` names what can fail the call early
+/// ([`Client::fail_relays`](super::Client::fail_relays)).
+pub(crate) struct RelayTo {
+    pub(crate) provider: super::Client,
+    pub(crate) group: u64,
+    pub(crate) guard: Box<dyn Send>,
+}
+
+/// Decides, for a unary call `method` come on connection `from`, where it
+/// is relayed; `None` serves it through the routes.
+pub(crate) type RelayTap = Arc<dyn Fn(&str, u64) -> Option<RelayTo> + Send + Sync>;
 
 /// A synchronous first look at each notification, before the routes, with
 /// the [`Client::connection_id`](super::Client::connection_id) of the
@@ -221,6 +237,8 @@ impl Router {
         if let Some(fallback) = self.fallback.take() {
             self.fallback = Some(erase(layer.layer(Route(fallback))));
         }
+        // A relayed call would pass the layer by: every call goes through it.
+        self.relay = None;
         self
     }
 
@@ -275,6 +293,18 @@ impl Router {
     pub(crate) fn tap_notifications(mut self, tap: NotificationTap) -> Self {
         self.tap = Some(tap);
         self
+    }
+
+    /// Relay the unary calls `tap` picks a connection for (without a
+    /// deadline: those are served through the routes, which keep it).
+    pub(crate) fn relay_calls(mut self, tap: RelayTap) -> Self {
+        self.relay = Some(tap);
+        self
+    }
+
+    /// Where unary call `method`, come on connection `from`, is relayed.
+    pub(crate) fn relay_target(&self, method: &str, from: u64) -> Option<RelayTo> {
+        self.relay.as_ref().and_then(|tap| tap(method, from))
     }
 
     /// Give `method` with `payload`, come on connection `from`, to the

@@ -1,6 +1,6 @@
 //! Members leaving, owners leaving, channels closing.
 
-use busline_core::Payload;
+use busline_core::{Error, Payload};
 use serde_json::json;
 
 use super::{
@@ -120,6 +120,12 @@ fn close(inner: &mut Inner, channel: &str, reason: &str) {
         return;
     };
     ch.closed.cancel();
+    // Calls relayed through it (no future to cancel) fail on their
+    // callers' connections; any connection may have made one.
+    let why = format!("channel {channel:?} was closed while the call was in flight");
+    for peer in inner.peers.values() {
+        peer.fail_relays(ch.serial, Error::Disconnected(why.clone()));
+    }
     let event = ChannelEvent::Closed {
         channel: channel.to_owned(),
         reason: reason.to_owned(),

@@ -96,7 +96,12 @@ struct Inner {
 
 impl Channel {
     fn new(owner: u64, key: Option<[u8; 32]>) -> Self {
+        /// Channels' numbers, never reused: a call relayed through one is
+        /// failed by number when it closes, not by a name a new channel
+        /// may take.
+        static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Channel {
+            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             owner,
             members: Vec::new(),
             methods: HashMap::new(),
@@ -113,6 +118,8 @@ impl Channel {
 
 #[derive(Debug)]
 struct Channel {
+    /// This channel's number among all channels this process made.
+    serial: u64,
     owner: u64,
     /// Oldest first: the next owner when the owner leaves.
     members: Vec<u64>,

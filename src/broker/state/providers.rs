@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     broker::{protocol, system::Happening},
-    rpc::Client,
+    rpc::{Client, RelayTo},
 };
 
 /// Marks a provider busy with one call until dropped.
@@ -188,6 +188,41 @@ impl State {
         method: &str,
         from: u64,
     ) -> Result<(CancellationToken, Option<(Client, Busy)>)> {
+        self.enter(channel, method, from, |ch| ch.closed.clone())
+    }
+
+    /// Where a unary call from member `from` of `channel` is relayed: the
+    /// provider [`State::pick`] would pick, counted busy until the answer;
+    /// `None` if `from` is no member, there is no provider, or it is
+    /// leaving (the routes then answer as they do).
+    pub(crate) fn relay_target(
+        self: &Arc<Self>,
+        channel: &str,
+        method: &str,
+        from: u64,
+    ) -> Option<RelayTo> {
+        let (group, picked) = self.enter(channel, method, from, |ch| ch.serial).ok()?;
+        let (provider, busy) = picked?;
+        // Its busy mark goes here, outside the lock.
+        if provider.is_closed() {
+            return None;
+        }
+        Some(RelayTo {
+            provider,
+            group,
+            guard: Box::new(busy),
+        })
+    }
+
+    /// What `take` reads of `channel`, checking `from` is a member, and the
+    /// provider of `method` to take its call, under one lock.
+    fn enter<T>(
+        self: &Arc<Self>,
+        channel: &str,
+        method: &str,
+        from: u64,
+        take: impl FnOnce(&Channel) -> T,
+    ) -> Result<(T, Option<(Client, Busy)>)> {
         let mut inner = self.lock();
         let Inner {
             peers,
@@ -204,7 +239,7 @@ impl State {
             .get_mut(method)
             .and_then(|providers| choose(providers, active, from, &[]))
             .and_then(|id| self.mark_busy(peers, active, id));
-        Ok((ch.closed.clone(), picked))
+        Ok((take(ch), picked))
     }
 
     /// Provider `id`'s calling side, counted busy with one more call.

@@ -1,9 +1,9 @@
 //! What client handles and stream tasks ask of the connection task, and
 //! how it keeps track of the calls it sent.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, task::Context};
 
-use busline_core::{Codec, Error, Io, Message, Payload, Result};
+use busline_core::{Codec, Error, Io, Message, Payload, RemoteError, Result};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,6 +43,42 @@ pub(crate) enum Command {
     Flush(oneshot::Sender<()>),
     /// Close the connection, telling the peer why.
     Close(Error),
+    /// Send request `id` (`msg`) for a call another connection's peer
+    /// made; its answer goes back there (see [`RelayBack`]).
+    Relay {
+        id: u64,
+        msg: Message,
+        back: RelayBack,
+    },
+    /// The answer (a reply or an error, its id this connection's peer's)
+    /// to a call this connection relayed.
+    Answer { id: u64, msg: Message },
+    /// Relayed call `id` lost its provider's connection before the
+    /// answer: serve it again through the routes, which fail it over.
+    Reroute { id: u64 },
+    /// Fail this connection's relayed calls of `group` with `error`.
+    FailRelays { group: u64, error: Error },
+}
+
+/// Where the answer to a relayed call goes: the connection task of the
+/// peer that made it, and the call's id there.
+#[derive(Debug)]
+pub(crate) struct RelayBack {
+    pub(crate) to: mpsc::WeakUnboundedSender<Command>,
+    pub(crate) id: u64,
+}
+
+impl RelayBack {
+    fn send(&self, cmd: Command) {
+        if let Some(to) = self.to.upgrade() {
+            // A caller's connection gone since: nobody waits for it.
+            let _ = to.send(cmd);
+        }
+    }
+
+    fn answer(self, msg: Message) {
+        self.send(Command::Answer { id: self.id, msg });
+    }
 }
 
 /// One thing to write: a message, or a small frame encoded already with
@@ -100,6 +136,7 @@ pub(super) enum Pending {
         items: mpsc::UnboundedSender<Result<Payload>>,
         credit: u32,
     },
+    Relay(RelayBack),
 }
 
 impl Pending {
@@ -107,12 +144,47 @@ impl Pending {
         match self {
             Pending::Unary(tx) => drop(tx.send(Err(err))),
             Pending::Stream { items, .. } => drop(items.send(Err(err))),
+            Pending::Relay(back) => {
+                let id = back.id;
+                back.answer(Message::Error {
+                    id,
+                    error: err.to_remote(),
+                });
+            }
+        }
+    }
+
+    /// The connection closed with the call unanswered: a relayed call is
+    /// served again through the routes (the provider's connection is gone,
+    /// so it fails over), any other fails with `err`.
+    pub(super) fn lost(self, err: Error) {
+        match self {
+            Pending::Relay(back) => back.send(Command::Reroute { id: back.id }),
+            other => other.fail(err),
+        }
+    }
+
+    /// The peer answered the call (a stream's answer here is its error:
+    /// a reply to a stream breaks the protocol and is refused before).
+    pub(super) fn answered(self, answer: std::result::Result<Payload, RemoteError>) {
+        match self {
+            Pending::Relay(back) => {
+                let id = back.id;
+                back.answer(match answer {
+                    Ok(payload) => Message::Reply { id, payload },
+                    Err(error) => Message::Error { id, error },
+                });
+            }
+            Pending::Unary(tx) => drop(tx.send(answer.map_err(RemoteError::into_error))),
+            Pending::Stream { items, .. } => {
+                drop(items.send(answer.map_err(RemoteError::into_error)))
+            }
         }
     }
 }
 
 impl<I: Io, C: Codec> Driver<I, C> {
-    pub(super) fn on_command(&mut self, cmd: Command) {
+    pub(super) fn on_command(&mut self, cmd: Command, cx: &mut Context<'_>) {
         match cmd {
             Command::Call { id, msg, reply } => {
                 if let Some(err) = &self.closing {
@@ -173,6 +245,17 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 }
             }
             Command::Close(err) => self.close(err, true),
+            Command::Relay { id, msg, back } => {
+                if let Some(err) = &self.closing {
+                    Pending::Relay(back).lost(err.clone());
+                    return;
+                }
+                self.pending.insert(id, Pending::Relay(back));
+                self.outbox.push_back(msg);
+            }
+            Command::Answer { id, msg } => self.relay_answered(id, msg),
+            Command::Reroute { id } => self.reroute(id, cx),
+            Command::FailRelays { group, error } => self.fail_relays(group, &error),
         }
     }
 }

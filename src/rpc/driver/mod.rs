@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use busline_core::{Codec, Error, Identity, Io, Message, RemoteError, Spin};
+use busline_core::{Codec, Error, Identity, Io, Message, Spin};
 use futures::{
     future::{AbortHandle, BoxFuture},
     stream::FuturesUnordered,
@@ -34,10 +34,12 @@ use tokio_util::{
 mod command;
 mod heartbeat;
 mod idle;
+mod read;
+mod relay;
 mod serve;
 mod write;
 
-pub(crate) use command::{Command, Outgoing};
+pub(crate) use command::{Command, Outgoing, RelayBack};
 use command::{Outbox, Pending};
 
 use heartbeat::{Beat, Heartbeat};
@@ -98,6 +100,8 @@ pub(crate) struct Driver<I, C> {
     pending: FxHashMap<u64, Pending>,
     calls: FuturesUnordered<CallFuture>,
     call_aborts: HashMap<u64, AbortHandle>,
+    /// Calls of the peer relayed to other connections, by the peer's ids.
+    relays: HashMap<u64, relay::Relayed>,
     notifications: FuturesUnordered<BoxFuture<'static, ()>>,
     streams: HashMap<u64, (Arc<Semaphore>, AbortHandle)>,
 
@@ -144,6 +148,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             pending: FxHashMap::default(),
             calls: FuturesUnordered::new(),
             call_aborts: HashMap::new(),
+            relays: HashMap::new(),
             notifications: FuturesUnordered::new(),
             streams: HashMap::new(),
             flushed: Vec::new(),
@@ -164,7 +169,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
     }
 
     fn handlers(&self) -> usize {
-        self.calls.len() + self.notifications.len() + self.streams.len()
+        self.calls.len() + self.notifications.len() + self.streams.len() + self.relays.len()
     }
 
     /// Stop reading and fail everything in flight with `err`; tell the peer
@@ -182,8 +187,9 @@ impl<I: Io, C: Codec> Driver<I, C> {
         // A peer that does not read must not hold the connection open.
         self.close_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
         for (_, pending) in self.pending.drain() {
-            pending.fail(err.clone());
+            pending.lost(err.clone());
         }
+        self.cancel_relays();
         // Dropping the handler futures cancels them.
         self.call_aborts.clear();
         self.calls = FuturesUnordered::new();
@@ -204,88 +210,6 @@ impl<I: Io, C: Codec> Driver<I, C> {
             self.outbox.push_back(Message::Close { error });
         }
         self.closing = Some(err);
-    }
-
-    fn on_frame(&mut self, msg: Message, cx: &mut Context<'_>) {
-        match msg {
-            Message::Request {
-                id,
-                method,
-                payload,
-                timeout_ms,
-            } => self.serve_call(id, method, payload, timeout_ms, cx),
-            Message::Notify { method, payload } => self.serve_notification(method, payload, cx),
-            Message::OpenStream {
-                id,
-                method,
-                payload,
-                credit,
-                timeout_ms,
-            } => self.serve_stream(id, method, payload, credit, timeout_ms),
-            Message::Reply { id, payload } => match self.pending.remove(&id) {
-                Some(Pending::Unary(tx)) => drop(tx.send(Ok(payload))),
-                Some(other) => {
-                    self.pending.insert(id, other);
-                    self.violation(format!("a reply for stream {id}"));
-                }
-                None => {} // cancelled or timed out; the answer is moot
-            },
-            Message::Error { id, error } => {
-                if let Some(pending) = self.pending.remove(&id) {
-                    pending.fail(error.into_error());
-                }
-            }
-            Message::Item { id, payload } => match self.pending.get_mut(&id) {
-                Some(Pending::Stream { items, credit }) => {
-                    if *credit == 0 {
-                        return self.violation(format!("stream {id} sent items beyond its credit"));
-                    }
-                    *credit -= 1;
-                    drop(items.send(Ok(payload)));
-                }
-                Some(Pending::Unary(_)) => self.violation(format!("a stream item for call {id}")),
-                None => {}
-            },
-            Message::End { id } => {
-                if let Some(Pending::Unary(_)) = self.pending.get(&id) {
-                    return self.violation(format!("a stream end for call {id}"));
-                }
-                self.pending.remove(&id);
-            }
-            Message::Credit { id, credit } => {
-                if let Some((permits, _)) = self.streams.get(&id) {
-                    let room = (MAX_CREDIT as usize).saturating_sub(permits.available_permits());
-                    permits.add_permits((credit as usize).min(room));
-                }
-            }
-            Message::Cancel { id } => {
-                if let Some(abort) = self.call_aborts.remove(&id) {
-                    abort.abort();
-                }
-                if let Some((_, abort)) = self.streams.remove(&id) {
-                    abort.abort();
-                }
-            }
-            Message::Close { error } => {
-                let err = error.map_or_else(
-                    || Error::Disconnected("the peer closed the connection".into()),
-                    RemoteError::into_error,
-                );
-                self.close(err, false);
-            }
-            Message::Rejected { id, error } => {
-                tracing::debug!(id, error = %error.message, "rejected an unreadable call");
-                self.outbox.push_back(Message::Error { id, error });
-            }
-            other @ (Message::Hello { .. } | Message::Auth { .. } | Message::Welcome { .. }) => {
-                self.violation(format!("{} after the handshake", other.kind()))
-            }
-        }
-    }
-
-    fn violation(&mut self, what: String) {
-        tracing::warn!(%what, "protocol violation; closing the connection");
-        self.close(Error::Protocol(what), true);
     }
 }
 
@@ -326,7 +250,8 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             if this.shutting_down && this.closing.is_none() {
                 // Drain: no new calls, finish the ones running, then close.
                 this.reading = false;
-                if this.calls.is_empty() && this.notifications.is_empty() {
+                if this.calls.is_empty() && this.notifications.is_empty() && this.relays.is_empty()
+                {
                     this.close(
                         Error::Disconnected("the server is shutting down".into()),
                         true,
@@ -336,7 +261,7 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
 
             while !commands_pending {
                 match this.commands.poll_recv(cx) {
-                    Poll::Ready(Some(cmd)) => this.on_command(cmd),
+                    Poll::Ready(Some(cmd)) => this.on_command(cmd, cx),
                     Poll::Ready(None) if this.owned_by_handles => {
                         this.close(Error::Disconnected("client closed".into()), true);
                         break;
@@ -419,7 +344,11 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                 }
                 progress = true;
             }
-            if this.hung_up && this.calls.is_empty() && this.streams.is_empty() {
+            if this.hung_up
+                && this.calls.is_empty()
+                && this.streams.is_empty()
+                && this.relays.is_empty()
+            {
                 this.close(
                     Error::Disconnected("the peer closed the connection".into()),
                     false,
@@ -498,7 +427,8 @@ impl<I, C> Drop for Driver<I, C> {
         self.closed.set(err.clone());
         self.notification_room.close();
         for (_, pending) in self.pending.drain() {
-            pending.fail(err.clone());
+            pending.lost(err.clone());
         }
+        self.cancel_relays();
     }
 }

@@ -43,7 +43,10 @@ impl<I: Io, C: Codec> Driver<I, C> {
     /// been answered (nothing is served here) or the connection closed (the
     /// peer reused an id still in flight).
     fn admit(&mut self, id: u64, method: &str) -> Option<Router> {
-        if self.call_aborts.contains_key(&id) || self.streams.contains_key(&id) {
+        if self.call_aborts.contains_key(&id)
+            || self.streams.contains_key(&id)
+            || self.relays.contains_key(&id)
+        {
             self.violation(format!("call id {id} reused while still in flight"));
             return None;
         }
@@ -75,6 +78,30 @@ impl<I: Io, C: Codec> Driver<I, C> {
         let Some(router) = self.admit(id, &method) else {
             return;
         };
+        // A call with a deadline is served through the routes, which keep it.
+        let (method, payload) = match timeout_ms {
+            None => match router.relay_target(&method, self.peer.connection_id()) {
+                Some(to) => match self.relay(id, method, payload, to) {
+                    Ok(()) => return,
+                    Err(unsent) => unsent,
+                },
+                None => (method, payload),
+            },
+            Some(_) => (method, payload),
+        };
+        self.serve_routed(id, &router, method, payload, timeout_ms, cx);
+    }
+
+    /// Serve call `id` through the routes of `router`.
+    pub(super) fn serve_routed(
+        &mut self,
+        id: u64,
+        router: &Router,
+        method: String,
+        payload: Payload,
+        timeout_ms: Option<u64>,
+        cx: &mut Context<'_>,
+    ) {
         let req = self.request(method, payload, CallKind::Unary, timeout_ms);
         let mut run = Box::pin(with_deadline(req.deadline, guarded(router.dispatch(req))));
         // Most handlers finish on their first poll: answer those at once,
