@@ -1652,7 +1652,7 @@ impl Drop for Dropped {
 /// still hears when the caller gives up on it, and when the caller's
 /// connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relayed_call_is_cancelled_when_its_caller_gives_up_or_leaves() {
+async fn a_call_passed_on_is_cancelled_when_its_caller_gives_up_or_leaves() {
     let s = Setup::start().await;
     let provider = s.client(1).await;
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
@@ -1697,19 +1697,33 @@ async fn a_relayed_call_is_cancelled_when_its_caller_gives_up_or_leaves() {
 }
 
 /// More calls at once than one provider connection carries (1,024): those
-/// past the bound wait at the broker for room instead of being relayed at
+/// past the bound wait at the broker for room instead of being passed on at
 /// once, and every call is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_a_provider_connections_bound_wait_and_all_arrive() {
     let s = Setup::start().await;
-    let provider = s.client(0).await;
+    // The provider itself would run more at once: the bound is the broker's.
+    let provider = connect(
+        Client::builder(CborCodec::new()).max_in_flight(4096),
+        &busline::any_transport(),
+        s.broker.local_addrs()[0],
+    )
+    .await;
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counting, highest) = (running.clone(), most.clone());
     provider
         .open("busy")
         .await
         .unwrap()
-        .provide("echo", |n: u64| async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok::<_, String>(n)
+        .provide("echo", move |n: u64| {
+            let now = counting.fetch_add(1, Ordering::SeqCst) + 1;
+            highest.fetch_max(now, Ordering::SeqCst);
+            let counting = counting.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                counting.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, String>(n)
+            }
         })
         .await
         .unwrap();
@@ -1731,6 +1745,11 @@ async fn calls_beyond_a_provider_connections_bound_wait_and_all_arrive() {
             .unwrap();
         assert_eq!(answer.unwrap(), n);
     }
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most > 1 && most <= busline::rpc::DEFAULT_MAX_IN_FLIGHT,
+        "{most} at once"
+    );
     s.broker.shutdown().await;
 }
 

@@ -14,9 +14,9 @@ use super::{
         self, key_from_hex, BalanceArgs, Challenge, ChannelArgs, IdentifyArgs, MethodArgs,
         OpenArgs, Opened, PasswordArgs, PatternArgs, PolicyArgs, Routed, TopicArgs,
     },
-    state::{Busy, State},
+    state::{self, Busy, State},
 };
-use crate::rpc::{CallKind, Client, PayloadStream, RelayTo, Reply, Request, Router};
+use crate::rpc::{CallKind, Client, PassTo, PayloadStream, Reply, Request, Retry, Router};
 
 /// The router every broker listener serves.
 pub(crate) fn router(state: Arc<State>) -> Router {
@@ -156,9 +156,11 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             let state = routed.clone();
             async move { route(&state, req).await }
         }))
-        .relay_calls({
+        .pass_calls({
             let state = state.clone();
-            Arc::new(move |method: &str, from: u64| relay_target(&state, method, from))
+            Arc::new(move |method: &str, from: u64, retry: Option<Retry<'_>>| {
+                pass_target(&state, method, from, retry)
+            })
         })
         .tap_notifications(Arc::new(
             move |method: String, payload: Payload, from: u64| {
@@ -176,16 +178,21 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         ))
 }
 
-/// Where a routed unary call goes without a future each: straight to a
-/// provider, if the caller is a member and there is one (the routes answer
-/// every other case as they do).
-fn relay_target(state: &Arc<State>, method: &str, from: u64) -> Option<RelayTo> {
+/// Where a routed unary call goes without a future each: straight on to
+/// a provider (see [`State::pass_target`]); `None` for any other call.
+fn pass_target(
+    state: &Arc<State>,
+    method: &str,
+    from: u64,
+    retry: Option<Retry<'_>>,
+) -> Result<Option<PassTo>> {
+    // A publication relayed by a bridge is no call.
     if method.starts_with(protocol::RELAYED) {
-        return None;
+        return Ok(None);
     }
     match protocol::parse_routed(method) {
-        Some(Routed::Method { channel, method }) => state.relay_target(channel, method, from),
-        _ => None,
+        Some(Routed::Method { channel, method }) => state.pass_target(channel, method, from, retry),
+        _ => Ok(None),
     }
 }
 
@@ -277,9 +284,7 @@ async fn route(state: &Arc<State>, mut req: Request) -> Result<Reply> {
             let answer = tokio::select! {
                 biased;
                 answer = forward(state, channel, method, from, &req, first) => answer,
-                () = closing.cancelled() => Err(Error::Disconnected(format!(
-                    "channel {channel:?} was closed while the call was in flight"
-                ))),
+                () = closing.cancelled() => Err(state::closed_in_flight(channel)),
             }?;
             Ok(match answer {
                 Reply::Stream(items) => Reply::Stream(until_closed(items, closing, channel)),
@@ -337,9 +342,7 @@ async fn forward(
                 true => Error::MethodNotFound(format!(
                     "no provider of {method:?} on channel {channel:?}"
                 )),
-                false => Error::Disconnected(format!(
-                    "every provider of {method:?} on channel {channel:?} left before answering"
-                )),
+                false => state::providers_left(channel, method),
             });
         };
         let sent = pass_on(&provider, req, busy).await;

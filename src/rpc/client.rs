@@ -19,12 +19,12 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 mod notify;
-mod relay;
+mod pass;
 
 pub(crate) use super::closed::CloseReason;
 use super::{
     call_stream::CallStream,
-    driver::{Command, Outgoing, RelayBack},
+    driver::{Command, Outgoing, PassBack},
     PayloadStream, SharedFrames,
 };
 

@@ -33,8 +33,8 @@ pub(crate) use driver::guarded;
 pub(crate) use driver::Outgoing;
 pub(crate) use frames::SharedFrames;
 pub(crate) use handler::{StreamFn, UnaryFn};
-pub(crate) use router::RelayTo;
 pub use router::{CallKind, PayloadStream, Reply, Request, Router};
+pub(crate) use router::{PassTo, Retry};
 pub use server::{
     Server, ServerBuilder, ServerHandle, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HANDLERS,

@@ -150,23 +150,33 @@ pub struct Router {
     routes: Arc<FxHashMap<String, Handler>>,
     fallback: Option<Handler>,
     tap: Option<NotificationTap>,
-    relay: Option<RelayTap>,
+    pass: Option<PassTap>,
 }
 
 /// Where a unary call goes on instead of to a handler: written as it came
 /// to `provider`'s connection, its answer written back as it comes, with
 /// no future per call (the broker's routed calls). `guard` is held until
 /// the answer; `group` names what can fail the call early
-/// ([`Client::fail_relays`](super::Client::fail_relays)).
-pub(crate) struct RelayTo {
+/// ([`Client::fail_passed`](super::Client::fail_passed)).
+pub(crate) struct PassTo {
     pub(crate) provider: super::Client,
     pub(crate) group: u64,
     pub(crate) guard: Box<dyn Send>,
 }
 
-/// Decides, for a unary call `method` come on connection `from`, where it
-/// is relayed; `None` serves it through the routes.
-pub(crate) type RelayTap = Arc<dyn Fn(&str, u64) -> Option<RelayTo> + Send + Sync>;
+/// A call passed on before whose provider's connection ended unanswered:
+/// the group it was passed on in, and every connection that lost it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retry<'a> {
+    pub(crate) group: u64,
+    pub(crate) tried: &'a [u64],
+}
+
+/// Decides, for a unary call `method` come on connection `from` (again,
+/// if `Retry`), where it is passed on; `None` serves it through the
+/// routes; an error answers it.
+pub(crate) type PassTap =
+    Arc<dyn Fn(&str, u64, Option<Retry<'_>>) -> Result<Option<PassTo>> + Send + Sync>;
 
 /// A synchronous first look at each notification, before the routes, with
 /// the [`Client::connection_id`](super::Client::connection_id) of the
@@ -237,8 +247,8 @@ impl Router {
         if let Some(fallback) = self.fallback.take() {
             self.fallback = Some(erase(layer.layer(Route(fallback))));
         }
-        // A relayed call would pass the layer by: every call goes through it.
-        self.relay = None;
+        // A call passed on would go by the layer: every call goes through it.
+        self.pass = None;
         self
     }
 
@@ -295,16 +305,25 @@ impl Router {
         self
     }
 
-    /// Relay the unary calls `tap` picks a connection for (without a
-    /// deadline: those are served through the routes, which keep it).
-    pub(crate) fn relay_calls(mut self, tap: RelayTap) -> Self {
-        self.relay = Some(tap);
+    /// Pass the unary calls `tap` picks a connection for straight on to it
+    /// (asked before the routes; calls with a deadline always go to the
+    /// routes, which keep it).
+    pub(crate) fn pass_calls(mut self, tap: PassTap) -> Self {
+        self.pass = Some(tap);
         self
     }
 
-    /// Where unary call `method`, come on connection `from`, is relayed.
-    pub(crate) fn relay_target(&self, method: &str, from: u64) -> Option<RelayTo> {
-        self.relay.as_ref().and_then(|tap| tap(method, from))
+    /// Where unary call `method`, come on connection `from`, is passed on.
+    pub(crate) fn pass_target(
+        &self,
+        method: &str,
+        from: u64,
+        retry: Option<Retry<'_>>,
+    ) -> Result<Option<PassTo>> {
+        match &self.pass {
+            Some(tap) => tap(method, from, retry),
+            None => Ok(None),
+        }
     }
 
     /// Give `method` with `payload`, come on connection `from`, to the

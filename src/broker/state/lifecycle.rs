@@ -1,6 +1,6 @@
 //! Members leaving, owners leaving, channels closing.
 
-use busline_core::{Error, Payload};
+use busline_core::Payload;
 use serde_json::json;
 
 use super::{
@@ -36,6 +36,9 @@ impl State {
         );
         if inner.peers.remove(&id).is_none() {
             return;
+        }
+        for ch in inner.channels.values_mut() {
+            ch.passed_by.remove(&id);
         }
         let joined: Vec<String> = inner
             .channels
@@ -120,11 +123,13 @@ fn close(inner: &mut Inner, channel: &str, reason: &str) {
         return;
     };
     ch.closed.cancel();
-    // Calls relayed through it (no future to cancel) fail on their
-    // callers' connections; any connection may have made one.
-    let why = format!("channel {channel:?} was closed while the call was in flight");
-    for peer in inner.peers.values() {
-        peer.fail_relays(ch.serial, Error::Disconnected(why.clone()));
+    // Calls passed on through it (no future to cancel) fail on their
+    // callers' connections.
+    let why = super::closed_in_flight(channel);
+    for id in &ch.passed_by {
+        if let Some(peer) = inner.peers.get(id) {
+            peer.fail_passed(ch.serial, why.clone());
+        }
     }
     let event = ChannelEvent::Closed {
         channel: channel.to_owned(),

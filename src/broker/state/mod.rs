@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard,
+    },
 };
 
 use busline_core::{Error, Result};
@@ -96,12 +99,13 @@ struct Inner {
 
 impl Channel {
     fn new(owner: u64, key: Option<[u8; 32]>) -> Self {
-        /// Channels' numbers, never reused: a call relayed through one is
+        /// Channels' numbers, never reused: a call passed on through one is
         /// failed by number when it closes, not by a name a new channel
         /// may take.
-        static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
         Channel {
-            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+            passed_by: Default::default(),
             owner,
             members: Vec::new(),
             methods: HashMap::new(),
@@ -120,6 +124,9 @@ impl Channel {
 struct Channel {
     /// This channel's number among all channels this process made.
     serial: u64,
+    /// The connections that passed calls on through it (see
+    /// [`State::pass_target`]): those to tell when it closes.
+    passed_by: rustc_hash::FxHashSet<u64>,
     owner: u64,
     /// Oldest first: the next owner when the owner leaves.
     members: Vec<u64>,
@@ -384,6 +391,21 @@ fn member_of<'a>(
 fn only_the_broker(channel: &str) -> Error {
     Error::Unauthorized(format!(
         "only the broker speaks on system channel {channel:?}"
+    ))
+}
+
+/// A call in flight through `channel` when it closed.
+pub(crate) fn closed_in_flight(channel: &str) -> Error {
+    Error::Disconnected(format!(
+        "channel {channel:?} was closed while the call was in flight"
+    ))
+}
+
+/// Every provider a call was sent to left before answering it, and no
+/// other is left.
+pub(crate) fn providers_left(channel: &str, method: &str) -> Error {
+    Error::Disconnected(format!(
+        "every provider of {method:?} on channel {channel:?} left before answering"
     ))
 }
 

@@ -7,12 +7,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    member_of, not_member, only_the_broker, pubsub::announce, too_many, ById, Channel, Inner,
-    Providers, State, MAX_PER_CLIENT,
+    closed_in_flight, member_of, not_member, only_the_broker, providers_left, pubsub::announce,
+    too_many, ById, Channel, Inner, Providers, State, MAX_PER_CLIENT,
 };
 use crate::{
     broker::{protocol, system::Happening},
-    rpc::{Client, RelayTo},
+    rpc::{Client, PassTo, Retry},
 };
 
 /// Marks a provider busy with one call until dropped.
@@ -188,41 +188,6 @@ impl State {
         method: &str,
         from: u64,
     ) -> Result<(CancellationToken, Option<(Client, Busy)>)> {
-        self.enter(channel, method, from, |ch| ch.closed.clone())
-    }
-
-    /// Where a unary call from member `from` of `channel` is relayed: the
-    /// provider [`State::pick`] would pick, counted busy until the answer;
-    /// `None` if `from` is no member, there is no provider, or it is
-    /// leaving (the routes then answer as they do).
-    pub(crate) fn relay_target(
-        self: &Arc<Self>,
-        channel: &str,
-        method: &str,
-        from: u64,
-    ) -> Option<RelayTo> {
-        let (group, picked) = self.enter(channel, method, from, |ch| ch.serial).ok()?;
-        let (provider, busy) = picked?;
-        // Its busy mark goes here, outside the lock.
-        if provider.is_closed() {
-            return None;
-        }
-        Some(RelayTo {
-            provider,
-            group,
-            guard: Box::new(busy),
-        })
-    }
-
-    /// What `take` reads of `channel`, checking `from` is a member, and the
-    /// provider of `method` to take its call, under one lock.
-    fn enter<T>(
-        self: &Arc<Self>,
-        channel: &str,
-        method: &str,
-        from: u64,
-        take: impl FnOnce(&Channel) -> T,
-    ) -> Result<(T, Option<(Client, Busy)>)> {
         let mut inner = self.lock();
         let Inner {
             peers,
@@ -239,7 +204,69 @@ impl State {
             .get_mut(method)
             .and_then(|providers| choose(providers, active, from, &[]))
             .and_then(|id| self.mark_busy(peers, active, id));
-        Ok((take(ch), picked))
+        Ok((ch.closed.clone(), picked))
+    }
+
+    /// Where a unary call from member `from` of `channel` is passed on: the
+    /// provider [`State::pick`] would pick, counted busy until the answer.
+    /// On a first try, `None` leaves every other case to the routes, which
+    /// answer it (no member, no provider, one leaving or with no call to
+    /// spare). Again after its provider's connection ended (`retry`), the
+    /// call fails as the routes fail it over: no provider left besides
+    /// those tried, or its channel (by number: not one reopened under its
+    /// name) closed.
+    pub(crate) fn pass_target(
+        self: &Arc<Self>,
+        channel: &str,
+        method: &str,
+        from: u64,
+        retry: Option<Retry<'_>>,
+    ) -> Result<Option<PassTo>> {
+        let mut inner = self.lock();
+        let Inner {
+            peers,
+            channels,
+            active,
+            ..
+        } = &mut *inner;
+        let ch = channels
+            .get_mut(channel)
+            .filter(|ch| retry.map_or(true, |retry| retry.group == ch.serial));
+        let Some(ch) = ch else {
+            return match retry {
+                Some(_) => Err(closed_in_flight(channel)),
+                None => Ok(None),
+            };
+        };
+        if retry.is_none() && !ch.members.contains(&from) {
+            return Ok(None);
+        }
+        let tried = retry.map_or(&[][..], |retry| retry.tried);
+        let id = ch
+            .methods
+            .get_mut(method)
+            .and_then(|providers| choose(providers, active, from, tried));
+        let Some(id) = id else {
+            return match retry {
+                Some(_) => Err(providers_left(channel, method)),
+                None => Ok(None),
+            };
+        };
+        // Checked before it is marked busy: a guard dropped here, under the
+        // lock, would lock again.
+        let ready = peers.get(&id).is_some_and(Client::has_room);
+        if retry.is_none() && !ready {
+            return Ok(None);
+        }
+        let Some((provider, busy)) = self.mark_busy(peers, active, id) else {
+            return Ok(None);
+        };
+        ch.passed_by.insert(from);
+        Ok(Some(PassTo {
+            provider,
+            group: ch.serial,
+            guard: Box::new(busy),
+        }))
     }
 
     /// Provider `id`'s calling side, counted busy with one more call.

@@ -7,7 +7,7 @@ use busline_core::{Codec, Error, Io, Message, Payload, RemoteError, Result};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Driver;
+use super::{Driver, PassBack};
 
 /// Work sent to the driver by client handles and stream tasks.
 pub(crate) enum Command {
@@ -44,41 +44,20 @@ pub(crate) enum Command {
     /// Close the connection, telling the peer why.
     Close(Error),
     /// Send request `id` (`msg`) for a call another connection's peer
-    /// made; its answer goes back there (see [`RelayBack`]).
-    Relay {
+    /// made; its answer goes back there (see [`PassBack`]).
+    PassOn {
         id: u64,
         msg: Message,
-        back: RelayBack,
+        back: PassBack,
     },
-    /// The answer (a reply or an error, its id this connection's peer's)
-    /// to a call this connection relayed.
-    Answer { id: u64, msg: Message },
-    /// Relayed call `id` lost its provider's connection before the
-    /// answer: serve it again through the routes, which fail it over.
-    Reroute { id: u64 },
-    /// Fail this connection's relayed calls of `group` with `error`.
-    FailRelays { group: u64, error: Error },
-}
-
-/// Where the answer to a relayed call goes: the connection task of the
-/// peer that made it, and the call's id there.
-#[derive(Debug)]
-pub(crate) struct RelayBack {
-    pub(crate) to: mpsc::WeakUnboundedSender<Command>,
-    pub(crate) id: u64,
-}
-
-impl RelayBack {
-    fn send(&self, cmd: Command) {
-        if let Some(to) = self.to.upgrade() {
-            // A caller's connection gone since: nobody waits for it.
-            let _ = to.send(cmd);
-        }
-    }
-
-    fn answer(self, msg: Message) {
-        self.send(Command::Answer { id: self.id, msg });
-    }
+    /// The answer (a reply or an error, with the caller's id) to the call
+    /// this connection passed on as `token`.
+    Answer { id: u64, token: u64, msg: Message },
+    /// The call passed on as `token` lost its provider's connection
+    /// unanswered: on to the next provider.
+    Reroute { id: u64, token: u64 },
+    /// Fail this connection's calls passed on in `group` with `error`.
+    FailPassed { group: u64, error: Error },
 }
 
 /// One thing to write: a message, or a small frame encoded already with
@@ -136,7 +115,7 @@ pub(super) enum Pending {
         items: mpsc::UnboundedSender<Result<Payload>>,
         credit: u32,
     },
-    Relay(RelayBack),
+    PassedOn(PassBack),
 }
 
 impl Pending {
@@ -144,22 +123,16 @@ impl Pending {
         match self {
             Pending::Unary(tx) => drop(tx.send(Err(err))),
             Pending::Stream { items, .. } => drop(items.send(Err(err))),
-            Pending::Relay(back) => {
-                let id = back.id;
-                back.answer(Message::Error {
-                    id,
-                    error: err.to_remote(),
-                });
-            }
+            Pending::PassedOn(back) => back.answer(Err(err.to_remote())),
         }
     }
 
-    /// The connection closed with the call unanswered: a relayed call is
-    /// served again through the routes (the provider's connection is gone,
-    /// so it fails over), any other fails with `err`.
+    /// The connection closed with the call unanswered: a call passed on
+    /// goes on to the next provider (dropping its [`PassBack`] does that),
+    /// any other fails with `err`.
     pub(super) fn lost(self, err: Error) {
         match self {
-            Pending::Relay(back) => back.send(Command::Reroute { id: back.id }),
+            Pending::PassedOn(back) => drop(back),
             other => other.fail(err),
         }
     }
@@ -168,13 +141,7 @@ impl Pending {
     /// a reply to a stream breaks the protocol and is refused before).
     pub(super) fn answered(self, answer: std::result::Result<Payload, RemoteError>) {
         match self {
-            Pending::Relay(back) => {
-                let id = back.id;
-                back.answer(match answer {
-                    Ok(payload) => Message::Reply { id, payload },
-                    Err(error) => Message::Error { id, error },
-                });
-            }
+            Pending::PassedOn(back) => back.answer(answer),
             Pending::Unary(tx) => drop(tx.send(answer.map_err(RemoteError::into_error))),
             Pending::Stream { items, .. } => {
                 drop(items.send(answer.map_err(RemoteError::into_error)))
@@ -245,17 +212,16 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 }
             }
             Command::Close(err) => self.close(err, true),
-            Command::Relay { id, msg, back } => {
-                if let Some(err) = &self.closing {
-                    Pending::Relay(back).lost(err.clone());
-                    return;
+            Command::PassOn { id, msg, back } => {
+                // Closing: dropped, the call goes on to the next provider.
+                if self.closing.is_none() {
+                    self.pending.insert(id, Pending::PassedOn(back));
+                    self.outbox.push_back(msg);
                 }
-                self.pending.insert(id, Pending::Relay(back));
-                self.outbox.push_back(msg);
             }
-            Command::Answer { id, msg } => self.relay_answered(id, msg),
-            Command::Reroute { id } => self.reroute(id, cx),
-            Command::FailRelays { group, error } => self.fail_relays(group, &error),
+            Command::Answer { id, token, msg } => self.pass_answered(id, token, msg),
+            Command::Reroute { id, token } => self.reroute(id, token, cx),
+            Command::FailPassed { group, error } => self.fail_passed(group, &error),
         }
     }
 }

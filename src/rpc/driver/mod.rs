@@ -7,7 +7,8 @@
 //! and flushed with one write: that batching is what lets many calls in
 //! flight beat one-frame-per-syscall. Unary handlers run inside this task
 //! (no hop to another task on the reply path); stream handlers run as their
-//! own tasks, paced by the caller's credit.
+//! own tasks, paced by the caller's credit. A call the router passes on to
+//! another connection (the broker's) runs no handler at all (`pass.rs`).
 
 use std::{
     collections::HashMap,
@@ -34,13 +35,14 @@ use tokio_util::{
 mod command;
 mod heartbeat;
 mod idle;
+mod pass;
 mod read;
-mod relay;
 mod serve;
 mod write;
 
-pub(crate) use command::{Command, Outgoing, RelayBack};
+pub(crate) use command::{Command, Outgoing};
 use command::{Outbox, Pending};
+pub(crate) use pass::PassBack;
 
 use heartbeat::{Beat, Heartbeat};
 pub(crate) use heartbeat::{ALIVE, PING};
@@ -61,7 +63,8 @@ pub(crate) struct Setup {
     pub(crate) router: Option<Router>,
     /// Who the peer is, as handlers see it.
     pub(crate) identity: Arc<Identity>,
-    /// Handlers (unary + notifications + streams) running at once; reading
+    /// Handlers (unary + notifications + streams) running at once, and calls
+    /// passed on to other connections; reading
     /// pauses at the limit, which pushes back on the peer.
     pub(crate) max_handlers: usize,
     /// Cancelled to drain and close the connection.
@@ -100,8 +103,9 @@ pub(crate) struct Driver<I, C> {
     pending: FxHashMap<u64, Pending>,
     calls: FuturesUnordered<CallFuture>,
     call_aborts: HashMap<u64, AbortHandle>,
-    /// Calls of the peer relayed to other connections, by the peer's ids.
-    relays: HashMap<u64, relay::Relayed>,
+    /// Calls of the peer passed on to other connections, by the peer's ids.
+    passed: HashMap<u64, pass::Passed>,
+    next_pass_token: u64,
     notifications: FuturesUnordered<BoxFuture<'static, ()>>,
     streams: HashMap<u64, (Arc<Semaphore>, AbortHandle)>,
 
@@ -148,7 +152,8 @@ impl<I: Io, C: Codec> Driver<I, C> {
             pending: FxHashMap::default(),
             calls: FuturesUnordered::new(),
             call_aborts: HashMap::new(),
-            relays: HashMap::new(),
+            passed: HashMap::new(),
+            next_pass_token: 0,
             notifications: FuturesUnordered::new(),
             streams: HashMap::new(),
             flushed: Vec::new(),
@@ -169,7 +174,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
     }
 
     fn handlers(&self) -> usize {
-        self.calls.len() + self.notifications.len() + self.streams.len() + self.relays.len()
+        self.calls.len() + self.notifications.len() + self.streams.len() + self.passed.len()
     }
 
     /// Stop reading and fail everything in flight with `err`; tell the peer
@@ -189,7 +194,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
         for (_, pending) in self.pending.drain() {
             pending.lost(err.clone());
         }
-        self.cancel_relays();
+        self.cancel_all_passed();
         // Dropping the handler futures cancels them.
         self.call_aborts.clear();
         self.calls = FuturesUnordered::new();
@@ -250,7 +255,7 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             if this.shutting_down && this.closing.is_none() {
                 // Drain: no new calls, finish the ones running, then close.
                 this.reading = false;
-                if this.calls.is_empty() && this.notifications.is_empty() && this.relays.is_empty()
+                if this.calls.is_empty() && this.notifications.is_empty() && this.passed.is_empty()
                 {
                     this.close(
                         Error::Disconnected("the server is shutting down".into()),
@@ -347,7 +352,7 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             if this.hung_up
                 && this.calls.is_empty()
                 && this.streams.is_empty()
-                && this.relays.is_empty()
+                && this.passed.is_empty()
             {
                 this.close(
                     Error::Disconnected("the peer closed the connection".into()),
@@ -429,6 +434,6 @@ impl<I, C> Drop for Driver<I, C> {
         for (_, pending) in self.pending.drain() {
             pending.lost(err.clone());
         }
-        self.cancel_relays();
+        self.cancel_all_passed();
     }
 }

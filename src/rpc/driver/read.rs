@@ -24,7 +24,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 timeout_ms,
             } => self.serve_stream(id, method, payload, credit, timeout_ms),
             Message::Reply { id, payload } => match self.pending.remove(&id) {
-                Some(pending @ (Pending::Unary(_) | Pending::Relay(_))) => {
+                Some(pending @ (Pending::Unary(_) | Pending::PassedOn(_))) => {
                     pending.answered(Ok(payload))
                 }
                 Some(other) => {
@@ -46,13 +46,13 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     *credit -= 1;
                     drop(items.send(Ok(payload)));
                 }
-                Some(Pending::Unary(_) | Pending::Relay(_)) => {
+                Some(Pending::Unary(_) | Pending::PassedOn(_)) => {
                     self.violation(format!("a stream item for call {id}"))
                 }
                 None => {}
             },
             Message::End { id } => {
-                if let Some(Pending::Unary(_) | Pending::Relay(_)) = self.pending.get(&id) {
+                if let Some(Pending::Unary(_) | Pending::PassedOn(_)) = self.pending.get(&id) {
                     return self.violation(format!("a stream end for call {id}"));
                 }
                 self.pending.remove(&id);
@@ -64,7 +64,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 }
             }
             Message::Cancel { id } => {
-                self.cancel_relay(id);
+                self.cancel_passed(id);
                 if let Some(abort) = self.call_aborts.remove(&id) {
                     abort.abort();
                 }

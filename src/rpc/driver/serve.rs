@@ -45,7 +45,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
     fn admit(&mut self, id: u64, method: &str) -> Option<Router> {
         if self.call_aborts.contains_key(&id)
             || self.streams.contains_key(&id)
-            || self.relays.contains_key(&id)
+            || self.passed.contains_key(&id)
         {
             self.violation(format!("call id {id} reused while still in flight"));
             return None;
@@ -79,17 +79,10 @@ impl<I: Io, C: Codec> Driver<I, C> {
             return;
         };
         // A call with a deadline is served through the routes, which keep it.
-        let (method, payload) = match timeout_ms {
-            None => match router.relay_target(&method, self.peer.connection_id()) {
-                Some(to) => match self.relay(id, method, payload, to) {
-                    Ok(()) => return,
-                    Err(unsent) => unsent,
-                },
-                None => (method, payload),
-            },
-            Some(_) => (method, payload),
-        };
-        self.serve_routed(id, &router, method, payload, timeout_ms, cx);
+        match timeout_ms {
+            None => self.pass_or_route(id, &router, method, payload, None, cx),
+            Some(_) => self.serve_routed(id, &router, method, payload, timeout_ms, cx),
+        }
     }
 
     /// Serve call `id` through the routes of `router`.
