@@ -26,7 +26,8 @@ pub(crate) enum Command {
     },
     /// The local stream consumer grants more items.
     Credit { id: u64, credit: u32 },
-    /// The local caller gave up on call `id`.
+    /// The caller gave up on call `id` (a local one, or another
+    /// connection's whose call this one passed on).
     Cancel { id: u64 },
     /// Serving stream `id` produced a message (item or final answer).
     Send { id: u64, msg: Message, last: bool },
@@ -181,7 +182,14 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 }
             }
             Command::Cancel { id } => {
-                if self.pending.remove(&id).is_some() && self.closing.is_none() {
+                let Some(pending) = self.pending.remove(&id) else {
+                    return;
+                };
+                if let Pending::PassedOn(back) = pending {
+                    // Its caller gave up: nothing to send on.
+                    back.forget();
+                }
+                if self.closing.is_none() {
                     self.outbox.push_back(Message::Cancel { id });
                 }
             }

@@ -26,7 +26,7 @@ pub(crate) struct Passed {
     token: u64,
     provider: Client,
     /// The call's id on the provider's connection.
-    provider_id: u64,
+    provider_call_id: u64,
     /// Kept to send the call on again if the provider's connection drops.
     method: String,
     payload: Payload,
@@ -40,8 +40,9 @@ pub(crate) struct Passed {
 
 /// Where the answer to a call passed on goes: the caller's connection
 /// task, the call's id there and the token it was passed on under.
-/// Dropped unanswered (the provider's connection closed, or its task ended
-/// with the call still queued) it sends the call on to the next provider.
+/// Dropped unanswered and not forgotten (the provider's connection closed,
+/// or its task ended with the call still queued) it sends the call on to
+/// the next provider.
 #[derive(Debug)]
 pub(crate) struct PassBack {
     to: mpsc::WeakUnboundedSender<Command>,
@@ -63,6 +64,11 @@ impl PassBack {
             token: self.token,
             msg,
         });
+    }
+
+    /// The caller gave up on the call: nothing goes back.
+    pub(super) fn forget(mut self) {
+        self.answered = true;
     }
 
     fn send(&self, cmd: Command) {
@@ -132,7 +138,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     });
                 }
             };
-            let provider_id = to.provider.connection_id();
+            let provider_conn = to.provider.connection_id();
             let group = to.group;
             let unsent = match self.pass_on(id, method, payload, retry, to) {
                 Ok(()) => return,
@@ -142,9 +148,12 @@ impl<I: Io, C: Codec> Driver<I, C> {
                 // Lost before: the routes would not know where, so on to
                 // the next provider here.
                 (method, payload, Some((_, mut tried)), true) => {
-                    tried.push(provider_id);
+                    tried.push(provider_conn);
                     call = (method, payload, Some((group, tried)));
                 }
+                // (Again with its provider out of calls to spare, a rare
+                // case: the routes wait for room, though as for a first
+                // call.)
                 (method, payload, _, _) => {
                     return self.serve_routed(id, router, method, payload, None, cx)
                 }
@@ -172,7 +181,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
             token,
             answered: false,
         };
-        let (provider_id, permit) = match to.provider.pass_on(&method, &payload, back) {
+        let (provider_call_id, permit) = match to.provider.pass_on(&method, &payload, back) {
             Ok(sent) => sent,
             Err(mut back) => {
                 // Not sent: nothing to reroute.
@@ -183,7 +192,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
         let passed = Passed {
             token,
             provider: to.provider,
-            provider_id,
+            provider_call_id,
             method,
             payload,
             group: to.group,
@@ -215,8 +224,12 @@ impl<I: Io, C: Codec> Driver<I, C> {
             payload,
             group,
             mut tried,
+            _guard,
+            _permit,
             ..
         } = passed;
+        // The lost provider is busy no more.
+        drop((_guard, _permit));
         tried.push(provider.connection_id());
         match self.router.clone() {
             Some(router) if self.closing.is_none() => {
@@ -236,7 +249,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
     /// The peer gave up on call `id`: if it was passed on, tell its provider.
     pub(super) fn cancel_passed(&mut self, id: u64) {
         if let Some(passed) = self.passed.remove(&id) {
-            passed.provider.cancel_passed(passed.provider_id);
+            passed.provider.cancel_passed(passed.provider_call_id);
         }
     }
 
@@ -264,7 +277,7 @@ impl<I, C> Driver<I, C> {
     /// The connection is going: its calls passed on are cancelled.
     pub(super) fn cancel_all_passed(&mut self) {
         for (_, passed) in self.passed.drain() {
-            passed.provider.cancel_passed(passed.provider_id);
+            passed.provider.cancel_passed(passed.provider_call_id);
         }
     }
 }
