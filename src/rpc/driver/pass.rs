@@ -38,6 +38,15 @@ pub(crate) struct Passed {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A call on its way to a provider: what it asks, and, after a provider's
+/// connection ended with it unanswered, the group it was passed on in and
+/// the connections that lost it.
+struct Onward {
+    method: String,
+    payload: Payload,
+    retry: Option<(u64, Vec<u64>)>,
+}
+
 /// Where the answer to a call passed on goes: the caller's connection
 /// task, the call's id there and the token it was passed on under.
 /// Dropped unanswered and not forgotten (the provider's connection closed,
@@ -105,21 +114,26 @@ impl<I: Io, C: Codec> Driver<I, C> {
         cx: &mut Context<'_>,
     ) {
         let from = self.peer.connection_id();
-        let mut call = (method, payload, retry);
+        let mut call = Onward {
+            method,
+            payload,
+            retry,
+        };
         loop {
-            let (method, payload, retry) = call;
-            let asked = retry.as_ref().map(|(group, tried)| Retry {
+            let asked = call.retry.as_ref().map(|(group, tried)| Retry {
                 group: *group,
                 tried,
             });
             // Like a handler, the router's choice may not take the
             // connection down with it.
             let to = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                router.pass_target(&method, from, asked)
+                router.pass_target(&call.method, from, asked)
             }));
             let to = match to {
                 Ok(Ok(Some(to))) => to,
-                Ok(Ok(None)) => return self.serve_routed(id, router, method, payload, None, cx),
+                Ok(Ok(None)) => {
+                    return self.serve_routed(id, router, call.method, call.payload, None, cx)
+                }
                 Ok(Err(err)) => {
                     return self.outbox.push_back(Message::Error {
                         id,
@@ -127,7 +141,7 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     })
                 }
                 Err(_) => {
-                    tracing::warn!(%method, "choosing where to pass a call panicked");
+                    tracing::warn!(method = %call.method, "choosing where to pass a call panicked");
                     return self.outbox.push_back(Message::Error {
                         id,
                         error: Error::HandlerFailed {
@@ -138,41 +152,30 @@ impl<I: Io, C: Codec> Driver<I, C> {
                     });
                 }
             };
-            let provider_conn = to.provider.connection_id();
-            let group = to.group;
-            let unsent = match self.pass_on(id, method, payload, retry, to) {
+            let (provider_conn, group) = (to.provider.connection_id(), to.group);
+            let closing = to.provider.is_closed();
+            call = match self.pass_on(id, call, to) {
                 Ok(()) => return,
                 Err(unsent) => unsent,
             };
-            match unsent {
+            match &mut call.retry {
                 // Lost before: the routes would not know where, so on to
                 // the next provider here.
-                (method, payload, Some((_, mut tried)), true) => {
+                Some((lost_in, tried)) if closing => {
                     tried.push(provider_conn);
-                    call = (method, payload, Some((group, tried)));
+                    *lost_in = group;
                 }
-                // (Again with its provider out of calls to spare, a rare
-                // case: the routes wait for room, though as for a first
-                // call.)
-                (method, payload, _, _) => {
-                    return self.serve_routed(id, router, method, payload, None, cx)
-                }
+                // A first try, or (rarely) again with its provider out of
+                // calls to spare: the routes wait for room, though as for
+                // a first call.
+                _ => return self.serve_routed(id, router, call.method, call.payload, None, cx),
             }
         }
     }
 
-    /// Pass call `id` on to `to`; the call comes back if it could not go,
-    /// with whether `to`'s connection is closing (else it had no call to
-    /// spare).
-    #[allow(clippy::type_complexity)]
-    fn pass_on(
-        &mut self,
-        id: u64,
-        method: String,
-        payload: Payload,
-        retry: Option<(u64, Vec<u64>)>,
-        to: PassTo,
-    ) -> Result<(), (String, Payload, Option<(u64, Vec<u64>)>, bool)> {
+    /// Pass call `id` on to `to`; the call comes back if it could not go
+    /// (`to`'s connection is closing, or has no call to spare).
+    fn pass_on(&mut self, id: u64, call: Onward, to: PassTo) -> Result<(), Onward> {
         let token = self.next_pass_token;
         self.next_pass_token += 1;
         let back = PassBack {
@@ -181,14 +184,20 @@ impl<I: Io, C: Codec> Driver<I, C> {
             token,
             answered: false,
         };
-        let (provider_call_id, permit) = match to.provider.pass_on(&method, &payload, back) {
-            Ok(sent) => sent,
-            Err(mut back) => {
-                // Not sent: nothing to reroute.
-                back.answered = true;
-                return Err((method, payload, retry, to.provider.is_closed()));
-            }
-        };
+        let (provider_call_id, permit) =
+            match to.provider.pass_on(&call.method, &call.payload, back) {
+                Ok(sent) => sent,
+                Err(mut back) => {
+                    // Not sent: nothing to reroute.
+                    back.answered = true;
+                    return Err(call);
+                }
+            };
+        let Onward {
+            method,
+            payload,
+            retry,
+        } = call;
         let passed = Passed {
             token,
             provider: to.provider,
