@@ -313,6 +313,12 @@ impl Router {
         self
     }
 
+    /// Whether some calls may be passed on (else every call goes to the
+    /// routes without asking).
+    pub(crate) fn passes_calls(&self) -> bool {
+        self.pass.is_some()
+    }
+
     /// Where unary call `method`, come on connection `from`, is passed on.
     pub(crate) fn pass_target(
         &self,

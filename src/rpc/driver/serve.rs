@@ -79,9 +79,10 @@ impl<I: Io, C: Codec> Driver<I, C> {
             return;
         };
         // A call with a deadline is served through the routes, which keep it.
-        match timeout_ms {
-            None => self.pass_or_route(id, &router, method, payload, None, cx),
-            Some(_) => self.serve_routed(id, &router, method, payload, timeout_ms, cx),
+        if timeout_ms.is_none() && router.passes_calls() {
+            self.pass_or_route(id, &router, method, payload, None, cx)
+        } else {
+            self.serve_routed(id, &router, method, payload, timeout_ms, cx)
         }
     }
 
