@@ -37,15 +37,13 @@ impl State {
         if inner.peers.remove(&id).is_none() {
             return;
         }
-        for ch in inner.channels.values_mut() {
+        let mut joined = Vec::new();
+        for (name, ch) in inner.channels.iter_mut() {
             ch.passed_by.remove(&id);
+            if ch.members.contains(&id) {
+                joined.push(name.clone());
+            }
         }
-        let joined: Vec<String> = inner
-            .channels
-            .iter()
-            .filter(|(_, ch)| ch.members.contains(&id))
-            .map(|(name, _)| name.clone())
-            .collect();
         for channel in joined {
             leave(&mut inner, &channel, id);
         }

@@ -174,9 +174,8 @@ impl State {
             active,
             ..
         } = &mut *inner;
-        let providers = channels.get_mut(channel)?.methods.get_mut(method)?;
-        let id = choose(providers, active, from, tried)?;
-        self.mark_busy(peers, active, id)
+        let ch = channels.get_mut(channel)?;
+        self.take_call(ch, peers, active, method, from, tried)
     }
 
     /// A call from member `from` on `channel`: the token cancelled when the
@@ -199,11 +198,7 @@ impl State {
             Some(ch) if ch.members.contains(&from) => ch,
             _ => return Err(not_member(channel)),
         };
-        let picked = ch
-            .methods
-            .get_mut(method)
-            .and_then(|providers| choose(providers, active, from, &[]))
-            .and_then(|id| self.mark_busy(peers, active, id));
+        let picked = self.take_call(ch, peers, active, method, from, &[]);
         Ok((ch.closed.clone(), picked))
     }
 
@@ -267,6 +262,21 @@ impl State {
             group: ch.serial,
             guard: Box::new(busy),
         }))
+    }
+
+    /// The provider of `method` on `ch` to take a call from `from`
+    /// (skipping `tried`; see [`State::pick`]), counted busy.
+    fn take_call(
+        self: &Arc<Self>,
+        ch: &mut Channel,
+        peers: &ById<Client>,
+        active: &mut ById<usize>,
+        method: &str,
+        from: u64,
+        tried: &[u64],
+    ) -> Option<(Client, Busy)> {
+        let id = choose(ch.methods.get_mut(method)?, active, from, tried)?;
+        self.mark_busy(peers, active, id)
     }
 
     /// Provider `id`'s calling side, counted busy with one more call.
