@@ -732,3 +732,91 @@ async fn notifying_a_closed_connection_fails() {
     .expect("the closed connection is noticed");
     assert!(matches!(err, Error::Disconnected(_)), "{err}");
 }
+
+/// Counts the writes made on the byte stream it wraps.
+#[derive(Debug)]
+struct CountedWrites<I> {
+    io: I,
+    writes: Arc<AtomicUsize>,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountedWrites<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountedWrites<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if written.is_ready() {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// With many calls arriving at once, the server writes the first answers
+/// before it has handled the last calls, so the caller can work on them
+/// meanwhile (the two sides' threads work at once, not in turns): 64
+/// calls read in one go are answered in several writes, not one.
+#[tokio::test]
+async fn many_calls_at_once_are_answered_as_they_are_handled() {
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let server_io = CountedWrites {
+        io: far,
+        writes: writes.clone(),
+    };
+    let echo = Router::new().unary("echo", |x: u64| async move { Ok::<_, String>(x) });
+    let server = busline::rpc::Server::builder(echo, busline::CborCodec::new());
+    let serving = tokio::spawn(async move {
+        server
+            .serve_connection(server_io, busline::PeerInfo::described("test"))
+            .await
+    });
+    let client = busline::rpc::Client::builder(busline::CborCodec::new())
+        .connect_io(near, busline::PeerInfo::described("test"))
+        .await
+        .unwrap();
+    assert_eq!(client.call::<_, u64>("echo", &0u64).await.unwrap(), 0);
+
+    let before = writes.load(Ordering::SeqCst);
+    // All 64 are sent in one write: each call sends before any is awaited.
+    let calls = (0..64u64).map(|x| {
+        let client = client.clone();
+        async move { client.call::<_, u64>("echo", &x).await.unwrap() }
+    });
+    let answers = futures::future::join_all(calls).await;
+    assert_eq!(answers, (0..64).collect::<Vec<_>>());
+    let answered_in = writes.load(Ordering::SeqCst) - before;
+    assert!(
+        answered_in >= 4,
+        "64 calls answered in {answered_in} writes"
+    );
+
+    drop(client);
+    serving.await.unwrap();
+}

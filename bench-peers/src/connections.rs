@@ -190,14 +190,13 @@ fn median(points: Vec<Point>) -> Point {
 
 /// Run it, print the table and draw the plot.
 pub fn run() {
-    let only = std::env::var("BUSLINE_PEERS_ONLY").ok();
     // Rounds take turns, so a slow spell of the machine hits every
     // contender; each figure is the median of the rounds.
     let mut results: Vec<Vec<Point>> = CONTENDERS
         .iter()
-        .map(|(name, _)| match only.as_deref() {
-            Some(o) if o != *name => Vec::new(),
-            _ => vec![Point::default(); COUNTS.len()],
+        .map(|(name, _)| match plots::measured(name) {
+            true => vec![Point::default(); COUNTS.len()],
+            false => Vec::new(),
         })
         .collect();
     let mut rounds: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); COUNTS.len()]; CONTENDERS.len()];

@@ -43,9 +43,15 @@ fn tick(bytes: bool, v: f64) -> String {
     }
 }
 
-/// Whether this run measures one contender only, and draws no plots.
+/// Whether this run measures some contenders only, and draws no plots.
 fn partial() -> bool {
     std::env::var_os("BUSLINE_PEERS_ONLY").is_some()
+}
+
+/// Whether contender `name` is measured: all are, unless
+/// `BUSLINE_PEERS_ONLY` names some (separated by commas).
+pub(crate) fn measured(name: &str) -> bool {
+    std::env::var("BUSLINE_PEERS_ONLY").map_or(true, |only| only.split(',').any(|o| o == name))
 }
 
 fn path(file: &str) -> PathBuf {

@@ -12,16 +12,28 @@
 //!   profiler (`valgrind --tool=callgrind busline-bench-peers broker
 //!   <path> 1`);
 //! - `quick fan-out [nats]`: deliveries/s to 1, 10 and 100 subscribers
-//!   through the broker process, or through NATS, three rounds.
+//!   through the broker process, or through NATS, three rounds;
+//! - `quick p2p <contender>`: point to point, calls/s with 64 in flight,
+//!   ten rounds, for one contender of the `rpc` comparison (`busline`,
+//!   `tarpc`, ...).
 
 use std::path::PathBuf;
 
-use super::{backbone, echo_channel, fan_out, nats_rows, start_broker, start_nats, Server};
+use super::{
+    backbone, echo_channel, fan_out, nats_rows, rpc_peers, start_broker, start_nats, Server,
+};
 
 /// Run the quick look `args` names.
 pub(crate) fn run(args: &[String]) {
     let what = args.first().map(String::as_str).unwrap_or_default();
     let flag = args.get(1).map(String::as_str);
+    if what == "p2p" {
+        // Its sides run on one-thread runtimes of their own.
+        for rate in rpc_peers::rates_in_flight(flag.unwrap_or("busline"), 10) {
+            println!("{rate:.0}");
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -31,7 +43,7 @@ pub(crate) fn run(args: &[String]) {
         "calls" => runtime.block_on(calls(flag == Some("spin"))),
         "in-flight" => runtime.block_on(in_flight(flag == Some("spin"))),
         "fan-out" => runtime.block_on(fan_out(flag == Some("nats"))),
-        other => eprintln!("quick: {other:?} is not one of calls, in-flight, fan-out"),
+        other => eprintln!("quick: {other:?} is not one of calls, in-flight, fan-out, p2p"),
     }
 }
 

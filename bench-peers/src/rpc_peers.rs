@@ -77,20 +77,7 @@ async fn measure(call: Call) -> Row {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mut rates = Vec::new();
     for window in IN_FLIGHT {
-        let start = Instant::now();
-        let mut running = FuturesUnordered::new();
-        let mut next = 0u64;
-        while next < window as u64 {
-            running.push(call(next));
-            next += 1;
-        }
-        while running.next().await.is_some() {
-            if next < CALLS as u64 {
-                running.push(call(next));
-                next += 1;
-            }
-        }
-        rates.push(CALLS as f64 / start.elapsed().as_secs_f64());
+        rates.push(rate(&call, window).await);
     }
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
     Row {
@@ -100,6 +87,25 @@ async fn measure(call: Call) -> Row {
         cpu_us: us(cpu) / SEQUENTIAL as f64,
         rates,
     }
+}
+
+/// Calls per second with `window` calls kept in flight: a new call starts
+/// as soon as one ends.
+async fn rate(call: &Call, window: usize) -> f64 {
+    let start = Instant::now();
+    let mut running = FuturesUnordered::new();
+    let mut next = 0u64;
+    while next < window as u64 {
+        running.push(call(next));
+        next += 1;
+    }
+    while running.next().await.is_some() {
+        if next < CALLS as u64 {
+            running.push(call(next));
+            next += 1;
+        }
+    }
+    CALLS as f64 / start.elapsed().as_secs_f64()
 }
 
 /// CPU time spent so far by all of this process's threads (from
@@ -157,10 +163,35 @@ const CONTENDERS: [(&str, &str); 11] = [
 /// client measured on this one.
 fn measure_one(name: &str, socket: &Path) -> Row {
     std::thread::sleep(COOL_DOWN);
+    with_contender(name, socket, measure)
+}
+
+/// Calls per second of contender `name` with 64 calls in flight, a
+/// connection per round, for `quick p2p`.
+pub(crate) fn rates_in_flight(name: &str, rounds: usize) -> Vec<f64> {
+    let dir = std::env::temp_dir().join(format!("busline-quick-p2p-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let rates = (0..rounds)
+        .map(|round| {
+            let socket = dir.join(format!("{round}.sock"));
+            with_contender(name, &socket, |call| async move { rate(&call, 64).await })
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    rates
+}
+
+/// Start contender `name`'s server on a thread of its own, and run `client`
+/// on this one with a call of it.
+fn with_contender<F: std::future::Future>(
+    name: &str,
+    socket: &Path,
+    client: impl FnOnce(Call) -> F,
+) -> F::Output {
     let rt = current_thread();
     let local = tokio::task::LocalSet::new();
     let server = ServerThread::new();
-    let client = |call| local.block_on(&rt, async { measure(call).await });
+    let client = |call| local.block_on(&rt, client(call));
     let tcp = || "tcp://127.0.0.1:0".parse::<Address>().expect("address");
     let row = match name {
         "raw" | "raw-poll" => {
@@ -243,7 +274,7 @@ fn measure_one(name: &str, socket: &Path) -> Row {
             let (url, _handle) = server.handle.block_on(jsonrpsee_server());
             client(local.block_on(&rt, jsonrpsee_client(&url)))
         }
-        other => unreachable!("no contender {other}"),
+        other => panic!("no contender {other}"),
     };
     drop(server);
     row
@@ -253,11 +284,10 @@ fn measure_one(name: &str, socket: &Path) -> Row {
 pub fn run() {
     let dir = std::env::temp_dir().join(format!("busline-rpc-peers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
-    let only = std::env::var("BUSLINE_PEERS_ONLY").ok();
     let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..ROUNDS {
         for (i, (name, _)) in CONTENDERS.iter().enumerate() {
-            if only.as_deref().is_some_and(|o| o != *name) {
+            if !plots::measured(name) {
                 rounds[i].push(Row::default());
                 continue;
             }

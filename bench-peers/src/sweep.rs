@@ -229,11 +229,10 @@ fn measure_one(name: &str, socket: &Path) -> Vec<f64> {
 pub fn run() {
     let dir = std::env::temp_dir().join(format!("busline-sweep-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
-    let only = std::env::var("BUSLINE_PEERS_ONLY").ok();
     let mut rounds: Vec<Vec<Vec<f64>>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..ROUNDS {
         for (i, (name, _)) in CONTENDERS.iter().enumerate() {
-            if only.as_deref().is_some_and(|o| o != *name) {
+            if !plots::measured(name) {
                 continue;
             }
             let socket = dir.join(format!("{name}{round}.sock"));

@@ -3,9 +3,11 @@
 //!
 //! Reading and writing happen in one hand-written `poll`, never one waiting
 //! on the other, so two peers that both send large frames cannot deadlock.
-//! Every message that is ready when the task runs is encoded into one buffer
-//! and flushed with one write: that batching is what lets many calls in
-//! flight beat one-frame-per-syscall. Unary handlers run inside this task
+//! The messages that are ready are encoded into one buffer and flushed
+//! with one write, after every few frames read: that batching is what lets
+//! many calls in flight beat one-frame-per-syscall, and writing before the
+//! whole batch is handled lets the peer work on the first answers
+//! meanwhile ([`READ_BEFORE_WRITE`]). Unary handlers run inside this task
 //! (no hop to another task on the reply path); stream handlers run as their
 //! own tasks, paced by the caller's credit. A call the router passes on to
 //! another connection (the broker's) runs no handler at all (`pass.rs`).
@@ -220,6 +222,14 @@ impl<I: Io, C: Codec> Driver<I, C> {
 
 /// How many frames to handle before yielding to other tasks.
 const BUDGET: usize = 128;
+/// How many frames to read before writing what is ready: the peer starts
+/// on the first answers while this side works through the rest, so the
+/// two sides' threads work at once instead of in turns (each idle, then
+/// woken, while the other handles a whole batch). Measured against
+/// writing once per [`BUDGET`], point to point with 64 calls in flight:
+/// 2x the calls/s, a quarter of the sleeps, less CPU per call; 8 did as
+/// well, 4 worse (a write per four frames costs more than it overlaps).
+const READ_BEFORE_WRITE: usize = 16;
 /// Messages waiting to be written past which the connection stops reading
 /// more work from its peer: a peer that sends but does not read gets
 /// backpressure, not unbounded memory.
@@ -299,7 +309,10 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
             } else {
                 this.keepalive = None;
             }
+            // Frames this round may read before its writing step.
+            let mut unwritten = READ_BEFORE_WRITE;
             while !reader_pending
+                && unwritten > 0
                 && this.reading
                 && this.handlers() < this.max_handlers
                 && this.outbox.len() < OUTBOX_HIGH_WATER
@@ -335,6 +348,7 @@ impl<I: Io, C: Codec> Future for Driver<I, C> {
                     }
                 }
                 budget -= 1;
+                unwritten -= 1;
                 progress = true;
             }
 
