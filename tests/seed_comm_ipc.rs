@@ -1061,7 +1061,10 @@ async fn a_password_goes_with_the_last_comm_ipc_client_of_its_channel() {
     // Once the owner's connection is gone, "temp" is a new, open channel.
     let mut joiner = identified(&path, "next").await;
     for attempt in 0.. {
-        assert!(attempt < 200, "still challenged for the old password");
+        assert!(
+            attempt < 200,
+            "still challenged or refused for the old password"
+        );
         let rid = format!("r{attempt}");
         send(
             &mut joiner,
