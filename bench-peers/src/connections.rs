@@ -194,9 +194,12 @@ pub fn run() {
     // contender; each figure is the median of the rounds.
     let mut results: Vec<Vec<Point>> = CONTENDERS
         .iter()
-        .map(|(name, _)| match plots::measured(name) {
-            true => vec![Point::default(); COUNTS.len()],
-            false => Vec::new(),
+        .map(|(name, _)| {
+            if plots::measured(name) {
+                vec![Point::default(); COUNTS.len()]
+            } else {
+                Vec::new()
+            }
         })
         .collect();
     let mut rounds: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); COUNTS.len()]; CONTENDERS.len()];
